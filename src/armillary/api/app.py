@@ -1,0 +1,68 @@
+"""The FastAPI application: routers under /api/v1, problem+json errors, request ids, YAML bodies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
+
+from armillary import __version__
+from armillary.api import drivers, environments, groups, health, hypervisors, problems, systems, types, variables
+from armillary.api.middleware import RequestIdMiddleware, YamlBodyMiddleware
+from armillary.config import Settings
+from armillary.domain import migrate
+from armillary.domain.db import Database
+from armillary.domain.secrets import SecretBox, load_or_create_key_file
+
+log = logging.getLogger("armillary.app")
+
+API_PREFIX = "/api/v1"
+
+
+def secret_box_for(settings: Settings) -> SecretBox:
+    return SecretBox(settings.secret_key or load_or_create_key_file(settings.secret_key_file))
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    db = db or Database(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            migrate.upgrade(db)
+            log.info("database schema at %s", migrate.head_revision())
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="Armillary",
+        version=__version__,
+        summary="Provisioning and fleet automation: describe a machine once, Armillary does the rest.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.secret_box = secret_box_for(settings)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (environments, hypervisors, types, systems, groups, variables, drivers):
+        api.include_router(module.router)
+    api.include_router(systems.labels_router)
+    app.include_router(api)
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    problems.install(app)
+    app.add_middleware(YamlBodyMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,137 @@
+"""Shared request plumbing: the DB session, references by id or name, keyset pages, ETags."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from fastapi import Depends, Query, Request, Response
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from armillary.domain.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from armillary.domain.models import Base
+
+M = TypeVar("M", bound=Base)
+
+MAX_LIMIT = 1000
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; committed when the handler returns, rolled back on error."""
+    with request.app.state.db.session() as session:
+        yield session
+
+
+SessionDep = Depends(get_session, scope="function")  # commit before the response is sent
+
+
+def _by_ref(model: type[M], ref: int | str):
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        return model.id == int(ref)  # type: ignore[attr-defined]
+    return model.name == ref  # type: ignore[attr-defined]
+
+
+def get_by_ref(session: Session, model: type[M], ref: int | str, what: str) -> M:
+    """Load a row by id or unique name, or 404 naming what was looked for."""
+    found = session.scalars(select(model).where(_by_ref(model, ref))).first()
+    if found is None:
+        raise NotFound(f"no {what} {ref!r}")
+    return found
+
+
+def resolve_ref(session: Session, model: type[M], ref: int | str, field: str, what: str) -> M:
+    """Like ``get_by_ref`` but for references inside a body: an unknown one is a 422 on that field."""
+    found = session.scalars(select(model).where(_by_ref(model, ref))).first()
+    if found is None:
+        raise InvalidInput(field, f"no {what} {ref!r}")
+    return found
+
+
+# ---------------------------------------------------------------- keyset pagination
+
+
+class PageParams:
+    def __init__(
+        self,
+        limit: int = Query(100, ge=1, le=MAX_LIMIT, description="Items per page (at most 1000)"),
+        cursor: str | None = Query(None, max_length=200, description="Opaque cursor from a previous page's `next`"),
+    ) -> None:
+        self.limit = limit
+        self.after_id = decode_cursor(cursor) if cursor else 0
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = data["after"]
+        if not isinstance(after, int) or after < 0:
+            raise ValueError
+        return after
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidInput("cursor", "not a cursor returned by this API") from None
+
+
+def paginate(
+    session: Session, query: Select[Any], model: type[M], page: PageParams, request: Request, response: Response
+) -> tuple[list[M], str | None]:
+    """Run ``query`` from the cursor on, ordered by id; return the rows and the next page's URL."""
+    rows = list(
+        session.scalars(
+            query.where(model.id > page.after_id).order_by(model.id).limit(page.limit + 1)  # type: ignore[attr-defined]
+        ).unique()
+    )
+    next_url = None
+    if len(rows) > page.limit:
+        rows = rows[: page.limit]
+        next_url = str(request.url.include_query_params(cursor=encode_cursor(rows[-1].id), limit=page.limit))
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return rows, next_url
+
+
+# ---------------------------------------------------------------- ETags
+
+
+def etag_of(version: int) -> str:
+    return f'"{version}"'
+
+
+def set_etag(response: Response, version: int) -> None:
+    response.headers["ETag"] = etag_of(version)
+
+
+def check_if_match(request: Request, version: int) -> None:
+    """Refuse an update made against a stale copy (412) when the client sent ``If-Match``."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    if "*" not in tags and etag_of(version) not in tags:
+        raise PreconditionFailed(
+            f"If-Match {header} does not match the current ETag {etag_of(version)}; reload and retry",
+            current_etag=etag_of(version),
+        )
+
+
+def ensure_unique_name(session: Session, model: type[M], name: str, what: str, exclude_id: int | None = None) -> None:
+    """409 with a clear detail when another row already uses ``name``."""
+    query = select(model.id).where(model.name == name)  # type: ignore[attr-defined]
+    if exclude_id is not None:
+        query = query.where(model.id != exclude_id)  # type: ignore[attr-defined]
+    if session.scalar(query) is not None:
+        article = "an" if what[0] in "aeiou" else "a"
+        raise Conflict(
+            f"{article} {what} named {name!r} already exists", errors=[{"field": "name", "message": "taken"}]
+        )
+
+
+def created(response: Response, request: Request, resource_id: int, version: int) -> None:
+    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{resource_id}"
+    set_etag(response, version)

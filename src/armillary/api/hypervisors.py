@@ -1,0 +1,157 @@
+"""/api/v1/hypervisors: compute endpoints, one driver each, credentials write-only.
+
+The driver's ``Config`` model validates the settings; fields it marks secret are split off,
+encrypted with the server's key and never returned (``secrets_set`` lists which are held).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from armillary.api.deps import (
+    PageParams,
+    SessionDep,
+    check_if_match,
+    created,
+    ensure_unique_name,
+    get_by_ref,
+    paginate,
+    resolve_ref,
+    set_etag,
+)
+from armillary.domain.errors import InUse, InvalidInput, invalid_from_pydantic
+from armillary.domain.models import Environment, Hypervisor, System
+from armillary.domain.schemas import HypervisorCreate, HypervisorOut, HypervisorUpdate, Page
+from armillary.domain.secrets import SecretBox
+from armillary.drivers.base import Driver
+from armillary.drivers.registry import UnknownDriver, get_driver
+
+router = APIRouter(prefix="/hypervisors", tags=["hypervisors"])
+
+
+def driver_for(name: str, field: str = "driver") -> type[Driver]:
+    try:
+        return get_driver(name)
+    except UnknownDriver as exc:
+        raise InvalidInput(field, str(exc)) from None
+
+
+def validated_config(driver: type[Driver], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate against the driver; return (plain settings, secret settings)."""
+    try:
+        model = driver.Config.model_validate(config)
+    except ValidationError as exc:
+        raise invalid_from_pydantic("config", exc) from None
+    given = model.model_dump(mode="json", exclude_unset=True)
+    secret_names = driver.secret_fields()
+    plain = {k: v for k, v in given.items() if k not in secret_names}
+    secrets = {k: v for k, v in given.items() if k in secret_names and v is not None}
+    return plain, secrets
+
+
+def to_out(hypervisor: Hypervisor) -> HypervisorOut:
+    return HypervisorOut(
+        id=hypervisor.id,
+        name=hypervisor.name,
+        environment={"id": hypervisor.environment.id, "name": hypervisor.environment.name},
+        driver=hypervisor.driver,
+        description=hypervisor.description,
+        config=hypervisor.config,
+        secrets_set=sorted(hypervisor.secret_fields or []),
+        created_at=hypervisor.created_at,
+        updated_at=hypervisor.updated_at,
+        version=hypervisor.version,
+    )
+
+
+def _store_secrets(hypervisor: Hypervisor, box: SecretBox, secrets: dict[str, Any]) -> None:
+    hypervisor.secret_config = box.encrypt(secrets) if secrets else None
+    hypervisor.secret_fields = sorted(secrets)
+
+
+def decrypted_config(hypervisor: Hypervisor, box: SecretBox) -> dict[str, Any]:
+    """The full settings a driver needs to connect: plain and secret together."""
+    return {**hypervisor.config, **box.decrypt(hypervisor.secret_config)}
+
+
+@router.post("", status_code=201, response_model=HypervisorOut)
+def create_hypervisor(
+    body: HypervisorCreate, request: Request, response: Response, session: Session = SessionDep
+) -> HypervisorOut:
+    env = resolve_ref(session, Environment, body.environment, "environment", "environment")
+    driver = driver_for(body.driver)
+    plain, secrets = validated_config(driver, body.config)
+    ensure_unique_name(session, Hypervisor, body.name, "hypervisor")
+    hypervisor = Hypervisor(
+        name=body.name, environment=env, driver=driver.name, description=body.description, config=plain
+    )
+    _store_secrets(hypervisor, request.app.state.secret_box, secrets)
+    session.add(hypervisor)
+    session.flush()
+    created(response, request, hypervisor.id, hypervisor.version)
+    return to_out(hypervisor)
+
+
+@router.get("", response_model=Page[HypervisorOut])
+def list_hypervisors(
+    request: Request,
+    response: Response,
+    page: PageParams = Depends(),
+    environment: str | None = Query(None, max_length=63, description="Environment id or name"),
+    driver: str | None = Query(None, max_length=63),
+    session: Session = SessionDep,
+) -> dict:
+    query = select(Hypervisor)
+    if environment is not None:
+        query = query.where(Hypervisor.environment_id == get_by_ref(session, Environment, environment, "environment").id)
+    if driver is not None:
+        query = query.where(Hypervisor.driver == driver)
+    items, next_url = paginate(session, query, Hypervisor, page, request, response)
+    return {"items": [to_out(h) for h in items], "next": next_url}
+
+
+@router.get("/{ref}", response_model=HypervisorOut)
+def get_hypervisor(ref: str, response: Response, session: Session = SessionDep) -> HypervisorOut:
+    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+    set_etag(response, hypervisor.version)
+    return to_out(hypervisor)
+
+
+@router.patch("/{ref}", response_model=HypervisorOut)
+def update_hypervisor(
+    ref: str, body: HypervisorUpdate, request: Request, response: Response, session: Session = SessionDep
+) -> HypervisorOut:
+    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+    check_if_match(request, hypervisor.version)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("name") is not None:
+        ensure_unique_name(session, Hypervisor, changes["name"], "hypervisor", exclude_id=hypervisor.id)
+        hypervisor.name = changes["name"]
+    if changes.get("description") is not None:
+        hypervisor.description = changes["description"]
+    if body.config is not None:
+        box: SecretBox = request.app.state.secret_box
+        driver = driver_for(hypervisor.driver)
+        merged = {**box.decrypt(hypervisor.secret_config), **body.config}
+        merged = {k: v for k, v in merged.items() if not (v is None and k in driver.secret_fields())}
+        plain, secrets = validated_config(driver, merged)
+        hypervisor.config = plain
+        _store_secrets(hypervisor, box, secrets)
+    session.flush()
+    set_etag(response, hypervisor.version)
+    return to_out(hypervisor)
+
+
+@router.delete("/{ref}", status_code=204)
+def delete_hypervisor(ref: str, request: Request, session: Session = SessionDep) -> Response:
+    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+    check_if_match(request, hypervisor.version)
+    if session.scalar(select(exists().where(System.hypervisor_id == hypervisor.id))):
+        raise InUse(f"hypervisor {hypervisor.name!r} still has systems; destroy or move them first")
+    session.delete(hypervisor)
+    return Response(status_code=204)

@@ -1,0 +1,332 @@
+"""/api/v1/systems: the machines, their labels and their resolved variables.
+
+A system is addressed by id, or by hostname when that hostname is unique across environments.
+Its lifecycle ``state`` is read-only here: only jobs move it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from armillary.api.deps import PageParams, SessionDep, check_if_match, created, get_by_ref, paginate, resolve_ref, set_etag
+from armillary.api.hypervisors import driver_for
+from armillary.domain.errors import Conflict, InvalidInput, NotFound, invalid_from_pydantic
+from armillary.domain.models import Environment, Hypervisor, System, SystemLabel, SystemType, utcnow
+from armillary.domain.schemas import (
+    ImportResult,
+    LabelCount,
+    MachineProps,
+    Page,
+    ResolvedVariables,
+    SystemCreate,
+    SystemImport,
+    SystemOut,
+    SystemUpdate,
+)
+from armillary.domain.states import DELETABLE_STATES
+from armillary.domain.variables import resolve_system
+from armillary.drivers.registry import drivers
+
+router = APIRouter(prefix="/systems", tags=["systems"])
+labels_router = APIRouter(prefix="/labels", tags=["systems"])
+
+MACHINE_COLUMNS = {"user": "user", "os": "os", "cpu": "cpu", "memory": "memory_mb", "disk": "disk_gb",
+                   "addresses": "addresses"}
+
+
+def to_out(system: System) -> SystemOut:
+    return SystemOut(
+        id=system.id,
+        hostname=system.hostname,
+        environment={"id": system.environment.id, "name": system.environment.name},
+        hypervisor={"id": system.hypervisor.id, "name": system.hypervisor.name} if system.hypervisor else None,
+        driver_name=system.hypervisor.driver if system.hypervisor else None,
+        type={"id": system.type.id, "name": system.type.name} if system.type else None,
+        machine=MachineProps.model_construct(
+            **{field: getattr(system, column) for field, column in MACHINE_COLUMNS.items()}
+        ),
+        driver=system.driver_props,
+        labels={label.key: label.value for label in system.labels},
+        variables=system.variables,
+        state=system.state,
+        created_at=system.created_at,
+        updated_at=system.updated_at,
+        version=system.version,
+    )
+
+
+def get_system(session: Session, ref: str) -> System:
+    """By id, or by hostname when only one environment has it."""
+    if ref.isdigit():
+        system = session.get(System, int(ref))
+        if system is None:
+            raise NotFound(f"no system {ref}")
+        return system
+    matches = list(session.scalars(select(System).where(System.hostname == ref.lower()).limit(10)).unique())
+    if not matches:
+        raise NotFound(f"no system {ref!r}")
+    if len(matches) > 1:
+        envs = ", ".join(sorted(s.environment.name for s in matches))
+        raise Conflict(f"hostname {ref!r} exists in several environments ({envs}); use the system id")
+    return matches[0]
+
+
+# ---------------------------------------------------------------- building and changing systems
+
+
+def _pick_hypervisor(session: Session, env: Environment, ref: Any, driver_name: str | None) -> Hypervisor | None:
+    if ref is not None:
+        hypervisor = resolve_ref(session, Hypervisor, ref, "hypervisor", "hypervisor")
+        if hypervisor.environment_id != env.id:
+            raise InvalidInput(
+                "hypervisor", f"hypervisor {hypervisor.name!r} belongs to environment {hypervisor.environment.name!r}, "
+                f"not {env.name!r}"
+            )
+        return hypervisor
+    if driver_name is None:
+        return None
+    if driver_name not in drivers():
+        raise InvalidInput(driver_name, f"unknown field (and no driver named {driver_name!r} is installed)")
+    found = list(
+        session.scalars(select(Hypervisor).where(Hypervisor.environment_id == env.id, Hypervisor.driver == driver_name))
+    )
+    if len(found) != 1:
+        how = "no" if not found else "several"
+        raise InvalidInput(
+            "hypervisor", f"{how} {driver_name} hypervisors in environment {env.name!r}; name one with 'hypervisor'"
+        )
+    return found[0]
+
+
+def _check_driver_props(hypervisor: Hypervisor | None, props: dict[str, Any]) -> dict[str, Any]:
+    if hypervisor is None:
+        if props:
+            raise InvalidInput("driver", "driver properties need a hypervisor (set 'hypervisor')")
+        return {}
+    try:
+        driver_for(hypervisor.driver).SystemProps.model_validate(props)
+    except ValidationError as exc:
+        raise invalid_from_pydantic("driver", exc) from None
+    return props
+
+
+def _set_machine(system: System, machine: MachineProps, only_given: bool) -> None:
+    given = machine.model_dump(exclude_unset=only_given)
+    for field, column in MACHINE_COLUMNS.items():
+        if field in given:
+            setattr(system, column, given[field])
+
+
+def _set_labels(system: System, labels: dict[str, str]) -> None:
+    system.labels = [SystemLabel(key=k, value=v) for k, v in sorted(labels.items())]
+
+
+def _check_hostname_free(session: Session, env_id: int, hostname: str, exclude_id: int | None = None) -> None:
+    query = select(System.id).where(System.environment_id == env_id, System.hostname == hostname)
+    if exclude_id is not None:
+        query = query.where(System.id != exclude_id)
+    if session.scalar(query) is not None:
+        raise Conflict(
+            f"hostname {hostname!r} is already used in this environment",
+            errors=[{"field": "hostname", "message": "taken"}],
+        )
+
+
+def build_system(session: Session, body: SystemCreate) -> System:
+    """A new, unsaved system from validated input; every reference checked."""
+    env = resolve_ref(session, Environment, body.environment, "environment", "environment")
+    hypervisor = _pick_hypervisor(session, env, body.hypervisor, body.driver_name)
+    system_type = resolve_ref(session, SystemType, body.type, "type", "type") if body.type is not None else None
+    _check_hostname_free(session, env.id, body.hostname)
+    system = System(
+        hostname=body.hostname,
+        environment=env,
+        hypervisor=hypervisor,
+        type=system_type,
+        driver_props=_check_driver_props(hypervisor, body.driver),
+        variables=body.variables,
+    )
+    _set_machine(system, body.machine, only_given=False)
+    _set_labels(system, body.labels)
+    return system
+
+
+# ---------------------------------------------------------------- listing
+
+
+def system_page(
+    session: Session,
+    page: PageParams,
+    request: Request,
+    response: Response,
+    *,
+    environment: str | None = None,
+    hypervisor: str | None = None,
+    type: str | None = None,
+    state: str | None = None,
+    labels: dict[str, str] | None = None,
+    q: str | None = None,
+) -> tuple[list[System], str | None]:
+    query = select(System)
+    if environment is not None:
+        query = query.where(System.environment_id == get_by_ref(session, Environment, environment, "environment").id)
+    if hypervisor is not None:
+        query = query.where(System.hypervisor_id == get_by_ref(session, Hypervisor, hypervisor, "hypervisor").id)
+    if type is not None:
+        query = query.where(System.type_id == get_by_ref(session, SystemType, type, "type").id)
+    if state is not None:
+        query = query.where(System.state == state)
+    for key, value in (labels or {}).items():
+        query = query.where(
+            System.id.in_(select(SystemLabel.system_id).where(SystemLabel.key == key, SystemLabel.value == value))
+        )
+    if q:
+        query = query.where(System.hostname.startswith(q.lower(), autoescape=True))
+    return paginate(session, query, System, page, request, response)
+
+
+def parse_label_filters(values: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput("label", f"{item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+@router.get("", response_model=Page[SystemOut])
+def list_systems(
+    request: Request,
+    response: Response,
+    page: PageParams = Depends(),
+    environment: str | None = Query(None, max_length=63, description="Environment id or name"),
+    hypervisor: str | None = Query(None, max_length=63, description="Hypervisor id or name"),
+    type: str | None = Query(None, max_length=63, description="Type id or name"),
+    state: str | None = Query(None, max_length=31),
+    label: list[str] = Query([], description="key=value; repeat to require several labels"),
+    q: str | None = Query(None, max_length=253, description="Hostname prefix"),
+    session: Session = SessionDep,
+) -> dict:
+    items, next_url = system_page(
+        session, page, request, response, environment=environment, hypervisor=hypervisor, type=type, state=state,
+        labels=parse_label_filters(label), q=q,
+    )
+    return {"items": [to_out(s) for s in items], "next": next_url}
+
+
+# ---------------------------------------------------------------- create, import, read, update, delete
+
+
+@router.post("", status_code=201, response_model=SystemOut)
+def create_system(body: SystemCreate, request: Request, response: Response, session: Session = SessionDep) -> SystemOut:
+    """Define a system (state ``defined``). Accepts the seed shape too, as JSON or YAML."""
+    system = build_system(session, body)
+    session.add(system)
+    session.flush()
+    created(response, request, system.id, system.version)
+    return to_out(system)
+
+
+@router.post("/import", status_code=201, response_model=ImportResult)
+def import_systems(body: SystemImport, session: Session = SessionDep) -> ImportResult:
+    """Define up to 1000 systems at once, all or nothing: one bad item fails the batch, naming the item."""
+    systems: list[System] = []
+    hostnames: dict[tuple[int, str], int] = {}
+    for index, item in enumerate(body.items):
+        try:
+            try:
+                spec = SystemCreate.model_validate(item)
+            except ValidationError as exc:
+                raise invalid_from_pydantic("", exc) from None
+            system = build_system(session, spec)
+            first = hostnames.setdefault((system.environment.id, system.hostname), index)
+            if first != index:
+                raise Conflict(f"hostname {system.hostname!r} appears twice in this import (also item {first})")
+        except (InvalidInput, Conflict, NotFound) as exc:
+            if exc.errors:
+                for err in exc.errors:
+                    err["field"] = f"items[{index}]{err['field']}" if err["field"].startswith(".") else \
+                        f"items[{index}].{err['field']}"
+            exc.detail = f"items[{index}]: {exc.detail}"
+            raise
+        systems.append(system)
+    session.add_all(systems)
+    session.flush()
+    return ImportResult(created=len(systems), ids=[s.id for s in systems])
+
+
+@router.get("/{ref}", response_model=SystemOut)
+def read_system(ref: str, request: Request, response: Response, session: Session = SessionDep) -> SystemOut | Response:
+    system = get_system(session, ref)
+    set_etag(response, system.version)
+    if request.headers.get("if-none-match") == response.headers["ETag"]:
+        return Response(status_code=304, headers={"ETag": response.headers["ETag"]})
+    return to_out(system)
+
+
+@router.patch("/{ref}", response_model=SystemOut)
+def update_system(
+    ref: str, body: SystemUpdate, request: Request, response: Response, session: Session = SessionDep
+) -> SystemOut:
+    system = get_system(session, ref)
+    check_if_match(request, system.version)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("hostname") is not None:
+        _check_hostname_free(session, system.environment_id, body.hostname, exclude_id=system.id)
+        system.hostname = body.hostname
+    if "hypervisor" in changes:
+        system.hypervisor = _pick_hypervisor(session, system.environment, body.hypervisor, None)
+    if "type" in changes:
+        system.type = resolve_ref(session, SystemType, body.type, "type", "type") if body.type is not None else None
+    if body.machine is not None:
+        _set_machine(system, body.machine, only_given=True)
+    if body.driver is not None or "hypervisor" in changes:
+        system.driver_props = _check_driver_props(
+            system.hypervisor, body.driver if body.driver is not None else system.driver_props
+        )
+    if body.labels is not None:
+        _set_labels(system, body.labels)
+    if body.variables is not None:
+        system.variables = body.variables
+    system.updated_at = utcnow()  # a change of labels alone must still bump the version (ETag)
+    session.flush()
+    set_etag(response, system.version)
+    return to_out(system)
+
+
+@router.delete("/{ref}", status_code=204)
+def delete_system(ref: str, request: Request, session: Session = SessionDep) -> Response:
+    """Forget a system that runs nowhere (``defined`` or ``destroyed``); others must be destroyed first."""
+    system = get_system(session, ref)
+    check_if_match(request, system.version)
+    if system.state not in DELETABLE_STATES:
+        raise Conflict(
+            f"system {system.hostname!r} is {system.state}; destroy it before deleting its record",
+            state=system.state,
+        )
+    session.delete(system)
+    return Response(status_code=204)
+
+
+@router.get("/{ref}/variables", response_model=ResolvedVariables)
+def system_variables(ref: str, session: Session = SessionDep) -> ResolvedVariables:
+    """Each variable's value and where it came from (global < environment < group < type < system)."""
+    return resolve_system(session, get_system(session, ref))
+
+
+@labels_router.get("", response_model=list[LabelCount])
+def list_labels(
+    key: str | None = Query(None, max_length=63), session: Session = SessionDep
+) -> list[LabelCount]:
+    """Every label in use with the number of systems carrying it."""
+    query = select(SystemLabel.key, SystemLabel.value, func.count()).group_by(SystemLabel.key, SystemLabel.value)
+    if key is not None:
+        query = query.where(SystemLabel.key == key)
+    rows = session.execute(query.order_by(SystemLabel.key, SystemLabel.value).limit(10000))
+    return [LabelCount(key=k, value=v, systems=n) for k, v, n in rows]

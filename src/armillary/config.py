@@ -1,0 +1,48 @@
+"""Process-wide settings, read from the environment.
+
+Everything has a sane embedded default so `armillary serve` works on a fresh machine:
+an SQLite file under the data directory and a generated secret key file beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a process needs to know to reach its database and keys."""
+
+    data_dir: Path
+    database_url: str
+    secret_key: str | None = None
+    auto_migrate: bool = True
+    log_json: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("ARMILLARY_DATA_DIR") or user_data_dir("armillary", appauthor=False))
+        database_url = env.get("ARMILLARY_DATABASE_URL") or f"sqlite:///{data_dir / 'armillary.db'}"
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            secret_key=env.get("ARMILLARY_SECRET_KEY") or None,
+            auto_migrate=_truthy(env.get("ARMILLARY_AUTO_MIGRATE"), True),
+            log_json=_truthy(env.get("ARMILLARY_LOG_JSON"), True),
+        )

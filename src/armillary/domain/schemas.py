@@ -1,0 +1,336 @@
+"""Pydantic shapes of the inventory API: what clients send and what they get back.
+
+Input models forbid unknown keys and bound every string, so bad input is refused at the edge
+with the field named. Input also accepts the seed formats (the corpus/Craton YAML shapes), which
+are translated to the canonical shape in ``mode="before"`` validators, see ``seed_shapes``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from armillary.domain import seed_shapes
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
+Description = Annotated[str, StringConstraints(max_length=1000)]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00-\x1f]*$")]
+VariableKey = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+Variables = dict[VariableKey, Any]
+Labels = dict[LabelKey, LabelValue]
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _check_hostname(value: str) -> str:
+    if len(value) > 253 or not all(_HOSTNAME_LABEL.match(part) for part in value.split(".")):
+        raise ValueError("must be a DNS hostname: labels of letters, digits and '-', each 1-63 long")
+    return value.lower()
+
+
+def _ref(value: Any) -> Any:
+    """References are ids or names; a numeric string is an id (names start with a letter)."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), AfterValidator(_check_hostname)]
+Ref = Annotated[int | Name, BeforeValidator(_ref)]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_FACTORS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def _size_in(unit: str):
+    """Accept an integer in ``unit`` or a string with a unit suffix ("4G", "512MiB")."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            match = _SIZE.match(value)
+            if not match:
+                raise ValueError(f"not a size: {value!r} (use a number of {unit}, or e.g. '4G', '512M')")
+            number, suffix = float(match.group(1)), (match.group(2) or unit[0]).upper()
+            mib = number * _FACTORS[suffix]
+            return int(round(mib / _FACTORS[unit[0]]))
+        return value
+
+    return parse
+
+
+def _check_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next: str | None = Field(None, description="URL of the next page, absent on the last page")
+
+
+# ---------------------------------------------------------------- environments
+
+
+class EnvironmentCreate(Input):
+    name: Name
+    description: Description = ""
+    locked: bool = False
+    lock_reason: Description | None = None
+    variables: Variables = Field(default_factory=dict)
+
+
+class EnvironmentUpdate(Input):
+    name: Name | None = None
+    description: Description | None = None
+    locked: bool | None = None
+    lock_reason: Description | None = None
+    variables: Variables | None = None
+
+
+class RefOut(Output):
+    id: int
+    name: str
+
+
+class EnvironmentOut(Output):
+    id: int
+    name: str
+    description: str
+    locked: bool
+    lock_reason: str | None
+    locked_by: str | None
+    locked_at: datetime | None
+    variables: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+# ---------------------------------------------------------------- hypervisors
+
+
+class HypervisorCreate(Input):
+    name: Name
+    environment: Ref
+    driver: Name
+    description: Description = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class HypervisorUpdate(Input):
+    name: Name | None = None
+    description: Description | None = None
+    config: dict[str, Any] | None = Field(
+        None,
+        description="Replaces the non-secret settings; secret fields that are absent keep their stored value, "
+        "null removes one.",
+    )
+
+
+class HypervisorOut(Output):
+    id: int
+    name: str
+    environment: RefOut
+    driver: str
+    description: str
+    config: dict[str, Any] = Field(description="Non-secret settings; secret fields are never returned")
+    secrets_set: list[str] = Field(description="Names of the secret fields that hold a value")
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+# ---------------------------------------------------------------- types
+
+ProvisionerKind = Literal["none", "ansible", "puppet", "salt", "script"]
+
+
+class ProvisionerSpec(Input):
+    kind: ProvisionerKind = "none"
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
+class TypeCreate(Input):
+    name: Name
+    description: Description = ""
+    provisioner: ProvisionerSpec = Field(default_factory=ProvisionerSpec)
+    variables: Variables = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_seed(cls, data: Any) -> Any:
+        return seed_shapes.type_from_seed(data)
+
+
+class TypeUpdate(Input):
+    name: Name | None = None
+    description: Description | None = None
+    provisioner: ProvisionerSpec | None = None
+    variables: Variables | None = None
+
+
+class TypeOut(Output):
+    id: int
+    name: str
+    description: str
+    provisioner: ProvisionerSpec
+    variables: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+# ---------------------------------------------------------------- systems
+
+
+class MachineProps(Input):
+    user: Annotated[str, StringConstraints(max_length=63)] | None = None
+    os: Annotated[str, StringConstraints(max_length=127)] | None = None
+    cpu: Annotated[int, Field(ge=1, le=4096)] | None = None
+    memory: Annotated[int, BeforeValidator(_size_in("MiB")), Field(ge=1, le=64 * 1024 * 1024)] | None = Field(
+        None, description="MiB; strings with a unit are accepted ('4G', '512M')"
+    )
+    disk: Annotated[int, BeforeValidator(_size_in("GiB")), Field(ge=1, le=1024 * 1024)] | None = Field(
+        None, description="GiB; strings with a unit are accepted ('20G', '1T')"
+    )
+    addresses: list[Annotated[str, AfterValidator(_check_address)]] = Field(default_factory=list, max_length=64)
+
+
+class SystemCreate(Input):
+    hostname: Hostname
+    environment: Ref
+    hypervisor: Ref | None = None
+    driver_name: Name | None = Field(
+        None,
+        description="When `hypervisor` is absent: use the environment's only hypervisor of this driver "
+        "(set by the seed shape, whose driver section names the driver)",
+    )
+    type: Ref | None = None
+    machine: MachineProps = Field(default_factory=MachineProps)
+    driver: dict[str, Any] = Field(default_factory=dict, description="Driver properties, checked by the driver")
+    labels: Labels = Field(default_factory=dict, max_length=100)
+    variables: Variables = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_seed(cls, data: Any) -> Any:
+        return seed_shapes.system_from_seed(data)
+
+
+class SystemUpdate(Input):
+    hostname: Hostname | None = None
+    hypervisor: Ref | None = None
+    type: Ref | None = None
+    machine: MachineProps | None = Field(None, description="Replaces the machine properties that are given")
+    driver: dict[str, Any] | None = None
+    labels: Labels | None = Field(None, max_length=100)
+    variables: Variables | None = None
+
+
+class SystemImport(Input):
+    items: list[dict[str, Any]] = Field(..., min_length=1, max_length=1000)
+
+
+class SystemOut(Output):
+    id: int
+    hostname: str
+    environment: RefOut
+    hypervisor: RefOut | None
+    driver_name: str | None
+    type: RefOut | None
+    machine: MachineProps
+    driver: dict[str, Any]
+    labels: dict[str, str]
+    variables: dict[str, Any]
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class ImportResult(BaseModel):
+    created: int
+    ids: list[int]
+
+
+# ---------------------------------------------------------------- groups and variables
+
+
+class GroupCreate(Input):
+    name: Name
+    description: Description = ""
+    selector: Labels = Field(..., min_length=1, description="Labels a system must all carry to be a member")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher wins when two groups set one key")
+    variables: Variables = Field(default_factory=dict)
+
+
+class GroupUpdate(Input):
+    name: Name | None = None
+    description: Description | None = None
+    selector: Labels | None = Field(None, min_length=1)
+    priority: int | None = Field(None, ge=-1000, le=1000)
+    variables: Variables | None = None
+
+
+class GroupOut(Output):
+    id: int
+    name: str
+    description: str
+    selector: dict[str, str]
+    priority: int
+    variables: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class VariableSource(BaseModel):
+    level: Literal["global", "environment", "group", "type", "system"]
+    name: str | None = Field(None, description="Which environment, group or type")
+
+
+class ResolvedVariable(BaseModel):
+    value: Any
+    source: VariableSource
+    overrides: list[VariableSource] = Field(
+        default_factory=list, description="Lower-precedence sources that also set this key"
+    )
+
+
+class ResolvedVariables(BaseModel):
+    system_id: int
+    precedence: list[str]
+    variables: dict[str, ResolvedVariable]
+
+
+class LabelCount(BaseModel):
+    key: str
+    value: str
+    systems: int

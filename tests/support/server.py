@@ -1,0 +1,46 @@
+"""The real app served over real HTTP by uvicorn, in a thread of the test process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from armillary.api.app import create_app
+from armillary.config import Settings
+from armillary.domain.db import Database
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_app(database_url: str, data_dir: Path, **settings_overrides) -> Iterator[tuple[str, Database]]:
+    """Start the app on a free loopback port; yield its base URL and its database handle."""
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, secret_key="test-secret-key", **settings_overrides
+    )
+    db = Database(database_url)
+    app = create_app(settings, db)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
