@@ -28,6 +28,10 @@ class Settings:
     secret_key: str | None = None
     auto_migrate: bool = True
     log_json: bool = True
+    # Job engine of this process: "inline" runs steps in a thread pool here; "off" serves the API only.
+    engine: str = "inline"
+    workers: int = 32
+    lease_s: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -45,4 +49,7 @@ class Settings:
             secret_key=env.get("ARMILLARY_SECRET_KEY") or None,
             auto_migrate=_truthy(env.get("ARMILLARY_AUTO_MIGRATE"), True),
             log_json=_truthy(env.get("ARMILLARY_LOG_JSON"), True),
+            engine=env.get("ARMILLARY_ENGINE") or "inline",
+            workers=int(env.get("ARMILLARY_WORKERS") or 32),
+            lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
         )

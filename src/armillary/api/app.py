@@ -10,20 +10,30 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 
 from armillary import __version__
-from armillary.api import drivers, environments, groups, health, hypervisors, problems, systems, types, variables
+from armillary.api import (
+    actions,
+    drivers,
+    environments,
+    groups,
+    health,
+    hypervisors,
+    jobs,
+    problems,
+    schedules,
+    systems,
+    types,
+    variables,
+)
 from armillary.api.middleware import RequestIdMiddleware, YamlBodyMiddleware
 from armillary.config import Settings
 from armillary.domain import migrate
 from armillary.domain.db import Database
-from armillary.domain.secrets import SecretBox, load_or_create_key_file
+from armillary.domain.secrets import box_for
+from armillary.engine.service import Engine
 
 log = logging.getLogger("armillary.app")
 
 API_PREFIX = "/api/v1"
-
-
-def secret_box_for(settings: Settings) -> SecretBox:
-    return SecretBox(settings.secret_key or load_or_create_key_file(settings.secret_key_file))
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -35,8 +45,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         if settings.auto_migrate:
             migrate.upgrade(db)
             log.info("database schema at %s", migrate.head_revision())
-        yield
-        db.dispose()
+        if settings.engine == "inline":
+            app.state.engine.start()
+        try:
+            yield
+        finally:
+            app.state.engine.stop()
+            db.dispose()
 
     app = FastAPI(
         title="Armillary",
@@ -49,10 +64,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.secret_box = secret_box_for(settings)
+    app.state.secret_box = box_for(settings.secret_key, settings.secret_key_file)
+    app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (environments, hypervisors, types, systems, groups, variables, drivers):
+    for module in (environments, hypervisors, types, systems, actions, groups, variables, drivers, jobs, schedules):
         api.include_router(module.router)
     api.include_router(systems.labels_router)
     app.include_router(api)

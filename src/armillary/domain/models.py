@@ -140,6 +140,10 @@ class System(Timestamped, Base):
     driver_props: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     state: Mapped[str] = mapped_column(String(31), default=SystemState.DEFINED.value)
+    # What the hypervisor calls this machine, stored the moment it is known (adopt, never duplicate).
+    provider_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    provider_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     environment: Mapped[Environment] = relationship(lazy="joined")
     hypervisor: Mapped[Hypervisor | None] = relationship(lazy="joined")

@@ -62,3 +62,8 @@ class SecretBox:
             return json.loads(self._fernet.decrypt(token.encode()))
         except InvalidToken as exc:
             raise SecretBoxError("stored secrets cannot be decrypted: was ARMILLARY_SECRET_KEY changed?") from exc
+
+
+def box_for(secret_key: str | None, key_file: Path) -> SecretBox:
+    """The box of a process: ``ARMILLARY_SECRET_KEY`` when set, else the data directory's key file."""
+    return SecretBox(secret_key or load_or_create_key_file(key_file))

@@ -1,21 +1,45 @@
 """The ``simulated`` driver: a hypervisor that exists only in Armillary's database.
 
-For tests, demos and benchmarks. Honest about it: every system it creates says it is simulated.
+For tests, demos and benchmarks. Honest about it: its machines live in the ``simulated_machines``
+table, every one of them says ``simulated: true`` in its details, and provisioners do not run
+against them. It behaves like a real driver where it matters to the engine: ``create`` is
+idempotent by system id (a retry adopts the machine a crashed attempt made), calls take
+``latency_ms``, fail transiently at ``failure_rate``, and always fail permanently for the
+operations named in ``fail_at``. Addresses come from 198.18.0.0/15, the range reserved for
+benchmarking (RFC 2544), and nothing is ever sent to them.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+import random
+import time
 
-from armillary.drivers.base import Driver, StrictModel
+from pydantic import Field
+from sqlalchemy import select
+
+from armillary.domain.jobs import SimulatedMachine
+from armillary.drivers.base import (
+    Driver,
+    MachineInfo,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    StrictModel,
+    TransientDriverError,
+)
+
+ADDRESS_BASE = ipaddress.ip_address("198.18.0.0")
+OPERATIONS = ("check", "create", "status", "start", "stop", "destroy", "list")
 
 
 class SimulatedConfig(StrictModel):
     latency_ms: float = Field(0, ge=0, le=600_000, description="Delay added to every driver call")
     failure_rate: float = Field(0, ge=0, le=1, description="Probability that a call fails transiently")
     fail_at: list[str] = Field(
-        default_factory=list, description="Operations that always fail permanently (e.g. ['create'])"
+        default_factory=list, description=f"Operations that always fail permanently, of {', '.join(OPERATIONS)}"
     )
+    boot_calls: int = Field(0, ge=0, le=100, description="Status reads a new machine stays 'pending' for")
     capacity: int | None = Field(None, ge=0, description="Most machines this hypervisor will hold")
 
 
@@ -29,3 +53,111 @@ class SimulatedDriver(Driver):
     summary = "In-database hypervisor for tests, demos and benchmarks (machines are not real)"
     Config = SimulatedConfig
     SystemProps = SimulatedProps
+    implemented = True
+    real_machines = False
+    transport = None
+
+    # ------------------------------------------------------------ behaviour knobs
+
+    def _call(self, operation: str) -> None:
+        config: SimulatedConfig = self.config  # type: ignore[assignment]
+        if config.latency_ms:
+            time.sleep(config.latency_ms / 1000)
+        if operation in config.fail_at:
+            raise PermanentDriverError(f"simulated permanent failure of {operation} (fail_at)")
+        if config.failure_rate and random.random() < config.failure_rate:
+            raise TransientDriverError(f"simulated transient failure of {operation} (failure_rate)")
+
+    def _session(self):
+        return self.runtime.db.session()
+
+    def _find(self, session, ref: MachineRef) -> SimulatedMachine | None:
+        return session.scalars(
+            select(SimulatedMachine).where(
+                SimulatedMachine.hypervisor_id == self.hypervisor_id, SimulatedMachine.system_id == ref.system_id
+            )
+        ).first()
+
+    def _info(self, machine: SimulatedMachine) -> MachineInfo:
+        return MachineInfo(
+            provider_id=f"sim-{machine.id}",
+            state=machine.state,
+            system_id=machine.system_id,
+            hostname=machine.hostname,
+            addresses=[machine.address],
+            details={"simulated": True, "image": machine.spec.get("image")},
+        )
+
+    # ------------------------------------------------------------ the interface
+
+    def check(self) -> str:
+        self._call("check")
+        return "simulated hypervisor: always reachable (nothing real behind it)"
+
+    def create(self, spec: MachineSpec) -> MachineInfo:
+        self._call("create")
+        config: SimulatedConfig = self.config  # type: ignore[assignment]
+        with self._session() as session:
+            existing = self._find(session, MachineRef(spec.system_id))
+            if existing is not None:
+                return self._info(existing)  # adopt: a retry never makes a twin
+            if config.capacity is not None:
+                held = session.scalars(
+                    select(SimulatedMachine.id).where(SimulatedMachine.hypervisor_id == self.hypervisor_id)
+                ).all()
+                if len(held) >= config.capacity:
+                    raise PermanentDriverError(f"hypervisor full: capacity {config.capacity} machines")
+            machine = SimulatedMachine(
+                hypervisor_id=self.hypervisor_id,
+                system_id=spec.system_id,
+                hostname=spec.hostname,
+                state="pending" if config.boot_calls else "running",
+                address=str(ADDRESS_BASE + spec.system_id % (2**17)),
+                spec={"image": spec.props.get("image", "simulated-image"), "boot_calls_left": config.boot_calls},
+            )
+            session.add(machine)
+            session.flush()
+            return self._info(machine)
+
+    def status(self, ref: MachineRef) -> MachineInfo:
+        self._call("status")
+        with self._session() as session:
+            machine = self._find(session, ref)
+            if machine is None:
+                return MachineInfo(provider_id=ref.provider_id or "", state="missing", system_id=ref.system_id)
+            left = machine.spec.get("boot_calls_left", 0)
+            if machine.state == "pending":
+                if left <= 1:
+                    machine.state = "running"
+                machine.spec = {**machine.spec, "boot_calls_left": max(0, left - 1)}
+            return self._info(machine)
+
+    def _set_state(self, ref: MachineRef, operation: str, state: str) -> MachineInfo:
+        self._call(operation)
+        with self._session() as session:
+            machine = self._find(session, ref)
+            if machine is None:
+                raise PermanentDriverError(f"no simulated machine for system {ref.system_id}")
+            machine.state = state
+            return self._info(machine)
+
+    def start(self, ref: MachineRef) -> MachineInfo:
+        return self._set_state(ref, "start", "running")
+
+    def stop(self, ref: MachineRef) -> MachineInfo:
+        return self._set_state(ref, "stop", "stopped")
+
+    def destroy(self, ref: MachineRef) -> None:
+        self._call("destroy")
+        with self._session() as session:
+            machine = self._find(session, ref)
+            if machine is not None:  # already gone is a success
+                session.delete(machine)
+
+    def list(self) -> list[MachineInfo]:
+        self._call("list")
+        with self._session() as session:
+            machines = session.scalars(
+                select(SimulatedMachine).where(SimulatedMachine.hypervisor_id == self.hypervisor_id)
+            ).all()
+            return [self._info(m) for m in machines]

@@ -1,0 +1,69 @@
+"""POST /api/v1/systems/{ref}/actions: lifecycle actions on one system, answered 202 with the job."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from armillary.api.deps import SessionDep
+from armillary.api.jobs import IdempotencyKey, accepted, commit_idempotent, replay_or_conflict
+from armillary.api.systems import _check_hostname_free, get_system
+from armillary.domain.errors import InvalidInput
+from armillary.domain.job_schemas import ActionRequest, JobOut
+from armillary.domain.models import System, SystemLabel
+from armillary.domain.states import TransitionRefused, check_action
+from armillary.engine.jobs import StateConflict, start_system_action
+
+router = APIRouter(prefix="/systems", tags=["actions"])
+
+
+def _clone(session: Session, source: System, hostname: str) -> System:
+    """A new system record copying the source's definition (not its machine)."""
+    try:
+        check_action("clone", source.state)
+    except TransitionRefused as exc:
+        raise StateConflict(str(exc), state=source.state) from None
+    _check_hostname_free(session, source.environment_id, hostname)
+    clone = System(
+        hostname=hostname, environment=source.environment, hypervisor=source.hypervisor, type=source.type,
+        user=source.user, os=source.os, cpu=source.cpu, memory_mb=source.memory_mb, disk_gb=source.disk_gb,
+        addresses=[], driver_props=dict(source.driver_props or {}), variables=dict(source.variables or {}),
+        labels=[SystemLabel(key=label.key, value=label.value) for label in source.labels],
+    )
+    session.add(clone)
+    session.flush()
+    return clone
+
+
+@router.post("/{ref}/actions", status_code=202, response_model=JobOut,
+             responses={409: {"description": "locked, wrong state, or environment locked"}})
+def run_action(
+    ref: str,
+    body: ActionRequest,
+    request: Request,
+    queue: bool = Query(False, description="Wait behind a job holding the system instead of answering 409"),
+    session: Session = SessionDep,
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse:
+    """Start ``create``, ``provision``, ``deploy``, ``destroy``, ``stage``, ``stop``, ``start``,
+    ``reload`` or ``clone`` (which needs ``hostname``: the copy's). Follow the job at its Location."""
+    system = get_system(session, ref)
+    existing = replay_or_conflict(session, idempotency_key, body.action, None if body.action == "clone" else system.id)
+    if existing is not None:
+        return accepted(request, session, existing, existing=True)
+    params = dict(body.params)
+    target = system
+    if body.action == "clone":
+        if body.hostname is None:
+            raise InvalidInput("hostname", "clone needs the new system's hostname")
+        params.setdefault("provision", system.provisioned_at is not None)
+        params["cloned_from"] = system.id
+        target = _clone(session, system, body.hostname)
+    elif body.action == "reload":
+        params.setdefault("provision", system.provisioned_at is not None)
+    job = start_system_action(
+        session, target, body.action, params=params, queue=queue, idempotency_key=idempotency_key,
+        request_id=request.state.request_id,
+    )
+    return commit_idempotent(request, session, job, idempotency_key)

@@ -1,0 +1,185 @@
+"""/api/v1/jobs: follow, list, cancel and start jobs; a job's live events over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from armillary.api.deps import MAX_LIMIT, SessionDep, decode_cursor, encode_cursor
+from armillary.domain.errors import Conflict, NotFound
+from armillary.domain.job_schemas import JobOut, JobSpec, StepOut
+from armillary.domain.jobs import TERMINAL_JOB, Job
+from armillary.domain.schemas import Page
+from armillary.engine.events import event_dict, events_after
+from armillary.engine.jobs import find_by_idempotency_key
+from armillary.engine.selection import start_from_spec
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+SSE_POLL_S = 0.1
+SSE_KEEPALIVE_S = 15.0
+IdempotencyKey = Header(None, alias="Idempotency-Key", max_length=255,
+                        description="Repeat a request safely: the same key returns the same job")
+
+
+def to_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id, action=job.action, workflow=job.workflow, status=job.status, system_id=job.system_id,
+        parent_id=job.parent_id, params=job.params, context=job.context or {}, error=job.error, summary=job.summary,
+        cancel_requested=job.cancel_requested,
+        waiting_for_lock=job.status == "queued" and not job.holds_lock,
+        request_id=job.request_id, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at,
+        steps=[StepOut.model_validate(step, from_attributes=True) for step in job.steps],
+    )
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def accepted(request: Request, session: Session, job: Job, *, existing: bool = False) -> JSONResponse:
+    """Commit, wake the engine, answer 202 with the job and where to follow it."""
+    session.commit()
+    if not existing:
+        request.app.state.engine.wake()
+    body = to_out(job).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+def replay_or_conflict(session: Session, key: str | None, action: str, system_id: int | None) -> Job | None:
+    """The job a repeated Idempotency-Key stands for; 409 if that key was used for something else."""
+    job = find_by_idempotency_key(session, key)
+    if job is not None and (job.action != action or (system_id is not None and job.system_id != system_id)):
+        raise Conflict(f"Idempotency-Key {key!r} was already used for job {job.id} ({job.action}); use a new key")
+    return job
+
+
+def commit_idempotent(request: Request, session: Session, job: Job, key: str | None) -> JSONResponse:
+    """Commit a new job; if a concurrent request with the same key won, answer with its job instead."""
+    try:
+        return accepted(request, session, job)
+    except IntegrityError:
+        session.rollback()
+        winner = find_by_idempotency_key(session, key)
+        if key is None or winner is None:
+            raise
+        return accepted(request, session, winner, existing=True)
+
+
+@router.post("", status_code=202, response_model=JobOut)
+def start_bulk_job(
+    body: JobSpec, request: Request, session: Session = SessionDep, idempotency_key: str | None = IdempotencyKey
+) -> JSONResponse:
+    """Run an action on every system matching the selector, in batches, with bounded concurrency."""
+    existing = replay_or_conflict(session, idempotency_key, body.action, None)
+    if existing is not None:
+        return accepted(request, session, existing, existing=True)
+    job = start_from_spec(session, body, request_id=request.state.request_id, idempotency_key=idempotency_key)
+    return commit_idempotent(request, session, job, idempotency_key)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    request: Request,
+    status: str | None = Query(None, max_length=15),
+    action: str | None = Query(None, max_length=63),
+    system: int | None = Query(None, description="System id"),
+    parent: int | None = Query(None, description="Parent (bulk) job id"),
+    limit: int = Query(50, ge=1, le=MAX_LIMIT),
+    cursor: str | None = Query(None, max_length=200),
+    session: Session = SessionDep,
+) -> dict:
+    """Newest first."""
+    query = select(Job)
+    if cursor:
+        query = query.where(Job.id < decode_cursor(cursor))
+    for column, value in ((Job.status, status), (Job.action, action), (Job.system_id, system), (Job.parent_id, parent)):
+        if value is not None:
+            query = query.where(column == value)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    next_url = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_url = str(request.url.include_query_params(cursor=encode_cursor(rows[-1].id), limit=limit))
+    return {"items": [to_out(j) for j in rows], "next": next_url}
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def read_job(job_id: int, session: Session = SessionDep) -> JobOut:
+    return to_out(get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: int, request: Request, session: Session = SessionDep) -> JSONResponse:
+    """Stop at the next step boundary; completed steps with a compensation are undone."""
+    job = get_job(session, job_id)
+    if job.status in TERMINAL_JOB:
+        raise Conflict(f"job {job.id} already {job.status}; nothing to cancel", status_of_job=job.status)
+    job.cancel_requested = True
+    for child in session.scalars(select(Job).where(Job.parent_id == job.id)):
+        if child.status not in TERMINAL_JOB:
+            child.cancel_requested = True
+    return accepted(request, session, job)
+
+
+@router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(
+    job_id: int,
+    request: Request,
+    after: int = Query(0, ge=0, description="Only events with a larger id"),
+    limit: int = Query(500, ge=1, le=MAX_LIMIT),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+) -> Response:
+    """The job's events in order. With ``Accept: text/event-stream`` they stream live (SSE) until the
+    job ends, resuming after ``Last-Event-ID``; otherwise one JSON page starting after ``after``."""
+    db = request.app.state.db
+    if last_event_id and last_event_id.isdigit():
+        after = int(last_event_id)
+
+    def page(after_id: int) -> tuple[list[dict], bool]:
+        with db.session() as session:
+            job = get_job(session, job_id)
+            return [event_dict(e) for e in events_after(session, job_id, after_id, limit)], job.status in TERMINAL_JOB
+
+    items, ended = await run_in_threadpool(page, after)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        next_url = str(request.url.include_query_params(after=items[-1]["id"])) if len(items) == limit else None
+        return JSONResponse({"items": items, "next": next_url, "job_ended": ended})
+    return StreamingResponse(
+        _stream(request, page, items, ended, after), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(request: Request, page, items: list[dict], ended: bool, after: int) -> AsyncIterator[str]:
+    last = after
+    quiet = 0.0
+    yield "retry: 1000\n\n"
+    while True:
+        for item in items:
+            last = item["id"]
+            yield f"id: {item['id']}\nevent: {item['kind']}\ndata: {json.dumps(item)}\n\n"
+        if ended and not items:
+            yield f"event: end\ndata: {json.dumps({'job_id': request.path_params['job_id']})}\n\n"
+            return
+        if await request.is_disconnected():
+            return
+        if not items:
+            await asyncio.sleep(SSE_POLL_S)
+            quiet += SSE_POLL_S
+            if quiet >= SSE_KEEPALIVE_S:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+        items, ended = await run_in_threadpool(page, last)

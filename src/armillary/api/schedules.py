@@ -1,0 +1,87 @@
+"""/api/v1/schedules: cron expressions that start bulk jobs (e.g. a nightly stage of a label)."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from armillary.api.deps import PageParams, SessionDep, created, ensure_unique_name, get_by_ref, paginate
+from armillary.domain.errors import InvalidInput
+from armillary.domain.job_schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate
+from armillary.domain.jobs import Schedule
+from armillary.domain.models import utcnow
+from armillary.domain.schemas import Page
+from armillary.engine.schedules import next_run
+
+router = APIRouter(prefix="/schedules", tags=["schedules"])
+
+
+def _check(cron: str, tz: str) -> None:
+    if not croniter.is_valid(cron):
+        raise InvalidInput("cron", f"not a cron expression: {cron!r}")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput("timezone", f"unknown time zone {tz!r}") from None
+
+
+def to_out(row: Schedule) -> ScheduleOut:
+    return ScheduleOut(
+        id=row.id, name=row.name, cron=row.cron, timezone=row.timezone, job=row.spec, enabled=row.enabled,
+        next_run_at=row.next_run_at, last_run_at=row.last_run_at, last_job_id=row.last_job_id,
+        created_at=row.created_at,
+    )
+
+
+@router.post("", status_code=201, response_model=ScheduleOut)
+def create_schedule(
+    body: ScheduleCreate, request: Request, response: Response, session: Session = SessionDep
+) -> ScheduleOut:
+    _check(body.cron, body.timezone)
+    ensure_unique_name(session, Schedule, body.name, "schedule")
+    row = Schedule(
+        name=body.name, cron=body.cron, timezone=body.timezone, spec=body.job.model_dump(mode="json"),
+        enabled=body.enabled, next_run_at=next_run(body.cron, body.timezone, utcnow()),
+    )
+    session.add(row)
+    session.flush()
+    created(response, request, row.id, 1)
+    return to_out(row)
+
+
+@router.get("", response_model=Page[ScheduleOut])
+def list_schedules(
+    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep
+) -> dict:
+    items, next_url = paginate(session, select(Schedule), Schedule, page, request, response)
+    return {"items": [to_out(s) for s in items], "next": next_url}
+
+
+@router.get("/{ref}", response_model=ScheduleOut)
+def read_schedule(ref: str, session: Session = SessionDep) -> ScheduleOut:
+    return to_out(get_by_ref(session, Schedule, ref, "schedule"))
+
+
+@router.patch("/{ref}", response_model=ScheduleOut)
+def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDep) -> ScheduleOut:
+    row = get_by_ref(session, Schedule, ref, "schedule")
+    cron, tz = body.cron or row.cron, body.timezone or row.timezone
+    _check(cron, tz)
+    if body.job is not None:
+        row.spec = body.job.model_dump(mode="json")
+    if body.enabled is not None:
+        row.enabled = body.enabled
+    if (cron, tz) != (row.cron, row.timezone) or body.enabled:
+        row.next_run_at = next_run(cron, tz, utcnow())
+    row.cron, row.timezone = cron, tz
+    return to_out(row)
+
+
+@router.delete("/{ref}", status_code=204)
+def delete_schedule(ref: str, session: Session = SessionDep) -> Response:
+    session.delete(get_by_ref(session, Schedule, ref, "schedule"))
+    return Response(status_code=204)

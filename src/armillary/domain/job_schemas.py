@@ -1,0 +1,110 @@
+"""API shapes of jobs, actions, bulk job specs and schedules."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from armillary.domain.schemas import Hostname, Input, Labels, Name, Ref
+from armillary.domain.states import ACTIONS
+
+Action = Literal["create", "provision", "deploy", "destroy", "stage", "stop", "start", "reload", "clone"]
+
+
+class ActionRequest(Input):
+    action: Action
+    params: dict[str, Any] = Field(default_factory=dict, description="Action parameters, e.g. {'release': 'v2'}")
+    hostname: Hostname | None = Field(None, description="clone only: the new system's hostname")
+
+
+class Selector(Input):
+    labels: Labels = Field(default_factory=dict)
+    environment: Ref | None = None
+    type: Ref | None = None
+    state: str | None = Field(None, max_length=31)
+    systems: list[Ref] | None = Field(None, max_length=10000, description="Explicit system ids or hostnames")
+
+
+class JobSpec(Input):
+    action: Action
+    selector: Selector
+    concurrency: int = Field(10, ge=1, le=500)
+    batch_size: int | None = Field(None, ge=1, le=100000, description="Systems per batch; default all in one")
+    on_failure: Literal["stop", "continue"] = "stop"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("action")
+    @classmethod
+    def _bulk_action(cls, value: str) -> str:
+        if value == "clone":
+            raise ValueError("clone runs on one system at a time (POST /systems/{id}/actions)")
+        return value
+
+
+class StepOut(BaseModel):
+    name: str
+    status: str
+    depends_on: list[str]
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    error: str | None
+    result: dict[str, Any] | None
+
+
+class JobOut(BaseModel):
+    id: int
+    action: str
+    workflow: str
+    status: str
+    system_id: int | None
+    parent_id: int | None
+    params: dict[str, Any]
+    context: dict[str, Any]
+    error: str | None
+    summary: dict[str, Any] | None
+    cancel_requested: bool
+    waiting_for_lock: bool
+    request_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[StepOut]
+
+
+class ScheduleCreate(Input):
+    name: Name
+    cron: str = Field(..., max_length=127, description="Five-field cron expression, e.g. '0 3 * * *'")
+    timezone: str = Field("UTC", max_length=63)
+    job: JobSpec
+    enabled: bool = True
+
+
+class ScheduleUpdate(Input):
+    cron: str | None = Field(None, max_length=127)
+    timezone: str | None = Field(None, max_length=63)
+    job: JobSpec | None = None
+    enabled: bool | None = None
+
+
+class ScheduleOut(BaseModel):
+    id: int
+    name: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    enabled: bool
+    next_run_at: datetime
+    last_run_at: datetime | None
+    last_job_id: int | None
+    created_at: datetime
+
+
+assert set(ACTIONS) == set(Action.__args__)  # one list of actions

@@ -1,0 +1,138 @@
+"""Actions on a selection of systems: one parent job that runs a child job per system.
+
+The selection is resolved when the job is submitted and stored in its params, cut into batches;
+each batch is a step (batches run one after the other), and within a batch at most
+``concurrency`` children run at once. ``on_failure="stop"`` ends the parent after the first batch
+with a failure (later batches are not started); ``"continue"`` runs every batch. The parent's
+context and summary list every host with ✔/✗ and, for failures, why.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from armillary.domain.errors import Conflict
+from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
+from armillary.domain.models import System
+from armillary.engine.context import StepContext
+from armillary.engine.errors import PermanentStepError
+from armillary.engine.jobs import create_job, start_system_action
+from armillary.engine.workflows import StepSpec, Workflow, is_registered, register
+
+POLL_S = 0.1
+
+
+def run_batch(ctx: StepContext) -> dict[str, Any]:
+    index = int(ctx.step.split("-")[1])
+    system_ids: list[int] = ctx.params["batches"][index - 1]
+    concurrency = int(ctx.params.get("concurrency", 10))
+    pending = list(system_ids)
+    running: dict[int, int] = {}  # child job id → system id
+    results: dict[str, dict[str, Any]] = {}
+    hostnames: dict[int, str] = {}
+    cancelled = False
+    while pending or running:
+        if not cancelled and ctx.cancel_requested():
+            cancelled = True
+            pending.clear()
+            _cancel_children(ctx, list(running))
+        while pending and len(running) < concurrency:
+            system_id = pending.pop(0)
+            child_id, hostname, error = _start_child(ctx, system_id)
+            hostnames[system_id] = hostname
+            if child_id is None:
+                results[hostname] = {"status": "failed", "error": error}
+                ctx.log(f"✗ {hostname}: {error}", level="error")
+            else:
+                running[child_id] = system_id
+        if running:
+            ctx.runtime.wake()
+            time.sleep(POLL_S)
+            for job_id, status, error in _finished(ctx, list(running)):
+                hostname = hostnames[running.pop(job_id)]
+                results[hostname] = {"status": status, "job_id": job_id, **({"error": error} if error else {})}
+                mark = "✔" if status == JobStatus.SUCCEEDED.value else "✗"
+                ctx.log(f"{mark} {hostname}: {status}" + (f" ({error})" if error else ""),
+                        level="info" if mark == "✔" else "error")
+    failed = {h: r for h, r in results.items() if r["status"] != JobStatus.SUCCEEDED.value}
+    outcome = {f"batch_{index}": results}
+    if failed and ctx.params.get("on_failure", "stop") == "stop":
+        raise PermanentStepError(f"{len(failed)} of {len(results)} systems failed in batch {index}: "
+                                 + ", ".join(sorted(failed)) + "; stopping (on_failure=stop)")
+    return outcome
+
+
+def _start_child(ctx: StepContext, system_id: int) -> tuple[int | None, str, str | None]:
+    with ctx.runtime.db.session() as session:
+        system = session.get(System, system_id)
+        if system is None:
+            return None, f"system {system_id}", "the system no longer exists"
+        hostname = system.hostname
+        try:
+            with session.begin_nested():
+                child = start_system_action(
+                    session, system, ctx.params["action"], params=ctx.params.get("action_params") or {},
+                    parent_id=ctx.job_id,
+                )
+        except Conflict as exc:
+            return None, hostname, exc.detail
+        session.flush()
+        return child.id, hostname, None
+
+
+def _finished(ctx: StepContext, job_ids: list[int]) -> list[tuple[int, str, str | None]]:
+    with ctx.runtime.db.session() as session:
+        rows = session.execute(select(Job.id, Job.status, Job.error).where(Job.id.in_(job_ids))).all()
+    return [(r.id, r.status, r.error) for r in rows if r.status in TERMINAL_JOB]
+
+
+def _cancel_children(ctx: StepContext, job_ids: list[int]) -> None:
+    with ctx.runtime.db.session() as session:
+        for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
+            job.cancel_requested = True
+    ctx.log(f"cancelling {len(job_ids)} running child jobs")
+
+
+def batch_step_names(count: int) -> list[str]:
+    return [f"batch-{i}" for i in range(1, count + 1)]
+
+
+def bulk_workflow(batches: int) -> str:
+    """The workflow name for ``batches`` sequential batch steps (registered on first use)."""
+    name = f"bulk-{batches}"
+    if not is_registered(name):
+        names = batch_step_names(batches)
+        steps = [StepSpec(n, run_batch, (names[i - 1],) if i else (), timeout_s=86400, max_attempts=1)
+                 for i, n in enumerate(names)]
+        register(Workflow(name, steps, failure_state=None, description=f"{batches} batches of child jobs"))
+    return name
+
+
+def submit_selection(
+    session,
+    *,
+    action: str,
+    system_ids: list[int],
+    batch_size: int | None,
+    concurrency: int,
+    on_failure: str,
+    action_params: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+    selector: dict[str, Any] | None = None,
+) -> Job:
+    size = batch_size or len(system_ids)
+    batches = [system_ids[i:i + size] for i in range(0, len(system_ids), size)]
+    return create_job(
+        session,
+        action=action,
+        workflow=bulk_workflow(len(batches)),
+        params={"action": action, "batches": batches, "concurrency": concurrency, "on_failure": on_failure,
+                "action_params": action_params or {}, "selector": selector or {}},
+        context={"systems": len(system_ids)},
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+    )

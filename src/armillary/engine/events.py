@@ -1,0 +1,45 @@
+"""A job's live output: ordered rows that clients page through or follow as Server-Sent Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from armillary.domain.jobs import JobEvent
+
+
+def emit(
+    session: Session,
+    job_id: int,
+    kind: str,
+    message: str,
+    *,
+    step: str | None = None,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Add an event in the caller's transaction, so it appears exactly when the change it reports does."""
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, step=step, level=level, data=data))
+
+
+def events_after(session: Session, job_id: int, after_id: int, limit: int = 500) -> list[JobEvent]:
+    return list(
+        session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+        )
+    )
+
+
+def event_dict(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "job_id": event.job_id,
+        "kind": event.kind,
+        "step": event.step,
+        "level": event.level,
+        "message": event.message,
+        "data": event.data,
+        "time": event.created_at.isoformat(),
+    }

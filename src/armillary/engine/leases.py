@@ -1,0 +1,157 @@
+"""Leases: how a worker holds a step, and how a job holds its target.
+
+Every claim is one conditional UPDATE (or an INSERT guarded by the primary key), so two workers
+or two requests racing for the same thing cannot both win, on SQLite or PostgreSQL alike.
+
+* A step lease (``steps.lease_owner`` / ``lease_expires_at``) is renewed by its worker's heartbeat.
+  When a worker dies the lease expires, and the reaper of any live process retries the step
+  (a new attempt: idempotent driver calls adopt what the dead one made) or fails it.
+* A target lock (``locks`` row) belongs to a job from its start to its end and is released in the
+  same transaction that ends the job. Its ``expires_at`` is renewed while the job's steps run; a
+  lock is also free when its job has ended (so a crash between the two can never wedge a system),
+  and the reaper deletes such leftovers. A job never stays running forever, because its steps'
+  leases expire, so its lock never outlives it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
+from armillary.domain.models import utcnow
+
+
+def claim_step(session: Session, step_id: int, owner: str, lease_s: float) -> bool:
+    """Take a queued, due step for ``owner``; True only for the one worker that wins it."""
+    now = utcnow()
+    result = session.execute(
+        update(Step)
+        .where(
+            Step.id == step_id,
+            Step.status == StepStatus.QUEUED.value,
+            or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= now),
+        )
+        .values(
+            status=StepStatus.RUNNING.value,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempts=Step.attempts + 1,
+            started_at=now,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def still_mine(session: Session, step_id: int, owner: str) -> bool:
+    """Whether ``owner`` still holds the step (the reaper may have taken it back after a stall)."""
+    held = session.scalar(
+        select(Step.id).where(Step.id == step_id, Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
+    )
+    return held is not None
+
+
+def lock_holder(session: Session, resource: str) -> Job | None:
+    """The live job holding ``resource``, if any."""
+    lock = session.get(Lock, resource)
+    if lock is None:
+        return None
+    job = session.get(Job, lock.job_id)
+    if job is None or job.status in TERMINAL_JOB:
+        return None
+    return job
+
+
+def try_lock(session: Session, resource: str, job: Job, lease_s: float) -> Job | None:
+    """Lock ``resource`` for ``job``. Returns None on success, else the job holding it.
+
+    Runs in the caller's transaction; the INSERT is guarded by the primary key in a savepoint,
+    so concurrent requests for one system see exactly one winner.
+    """
+    expires = utcnow() + timedelta(seconds=lease_s)
+    existing = session.get(Lock, resource)
+    if existing is not None:
+        holder = lock_holder(session, resource)
+        if holder is not None and holder.id != job.id:
+            return holder
+        # Left behind by an ended job: take it over only if it is still that stale row.
+        taken = session.execute(
+            update(Lock)
+            .where(Lock.resource == resource, Lock.job_id == existing.job_id)
+            .values(job_id=job.id, acquired_at=utcnow(), expires_at=expires, owner=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.expire(existing)
+        return None if taken.rowcount == 1 else lock_holder(session, resource) or job
+    try:
+        with session.begin_nested():
+            session.add(Lock(resource=resource, job_id=job.id, expires_at=expires))
+    except IntegrityError:
+        return lock_holder(session, resource) or job
+    return None
+
+
+def release_lock(session: Session, job: Job) -> None:
+    if job.lock_resource:
+        session.execute(delete(Lock).where(Lock.resource == job.lock_resource, Lock.job_id == job.id))
+    job.holds_lock = False
+
+
+def heartbeat(session: Session, owner: str, lease_s: float) -> int:
+    """Renew every step lease ``owner`` holds, and the locks of those steps' jobs."""
+    expires = utcnow() + timedelta(seconds=lease_s)
+    mine = select(Step.job_id).where(Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
+    session.execute(
+        update(Lock).where(Lock.job_id.in_(mine)).values(expires_at=expires, owner=owner)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(
+        update(Step)
+        .where(Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
+        .values(lease_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def expired_steps(session: Session, now: datetime) -> list[Step]:
+    return list(
+        session.scalars(
+            select(Step).where(Step.status == StepStatus.RUNNING.value, Step.lease_expires_at < now).limit(100)
+        )
+    )
+
+
+def requeue_expired(session: Session, step: Step, now: datetime) -> bool:
+    """Put an expired step back in the queue (conditional on it still being that expired lease)."""
+    result = session.execute(
+        update(Step)
+        .where(Step.id == step.id, Step.status == StepStatus.RUNNING.value, Step.lease_owner == step.lease_owner,
+               Step.lease_expires_at < now)
+        .values(status=StepStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def fail_expired(session: Session, step: Step, now: datetime, message: str) -> bool:
+    result = session.execute(
+        update(Step)
+        .where(Step.id == step.id, Step.status == StepStatus.RUNNING.value, Step.lease_owner == step.lease_owner,
+               Step.lease_expires_at < now)
+        .values(status=StepStatus.FAILED.value, lease_owner=None, lease_expires_at=None, finished_at=now,
+                error=message)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def drop_locks_of_ended_jobs(session: Session) -> int:
+    ended = select(Job.id).where(Job.status.in_([s.value for s in TERMINAL_JOB]))
+    result = session.execute(delete(Lock).where(or_(Lock.job_id.in_(ended), and_(Lock.job_id.is_(None)))))
+    return result.rowcount

@@ -1,0 +1,200 @@
+"""The system lifecycle workflows of ARCHITECTURE.md, each written once against the driver interface.
+
+``defined → creating → created → provisioning → ready → (deploying → ready)* → destroying → destroyed``,
+``error`` from any active state (recoverable by retrying the action), and ``stopped`` in between.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from armillary.domain.states import SystemState, TransitionRefused, check_action
+from armillary.domain.models import utcnow
+from armillary.domain.variables import plain_values, resolve_system
+from armillary.drivers.base import MachineInfo, PermanentDriverError
+from armillary.engine.context import StepContext
+from armillary.engine.errors import PermanentStepError, TransientStepError
+from armillary.engine.workflows import StepSpec, Workflow, register
+from armillary.provisioners.base import provisioners
+
+BOOT_POLL_MAX_S = 10.0
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare(action: str, transitional: SystemState | None):
+    """First step of every action: re-check the state (it may have changed while queued), then move it."""
+
+    def step(ctx: StepContext) -> dict[str, Any]:
+        system = ctx.system()
+        if transitional is not None and system.state == transitional:
+            return {}  # a retry after a crash that had already moved the state; its first state is unknown
+        try:
+            check_action(action, system.state, has_machine=system.provider_id is not None)
+        except TransitionRefused as exc:
+            raise PermanentStepError(str(exc)) from None
+        if transitional is not None:
+            ctx.update_system(state=transitional.value)
+        ctx.log(f"{action} {system.hostname}: {system.state} → {transitional or 'unchanged'}")
+        return {"initial_state": system.state}
+
+    step.__name__ = f"prepare_{action}"
+    return step
+
+
+# ---------------------------------------------------------------- machine steps
+
+
+def _wait_running(ctx: StepContext, driver, system, info: MachineInfo) -> MachineInfo:
+    delay = 0.05
+    while info.state != "running":
+        if info.state in {"missing", "error", "terminated"}:
+            raise PermanentDriverError(f"machine {info.provider_id} is {info.state} while waiting for it to run")
+        if ctx.remaining() < delay:
+            raise TransientStepError(f"machine {info.provider_id} still {info.state}")
+        time.sleep(delay)
+        delay = min(delay * 2, BOOT_POLL_MAX_S)
+        info = driver.status(ctx.machine_ref(system))
+    return info
+
+
+def create_machine(ctx: StepContext) -> dict[str, Any]:
+    """Driver create (idempotent by system id), store the provider id at once, wait until running."""
+    system = ctx.system()
+    if system.state != SystemState.CREATING:
+        ctx.update_system(state=SystemState.CREATING.value)
+    driver = ctx.driver(system)
+    ctx.log(f"creating {system.hostname} with the {driver.name} driver" + ("" if driver.real_machines else
+            " (simulated: no real machine)"))
+    info = driver.create(ctx.machine_spec(system))
+    ctx.update_system(provider_id=info.provider_id, provider_info=info.as_dict())
+    adopted = system.provider_id == info.provider_id
+    ctx.log(f"{'adopted existing' if adopted else 'created'} machine {info.provider_id} ({info.state})")
+    info = _wait_running(ctx, driver, system, info)
+    ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
+    ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
+    return {"provider_id": info.provider_id, "addresses": info.addresses}
+
+
+def undo_create_machine(ctx: StepContext) -> None:
+    system = ctx.system()
+    ctx.driver(system).destroy(ctx.machine_ref(system))
+    ctx.update_system(provider_id=None, provider_info={}, addresses=[])
+    ctx.log(f"destroyed the machine of {system.hostname} (compensation)")
+
+
+def destroy_machine(ctx: StepContext) -> dict[str, Any]:
+    """Driver destroy; a machine that is already gone counts as destroyed."""
+    system = ctx.system()
+    driver = ctx.driver(system)
+    driver.destroy(ctx.machine_ref(system))
+    final = SystemState.DESTROYING if ctx.action == "reload" else SystemState.DESTROYED  # reload goes on
+    ctx.update_system(state=final.value, provider_id=None, provider_info={}, addresses=[], provisioned_at=None)
+    ctx.log(f"destroyed machine of {system.hostname}")
+    return {"destroyed": True}
+
+
+def stop_machine(ctx: StepContext) -> dict[str, Any]:
+    system = ctx.system()
+    info = ctx.driver(system).stop(ctx.machine_ref(system))
+    ctx.update_system(state=SystemState.STOPPED.value, provider_info=info.as_dict())
+    ctx.log(f"stopped {system.hostname}")
+    return {"machine_state": info.state}
+
+
+def start_machine(ctx: StepContext) -> dict[str, Any]:
+    system = ctx.system()
+    driver = ctx.driver(system)
+    info = _wait_running(ctx, driver, system, driver.start(ctx.machine_ref(system)))
+    state = SystemState.READY if system.provisioned_at else SystemState.CREATED
+    ctx.update_system(state=state.value, addresses=info.addresses, provider_info=info.as_dict())
+    ctx.log(f"started {system.hostname}")
+    return {"machine_state": info.state, "addresses": info.addresses}
+
+
+# ---------------------------------------------------------------- configuration steps
+
+
+def provision(ctx: StepContext) -> dict[str, Any]:
+    """Run the type's provisioner against the system with its resolved variables."""
+    if not ctx.params.get("provision", True):
+        ctx.log("provisioning skipped (not asked for)")
+        return {"provisioned": False}
+    ctx.update_system(state=SystemState.PROVISIONING.value)
+    system = ctx.system()
+    kind = system.type.provisioner_kind if system.type else "none"
+    driver = ctx.driver(system)
+    counts: dict[str, Any] = {"changed": 0, "ok": 0, "failed": 0}
+    if kind == "none":
+        ctx.log("the system's type has no provisioner: nothing to configure")
+    elif not driver.real_machines:
+        ctx.log(f"simulated machine: the {kind} provisioner is not run against it (nothing real to configure)")
+    else:
+        installed = provisioners()
+        if kind not in installed:
+            raise PermanentStepError(
+                f"no {kind!r} provisioner is installed (installed: {', '.join(installed) or 'none'})"
+            )
+        with ctx.runtime.db.session() as session:
+            from armillary.domain.models import System
+
+            variables = plain_values(resolve_system(session, session.get(System, system.id)))
+        counts = installed[kind]().run(ctx, system, system.type.provisioner_spec, variables)
+    ctx.update_system(state=SystemState.READY.value, provisioned_at=utcnow())
+    return {"provisioner": kind, "counts": counts}
+
+
+def deploy_release(ctx: StepContext) -> dict[str, Any]:
+    system = ctx.system()
+    release = str(ctx.params.get("release") or utcnow().strftime("%Y%m%d%H%M%S"))
+    if ctx.driver(system).real_machines:
+        raise PermanentStepError("deploying to real machines needs the release module, which is not built yet")
+    ctx.log(f"simulated machine: release {release} recorded, nothing real deployed")
+    ctx.update_system(state=SystemState.READY.value)
+    return {"release": release}
+
+
+# ---------------------------------------------------------------- the workflows
+
+_CREATE = StepSpec("create_machine", create_machine, ("prepare",), timeout_s=1800, max_attempts=5,
+                   retry_base_s=2.0, compensate=undo_create_machine)
+
+
+def _steps(action: str, transitional: SystemState | None, *rest: StepSpec) -> list[StepSpec]:
+    chain = [StepSpec("prepare", prepare(action, transitional), timeout_s=60, max_attempts=3)]
+    for spec in rest:
+        chain.append(spec)
+    return chain
+
+
+def _after(spec: StepSpec, previous: str) -> StepSpec:
+    return StepSpec(spec.name, spec.fn, (previous,), spec.timeout_s, spec.max_attempts, spec.retry_base_s,
+                    spec.compensate)
+
+
+_PROVISION = StepSpec("provision", provision, ("prepare",), timeout_s=3600, max_attempts=2)
+_DESTROY = StepSpec("destroy_machine", destroy_machine, ("prepare",), timeout_s=1800, max_attempts=5, retry_base_s=2.0)
+
+for workflow in (
+    Workflow("create", _steps("create", SystemState.CREATING, _CREATE), description="Create the machine"),
+    Workflow("provision", _steps("provision", SystemState.PROVISIONING, _PROVISION),
+             description="Configure the machine with its type's provisioner"),
+    Workflow("stage", _steps("stage", SystemState.CREATING, _CREATE, _after(_PROVISION, "create_machine")),
+             description="Create, then provision"),
+    Workflow("deploy", _steps("deploy", SystemState.DEPLOYING,
+                              StepSpec("deploy", deploy_release, ("prepare",), timeout_s=3600, max_attempts=1)),
+             description="Push a release"),
+    Workflow("stop", _steps("stop", None, StepSpec("stop_machine", stop_machine, ("prepare",), max_attempts=5)),
+             description="Stop the machine"),
+    Workflow("start", _steps("start", None, StepSpec("start_machine", start_machine, ("prepare",), max_attempts=5)),
+             description="Start the machine"),
+    Workflow("destroy", _steps("destroy", SystemState.DESTROYING, _DESTROY), description="Destroy the machine"),
+    Workflow("reload", _steps("reload", SystemState.DESTROYING, _DESTROY, _after(_CREATE, "destroy_machine"),
+                              _after(_PROVISION, "create_machine")),
+             description="Recreate the machine (destroy + create, provision again if it was provisioned)"),
+    Workflow("clone", _steps("create", SystemState.CREATING, _CREATE, _after(_PROVISION, "create_machine")),
+             description="Create a copy of a system (a new system record), provisioned if its source was"),
+):
+    register(workflow)

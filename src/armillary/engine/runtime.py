@@ -1,0 +1,28 @@
+"""What a process needs to run steps: its database, its secret key, its identity and its executor."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from armillary.domain.db import Database
+from armillary.domain.secrets import SecretBox
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Runtime:
+    db: Database
+    secret_box: SecretBox
+    worker_id: str = field(default_factory=new_worker_id)
+    lease_s: float = 30.0
+    # Hands a ready step to whatever executes steps (the inline pool, or Celery).
+    submit: Callable[[int], None] = lambda step_id: None
+    # Tells the dispatcher that something changed (a job ended, a lock was freed).
+    wake: Callable[[], None] = lambda: None

@@ -1,0 +1,67 @@
+"""Selections: which systems a bulk job or a schedule acts on, and starting such a job."""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from armillary.domain.errors import InvalidInput
+from armillary.domain.job_schemas import JobSpec, Selector
+from armillary.domain.jobs import Job
+from armillary.domain.models import Environment, System, SystemLabel, SystemType
+from armillary.engine.bulk import submit_selection
+
+MAX_SELECTION = 100_000
+
+
+def _ref_filter(model, ref):
+    return model.id == ref if isinstance(ref, int) else model.name == ref
+
+
+def resolve_selector(session: Session, selector: Selector) -> list[int]:
+    """Ids of the systems matching every given criterion, in id order."""
+    query = select(System.id)
+    if selector.environment is not None:
+        env_id = session.scalar(select(Environment.id).where(_ref_filter(Environment, selector.environment)))
+        if env_id is None:
+            raise InvalidInput("selector.environment", f"no environment {selector.environment!r}")
+        query = query.where(System.environment_id == env_id)
+    if selector.type is not None:
+        type_id = session.scalar(select(SystemType.id).where(_ref_filter(SystemType, selector.type)))
+        if type_id is None:
+            raise InvalidInput("selector.type", f"no type {selector.type!r}")
+        query = query.where(System.type_id == type_id)
+    if selector.state is not None:
+        query = query.where(System.state == selector.state)
+    for key, value in selector.labels.items():
+        query = query.where(
+            System.id.in_(select(SystemLabel.system_id).where(SystemLabel.key == key, SystemLabel.value == value))
+        )
+    if selector.systems is not None:
+        ids = [r for r in selector.systems if isinstance(r, int)]
+        names = [r.lower() for r in selector.systems if isinstance(r, str)]
+        query = query.where(or_(System.id.in_(ids), System.hostname.in_(names)))
+    found = list(session.scalars(query.order_by(System.id).limit(MAX_SELECTION + 1)))
+    if len(found) > MAX_SELECTION:
+        raise InvalidInput("selector", f"matches more than {MAX_SELECTION} systems; narrow it")
+    return found
+
+
+def start_from_spec(
+    session: Session, spec: JobSpec, *, request_id: str | None = None, idempotency_key: str | None = None
+) -> Job:
+    system_ids = resolve_selector(session, spec.selector)
+    if not system_ids:
+        raise InvalidInput("selector", "matches no systems")
+    return submit_selection(
+        session,
+        action=spec.action,
+        system_ids=system_ids,
+        batch_size=spec.batch_size,
+        concurrency=spec.concurrency,
+        on_failure=spec.on_failure,
+        action_params=spec.params,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        selector=spec.selector.model_dump(mode="json", exclude_none=True),
+    )

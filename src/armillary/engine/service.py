@@ -1,0 +1,179 @@
+"""The engine of one process: a dispatcher loop, a heartbeat, a reaper, and an executor.
+
+* The dispatcher hands due, queued steps to the executor, gives locks to jobs queued behind
+  other jobs, cancels jobs whose cancel was asked for, and fires due schedules. It runs on a short
+  poll and is woken at once when something changes in this process.
+* The heartbeat renews the leases of the steps this process runs (and their jobs' locks).
+* The reaper finds steps whose lease expired — their worker died or stalled — and retries them
+  (when attempts remain) or fails them. Nothing is wiped at start-up: queued work is recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import or_, select
+
+from armillary.domain.db import Database
+from armillary.domain.jobs import Job, JobStatus, Step, StepStatus
+from armillary.domain.models import utcnow
+from armillary.domain.secrets import SecretBox
+from armillary.engine import cancel, leases, schedules
+from armillary.engine.dispatch import Executor, InlineExecutor
+from armillary.engine.events import emit
+from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
+from armillary.engine.runner import finish_job
+from armillary.engine.runtime import Runtime
+
+log = logging.getLogger("armillary.engine")
+
+
+class Engine:
+    def __init__(
+        self,
+        db: Database,
+        secret_box: SecretBox,
+        *,
+        workers: int = 32,
+        lease_s: float = 30.0,
+        poll_s: float = 0.5,
+        executor: Executor | None = None,
+    ) -> None:
+        self.runtime = Runtime(db=db, secret_box=secret_box, lease_s=lease_s)
+        self.executor = executor or InlineExecutor(self.runtime, workers=workers)
+        self.runtime.submit = self.executor.submit
+        self.runtime.wake = self.wake
+        self.poll_s = poll_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_reap = 0.0
+
+    # ------------------------------------------------------------ life
+
+    def start(self) -> None:
+        for name, target in (("dispatcher", self._dispatch_loop), ("heartbeat", self._heartbeat_loop)):
+            thread = threading.Thread(target=target, name=f"armillary-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("engine started as worker %s", self.runtime.worker_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.executor.shutdown()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ loops
+
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must survive a DB hiccup
+                log.exception("dispatcher tick failed")
+                time.sleep(self.poll_s)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.runtime.lease_s / 3
+        while not self._stop.wait(interval):
+            try:
+                with self.runtime.db.session() as session:
+                    leases.heartbeat(session, self.runtime.worker_id, self.runtime.lease_s)
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat failed")
+
+    def tick(self) -> None:
+        """One pass of everything the dispatcher does; public so tests can drive it."""
+        now = time.monotonic()
+        if now - self._last_reap >= self.runtime.lease_s / 3:
+            self._last_reap = now
+            self.reap()
+        self.grant_waiting_locks()
+        for job_id in cancel.cancellable_jobs(self.runtime):
+            cancel.cancel_now(self.runtime, job_id)
+        schedules.fire_due(self.runtime, _start_scheduled)
+        self.dispatch_due()
+
+    def dispatch_due(self) -> int:
+        now = utcnow()
+        busy = self.executor.in_flight()
+        with self.runtime.db.session() as session:
+            due = session.scalars(
+                select(Step.id)
+                .where(Step.status == StepStatus.QUEUED.value,
+                       or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= now))
+                .order_by(Step.id)
+                .limit(1000)
+            ).all()
+        handed = 0
+        for step_id in due:
+            if step_id not in busy:
+                self.executor.submit(step_id)
+                handed += 1
+        return handed
+
+    def grant_waiting_locks(self) -> None:
+        """Jobs queued behind another job's lock get it, oldest first, once it is free."""
+        with self.runtime.db.session() as session:
+            waiting = session.scalars(
+                select(Job).where(Job.status == JobStatus.QUEUED.value, Job.holds_lock.is_(False),
+                                  Job.cancel_requested.is_(False))
+                .order_by(Job.id).limit(100)
+            ).all()
+            for job in waiting:
+                if leases.try_lock(session, job.lock_resource, job, DEFAULT_LOCK_LEASE_S) is None:
+                    job.holds_lock = True
+                    queue_roots(job)
+                    emit(session, job.id, "job", f"job got {job.lock_resource}; queued")
+                    session.flush()
+
+    def reap(self) -> None:
+        """Retry or fail steps whose lease expired; drop locks left by ended jobs."""
+        now = utcnow()
+        with self.runtime.db.session() as session:
+            for step in leases.expired_steps(session, now):
+                owner = step.lease_owner
+                if step.attempts < step.max_attempts and leases.requeue_expired(session, step, now):
+                    emit(session, step.job_id, "step",
+                         f"{step.name}: lease of worker {owner} expired; retrying", step=step.name, level="warning",
+                         data={"status": "retrying"})
+                elif leases.fail_expired(session, step, now, f"lease of worker {owner} expired; no attempts left"):
+                    session.expire(step)
+                    emit(session, step.job_id, "step", f"{step.name} failed: its worker died", step=step.name,
+                         level="error", data={"status": "failed"})
+                    finish_job(session, session.get(Job, step.job_id), JobStatus.FAILED,
+                               error=f"{step.name}: lease of worker {owner} expired; no attempts left")
+            leases.drop_locks_of_ended_jobs(session)
+        self.wake()
+
+    # ------------------------------------------------------------ helpers for tests and tools
+
+    def wait_for(self, job_id: int, timeout_s: float = 30.0) -> Job:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.runtime.db.session() as session:
+                job = session.get(Job, job_id)
+                if job.status in {s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)}:
+                    return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s}s")
+            time.sleep(0.05)
+
+
+def _start_scheduled(session, spec: dict, request_id: str) -> Job:
+    from armillary.domain.job_schemas import JobSpec
+    from armillary.engine.selection import start_from_spec
+
+    return start_from_spec(session, JobSpec.model_validate(spec), request_id=request_id)
+
+
+__all__ = ["Engine"]

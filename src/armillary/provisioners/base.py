@@ -1,0 +1,27 @@
+"""The provisioner interface: configuration tools (Ansible, Puppet, Salt, scripts) behind one seam.
+
+A provisioner is registered under the ``armillary.provisioners`` entry point group with the name a
+type's ``provisioner.kind`` uses. It gets the step context (for live log lines), the system, the
+type's spec and the system's resolved variables, and returns counts (changed/ok/failed) that go
+into the job's context.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+ENTRY_POINT_GROUP = "armillary.provisioners"
+
+
+class Provisioner:
+    name: ClassVar[str]
+
+    def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@cache
+def provisioners() -> dict[str, type[Provisioner]]:
+    return {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
