@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import threading
 import time
+from collections import Counter
 
 from pydantic import Field
 from sqlalchemy import select
@@ -30,6 +32,8 @@ from armillary.drivers.base import (
 )
 
 ADDRESS_BASE = ipaddress.ip_address("198.18.0.0")
+_calls: Counter[tuple[int, str]] = Counter()  # (hypervisor id, operation) → calls made by this process
+_calls_lock = threading.Lock()
 OPERATIONS = ("check", "create", "status", "start", "stop", "destroy", "list")
 
 
@@ -38,6 +42,9 @@ class SimulatedConfig(StrictModel):
     failure_rate: float = Field(0, ge=0, le=1, description="Probability that a call fails transiently")
     fail_at: list[str] = Field(
         default_factory=list, description=f"Operations that always fail permanently, of {', '.join(OPERATIONS)}"
+    )
+    fail_first_calls: int = Field(
+        0, ge=0, le=100, description="The first N calls of each operation fail transiently (counted per process)"
     )
     boot_calls: int = Field(0, ge=0, le=100, description="Status reads a new machine stays 'pending' for")
     capacity: int | None = Field(None, ge=0, description="Most machines this hypervisor will hold")
@@ -65,6 +72,12 @@ class SimulatedDriver(Driver):
             time.sleep(config.latency_ms / 1000)
         if operation in config.fail_at:
             raise PermanentDriverError(f"simulated permanent failure of {operation} (fail_at)")
+        if config.fail_first_calls:
+            with _calls_lock:
+                _calls[(self.hypervisor_id, operation)] += 1
+                count = _calls[(self.hypervisor_id, operation)]
+            if count <= config.fail_first_calls:
+                raise TransientDriverError(f"simulated transient failure of {operation} (call {count})")
         if config.failure_rate and random.random() < config.failure_rate:
             raise TransientDriverError(f"simulated transient failure of {operation} (failure_rate)")
 
