@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from tests.support.jobs import NOOP_SCRIPT
+
 
 def problem(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
@@ -75,10 +77,12 @@ def test_hypervisor_secrets_are_write_only(api: httpx.Client, live_server) -> No
         raw = str(conn.exec_driver_sql("SELECT config, secret_config FROM hypervisors").all())
     assert "s3cr3t-value" not in raw and "gAAAA" in raw  # a Fernet token
     # Changing plain settings keeps the secret; null removes it.
+    # PATCH merges: changing a plain setting keeps the others and the secret; null removes settings.
     kept = api.patch("/hypervisors/ec2-eu", json={"config": {"region": "us-east-1"}}).json()
-    assert kept["config"] == {"region": "us-east-1"} and kept["secrets_set"] == ["secret_access_key"]
-    removed = api.patch("/hypervisors/ec2-eu", json={"config": {"secret_access_key": None}}).json()
-    assert removed["secrets_set"] == []
+    assert kept["config"] == {"region": "us-east-1", "access_key_id": "AKIA1"}
+    assert kept["secrets_set"] == ["secret_access_key"]
+    removed = api.patch("/hypervisors/ec2-eu", json={"config": {"access_key_id": None, "secret_access_key": None}})
+    assert removed.json()["secrets_set"] == [] and removed.json()["config"] == {"region": "us-east-1"}
 
 
 def test_hypervisor_config_is_validated_by_its_driver(api: httpx.Client) -> None:
@@ -124,7 +128,7 @@ def test_type_in_seed_shape_becomes_a_puppet_type(api: httpx.Client) -> None:
 
 def test_type_in_use_cannot_be_deleted(api: httpx.Client) -> None:
     api.post("/environments", json={"name": "dev"})
-    api.post("/types", json={"name": "web", "provisioner": {"kind": "script", "spec": {}}})
+    api.post("/types", json={"name": "web", "provisioner": {"kind": "script", "spec": NOOP_SCRIPT}})
     api.post("/systems", json={"hostname": "w1", "environment": "dev", "type": "web"})
     problem(api.delete("/types/web"), 409)
     assert api.get("/types/web").status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from armillary.api import (
     environments,
     groups,
     health,
+    hypervisor_checks,
     hypervisors,
     jobs,
     problems,
@@ -47,6 +49,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             log.info("database schema at %s", migrate.head_revision())
         if settings.engine == "inline":
             app.state.engine.start()
+        # Start-up objects live as long as the process: keep them out of every full GC pass, which
+        # otherwise walks them all and shows up as ~30 ms at p99 (measured by bench/inventory.py).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -68,7 +74,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (environments, hypervisors, types, systems, actions, groups, variables, drivers, jobs, schedules):
+    routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
+               jobs, schedules)
+    for module in routers:
         api.include_router(module.router)
     api.include_router(systems.labels_router)
     app.include_router(api)

@@ -16,7 +16,8 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
-from armillary.api.systems import system_page, to_out as system_out
+from armillary.api.systems import system_page
+from armillary.api.systems import to_out as system_out
 from armillary.domain.models import Group
 from armillary.domain.schemas import GroupCreate, GroupOut, GroupUpdate, Page, SystemOut
 

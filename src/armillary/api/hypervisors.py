@@ -137,8 +137,8 @@ def update_hypervisor(
     if body.config is not None:
         box: SecretBox = request.app.state.secret_box
         driver = driver_for(hypervisor.driver)
-        merged = {**box.decrypt(hypervisor.secret_config), **body.config}
-        merged = {k: v for k, v in merged.items() if not (v is None and k in driver.secret_fields())}
+        merged = {**hypervisor.config, **box.decrypt(hypervisor.secret_config), **body.config}
+        merged = {k: v for k, v in merged.items() if v is not None}  # null removes a setting
         plain, secrets = validated_config(driver, merged)
         hypervisor.config = plain
         _store_secrets(hypervisor, box, secrets)

@@ -15,9 +15,11 @@ import uuid
 import yaml
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from armillary.api.problems import problem_type
 from armillary.logs import request_id_var
 
 access_log = logging.getLogger("armillary.access")
+error_log = logging.getLogger("armillary.api")
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
@@ -40,17 +42,25 @@ class RequestIdMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
                 message["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here, inside this middleware, so even a 500 carries its X-Request-ID.
+            error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not response_started:
+                await plain_problem(
+                    send_with_id, scope, 500, "internal-error", "Internal error", "an unexpected error occurred"
+                )
         finally:
             access_log.info(
                 "%s %s %s",
@@ -88,7 +98,7 @@ class YamlBodyMiddleware:
             message = await receive()
             body += message.get("body", b"")
             if len(body) > MAX_BODY:
-                await _plain_problem(send, 413, "too-large", "Request body too large", f"limit is {MAX_BODY} bytes")
+                await plain_problem(send, scope, 413, "too-large", "Request body too large", f"limit is {MAX_BODY} bytes")
                 return
             if not message.get("more_body"):
                 break
@@ -96,7 +106,7 @@ class YamlBodyMiddleware:
             document = yaml.safe_load(body.decode("utf-8")) if body.strip() else None
             converted = json.dumps(document, default=str).encode()
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            await _plain_problem(send, 400, "malformed-body", "Malformed request body", f"invalid YAML: {exc}")
+            await plain_problem(send, scope, 400, "malformed-body", "Malformed request body", f"invalid YAML: {exc}")
             return
         new_headers = [
             (k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")
@@ -113,9 +123,17 @@ class YamlBodyMiddleware:
         await self.app({**scope, "headers": new_headers}, replay, send)
 
 
-async def _plain_problem(send: Send, status: int, slug: str, title: str, detail: str) -> None:
+async def plain_problem(send: Send, scope: Scope, status: int, slug: str, title: str, detail: str) -> None:
+    """A problem+json answer sent from middleware, where FastAPI's exception handlers do not reach."""
     body = json.dumps(
-        {"type": f"urn:armillary:problem:{slug}", "title": title, "status": status, "detail": detail}
+        {
+            "type": problem_type(slug),
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": scope.get("path"),
+            "request_id": scope.get("state", {}).get("request_id"),
+        }
     ).encode()
     await send(
         {

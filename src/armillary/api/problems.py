@@ -2,7 +2,8 @@
 
 Each problem has a stable ``type`` (``urn:armillary:problem:<slug>``) clients can switch on,
 a ``title``, the HTTP ``status``, a human ``detail`` and, for validation, ``errors``: one entry
-per bad field with its dotted path (``machine.cpu``) and the reason.
+per bad field with its dotted path (``machine.cpu``) and the reason. Unexpected errors (500) are
+answered by ``RequestIdMiddleware`` so that they too carry the request id.
 """
 
 from __future__ import annotations
@@ -107,15 +108,9 @@ async def _on_stale(request: Request, exc: StaleDataError) -> JSONResponse:
     )
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(500, "internal-error", "Internal error", "an unexpected error occurred", request)
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(DomainError, _on_domain)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(IntegrityError, _on_integrity)
     app.add_exception_handler(StaleDataError, _on_stale)
-    app.add_exception_handler(Exception, _on_unexpected)

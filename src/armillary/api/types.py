@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
@@ -16,11 +17,26 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
-from armillary.domain.errors import InUse
+from armillary.domain.errors import InUse, InvalidInput, invalid_from_pydantic
 from armillary.domain.models import System, SystemType
 from armillary.domain.schemas import Page, ProvisionerSpec, TypeCreate, TypeOut, TypeUpdate
+from armillary.engine.errors import StepError
+from armillary.provisioners.base import provisioners
 
 router = APIRouter(prefix="/types", tags=["types"])
+
+
+def check_spec(provisioner: ProvisionerSpec) -> None:
+    """Let the installed provisioner check its spec now (422), rather than fail at provision time."""
+    installed = provisioners().get(provisioner.kind)
+    if installed is None:
+        return
+    try:
+        installed.validate_spec(provisioner.spec)
+    except ValidationError as exc:
+        raise invalid_from_pydantic("provisioner.spec", exc) from None
+    except StepError as exc:
+        raise InvalidInput("provisioner.spec", str(exc)) from None
 
 
 def to_out(row: SystemType) -> TypeOut:
@@ -39,6 +55,7 @@ def to_out(row: SystemType) -> TypeOut:
 @router.post("", status_code=201, response_model=TypeOut)
 def create_type(body: TypeCreate, request: Request, response: Response, session: Session = SessionDep) -> TypeOut:
     ensure_unique_name(session, SystemType, body.name, "type")
+    check_spec(body.provisioner)
     row = SystemType(
         name=body.name,
         description=body.description,
@@ -79,6 +96,7 @@ def update_type(
     if body.description is not None:
         row.description = body.description
     if body.provisioner is not None:
+        check_spec(body.provisioner)
         row.provisioner_kind, row.provisioner_spec = body.provisioner.kind, body.provisioner.spec
     if body.variables is not None:
         row.variables = body.variables

@@ -1,4 +1,8 @@
-"""Server-side commands: ``serve`` and ``migrate`` work on the database directly."""
+"""Server-side commands: ``serve`` and ``migrate`` work on the database directly.
+
+The database modules (SQLAlchemy, Alembic) are imported inside the commands, so the client
+commands registered beside these do not pay for them at start-up.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import typer
 
 from armillary import logs
 from armillary.config import Settings
-from armillary.domain import migrate as migrations
-from armillary.domain.db import Database
 
 
 def serve(
@@ -25,6 +27,8 @@ def serve(
     import uvicorn
 
     from armillary.api.app import create_app
+    from armillary.domain import migrate as migrations
+    from armillary.domain.db import Database
 
     logs.configure(json_lines=log_format == "json")
     settings = Settings.from_env()
@@ -58,6 +62,9 @@ def migrate(
     check: bool = typer.Option(False, "--check", help="Only report whether the schema is current"),
 ) -> None:
     """Upgrade the database schema (or check it)."""
+    from armillary.domain import migrate as migrations
+    from armillary.domain.db import Database
+
     logging.basicConfig(level=logging.WARNING)
     db = Database(Settings.from_env().database_url)
     if check:

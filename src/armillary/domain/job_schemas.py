@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from armillary.domain.schemas import Hostname, Input, Labels, Name, Ref
 from armillary.domain.states import ACTIONS
@@ -24,7 +24,16 @@ class Selector(Input):
     environment: Ref | None = None
     type: Ref | None = None
     state: str | None = Field(None, max_length=31)
-    systems: list[Ref] | None = Field(None, max_length=10000, description="Explicit system ids or hostnames")
+    systems: list[int | Hostname] | None = Field(
+        None, max_length=10000, description="Explicit system ids or hostnames"
+    )
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> "Selector":
+        if not (self.labels or self.environment is not None or self.type is not None or self.state is not None
+                or self.systems):
+            raise ValueError("a selector needs at least one criterion (labels, environment, type, state or systems)")
+        return self
 
 
 class JobSpec(Input):

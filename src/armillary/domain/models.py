@@ -21,10 +21,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from armillary.domain.states import SystemState
 
@@ -142,7 +143,7 @@ class System(Timestamped, Base):
     state: Mapped[str] = mapped_column(String(31), default=SystemState.DEFINED.value)
     # What the hypervisor calls this machine, stored the moment it is known (adopt, never duplicate).
     provider_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    provider_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    provider_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default=text("'{}'"))
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     environment: Mapped[Environment] = relationship(lazy="joined")

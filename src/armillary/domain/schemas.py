@@ -39,6 +39,9 @@ _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 def _check_hostname(value: str) -> str:
     if len(value) > 253 or not all(_HOSTNAME_LABEL.match(part) for part in value.split(".")):
         raise ValueError("must be a DNS hostname: labels of letters, digits and '-', each 1-63 long")
+    if value.rsplit(".", 1)[-1].isdigit():
+        # RFC 3696 §2: a top-level label is never all digits; it would also read as a system id.
+        raise ValueError("must not end in an all-digit label (that reads as an id or an IP address)")
     return value.lower()
 
 
@@ -149,8 +152,7 @@ class HypervisorUpdate(Input):
     description: Description | None = None
     config: dict[str, Any] | None = Field(
         None,
-        description="Replaces the non-secret settings; secret fields that are absent keep their stored value, "
-        "null removes one.",
+        description="Settings to change, merged into the stored ones (secret or not); null removes a setting.",
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from armillary.domain.db import is_sqlite, normalize_url
 from armillary.domain import jobs  # noqa: F401  (registers the job tables on Base.metadata)
+from armillary.domain.db import is_sqlite, normalize_url
 from armillary.domain.models import Base
 
 config = context.config

@@ -18,6 +18,10 @@ ENTRY_POINT_GROUP = "armillary.provisioners"
 class Provisioner:
     name: ClassVar[str]
 
+    @classmethod
+    def validate_spec(cls, spec: dict[str, Any]) -> None:
+        """Raise pydantic's ``ValidationError`` when a type's spec is wrong (checked when the type is saved)."""
+
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 

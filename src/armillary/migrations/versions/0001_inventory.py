@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('environments',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=63), nullable=False),
@@ -126,11 +126,11 @@ def upgrade() -> None:
     with op.batch_alter_table('system_labels', schema=None) as batch_op:
         batch_op.create_index('ix_system_labels_key_value_system', ['key', 'value', 'system_id'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('system_labels', schema=None) as batch_op:
         batch_op.drop_index('ix_system_labels_key_value_system')
 
@@ -151,4 +151,4 @@ def downgrade() -> None:
     op.drop_table('groups')
     op.drop_table('global_variables')
     op.drop_table('environments')
-    
+

@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('simulated_machines',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('hypervisor_id', sa.Integer(), nullable=False),
@@ -136,11 +136,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('provider_info', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False, server_default=sa.text("'{}'")))
         batch_op.add_column(sa.Column('provisioned_at', sa.DateTime(timezone=True), nullable=True))
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('systems', schema=None) as batch_op:
         batch_op.drop_column('provisioned_at')
         batch_op.drop_column('provider_info')
@@ -169,4 +169,4 @@ def downgrade() -> None:
 
     op.drop_table('jobs')
     op.drop_table('simulated_machines')
-    
+

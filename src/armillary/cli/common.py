@@ -1,0 +1,287 @@
+"""Plumbing shared by the client commands: global options, error reporting, ``k=v`` flags, files."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.text import Text
+
+from armillary.cli.client import DEFAULT_URL, URL_ENV, ApiClient, CliError, Document
+from armillary.cli.output import OutputFormat, stderr
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OUTPUT_HELP = "Output format: table (for people), json or yaml (the raw API objects, for scripts)"
+
+OutputOpt = Annotated[
+    OutputFormat | None,
+    typer.Option("--output", "-o", help=OUTPUT_HELP + ". Overrides the global --output.", show_default=False),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        min=1,
+        max=1000,
+        show_default=False,
+        help="Page size (1-1000). Without --all, at most this many items are shown (default 100).",
+    ),
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Follow the `next` links and show every item.")]
+FileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        allow_dash=True,
+        show_default=False,
+        help="A YAML or JSON document sent as is (instead of the field flags); '-' reads stdin.",
+    ),
+]
+VarOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--var",
+        metavar="KEY=VALUE",
+        help="Variable key=value (value read as YAML: 2, true, \\[a, b]); repeat.",
+        show_default=False,
+    ),
+]
+UnsetVarOpt = Annotated[
+    list[str] | None,
+    typer.Option("--unset-var", metavar="KEY", help="Remove a variable; repeat.", show_default=False),
+]
+DescriptionOpt = Annotated[
+    str | None, typer.Option("--description", "-d", help="Description", show_default=False)
+]
+
+
+@dataclass
+class State:
+    """What the root callback learned: where the server is and the default output format."""
+
+    server: str = DEFAULT_URL
+    output: OutputFormat = OutputFormat.table
+    _client: ApiClient | None = field(default=None, repr=False)
+
+    @property
+    def client(self) -> ApiClient:
+        if self._client is None:
+            self._client = ApiClient(self.server)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def root_callback(
+    ctx: typer.Context,
+    server: Annotated[
+        str,
+        typer.Option(
+            "--server", "-s", envvar=URL_ENV, help="Base URL of the Armillary server", metavar="URL"
+        ),
+    ] = DEFAULT_URL,
+    output: Annotated[OutputFormat, typer.Option("--output", "-o", help=OUTPUT_HELP)] = OutputFormat.table,
+) -> None:
+    """Armillary: describe a machine once; create, provision, deploy and destroy it anywhere.
+
+    The client commands talk to the server at --server (or ARMILLARY_URL) over its REST API.
+
+    -o/--output goes before or after the command: `armillary -o json env list`, `armillary env list -o json`.
+
+    json and yaml print the API's own objects, unchanged, for scripts; messages and errors go to stderr.
+
+    Exit codes: 0 success, 1 refused by the server or unreachable (the request id is printed), 2 usage error.
+    """
+    global _current
+    _current = ctx.obj = State(server=server, output=output)
+    ctx.call_on_close(_current.close)
+
+
+# One invocation per process: the root callback sets this before any command runs.
+_current: State | None = None
+
+
+def state() -> State:
+    global _current
+    if _current is None:  # a command invoked without the root callback
+        _current = State()
+    return _current
+
+
+def fmt(output: OutputFormat | None) -> OutputFormat:
+    return output or state().output
+
+
+def client() -> ApiClient:
+    return state().client
+
+
+def report(error: CliError) -> None:
+    """Print an error on stderr: the message, its detail lines, and the request id to trace it."""
+    stderr.print(Text("Error: ", style="bold red") + Text(error.message))
+    for line in error.lines:
+        stderr.print(Text(f"  - {line}"))
+    for line in error.notes:
+        stderr.print(Text(line))
+    request_id = getattr(error, "request_id", None)
+    if request_id is None and _current is not None and _current._client is not None:
+        request_id = _current._client.request_id
+    if request_id:
+        stderr.print(Text(f"  request id: {request_id}", style="dim"))
+
+
+def handles_errors(fn: F) -> F:
+    """Turn a :class:`CliError` raised by a command into a report on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CliError as error:
+            if error.exit_code == 2:
+                raise typer.BadParameter(error.message) from None
+            report(error)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """Register ``fn`` as a command of ``app`` with API errors reported, not raised."""
+
+    def decorate(fn: F) -> F:
+        app.command(name, **kwargs)(handles_errors(fn))
+        return fn
+
+    return decorate
+
+
+# ---------------------------------------------------------------- k=v flags
+
+
+_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
+_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """A flag value read as a YAML 1.2 (core schema) scalar: numbers, ``true``/``false``, ``null``.
+
+    ``2`` is an integer, ``0.5`` a float, ``true`` a bool, ``null`` (or ``~``) removes nothing but is
+    null; a quoted value (``'"2"'``) is the string inside the quotes; ``[a, b]`` and ``{a: 1}`` are a
+    list and a mapping in YAML flow style. Anything else is the string as typed: ``yes``, ``no``,
+    ``0755``, ``1:20`` and dates stay strings (the YAML 1.1 surprises do not apply), and so does an
+    empty value.
+    """
+    stripped = text.strip()
+    if _INT.match(stripped):
+        return int(stripped)
+    if _FLOAT.match(stripped) and any(c in stripped for c in ".eE"):
+        return float(stripped)
+    lowered = stripped.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "~"):
+        return None
+    if stripped[:1] in ("[", "{", "'", '"'):
+        try:
+            value = yaml.safe_load(stripped)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{text!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        return value
+    return text
+
+
+def parse_pairs(values: Iterable[str] | None, option: str, yaml_values: bool = True) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``; a malformed pair is a usage error naming ``option``."""
+    pairs: dict[str, Any] = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint=option)
+        try:
+            pairs[key] = parse_value(value) if yaml_values else value
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from None
+    return pairs
+
+
+def merged(
+    current: dict[str, Any] | None, add: dict[str, Any], remove: Iterable[str] | None
+) -> dict[str, Any]:
+    result = dict(current or {})
+    result.update(add)
+    for key in remove or ():
+        result.pop(key, None)
+    return result
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_bytes(path: Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def document(path: Path) -> Document:
+    return Document(name=str(path), raw=read_bytes(path))
+
+
+def parse_documents(name: str, raw: bytes) -> list[Any]:
+    """Every document in a file: JSON (``.json``) or a YAML stream of one or more documents."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CliError(f"{name}: not UTF-8 text") from None
+    if name.lower().endswith(".json"):
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{name}: not valid JSON: {exc}") from None
+    try:
+        return list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise CliError(f"{name}: not valid YAML: {exc}") from None
+
+
+def load_mapping(path: Path, what: str) -> dict[str, Any]:
+    docs = [d for d in parse_documents(str(path), read_bytes(path)) if d is not None]
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise CliError(f"{path}: {what} must be one YAML or JSON mapping")
+    return docs[0]
+
+
+def require_changes(body: dict[str, Any]) -> None:
+    if not body:
+        raise typer.BadParameter("nothing to change: give at least one flag, or --file")
+
+
+def file_or_flags(file: Path | None, flags_given: bool) -> Document | None:
+    """``--file`` replaces the field flags; combining them is a usage error."""
+    if file is None:
+        return None
+    if flags_given:
+        raise typer.BadParameter(
+            "give either --file or field flags (and the name argument), not both", param_hint="--file"
+        )
+    return document(file)

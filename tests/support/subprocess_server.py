@@ -1,0 +1,74 @@
+"""A real ``armillary serve`` process, for tests that must kill it (SIGKILL) or drive it as users do."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ARMILLARY = str(Path(sys.executable).with_name("armillary"))
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+class ServerProcess:
+    """Starts ``armillary serve --port 0`` and reads its URL; ``kill()`` is a real SIGKILL."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, "ARMILLARY_DATA_DIR": str(data_dir), "ARMILLARY_SECRET_KEY": "test-key",
+                    **(env or {})}
+        self.args = args
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.output: list[str] = []
+
+    def start(self, timeout_s: float = 60) -> "ServerProcess":
+        self.proc = subprocess.Popen(
+            [ARMILLARY, "serve", "--port", "0", *self.args], env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        found = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                self.output.append(line)
+                match = LISTENING.search(line)
+                if match and not found.is_set():
+                    self.url = match.group(1)
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(timeout_s):
+            self.kill()
+            raise RuntimeError("armillary serve did not start:\n" + "".join(self.output))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("armillary serve never became ready:\n" + "".join(self.output))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=30)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
