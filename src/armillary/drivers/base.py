@@ -108,10 +108,12 @@ class MachineInfo:
 
 @dataclass(frozen=True)
 class MachineRef:
-    """How to find a machine again: our system id, and the provider's id once known."""
+    """How to find a machine again: our system id, the provider's id once known, and the system's
+    driver properties (``None`` when the caller did not give them)."""
 
     system_id: int
     provider_id: str | None = None
+    props: dict[str, Any] | None = None
 
 
 class Driver:

@@ -18,7 +18,7 @@ from armillary.domain.errors import Conflict
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
 from armillary.domain.models import System
 from armillary.engine.context import StepContext
-from armillary.engine.errors import PermanentStepError
+from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.engine.jobs import create_job, start_system_action
 from armillary.engine.workflows import StepSpec, Workflow, is_registered, register
 
@@ -35,6 +35,8 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     hostnames: dict[int, str] = {}
     cancelled = False
     while pending or running:
+        if ctx.runtime.stopping.is_set():
+            raise TransientStepError("this server is stopping; the batch resumes where it was on the next attempt")
         if not cancelled and ctx.cancel_requested():
             cancelled = True
             pending.clear()
@@ -61,25 +63,32 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     outcome = {f"batch_{index}": results}
     if failed and ctx.params.get("on_failure", "stop") == "stop":
         raise PermanentStepError(f"{len(failed)} of {len(results)} systems failed in batch {index}: "
-                                 + ", ".join(sorted(failed)) + "; stopping (on_failure=stop)")
+                                 + ", ".join(sorted(failed)) + "; stopping (on_failure=stop)", result=outcome)
     return outcome
 
 
 def _start_child(ctx: StepContext, system_id: int) -> tuple[int | None, str, str | None]:
+    """Start the child job for one system, or find the one an earlier attempt of this batch started."""
     with ctx.runtime.db.session() as session:
         system = session.get(System, system_id)
         if system is None:
             return None, f"system {system_id}", "the system no longer exists"
         hostname = system.hostname
+        earlier = session.scalar(select(Job.id).where(Job.parent_id == ctx.job_id, Job.system_id == system_id))
+        if earlier is not None:
+            return earlier, hostname, None
+        # No SAVEPOINT here: on SQLite (pysqlite) a SAVEPOINT opens a deferred transaction, and its first
+        # write after a read then fails at once with "database is locked" when another writer is busy,
+        # instead of waiting. This session wrote nothing else, so a plain rollback undoes a refused start.
         try:
-            with session.begin_nested():
-                child = start_system_action(
-                    session, system, ctx.params["action"], params=ctx.params.get("action_params") or {},
-                    parent_id=ctx.job_id,
-                )
+            child = start_system_action(
+                session, system, ctx.params["action"], params=ctx.params.get("action_params") or {},
+                parent_id=ctx.job_id,
+            )
+            session.flush()
         except Conflict as exc:
+            session.rollback()
             return None, hostname, exc.detail
-        session.flush()
         return child.id, hostname, None
 
 
@@ -105,7 +114,7 @@ def bulk_workflow(batches: int) -> str:
     name = f"bulk-{batches}"
     if not is_registered(name):
         names = batch_step_names(batches)
-        steps = [StepSpec(n, run_batch, (names[i - 1],) if i else (), timeout_s=86400, max_attempts=1)
+        steps = [StepSpec(n, run_batch, (names[i - 1],) if i else (), timeout_s=86400, max_attempts=5)
                  for i, n in enumerate(names)]
         register(Workflow(name, steps, failure_state=None, description=f"{batches} batches of child jobs"))
     return name

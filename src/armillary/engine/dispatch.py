@@ -7,9 +7,9 @@ so handing the same step to two executors (or twice to one) is harmless: one cla
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 
 from armillary.engine.runner import run_step
 from armillary.engine.runtime import Runtime
@@ -32,33 +32,45 @@ class Executor(ABC):
 
 
 class InlineExecutor(Executor):
-    """A thread pool inside the server process (``armillary serve``)."""
+    """A pool of daemon threads inside the server process (``armillary serve``).
+
+    Daemon threads, not ``concurrent.futures``: a process that is told to stop must stop, even with
+    a long step running. What it was running is not lost: its lease expires and another process
+    (or this one, restarted) retries it.
+    """
 
     def __init__(self, runtime: Runtime, workers: int = 32) -> None:
         self.runtime = runtime
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="armillary-step")
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"armillary-step-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, step_id: int) -> None:
         with self._lock:
             if step_id in self._inflight:
                 return
             self._inflight.add(step_id)
-        self.pool.submit(self._run, step_id)
+        self._queue.put(step_id)
 
-    def _run(self, step_id: int) -> None:
-        try:
-            run_step(self.runtime, step_id)
-        except Exception:  # noqa: BLE001 - a crash in one step must not kill the pool thread silently
-            log.exception("run_step(%s) crashed; the lease will expire and the step be retried", step_id)
-        finally:
-            with self._lock:
-                self._inflight.discard(step_id)
+    def _work(self) -> None:
+        while (step_id := self._queue.get()) is not None:
+            try:
+                run_step(self.runtime, step_id)
+            except Exception:  # noqa: BLE001 - one step's crash must not kill the worker thread
+                log.exception("run_step(%s) crashed; its lease will expire and the step be retried", step_id)
+            finally:
+                with self._lock:
+                    self._inflight.discard(step_id)
 
     def in_flight(self) -> set[int]:
         with self._lock:
             return set(self._inflight)
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put(None)

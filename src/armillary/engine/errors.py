@@ -6,7 +6,13 @@ from armillary.drivers.base import DriverError
 
 
 class StepError(Exception):
+    """A step's failure; ``result`` is context the job keeps even though the step failed."""
+
     transient = False
+
+    def __init__(self, message: str = "", *, result: dict | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TransientStepError(StepError):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import JobEvent
+from armillary.domain.models import utcnow
+
+_INSERT = JobEvent.__table__.insert()
 
 
 def emit(
@@ -20,8 +23,27 @@ def emit(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Add an event in the caller's transaction, so it appears exactly when the change it reports does."""
-    session.add(JobEvent(job_id=job_id, kind=kind, message=message, step=step, level=level, data=data))
+    """Add an event in the caller's transaction, so it appears exactly when the change it reports does.
+
+    Written at once as one plain INSERT (not an ORM object left for the flush): the job it names must
+    already be in the database, as it is whenever the caller knows its id.
+    """
+    insert_event(session, job_id, kind, message, step=step, level=level, data=data)
+
+
+def insert_event(
+    conn: Connection | Session,
+    job_id: int,
+    kind: str,
+    message: str,
+    *,
+    step: str | None = None,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """``emit`` on a connection or a session: one INSERT (built once) in the caller's transaction."""
+    conn.execute(_INSERT, {"job_id": job_id, "kind": kind, "message": message, "step": step, "level": level,
+                           "data": data, "created_at": utcnow()})
 
 
 def events_after(session: Session, job_id: int, after_id: int, limit: int = 500) -> list[JobEvent]:

@@ -17,43 +17,59 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
 from armillary.domain.models import utcnow
 
+# The two statements every step runs, built once (building and keying a statement costs more than
+# SQLite takes to run it). Each is one conditional UPDATE: exactly one of many racing callers wins.
+_steps = Step.__table__
+_CLAIM = (
+    update(_steps)
+    .where(
+        _steps.c.id == bindparam("b_step_id"),
+        _steps.c.status == StepStatus.QUEUED.value,
+        or_(_steps.c.next_attempt_at.is_(None), _steps.c.next_attempt_at <= bindparam("b_now")),
+    )
+    .values(
+        status=StepStatus.RUNNING.value,
+        lease_owner=bindparam("b_owner"),
+        lease_expires_at=bindparam("b_expires"),
+        attempts=_steps.c.attempts + 1,
+        started_at=bindparam("b_now"),
+        error=None,
+    )
+)
+_RELEASE = (
+    update(_steps)
+    .where(_steps.c.id == bindparam("b_step_id"), _steps.c.lease_owner == bindparam("b_owner"),
+           _steps.c.status == StepStatus.RUNNING.value)
+    .values(lease_owner=None, lease_expires_at=None)
+)
 
-def claim_step(session: Session, step_id: int, owner: str, lease_s: float) -> bool:
+
+def claim_step(session: Session | Connection, step_id: int, owner: str, lease_s: float) -> bool:
     """Take a queued, due step for ``owner``; True only for the one worker that wins it."""
     now = utcnow()
     result = session.execute(
-        update(Step)
-        .where(
-            Step.id == step_id,
-            Step.status == StepStatus.QUEUED.value,
-            or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= now),
-        )
-        .values(
-            status=StepStatus.RUNNING.value,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=Step.attempts + 1,
-            started_at=now,
-            error=None,
-        )
-        .execution_options(synchronize_session=False)
+        _CLAIM, {"b_step_id": step_id, "b_now": now, "b_owner": owner, "b_expires": now + timedelta(seconds=lease_s)}
     )
     return result.rowcount == 1
 
 
-def still_mine(session: Session, step_id: int, owner: str) -> bool:
-    """Whether ``owner`` still holds the step (the reaper may have taken it back after a stall)."""
-    held = session.scalar(
-        select(Step.id).where(Step.id == step_id, Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
-    )
-    return held is not None
+def release_step_lease(session: Session | Connection, step_id: int, owner: str) -> bool:
+    """Give up the lease on a step ``owner`` ran, as the first write of recording its outcome.
+
+    False when the lease was lost meanwhile (the worker stalled past its expiry and the reaper gave
+    the step to another attempt): the caller must then drop its outcome.
+    """
+    result = session.execute(_RELEASE, {"b_step_id": step_id, "b_owner": owner})
+    return result.rowcount == 1
 
 
 def lock_holder(session: Session, resource: str) -> Job | None:
@@ -67,11 +83,23 @@ def lock_holder(session: Session, resource: str) -> Job | None:
     return job
 
 
+# INSERT … ON CONFLICT DO NOTHING on the lock's primary key, where the dialect has it: the same
+# guarded INSERT as a savepoint around a plain one, in one statement instead of three.
+# (RETURNING says whether the row went in: DBAPIs do not all give a rowcount for this statement.)
+_INSERT_LOCK_IF_FREE = {
+    name: insert(Lock.__table__)
+    .on_conflict_do_nothing(index_elements=["resource"])
+    .returning(Lock.__table__.c.resource)
+    for name, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+
+
 def try_lock(session: Session, resource: str, job: Job, lease_s: float) -> Job | None:
     """Lock ``resource`` for ``job``. Returns None on success, else the job holding it.
 
-    Runs in the caller's transaction; the INSERT is guarded by the primary key in a savepoint,
-    so concurrent requests for one system see exactly one winner.
+    Runs in the caller's transaction; the INSERT is guarded by the primary key (ON CONFLICT DO
+    NOTHING, or a savepoint on other databases), so concurrent requests for one system see exactly
+    one winner.
     """
     expires = utcnow() + timedelta(seconds=lease_s)
     existing = session.get(Lock, resource)
@@ -88,6 +116,11 @@ def try_lock(session: Session, resource: str, job: Job, lease_s: float) -> Job |
         )
         session.expire(existing)
         return None if taken.rowcount == 1 else lock_holder(session, resource) or job
+    insert = _INSERT_LOCK_IF_FREE.get(session.get_bind().dialect.name)
+    if insert is not None:  # one statement; no row inserted means another request got there first
+        inserted = session.execute(insert, {"resource": resource, "job_id": job.id, "expires_at": expires,
+                                            "acquired_at": utcnow()}).first()
+        return None if inserted is not None else lock_holder(session, resource) or job
     try:
         with session.begin_nested():
             session.add(Lock(resource=resource, job_id=job.id, expires_at=expires))

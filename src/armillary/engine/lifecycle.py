@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from armillary.domain.states import SystemState, TransitionRefused, check_action
 from armillary.domain.models import utcnow
+from armillary.domain.states import SystemState, TransitionRefused, check_action
 from armillary.domain.variables import plain_values, resolve_system
 from armillary.drivers.base import MachineInfo, PermanentDriverError
 from armillary.engine.context import StepContext
@@ -48,9 +48,10 @@ def prepare(action: str, transitional: SystemState | None):
 
 
 def _wait_running(ctx: StepContext, driver, system, info: MachineInfo) -> MachineInfo:
+    """Poll until the machine runs; one that stopped or vanished while booting fails at once."""
     delay = 0.05
     while info.state != "running":
-        if info.state in {"missing", "error", "terminated"}:
+        if info.state in {"missing", "error", "terminated", "stopped", "exited", "dead"}:
             raise PermanentDriverError(f"machine {info.provider_id} is {info.state} while waiting for it to run")
         if ctx.remaining() < delay:
             raise TransientStepError(f"machine {info.provider_id} still {info.state}")
@@ -58,6 +59,19 @@ def _wait_running(ctx: StepContext, driver, system, info: MachineInfo) -> Machin
         delay = min(delay * 2, BOOT_POLL_MAX_S)
         info = driver.status(ctx.machine_ref(system))
     return info
+
+
+HOST_KEY_FIELDS = ("ssh_host_key", "ssh_host_key_type")
+
+
+def _keep_host_key(system, info: MachineInfo) -> dict[str, Any]:
+    """The driver's fresh view of the machine, keeping the SSH host key recorded at first contact.
+
+    Same machine (stop/start), same key: dropping it would let the next provision trust any key.
+    A new machine (create, reload) starts without one, so its key is recorded afresh.
+    """
+    kept = {k: v for k, v in (system.provider_info or {}).items() if k in HOST_KEY_FIELDS}
+    return {**info.as_dict(), **kept}
 
 
 def create_machine(ctx: StepContext) -> dict[str, Any]:
@@ -75,7 +89,7 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
     info = _wait_running(ctx, driver, system, info)
     ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
     ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
-    return {"provider_id": info.provider_id, "addresses": info.addresses}
+    return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}
 
 
 def undo_create_machine(ctx: StepContext) -> None:
@@ -99,7 +113,7 @@ def destroy_machine(ctx: StepContext) -> dict[str, Any]:
 def stop_machine(ctx: StepContext) -> dict[str, Any]:
     system = ctx.system()
     info = ctx.driver(system).stop(ctx.machine_ref(system))
-    ctx.update_system(state=SystemState.STOPPED.value, provider_info=info.as_dict())
+    ctx.update_system(state=SystemState.STOPPED.value, provider_info=_keep_host_key(system, info))
     ctx.log(f"stopped {system.hostname}")
     return {"machine_state": info.state}
 
@@ -109,7 +123,7 @@ def start_machine(ctx: StepContext) -> dict[str, Any]:
     driver = ctx.driver(system)
     info = _wait_running(ctx, driver, system, driver.start(ctx.machine_ref(system)))
     state = SystemState.READY if system.provisioned_at else SystemState.CREATED
-    ctx.update_system(state=state.value, addresses=info.addresses, provider_info=info.as_dict())
+    ctx.update_system(state=state.value, addresses=info.addresses, provider_info=_keep_host_key(system, info))
     ctx.log(f"started {system.hostname}")
     return {"machine_state": info.state, "addresses": info.addresses}
 

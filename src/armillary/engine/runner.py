@@ -15,15 +15,15 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Step, StepStatus
+from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
 from armillary.engine.context import StepContext
 from armillary.engine.errors import PermanentStepError, StepTimeout, is_transient
-from armillary.engine.events import emit
-from armillary.engine.leases import claim_step, release_lock, still_mine
+from armillary.engine.events import insert_event
+from armillary.engine.leases import claim_step, release_step_lease
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import get_workflow
 from armillary.logs import request_id_var
@@ -31,6 +31,54 @@ from armillary.logs import request_id_var
 log = logging.getLogger("armillary.engine")
 
 MAX_BACKOFF_S = 300.0
+
+# The hot path (claim, record, advance, finish) speaks SQL to the tables on a plain connection: a
+# step is a handful of statements in two transactions, and the ORM's unit of work around them cost
+# more than the statements themselves. The transactions and their order are the ORM version's.
+# Statements are built once, with bound parameters: building and keying one costs more than SQLite
+# takes to run it.
+_steps, _jobs, _systems, _locks = Step.__table__, Job.__table__, System.__table__, Lock.__table__
+_UNFINISHED = (StepStatus.PENDING.value, StepStatus.QUEUED.value)
+_STEP_ID, _JOB_ID, _NOW = bindparam("b_step_id"), bindparam("b_job_id"), bindparam("b_now")
+
+_CLAIMED = (
+    select(_steps.c.name, _steps.c.attempts, _steps.c.max_attempts, _steps.c.timeout_s,
+           _jobs.c.id, _jobs.c.action, _jobs.c.workflow, _jobs.c.status, _jobs.c.cancel_requested,
+           _jobs.c.system_id, _jobs.c.params, _jobs.c.context, _jobs.c.request_id)
+    .join_from(_steps, _jobs, _steps.c.job_id == _jobs.c.id)
+    .where(_steps.c.id == _STEP_ID)
+)
+_NOT_STARTED = (update(_steps).where(_steps.c.id == _STEP_ID)
+                .values(status=StepStatus.CANCELLED.value, lease_owner=None, finished_at=_NOW))
+_JOB_RUNNING = update(_jobs).where(_jobs.c.id == _JOB_ID).values(status=JobStatus.RUNNING.value, started_at=_NOW)
+_STEP = select(_steps.c.job_id, _steps.c.name, _steps.c.attempts, _steps.c.max_attempts).where(_steps.c.id == _STEP_ID)
+# Steps of one job may end at the same time: the job row is locked before its context is read
+# (PostgreSQL: FOR UPDATE; SQLite: the lease release before it already holds the database's write lock).
+_JOB_FOR_UPDATE = (
+    select(_jobs.c.id, _jobs.c.workflow, _jobs.c.system_id, _jobs.c.context, _jobs.c.summary,
+           _jobs.c.lock_resource, _jobs.c.cancel_requested)
+    .where(_jobs.c.id == _JOB_ID).with_for_update()
+)
+_STEP_SUCCEEDED = (update(_steps).where(_steps.c.id == _STEP_ID)
+                   .values(status=StepStatus.SUCCEEDED.value, finished_at=_NOW, result=bindparam("b_result")))
+_JOB_CONTEXT = update(_jobs).where(_jobs.c.id == _JOB_ID).values(context=bindparam("b_context"))
+_STEP_RETRY = (update(_steps).where(_steps.c.id == _STEP_ID)
+               .values(error=bindparam("b_error"), status=StepStatus.QUEUED.value, next_attempt_at=bindparam("b_at")))
+_STEP_FAILED = (update(_steps).where(_steps.c.id == _STEP_ID)
+                .values(error=bindparam("b_error"), status=StepStatus.FAILED.value, finished_at=_NOW))
+_JOB_STEPS = (select(_steps.c.id, _steps.c.name, _steps.c.status, _steps.c.depends_on)
+              .where(_steps.c.job_id == _JOB_ID).order_by(_steps.c.position))
+_QUEUE_STEPS = (update(_steps).where(_steps.c.id.in_(bindparam("b_ids", expanding=True)))
+                .values(status=StepStatus.QUEUED.value, next_attempt_at=None))
+_CANCEL_UNFINISHED = (update(_steps).where(_steps.c.job_id == _JOB_ID, _steps.c.status.in_(_UNFINISHED))
+                      .values(status=StepStatus.CANCELLED.value, finished_at=_NOW))
+_RELEASE_LOCK = delete(_locks).where(_locks.c.resource == bindparam("b_resource"), _locks.c.job_id == _JOB_ID)
+_HOSTNAME = select(_systems.c.hostname).where(_systems.c.id == bindparam("b_system_id"))
+_SYSTEM_STATE = (update(_systems).where(_systems.c.id == bindparam("b_system_id"))
+                 .values(state=bindparam("b_state"), updated_at=_NOW, version=_systems.c.version + 1))
+_JOB_ENDED = (update(_jobs).where(_jobs.c.id == _JOB_ID)
+              .values(status=bindparam("b_status"), finished_at=_NOW, error=bindparam("b_error"), holds_lock=False,
+                      summary=bindparam("b_summary")))
 
 
 def run_step(runtime: Runtime, step_id: int) -> None:
@@ -53,34 +101,36 @@ def run_step(runtime: Runtime, step_id: int) -> None:
 
 
 def _claim(runtime: Runtime, step_id: int) -> tuple[StepContext, float, str | None] | None:
-    with runtime.db.session() as session:
-        if not claim_step(session, step_id, runtime.worker_id, runtime.lease_s):
+    cancelled = False
+    with runtime.db.engine.begin() as conn:
+        if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
             return None
-        step = session.get(Step, step_id)
-        job = step.job
-        if job.cancel_requested or job.status in TERMINAL_JOB:
-            step.status, step.lease_owner, step.finished_at = StepStatus.CANCELLED.value, None, utcnow()
-            emit(session, job.id, "step", f"{step.name} not started: the job was cancelled", step=step.name)
-            session.commit()
-            runtime.wake()
-            return None
-        if job.status == JobStatus.QUEUED.value:
-            job.status, job.started_at = JobStatus.RUNNING.value, utcnow()
-            emit(session, job.id, "job", "job running", data={"status": job.status})
-        emit(session, job.id, "step", f"{step.name} started (attempt {step.attempts}/{step.max_attempts})",
-             step=step.name, data={"status": "running", "attempt": step.attempts})
-        ctx = StepContext(
-            runtime=runtime,
-            job_id=job.id,
-            action=job.action,
-            step=step.name,
-            attempt=step.attempts,
-            system_id=job.system_id,
-            params={**job.params, "_workflow": job.workflow},
-            context=dict(job.context or {}),
-            deadline=time.monotonic() + step.timeout_s,
-        )
-        return ctx, step.timeout_s, job.request_id
+        row = conn.execute(_CLAIMED, {"b_step_id": step_id}).one()
+        if row.cancel_requested or row.status in TERMINAL_JOB:
+            conn.execute(_NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
+            insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
+            cancelled = True
+        else:
+            if row.status == JobStatus.QUEUED.value:
+                conn.execute(_JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
+                insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
+            insert_event(conn, row.id, "step", f"{row.name} started (attempt {row.attempts}/{row.max_attempts})",
+                         step=row.name, data={"status": "running", "attempt": row.attempts})
+    if cancelled:
+        runtime.wake()
+        return None
+    ctx = StepContext(
+        runtime=runtime,
+        job_id=row.id,
+        action=row.action,
+        step=row.name,
+        attempt=row.attempts,
+        system_id=row.system_id,
+        params={**(row.params or {}), "_workflow": row.workflow},
+        context=dict(row.context or {}),
+        deadline=time.monotonic() + row.timeout_s,
+    )
+    return ctx, row.timeout_s, row.request_id
 
 
 def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> tuple[dict[str, Any], BaseException | None]:
@@ -113,72 +163,103 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
 def _record(
     runtime: Runtime, step_id: int, result: dict[str, Any], error: BaseException | None, retry_base_s: float
 ) -> tuple[list[int], bool]:
-    with runtime.db.session() as session:
-        if not still_mine(session, step_id, runtime.worker_id):
+    with runtime.db.engine.begin() as conn:
+        if not release_step_lease(conn, step_id, runtime.worker_id):
             log.warning("step %s finished after its lease was lost; outcome dropped (a retry owns it)", step_id)
             return [], False
-        step = session.get(Step, step_id)
-        job = step.job
+        step = conn.execute(_STEP, {"b_step_id": step_id}).one()
+        job = conn.execute(_JOB_FOR_UPDATE, {"b_job_id": step.job_id}).one()
         now = utcnow()
-        step.lease_owner, step.lease_expires_at = None, None
         if error is None:
-            step.status, step.finished_at, step.result = StepStatus.SUCCEEDED.value, now, result
-            job.context = {**(job.context or {}), **result}
-            emit(session, job.id, "step", f"{step.name} succeeded", step=step.name, data={"status": "succeeded"})
-            return advance(session, job, runtime)
+            conn.execute(_STEP_SUCCEEDED, {"b_step_id": step_id, "b_now": now, "b_result": result})
+            context = {**(job.context or {}), **result}
+            conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
+            insert_event(conn, job.id, "step", f"{step.name} succeeded", step=step.name,
+                         data={"status": "succeeded"})
+            return _advance(conn, job, context, runtime)
         message = f"{type(error).__name__}: {error}" if not str(error) else str(error)
-        step.error = message
         if is_transient(error) and step.attempts < step.max_attempts:
             delay = min(retry_base_s * 2 ** (step.attempts - 1), MAX_BACKOFF_S)
-            step.status, step.next_attempt_at = StepStatus.QUEUED.value, now + timedelta(seconds=delay)
-            emit(session, job.id, "step", f"{step.name} failed transiently ({message}); retry in {delay:g}s",
-                 step=step.name, level="warning", data={"status": "retrying", "delay_s": delay})
+            conn.execute(_STEP_RETRY, {"b_step_id": step_id, "b_error": message,
+                                       "b_at": now + timedelta(seconds=delay)})
+            insert_event(conn, job.id, "step", f"{step.name} failed transiently ({message}); retry in {delay:g}s",
+                         step=step.name, level="warning", data={"status": "retrying", "delay_s": delay})
             return [], False
-        step.status, step.finished_at = StepStatus.FAILED.value, now
-        emit(session, job.id, "step", f"{step.name} failed: {message}", step=step.name, level="error",
-             data={"status": "failed"})
-        finish_job(session, job, JobStatus.FAILED, error=f"{step.name}: {message}")
+        conn.execute(_STEP_FAILED, {"b_step_id": step_id, "b_error": message, "b_now": now})
+        insert_event(conn, job.id, "step", f"{step.name} failed: {message}", step=step.name, level="error",
+                     data={"status": "failed"})
+        context = job.context or {}
+        partial = getattr(error, "result", None)  # what a failing step still wants shown (per-host results)
+        if partial:
+            context = {**context, **partial}
+            conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
+        _finish(conn, job, context, JobStatus.FAILED, error=f"{step.name}: {message}")
         return [], True
 
 
-def advance(session: Session, job: Job, runtime: Runtime) -> tuple[list[int], bool]:
+def _advance(conn: Connection, job: Any, context: dict[str, Any], runtime: Runtime) -> tuple[list[int], bool]:
     """Queue the steps whose dependencies all succeeded; end the job when every step has."""
     if job.cancel_requested:
         runtime.wake()  # the dispatcher cancels it (and compensates) now that no step runs
         return [], False
-    done = {s.name for s in job.steps if s.status == StepStatus.SUCCEEDED.value}
-    if len(done) == len(job.steps):
-        finish_job(session, job, JobStatus.SUCCEEDED)
+    steps = conn.execute(_JOB_STEPS, {"b_job_id": job.id}).all()
+    done = {s.name for s in steps if s.status == StepStatus.SUCCEEDED.value}
+    if len(done) == len(steps):
+        _finish(conn, job, context, JobStatus.SUCCEEDED)
         return [], True
-    ready = []
-    for step in job.steps:
-        if step.status == StepStatus.PENDING.value and set(step.depends_on) <= done:
-            step.status, step.next_attempt_at = StepStatus.QUEUED.value, None
-            ready.append(step)
-    session.flush()
-    return [s.id for s in ready], False
+    ready = [s.id for s in steps if s.status == StepStatus.PENDING.value and set(s.depends_on or ()) <= done]
+    if ready:
+        conn.execute(_QUEUE_STEPS, {"b_ids": ready})
+    return ready, False
 
 
 def finish_job(session: Session, job: Job, status: JobStatus, error: str | None = None) -> None:
-    """End a job: its status, its remaining steps, its lock, its system's state, and a final event."""
-    job.status, job.finished_at, job.error = status.value, utcnow(), error
-    session.execute(
-        update(Step)
-        .where(Step.job_id == job.id, Step.status.in_([StepStatus.PENDING.value, StepStatus.QUEUED.value]))
-        .values(status=StepStatus.CANCELLED.value, finished_at=utcnow())
-        .execution_options(synchronize_session="fetch")
-    )
-    release_lock(session, job)
-    system = session.get(System, job.system_id) if job.system_id else None
-    if system is not None:
+    """End a job: its status, its remaining steps, its lock, its system's state, and a final event.
+
+    For callers holding the job as an ORM object (the reaper, cancellation); runs in their transaction.
+    """
+    session.flush()
+    _finish(session.connection(), job, job.context or {}, status, error)
+    _expire_job(session, job)
+
+
+def _expire_job(session: Session, job: Job) -> None:
+    """Forget what ``session`` holds of the job and its steps: they were changed by plain SQL."""
+    for obj in list(session.identity_map.values()):
+        if (isinstance(obj, Step) and obj.job_id == job.id) or obj is job:
+            session.expire(obj)
+
+
+def _bulk_summary(context: dict[str, Any]) -> dict[str, Any]:
+    """Per-host ✔/✗ of a bulk job, from the results its batches put in the context."""
+    hosts = {host: result["status"] for key, batch in sorted(context.items()) if key.startswith("batch_")
+             for host, result in batch.items()}
+    failed = sum(1 for status in hosts.values() if status != JobStatus.SUCCEEDED.value)
+    return {"hosts": hosts, "succeeded": len(hosts) - failed, "failed": failed}
+
+
+def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStatus, error: str | None = None) -> None:
+    """``finish_job`` on a connection; ``job`` is anything with the jobs columns it reads (a row or a Job)."""
+    now = utcnow()
+    conn.execute(_CANCEL_UNFINISHED, {"b_job_id": job.id, "b_now": now})
+    if job.lock_resource:
+        conn.execute(_RELEASE_LOCK, {"b_resource": job.lock_resource, "b_job_id": job.id})
+    summary = job.summary
+    hostname = conn.execute(_HOSTNAME, {"b_system_id": job.system_id}).scalar() if job.system_id else None
+    if hostname is not None:
+        state = None
         if status is JobStatus.FAILED:
-            failure_state = get_workflow(job.workflow).failure_state
-            if failure_state:
-                system.state, system.updated_at = failure_state, utcnow()
-        elif status is JobStatus.CANCELLED and job.context.get("initial_state"):
-            system.state, system.updated_at = job.context["initial_state"], utcnow()
-        job.summary = {**(job.summary or {}), "hosts": {system.hostname: status.value}}
+            state = get_workflow(job.workflow).failure_state
+        elif status is JobStatus.CANCELLED and context.get("initial_state"):
+            state = context["initial_state"]
+        if state:
+            conn.execute(_SYSTEM_STATE, {"b_system_id": job.system_id, "b_state": state, "b_now": now})
+        summary = {**(summary or {}), "hosts": {hostname: status.value}}
+    elif any(key.startswith("batch_") for key in context):
+        summary = _bulk_summary(context)
+    conn.execute(_JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
+                              "b_summary": summary})
     mark = {"succeeded": "✔", "failed": "✗", "cancelled": "✗"}[status.value]
     detail = f": {error}" if error else ""
-    emit(session, job.id, "job", f"{mark} job {status.value}{detail}", level="error" if error else "info",
-         data={"status": status.value, "summary": job.summary})
+    insert_event(conn, job.id, "job", f"{mark} job {status.value}{detail}", level="error" if error else "info",
+                 data={"status": status.value, "summary": summary})

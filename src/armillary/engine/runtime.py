@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,3 +27,5 @@ class Runtime:
     submit: Callable[[int], None] = lambda step_id: None
     # Tells the dispatcher that something changed (a job ended, a lock was freed).
     wake: Callable[[], None] = lambda: None
+    # Set when this process is shutting down: long steps stop waiting and leave the rest to a retry.
+    stopping: threading.Event = field(default_factory=threading.Event)

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobStatus, Step, StepStatus
@@ -28,6 +28,22 @@ from armillary.engine.runner import finish_job
 from armillary.engine.runtime import Runtime
 
 log = logging.getLogger("armillary.engine")
+
+# Wakes come in bursts under load (every job that ends wakes the dispatcher): one tick serves all
+# the wakes of this interval, instead of one tick per wake.
+MIN_TICK_S = 0.01
+# Within a burst, the dispatcher hands out due steps on every tick, but looks for lock grants,
+# cancellations and due schedules at most this often (at once after a quiet spell, as before).
+HOUSEKEEPING_S = 0.05
+
+_steps = Step.__table__
+_DUE = (
+    select(_steps.c.id)
+    .where(_steps.c.status == StepStatus.QUEUED.value,
+           or_(_steps.c.next_attempt_at.is_(None), _steps.c.next_attempt_at <= bindparam("b_now")))
+    .order_by(_steps.c.id)
+    .limit(1000)
+)
 
 
 class Engine:
@@ -50,6 +66,8 @@ class Engine:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_reap = 0.0
+        self._last_tick = 0.0
+        self._last_housekeeping = 0.0
 
     # ------------------------------------------------------------ life
 
@@ -62,22 +80,34 @@ class Engine:
 
     def stop(self) -> None:
         self._stop.set()
+        self.runtime.stopping.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
         self.executor.shutdown()
 
     def wake(self) -> None:
-        self._wake.set()
+        if not self._wake.is_set():  # already set: the dispatcher has not cleared it yet, and ticks after
+            self._wake.set()
 
     # ------------------------------------------------------------ loops
 
     def _dispatch_loop(self) -> None:
+        owed = False  # a wake whose housekeeping was put off: it runs within HOUSEKEEPING_S, wake or not
         while not self._stop.is_set():
-            self._wake.wait(self.poll_s)
+            timeout = self.poll_s
+            if owed:
+                timeout = min(timeout, max(0.0, self._last_housekeeping + HOUSEKEEPING_S - time.monotonic()))
+            self._wake.wait(timeout)
+            since = time.monotonic() - self._last_tick
+            if since < MIN_TICK_S:
+                self._stop.wait(MIN_TICK_S - since)
             self._wake.clear()
+            self._last_tick = time.monotonic()
+            housekeeping = self._last_tick - self._last_housekeeping >= HOUSEKEEPING_S
+            owed = not housekeeping
             try:
-                self.tick()
+                self.tick(housekeeping=housekeeping)
             except Exception:  # noqa: BLE001 - the loop must survive a DB hiccup
                 log.exception("dispatcher tick failed")
                 time.sleep(self.poll_s)
@@ -91,29 +121,27 @@ class Engine:
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat failed")
 
-    def tick(self) -> None:
-        """One pass of everything the dispatcher does; public so tests can drive it."""
+    def tick(self, housekeeping: bool = True) -> None:
+        """One pass of everything the dispatcher does; public so tests can drive it.
+
+        ``housekeeping=False`` (the loop, within a burst of wakes) only hands out due steps.
+        """
         now = time.monotonic()
-        if now - self._last_reap >= self.runtime.lease_s / 3:
-            self._last_reap = now
-            self.reap()
-        self.grant_waiting_locks()
-        for job_id in cancel.cancellable_jobs(self.runtime):
-            cancel.cancel_now(self.runtime, job_id)
-        schedules.fire_due(self.runtime, _start_scheduled)
+        if housekeeping:
+            self._last_housekeeping = now
+            if now - self._last_reap >= self.runtime.lease_s / 3:
+                self._last_reap = now
+                self.reap()
+            self.grant_waiting_locks()
+            for job_id in cancel.cancellable_jobs(self.runtime):
+                cancel.cancel_now(self.runtime, job_id)
+            schedules.fire_due(self.runtime, _start_scheduled)
         self.dispatch_due()
 
     def dispatch_due(self) -> int:
-        now = utcnow()
         busy = self.executor.in_flight()
-        with self.runtime.db.session() as session:
-            due = session.scalars(
-                select(Step.id)
-                .where(Step.status == StepStatus.QUEUED.value,
-                       or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= now))
-                .order_by(Step.id)
-                .limit(1000)
-            ).all()
+        with self.runtime.db.engine.connect() as conn:
+            due = conn.execute(_DUE, {"b_now": utcnow()}).scalars().all()
         handed = 0
         for step_id in due:
             if step_id not in busy:

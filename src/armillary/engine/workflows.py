@@ -89,7 +89,8 @@ def register(workflow: Workflow) -> Workflow:
 
 
 def get_workflow(name: str) -> Workflow:
-    if not _REGISTRY:
+    if name not in _REGISTRY:
+        # Not "if the registry is empty": a bulk-N workflow registered first must not hide the built-ins.
         _load_builtin()
     if name not in _REGISTRY and name.startswith("bulk-") and name[5:].isdigit():
         from armillary.engine.bulk import bulk_workflow
