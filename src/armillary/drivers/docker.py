@@ -1,22 +1,882 @@
-"""The ``docker`` driver: systems are containers on a Docker API endpoint."""
+"""The ``docker`` driver: systems are containers on a Docker API endpoint (Docker Engine or podman).
+
+The hypervisor's settings name the daemon: a unix socket (``unix:///var/run/docker.sock``) or
+``tcp://host:2376`` with TLS (CA, client certificate and key, each a path or the PEM text itself;
+the key is a secret field, stored encrypted and never returned). Registry credentials
+(``registry_username``/``registry_password``, secret) are sent only with pulls from
+``registry_server`` (Docker Hub when unset), never to another registry a system's image names.
+
+A system becomes one container:
+
+* named ``armillary-<system id>`` and labelled ``armillary.system-id``, ``armillary.hostname``,
+  ``armillary.environment`` (plus ``armillary.label.<key>`` for each of the system's labels).
+  ``create`` looks the name up first: a container carrying our system id is *adopted* (started if it
+  is not running), so a retry after a crash never makes a twin. A container that holds the name but
+  not our tag is someone else's: the create fails and says so, it is never adopted or removed.
+* made from the system's driver properties (:class:`DockerProps`): ``image`` (pulled when missing,
+  or per ``pull``), ``command``, ``entrypoint``, ``env``, ``ports`` and ``volumes`` in the Docker
+  CLI's short forms, ``memory``, ``cpus``, ``network``, ``hostname``, ``user``, ``working_dir``,
+  ``labels``, ``restart``, ``stop_timeout_s``. The system's machine ``cpu`` and ``memory_mb`` are
+  the default limits when ``cpus``/``memory`` are not given. Bind mounts of host paths are refused
+  unless the hypervisor allows them (``allow_host_paths``): they hand the daemon's host to whoever
+  may create systems. Named volumes are kept when the container is destroyed (only anonymous ones go).
+* its addresses are the container's IP addresses on its networks, read back after it starts.
+
+Errors are classified for the engine: timeouts, refused/reset connections and 5xx answers are
+transient (retried with backoff); 4xx answers, missing images, unknown networks, refused
+credentials, invalid references (podman answers several of these with a 500, so the daemon's
+message is read too) are permanent, and the job fails with the daemon's own message.
+``destroy`` of a container that is already gone succeeds. ``list`` returns every container on the
+daemon; those without our tag are what ``GET /hypervisors/{id}/unmanaged`` reports.
+
+Machines are reached by provisioners through ``docker exec`` (transport ``docker-exec``).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import contextlib
+import ipaddress
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, Literal
 
-from armillary.drivers.base import Driver, StrictModel, secret
+from pydantic import Field, field_validator
+
+from armillary.drivers.base import (
+    Driver,
+    DriverError,
+    MachineInfo,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    StrictModel,
+    TransientDriverError,
+    secret,
+)
+
+NAME_PREFIX = "armillary-"
+LABEL_SYSTEM_ID = "armillary.system-id"
+LABEL_HOSTNAME = "armillary.hostname"
+LABEL_ENVIRONMENT = "armillary.environment"
+LABEL_STOP_TIMEOUT = "armillary.stop-timeout"
+LABEL_PREFIX = "armillary."
+SYSTEM_LABEL_PREFIX = "armillary.label."
+
+# Container states (Docker's, and podman's through its compatible API) in the driver interface's words.
+STATES = {
+    "running": "running",
+    "created": "pending",
+    "configured": "pending",
+    "initialized": "pending",
+    "restarting": "pending",
+    "paused": "paused",
+    "exited": "stopped",
+    "stopped": "stopped",
+    "stopping": "stopped",
+    "removing": "terminated",
+    "dead": "error",
+}
+
+# Daemon messages that no retry will fix, whatever the HTTP status (podman answers many with a 500).
+PERMANENT_MESSAGES = (
+    "no such image",
+    "image not known",
+    "manifest unknown",
+    "not found",
+    "invalid reference format",
+    "invalid argument",
+    "is not valid",
+    "unauthorized",
+    "authentication required",
+    "incorrect username or password",
+    "access denied",
+    "requested access to the resource is denied",
+    "denied:",
+    "forbidden",
+    "quota",
+    "no space left on device",
+    "executable file not found",
+    "permission denied",
+    "minimum memory limit",
+    "range of cpus",
+)
+
+
+# API versions the daemons chose (``api_version: auto``), so each call need not ask again: podman answers
+# ``/version`` in ~0.3 s. Per process, by daemon URL, for a few minutes; forgotten when a call fails.
+VERSION_TTL_S = 300.0
+_versions: dict[str, tuple[str, float]] = {}
+_versions_lock = threading.Lock()
+
+
+def container_name(system_id: int) -> str:
+    return f"{NAME_PREFIX}{system_id}"
+
+
+def looks_permanent(message: str) -> bool:
+    lowered = message.lower()
+    return any(hint in lowered for hint in PERMANENT_MESSAGES)
+
+
+# ---------------------------------------------------------------- settings
 
 
 class DockerConfig(StrictModel):
-    base_url: str = Field("unix:///var/run/docker.sock", max_length=1024, description="Daemon URL")
-    tls_verify: bool = Field(False, description="Verify the daemon's TLS certificate")
-    tls_ca_cert: str | None = Field(None, max_length=1024, description="Path of the CA certificate")
-    tls_client_cert: str | None = Field(None, max_length=1024, description="Path of the client certificate")
+    base_url: str = Field(
+        "unix:///var/run/docker.sock",
+        max_length=1024,
+        description="Daemon URL: unix:///path/to/docker.sock, or tcp://host:2376 (TLS with certificates)",
+    )
+    tls_verify: bool = Field(
+        False, description="Verify the daemon's TLS certificate (against tls_ca_cert if given)"
+    )
+    tls_ca_cert: str | None = Field(
+        None, max_length=16384, description="CA certificate: a path or the PEM text"
+    )
+    tls_client_cert: str | None = Field(
+        None, max_length=16384, description="Client certificate: a path or the PEM text"
+    )
     tls_client_key: str | None = secret("Path or PEM of the client key", max_length=16384)
     network: str | None = Field(None, max_length=255, description="Default network for containers")
+    api_version: str = Field(
+        "auto", pattern=r"^(auto|\d+\.\d+)$", description="Docker API version, or 'auto' to ask the daemon"
+    )
+    timeout_s: float = Field(60, gt=0, le=3600, description="Seconds to wait for one answer of the daemon")
+    registry_server: str | None = Field(
+        None, max_length=255, description="Registry the credentials belong to (Docker Hub when unset)"
+    )
+    registry_username: str | None = Field(
+        None, max_length=255, description="Registry user for pulling images"
+    )
+    registry_password: str | None = secret("Registry password or token for pulling images", max_length=4096)
+    allow_host_paths: bool = Field(
+        False,
+        description="Allow systems to bind-mount paths of the daemon's host (named volumes are always fine)",
+    )
+
+
+def _parse_port(spec: str | int) -> tuple[str, Any]:
+    """``[ip:][host_port:]container_port[/proto]`` → (``"80/tcp"``, binding as the docker SDK takes it)."""
+    text = str(spec).strip()
+    proto = "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+        if proto not in {"tcp", "udp", "sctp"}:
+            raise ValueError(f"{spec!r}: protocol must be tcp, udp or sctp")
+    ip: str | None = None
+    if text.startswith("["):  # [IPv6]:host:container
+        ip, sep, rest = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{spec!r}: an IPv6 address is written [addr]:host_port:container_port")
+        parts = rest.split(":")
+        if len(parts) != 2:
+            raise ValueError(f"{spec!r}: expected [addr]:host_port:container_port")
+        host, container = parts
+    else:
+        parts = text.split(":")
+        if len(parts) == 1:
+            host, container = "", parts[0]
+        elif len(parts) == 2:
+            host, container = parts
+        elif len(parts) == 3:
+            ip, host, container = parts
+        else:
+            raise ValueError(f"{spec!r}: expected [ip:][host_port:]container_port[/protocol]")
+    if ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {ip!r} is not an IP address") from None
+
+    def port(value: str, what: str) -> int:
+        if not value.isdigit() or not 1 <= int(value) <= 65535:
+            raise ValueError(f"{spec!r}: {what} must be a number from 1 to 65535 (ranges are not supported)")
+        return int(value)
+
+    container_port = port(container, "the container port")
+    host_port = port(host, "the host port") if host else None
+    binding: Any
+    if ip and host_port:
+        binding = (ip, host_port)
+    elif ip:
+        binding = (ip,)
+    else:
+        binding = host_port
+    return f"{container_port}/{proto}", binding
+
+
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VOLUME_MODES = {"ro", "rw", "z", "Z"}
+
+
+def _parse_volume(spec: str) -> tuple[str, str, str]:
+    """``source:target[:mode]`` → (source, target, mode); source is a volume name or an absolute host path."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{spec!r}: expected source:target[:mode], e.g. data:/var/lib/data or /srv:/srv:ro")
+    source, target = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if not (source.startswith("/") or _VOLUME_NAME.match(source)):
+        raise ValueError(f"{spec!r}: the source must be a volume name or an absolute host path")
+    if not target.startswith("/"):
+        raise ValueError(f"{spec!r}: the target must be an absolute path in the container")
+    if not mode or not set(mode.split(",")) <= _VOLUME_MODES:
+        raise ValueError(f"{spec!r}: the mode must be ro or rw (optionally with z or Z)")
+    return source, target, mode
+
+
+class DockerProps(StrictModel):
+    """A system's container: what the Docker CLI's ``docker run`` would be told."""
+
+    image: str = Field(..., min_length=1, max_length=512, description="Image reference, e.g. nginx:1.27")
+    pull: Literal["missing", "always", "never"] = Field(
+        "missing", description="Pull the image when it is missing on the daemon (default), always, or never"
+    )
+    command: str | list[str] | None = Field(None, description="Command (replaces the image's CMD)")
+    entrypoint: str | list[str] | None = Field(
+        None, description="Entrypoint (replaces the image's ENTRYPOINT)"
+    )
+    env: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Environment variables"
+    )
+    ports: list[str | int] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Published ports: [ip:][host_port:]container_port[/tcp|udp|sctp] (no host port: any)",
+    )
+    volumes: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Mounts: source:target[:ro|rw]; a named volume, or a host path if the hypervisor allows",
+    )
+    memory: str | int | None = Field(
+        None,
+        description="Memory limit: MiB, or a size with a unit (512m, 2g); default: the machine's memory",
+    )
+    cpus: float | None = Field(
+        None, gt=0, le=1024, description="CPU limit in CPUs; default: the machine's cpu"
+    )
+    network: str | None = Field(
+        None, max_length=255, description="Network (default: the hypervisor's network)"
+    )
+    hostname: str | None = Field(
+        None, max_length=253, description="Container hostname (default: the system's)"
+    )
+    user: str | None = Field(None, max_length=255, description="User (name or uid[:gid]) the command runs as")
+    working_dir: str | None = Field(None, max_length=1024)
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra container labels (not armillary.*)"
+    )
+    restart: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
+        "no", description="Restart policy"
+    )
+    stop_timeout_s: int = Field(10, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL on stop")
+
+    @field_validator("ports")
+    @classmethod
+    def _check_ports(cls, value: list[str | int]) -> list[str | int]:
+        for spec in value:
+            _parse_port(spec)
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _check_volumes(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            _parse_volume(spec)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _check_memory(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("memory must be a positive number of MiB")
+        if isinstance(value, str) and not re.fullmatch(r"\d+[bkmgBKMG]?", value.strip()):
+            raise ValueError("memory must be a number of MiB or a size with a unit: b, k, m or g (512m, 2g)")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith(LABEL_PREFIX):
+                raise ValueError(f"label {key!r}: the armillary.* labels are set by Armillary")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not key or "=" in key:
+                raise ValueError(f"environment variable name {key!r} must be non-empty and without '='")
+        return value
+
+
+# ---------------------------------------------------------------- the driver
 
 
 class DockerDriver(Driver):
     name = "docker"
     summary = "Containers on a Docker API endpoint (Docker Engine or podman)"
     Config = DockerConfig
+    SystemProps = DockerProps
+    implemented = True
+    transport = "docker-exec"
+
+    @property
+    def settings(self) -> DockerConfig:
+        return self.config  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ connection and errors
+
+    @contextmanager
+    def _connect(self, operation: str) -> Iterator[Any]:
+        """A client for one operation; every failure inside comes out as a classified ``DriverError``."""
+        import docker
+
+        with ExitStack() as stack:
+            url = self.settings.base_url
+            version = self.settings.api_version
+            if version == "auto":
+                with _versions_lock:
+                    known = _versions.get(url)
+                if known and time.monotonic() - known[1] < VERSION_TTL_S:
+                    version = known[0]
+            try:
+                tls = self._tls(stack)
+                client = docker.DockerClient(
+                    base_url=url, version=version, timeout=self.settings.timeout_s, tls=tls
+                )
+            except Exception as exc:
+                raise self._classify(exc, operation) from exc
+            stack.callback(client.close)
+            if version == "auto":
+                with _versions_lock:
+                    _versions[url] = (client.api.api_version, time.monotonic())
+            try:
+                yield client
+            except Exception as exc:
+                error = self._classify(exc, operation)
+                if error.transient or "version" in str(error).lower():
+                    with _versions_lock:
+                        _versions.pop(url, None)  # the daemon may have changed: ask again next time
+                if error is exc:
+                    raise
+                raise error from exc
+
+    def _tls(self, stack: ExitStack) -> Any:
+        """``docker.tls.TLSConfig`` from the settings (PEM texts go to private temporary files), or False."""
+        from docker.tls import TLSConfig
+
+        cfg = self.settings
+        if not (cfg.tls_verify or cfg.tls_ca_cert or cfg.tls_client_cert or cfg.tls_client_key):
+            return False
+        if bool(cfg.tls_client_cert) != bool(cfg.tls_client_key):
+            raise PermanentDriverError("TLS settings: tls_client_cert and tls_client_key go together")
+        tmp: list[str] = []
+
+        def as_file(value: str | None, name: str) -> str | None:
+            if value is None or "-----BEGIN" not in value:
+                return value
+            if not tmp:
+                tmp.append(stack.enter_context(tempfile.TemporaryDirectory(prefix="armillary-docker-tls-")))
+            path = os.path.join(tmp[0], name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+            return path
+
+        ca = as_file(cfg.tls_ca_cert, "ca.pem")
+        cert = as_file(cfg.tls_client_cert, "cert.pem")
+        key = as_file(cfg.tls_client_key, "key.pem")
+        verify: bool | str = bool(cfg.tls_verify)
+        return TLSConfig(client_cert=(cert, key) if cert and key else None, ca_cert=ca, verify=verify)
+
+    def _classify(self, exc: BaseException, operation: str) -> DriverError:
+        """A docker SDK / transport failure as a transient or permanent ``DriverError``, daemon's words."""
+        import requests
+        from docker import errors as docker_errors
+
+        if isinstance(exc, DriverError):
+            return exc
+        where = self.settings.base_url
+        if isinstance(exc, docker_errors.APIError):
+            status = exc.status_code
+            message = f"{operation}: {_explanation(exc)}" + (f" (HTTP {status})" if status else "")
+            if isinstance(exc, docker_errors.ImageNotFound):
+                return PermanentDriverError(message)
+            if status in (408, 429):
+                return TransientDriverError(message)
+            if status is not None and 400 <= status < 500:
+                return PermanentDriverError(message)
+            if looks_permanent(_explanation(exc)):
+                return PermanentDriverError(message)
+            return TransientDriverError(message)
+        if isinstance(exc, docker_errors.TLSParameterError):
+            return PermanentDriverError(f"{operation}: TLS settings: {exc}")
+        if isinstance(exc, (requests.exceptions.Timeout, TimeoutError)):
+            return TransientDriverError(
+                f"{operation}: the Docker daemon at {where} did not answer "
+                f"within {self.settings.timeout_s:g}s"
+            )
+        if isinstance(exc, (requests.exceptions.RequestException, OSError)):
+            return TransientDriverError(
+                f"{operation}: cannot reach the Docker daemon at {where}: {_reason(exc)}"
+            )
+        if isinstance(exc, docker_errors.DockerException):
+            if exc.__cause__ is not None:  # "Error while fetching server API version: <the real failure>"
+                return self._classify(exc.__cause__, operation)
+            return PermanentDriverError(f"{operation}: {exc}")  # e.g. a malformed base_url
+        return PermanentDriverError(f"{operation}: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ finding our containers
+
+    def _get(self, client: Any, key: str) -> Any | None:
+        from docker import errors as docker_errors
+
+        try:
+            return client.containers.get(key)
+        except docker_errors.NotFound:
+            return None
+
+    def _find(self, client: Any, ref: MachineRef) -> Any | None:
+        """The container of ``ref``: by provider id when known, else by name; only one carrying our tag."""
+        if ref.provider_id:
+            container = self._get(client, ref.provider_id)
+            if container is not None and _system_id(container.attrs) == ref.system_id:
+                return container
+        container = self._get(client, container_name(ref.system_id))
+        if container is not None and _system_id(container.attrs) == ref.system_id:
+            return container
+        return None
+
+    def _named_for_create(self, client: Any, system_id: int) -> Any | None:
+        """The container holding our name; one not tagged with our system id is refused, never adopted."""
+        name = container_name(system_id)
+        container = self._get(client, name)
+        if container is None:
+            return None
+        tagged = (container.attrs.get("Config") or {}).get("Labels") or {}
+        if _system_id(container.attrs) != system_id:
+            raise PermanentDriverError(
+                f"a container named {name} ({container.id[:12]}) exists but is not tagged "
+                f"{LABEL_SYSTEM_ID}={system_id} (its tag: {tagged.get(LABEL_SYSTEM_ID, 'none')}); "
+                "it is not adopted: remove or rename it, or adopt it by hand"
+            )
+        return container
+
+    # ------------------------------------------------------------ the interface
+
+    def check(self) -> str:
+        with self._connect("check the Docker daemon") as client:
+            version = client.version()
+            client.ping()
+            product = next(
+                (c.get("Name") for c in version.get("Components") or [] if c.get("Name")), "Docker Engine"
+            )
+            message = (
+                f"{product} {version.get('Version', '?')} at {self.settings.base_url} "
+                f"(API {version.get('ApiVersion', '?')}, {version.get('Os', '?')}/{version.get('Arch', '?')})"
+            )
+            if self.settings.registry_username:
+                message += "; " + self._check_login(client)
+            return message
+
+    def _check_login(self, client: Any) -> str:
+        """Try the registry credentials: refused ones fail the check, an unreachable registry does not."""
+        server = self.settings.registry_server or "docker.io"
+        user = self.settings.registry_username
+        try:
+            client.login(
+                username=user,
+                password=self.settings.registry_password or "",
+                registry=self.settings.registry_server,
+                reauth=True,
+            )
+        except Exception as exc:
+            error = self._classify(exc, f"registry login to {server} as {user}")
+            if not error.transient:
+                raise error from exc
+            # e.g. the registry is down, or speaks plain HTTP (podman's /auth only speaks HTTPS)
+            return f"registry login to {server} could not be tried ({_explanation(exc)})"
+        return f"registry login to {server} as {user} accepted"
+
+    def create(self, spec: MachineSpec) -> MachineInfo:
+        from docker import errors as docker_errors
+
+        props = self._props(spec)
+        name = container_name(spec.system_id)
+        with self._connect(f"create container {name}") as client:
+            for _ in range(3):
+                container = self._named_for_create(client, spec.system_id)
+                made = False
+                if container is None:
+                    self._ensure_image(client, props)
+                    try:
+                        container = client.containers.create(**self._create_args(spec, props))
+                        made = True
+                    except docker_errors.APIError as exc:
+                        if _is_name_conflict(exc):
+                            continue  # another attempt made it meanwhile: adopt it on the next turn
+                        raise
+                return self._run(client, container, made)
+            raise TransientDriverError(f"create container {name}: its name is taken and released repeatedly")
+
+    def status(self, ref: MachineRef) -> MachineInfo:
+        with self._connect(f"read container {container_name(ref.system_id)}") as client:
+            container = self._find(client, ref)
+            if container is None:
+                return MachineInfo(
+                    provider_id=ref.provider_id or "", state="missing", system_id=ref.system_id
+                )
+            return _info(container.attrs)
+
+    def start(self, ref: MachineRef) -> MachineInfo:
+        with self._connect(f"start container {container_name(ref.system_id)}") as client:
+            container = self._require(client, ref)
+            return self._run(client, container, made=False)
+
+    def stop(self, ref: MachineRef) -> MachineInfo:
+        with self._connect(f"stop container {container_name(ref.system_id)}") as client:
+            container = self._require(client, ref)
+            container.stop(timeout=_stop_timeout(container.attrs))
+            container.reload()
+            return _info(container.attrs)
+
+    def destroy(self, ref: MachineRef) -> None:
+        from docker import errors as docker_errors
+
+        name = container_name(ref.system_id)
+        with self._connect(f"destroy container {name}") as client:
+            container = self._find(client, ref)
+            if container is None:
+                return  # already gone: a success
+            try:
+                container.remove(force=True, v=True)  # v: anonymous volumes go with it; named ones are kept
+            except docker_errors.NotFound:
+                return
+            except docker_errors.APIError as exc:
+                text = _explanation(exc).lower()
+                if "no such container" in text:
+                    return
+                if "in progress" not in text:
+                    raise
+                self._wait_gone(client, ref, name)  # someone else is removing it: done when it is gone
+
+    def list(self) -> list[MachineInfo]:
+        with self._connect("list containers") as client:
+            return [_summary_info(row) for row in client.api.containers(all=True)]
+
+    # ------------------------------------------------------------ helpers
+
+    def _props(self, spec: MachineSpec) -> DockerProps:
+        from pydantic import ValidationError
+
+        try:
+            return DockerProps.model_validate(spec.props)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise PermanentDriverError(
+                f"invalid driver properties for the docker driver: {problems}"
+            ) from None
+
+    def _require(self, client: Any, ref: MachineRef) -> Any:
+        container = self._find(client, ref)
+        if container is None:
+            raise PermanentDriverError(
+                f"no container of system {ref.system_id} on {self.settings.base_url} "
+                f"(looked for {ref.provider_id or 'no id'} and the name {container_name(ref.system_id)}): "
+                "it is gone"
+            )
+        return container
+
+    def _run(self, client: Any, container: Any, made: bool) -> MachineInfo:
+        """Make ``container`` run; a container we just made that cannot start is removed again.
+
+        Removing it means a retry with corrected properties makes a new container instead of adopting
+        the broken one.
+        """
+        try:
+            status = container.status
+            if status == "paused":
+                container.unpause()
+            elif status != "running":
+                container.start()
+            container.reload()
+        except Exception as exc:
+            error = self._classify(exc, f"start container {container.name}")
+            if made and not error.transient:
+                _remove_quietly(container)
+            raise error from exc
+        info = _info(container.attrs)
+        if info.state in {"stopped", "error"}:
+            state = container.attrs.get("State") or {}
+            tail = _log_tail(container)
+            if made:
+                _remove_quietly(container)
+            raise PermanentDriverError(
+                f"container {container.name} exited right after it started (exit code {state.get('ExitCode')}"
+                + (f", {state['Error']}" if state.get("Error") else "")
+                + ")"
+                + (f"; its last output: {tail}" if tail else "")
+            )
+        return info
+
+    def _wait_gone(self, client: Any, ref: MachineRef, name: str) -> None:
+        deadline = time.monotonic() + self.settings.timeout_s
+        while self._find(client, ref) is not None:
+            if time.monotonic() > deadline:
+                raise TransientDriverError(f"destroy container {name}: still being removed")
+            time.sleep(0.2)
+
+    def _ensure_image(self, client: Any, props: DockerProps) -> None:
+        from docker import errors as docker_errors
+
+        if props.pull == "never":
+            return  # a missing image fails the create with the daemon's "no such image"
+        if props.pull == "missing":
+            try:
+                client.api.inspect_image(props.image)
+                return
+            except docker_errors.NotFound:  # podman's "image not known" comes as a plain NotFound
+                pass
+            except docker_errors.APIError as exc:
+                if "invalid reference" in _explanation(exc).lower():
+                    raise PermanentDriverError(f"image {props.image!r}: {_explanation(exc)}") from None
+                raise
+        self._pull(client, props.image)
+
+    def _pull(self, client: Any, image: str) -> None:
+        for chunk in client.api.pull(image, stream=True, decode=True, auth_config=self._auth_for(image)):
+            if isinstance(chunk, dict) and chunk.get("error"):
+                message = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+                error = PermanentDriverError if looks_permanent(message) else TransientDriverError
+                raise error(f"pull image {image}: {message}")
+
+    def _auth_for(self, image: str) -> dict[str, str] | None:
+        """The registry credentials, only for an image of the registry they belong to."""
+        from docker import auth
+
+        cfg = self.settings
+        if not cfg.registry_username:
+            return None
+        registry, _ = auth.resolve_repository_name(image)
+        if registry != auth.resolve_index_name(cfg.registry_server or "docker.io"):
+            return None
+        return {"username": cfg.registry_username, "password": cfg.registry_password or ""}
+
+    def _create_args(self, spec: MachineSpec, props: DockerProps) -> dict[str, Any]:
+        labels = {f"{SYSTEM_LABEL_PREFIX}{k}": str(v) for k, v in spec.labels.items()}
+        labels.update(props.labels)
+        labels.update(
+            {
+                LABEL_SYSTEM_ID: str(spec.system_id),
+                LABEL_HOSTNAME: spec.hostname,
+                LABEL_ENVIRONMENT: spec.environment,
+                LABEL_STOP_TIMEOUT: str(props.stop_timeout_s),  # read back by stop()
+            }
+        )
+        ports: dict[str, Any] = {}
+        for port_spec in props.ports:
+            key, binding = _parse_port(port_spec)
+            if key in ports:
+                previous = ports[key]
+                ports[key] = (previous if isinstance(previous, list) else [previous]) + [binding]
+            else:
+                ports[key] = binding
+        volumes = []
+        for volume_spec in props.volumes:
+            source, target, mode = _parse_volume(volume_spec)
+            if source.startswith("/") and not self.settings.allow_host_paths:
+                raise PermanentDriverError(
+                    f"volume {volume_spec!r} bind-mounts a path of the daemon's host, which this hypervisor "
+                    "does not allow (its setting allow_host_paths is false); use a named volume"
+                )
+            volumes.append(f"{source}:{target}:{mode}")
+        args: dict[str, Any] = {
+            "image": props.image,
+            "name": container_name(spec.system_id),
+            "hostname": props.hostname or spec.hostname,
+            "labels": labels,
+            "environment": {k: _env_value(v) for k, v in props.env.items()},
+        }
+        if props.command is not None:
+            args["command"] = props.command
+        if props.entrypoint is not None:
+            args["entrypoint"] = props.entrypoint
+        if ports:
+            args["ports"] = ports
+        if volumes:
+            args["volumes"] = volumes
+        memory = props.memory if props.memory is not None else spec.memory_mb
+        if memory is not None:
+            args["mem_limit"] = f"{memory}m" if isinstance(memory, int) else memory.strip().lower()
+        cpus = props.cpus if props.cpus is not None else spec.cpu
+        if cpus:
+            args["nano_cpus"] = int(cpus * 1_000_000_000)
+        network = props.network or self.settings.network
+        if network:
+            args["network"] = network
+        if props.user:
+            args["user"] = props.user
+        if props.working_dir:
+            args["working_dir"] = props.working_dir
+        if props.restart != "no":
+            args["restart_policy"] = {"Name": props.restart}
+        return args
+
+
+# ---------------------------------------------------------------- reading containers
+
+
+def _system_id(attrs: dict[str, Any]) -> int | None:
+    labels = (attrs.get("Config") or {}).get("Labels") or attrs.get("Labels") or {}
+    value = labels.get(LABEL_SYSTEM_ID)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _addresses(networks: dict[str, Any] | None, top: dict[str, Any] | None = None) -> list[str]:
+    found: list[str] = []
+    for net in [top or {}, *((networks or {}).values())]:
+        for key in ("IPAddress", "GlobalIPv6Address"):
+            value = (net or {}).get(key)
+            if value and value not in found:
+                found.append(value)
+    return found
+
+
+def _published(ports: dict[str, Any] | None) -> list[str]:
+    shown = []
+    for container_port, bindings in sorted((ports or {}).items()):
+        for binding in bindings or []:
+            shown.append(f"{binding.get('HostIp') or '0.0.0.0'}:{binding.get('HostPort')}->{container_port}")
+    return shown
+
+
+def _info(attrs: dict[str, Any]) -> MachineInfo:
+    """From ``docker inspect``."""
+    config = attrs.get("Config") or {}
+    labels = config.get("Labels") or {}
+    state = attrs.get("State") or {}
+    raw = (state.get("Status") or "").lower()
+    settings = attrs.get("NetworkSettings") or {}
+    networks = settings.get("Networks") or {}
+    return MachineInfo(
+        provider_id=attrs["Id"],
+        state=STATES.get(raw, raw or "unknown"),
+        system_id=_system_id(attrs),
+        hostname=labels.get(LABEL_HOSTNAME) or config.get("Hostname"),
+        addresses=_addresses(networks, settings),
+        details={
+            "name": (attrs.get("Name") or "").lstrip("/"),
+            "image": config.get("Image"),
+            "container_state": raw,
+            "exit_code": state.get("ExitCode"),
+            "started_at": state.get("StartedAt"),
+            "networks": sorted(networks),
+            "ports": _published(settings.get("Ports")),
+        },
+    )
+
+
+def _summary_info(row: dict[str, Any]) -> MachineInfo:
+    """From one row of ``GET /containers/json`` (no inspect per container)."""
+    labels = row.get("Labels") or {}
+    raw = (row.get("State") or "").lower()
+    networks = (row.get("NetworkSettings") or {}).get("Networks") or {}
+    names = [n.lstrip("/") for n in row.get("Names") or []]
+    return MachineInfo(
+        provider_id=row["Id"],
+        state=STATES.get(raw, raw or "unknown"),
+        system_id=_system_id({"Labels": labels}),
+        hostname=labels.get(LABEL_HOSTNAME),
+        addresses=_addresses(networks),
+        details={
+            "name": names[0] if names else None,
+            "image": row.get("Image"),
+            "container_state": raw,
+            "status": row.get("Status"),
+            "networks": sorted(networks),
+        },
+    )
+
+
+def _log_tail(container: Any, lines: int = 5) -> str:
+    """The container's last lines of output, on one line (a courtesy in error messages: '' if unreadable)."""
+    text = ""
+    with contextlib.suppress(Exception):
+        text = container.logs(tail=lines).decode("utf-8", "replace").strip()
+    return " | ".join(text.splitlines()[-lines:])[:1000]
+
+
+def _remove_quietly(container: Any) -> None:
+    """Remove a container we just made and cannot use; a failure here must not hide the first one."""
+    with contextlib.suppress(Exception):
+        container.remove(force=True, v=True)
+
+
+def _stop_timeout(attrs: dict[str, Any]) -> int:
+    """Seconds between SIGTERM and SIGKILL: our label, else 10 (Docker's default)."""
+    value = ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_STOP_TIMEOUT)
+    try:
+        return max(0, min(3600, int(value))) if value is not None else 10
+    except ValueError:
+        return 10
+
+
+def _env_value(value: str | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _explanation(exc: Any) -> str:
+    """The daemon's own words from an ``APIError``."""
+    explanation = getattr(exc, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    return str(explanation or exc).strip()
+
+
+def _is_name_conflict(exc: Any) -> bool:
+    text = _explanation(exc).lower()
+    return exc.status_code == 409 or ("already in use" in text and "name" in text)
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS-level reason inside a connection failure (requests and urllib3 wrap it deeply), in plain words."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    found: list[OSError] = []
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            found.append(current)
+        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        for linked in (current.__cause__, current.__context__, getattr(current, "reason", None)):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+    for kind, words in (
+        (FileNotFoundError, "no such socket (is the daemon running?)"),
+        (ConnectionRefusedError, "connection refused (is the daemon running?)"),
+        (ConnectionResetError, "connection reset by the daemon"),
+        (BrokenPipeError, "connection closed by the daemon"),
+    ):
+        if any(isinstance(error, kind) for error in found):
+            return words
+    if found:
+        return str(found[0].strerror).lower()
+    return str(exc)

@@ -1,21 +1,678 @@
-"""The ``ssh`` driver: systems are machines that already exist, reached over SSH."""
+"""The ``ssh`` driver: systems are machines that already exist, reached over SSH.
+
+Like salt-cloud's "saltify": the machine (a bare-metal server, a VM made by hand) is there before
+Armillary knows it, and stays there after. What each operation means here:
+
+* ``create`` verifies the machine: it connects to the system's ``host`` with the user and the
+  hypervisor's key (or password), reads its facts (``PRETTY_NAME`` of /etc/os-release, ``nproc``,
+  ``MemTotal`` of /proc/meminfo, kernel, hostname) and records the SHA256 fingerprint of its host key
+  at this first contact (trust on first use, or checked against the driver property ``host_key``
+  when given). Nothing is changed on the machine, so a retry is harmless.
+* The provider id carries what later calls need to find the machine again *and to trust it*:
+  ``ssh://user@host:port#SHA256:<fingerprint>`` (IPv6 hosts in brackets). The engine stores the
+  provider id the moment ``create`` returns, so the fingerprint is recorded there; a driver instance
+  holds no state. ``status``, ``start`` and ``destroy`` connect only to a host presenting that key:
+  a different key fails loudly and permanently ("host key changed ... possible MITM"), *before*
+  any credential is sent.
+* ``status`` says ``running`` when the machine answers and accepts us, and ``unreachable`` (not an
+  error) when it cannot be reached (refused, timed out, no route): a machine we do not power may
+  well be down, and reading its state must not fail for that. A changed host key or refused
+  credentials do raise (permanent): those are not states of the machine but problems to fix.
+* ``stop`` is not supported (no power control over machines that exist outside Armillary; a
+  power hook is not built), and ``start`` only confirms a machine that is already up
+  (it cannot power one on: unreachable is a permanent failure saying so).
+* ``destroy`` *forgets* the machine: nothing is done to it, unless the system's driver property
+  ``wipe_command`` is set, in which case that command is run first (and must exit 0). It is an argv
+  list: each word is quoted (``shlex.join``) into the one command line SSH carries, so no shell
+  string is ever built from user data. It should be idempotent: a transient failure (connection
+  lost) makes the engine run it again. Forgetting without a wipe makes no connection, so
+  destroying a machine that is gone succeeds.
+* ``list`` returns nothing: an SSH "hypervisor" is only credentials, with no inventory of its own
+  to ask (and no way to tell which machines are ours but the systems that name them).
+* ``check`` cannot contact anything (the hypervisor has no host; each system names its own):
+  it checks that the credentials are usable (the private key parses, or a password is set).
+
+Host key checking never looks at ``~/.ssh/known_hosts``, ``~/.ssh/config``, an ssh-agent or the
+keys under ``~/.ssh`` of the user Armillary runs as: only the hypervisor's credentials are used,
+and only the recorded (or pinned) fingerprint is trusted. The negotiated host key algorithm prefers
+ed25519, then ECDSA, then RSA (as OpenSSH does); when an expected fingerprint does not match the
+key first offered, the other kinds of key the host has are tried before the key is called changed,
+so pinning (or having recorded) any one of a host's keys works.
+
+Failures: refused, reset, timed out, unreachable, lost connections are transient (the engine
+retries); refused credentials, a changed or unverifiable host key, an unreadable private key,
+invalid driver properties and a failing wipe command are permanent.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import asyncio
+import builtins
+import ipaddress
+import re
+import shlex
+import socket
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from armillary.drivers.base import Driver, StrictModel, secret
+from pydantic import Field, ValidationError, field_validator
+
+from armillary.drivers.base import (
+    Driver,
+    DriverError,
+    MachineInfo,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    StrictModel,
+    TransientDriverError,
+    secret,
+)
+
+T = TypeVar("T")
+
+USER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
+FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}=?$"
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+# Host names are kept short enough that the provider id fits its 255-character column.
+HOST_MAX = 150
+PROVIDER_ID_MAX = 255
+_PROVIDER_ID = re.compile(
+    r"^ssh://(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@"
+    r"(?P<host>\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})"
+    r"#(?P<fingerprint>SHA256:[A-Za-z0-9+/]{43})$"
+)
+FACTS_TIMEOUT_S = 60.0
+_MARK = "@@armillary-facts@@"
+# A constant command line (no user data in it): the facts create records.
+FACTS_COMMAND = "; ".join(
+    [
+        "cat /etc/os-release 2>/dev/null",
+        f"echo {_MARK}",
+        "(nproc || getconf _NPROCESSORS_ONLN) 2>/dev/null",
+        f"echo {_MARK}",
+        "cat /proc/meminfo 2>/dev/null",
+        f"echo {_MARK}",
+        "uname -srm 2>/dev/null",
+        f"echo {_MARK}",
+        "uname -n 2>/dev/null",
+    ]
+)
+# Host key algorithms in order of preference, by kind of key (a host has at most one key of each).
+_KEY_KINDS: list[tuple[str, tuple[str, ...]]] = [
+    ("ed25519", ("ssh-ed25519",)),
+    ("ecdsa", ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")),
+    ("rsa", ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")),
+    ("ed448", ("ssh-ed448",)),
+]
+
+
+def _normalize_fingerprint(value: str) -> str:
+    return value.rstrip("=")
+
+
+def _check_host(value: str) -> str:
+    value = value.strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) > HOST_MAX or not _HOSTNAME.match(value):
+        raise ValueError(f"not an IP address or a host name (of at most {HOST_MAX} characters): {value!r}")
+    return value.rstrip(".").lower()
 
 
 class SshConfig(StrictModel):
-    default_user: str = Field("root", max_length=63)
-    port: int = Field(22, ge=1, le=65535)
+    default_user: str = Field(
+        "root",
+        max_length=63,
+        pattern=USER_PATTERN,
+        description="User to log in as when neither the system nor its driver properties name one",
+    )
+    port: int = Field(
+        22, ge=1, le=65535, description="SSH port when the system's driver properties name none"
+    )
     private_key: str | None = secret("PEM private key used to log in", max_length=32768)
+    private_key_passphrase: str | None = secret(
+        "Passphrase of private_key, when it is encrypted", max_length=1024
+    )
     password: str | None = secret("Password used when no key is given", max_length=1024)
-    connect_timeout: float = Field(10, gt=0, le=300)
+    connect_timeout: float = Field(
+        10, gt=0, le=300, description="Seconds to connect and log in (TCP, key exchange, authentication)"
+    )
+
+
+class SshProps(StrictModel):
+    """Where one existing machine is, and what to do to it when it is destroyed."""
+
+    host: str = Field(..., max_length=HOST_MAX, description="IP address or DNS name of the machine")
+    port: int | None = Field(None, ge=1, le=65535, description="SSH port (default: the hypervisor's port)")
+    user: str | None = Field(
+        None,
+        max_length=32,
+        pattern=USER_PATTERN,
+        description="User to log in as "
+        "(default: the system's machine user, else the hypervisor's default_user)",
+    )
+    host_key: str | None = Field(
+        None,
+        pattern=FINGERPRINT_PATTERN,
+        description="Expected SHA256 fingerprint of the host key "
+        "('SHA256:...', as `ssh-keygen -l` prints it); "
+        "without it the key seen at create is trusted and recorded",
+    )
+    wipe_command: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Command run on the machine when the system is destroyed, as an argv list (each word is "
+        "quoted; no shell string is built); it must exit 0. Without it, destroy only forgets the machine",
+    )
+    wipe_timeout: float = Field(600, gt=0, le=86400, description="Seconds the wipe command may take")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        return None if value is None else _normalize_fingerprint(value)
+
+    @field_validator("wipe_command")
+    @classmethod
+    def _wipe_command(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value[0]:
+                raise ValueError("the command (first word) must not be empty")
+            for word in value:
+                if len(word) > 4096 or "\x00" in word:
+                    raise ValueError("each word must be at most 4096 characters, without NUL")
+        return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """One machine to connect to, and the fingerprint its host key must have (None: first contact)."""
+
+    host: str
+    port: int
+    user: str
+    fingerprint: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self._host_part}:{self.port}"
+
+    @property
+    def _host_part(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def provider_id(self, fingerprint: str) -> str:
+        return f"ssh://{self.where}#{fingerprint}"
+
+    @classmethod
+    def parse(cls, provider_id: str) -> Target:
+        match = _PROVIDER_ID.match(provider_id)
+        if match is None:
+            raise PermanentDriverError(
+                f"provider id {provider_id!r} is not an ssh driver id (ssh://user@host:port#SHA256:...)"
+            )
+        host = match["host"]
+        return cls(
+            host=host[1:-1] if host.startswith("[") else host,
+            port=int(match["port"]),
+            user=match["user"],
+            fingerprint=match["fingerprint"],
+        )
+
+    def literal_address(self) -> str | None:
+        try:
+            return str(ipaddress.ip_address(self.host))
+        except ValueError:
+            return None
+
+
+@dataclass
+class _Seen:
+    """What the host key check saw (filled in by the callback during the handshake)."""
+
+    expected: str | None
+    fingerprints: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    mismatch: bool = False
+
+
+def _kind_of(algorithm: str) -> str:
+    for kind, algorithms in _KEY_KINDS:
+        if algorithm in algorithms or algorithm.startswith(kind) or kind in algorithm:
+            return kind
+    return algorithm
 
 
 class SshDriver(Driver):
     name = "ssh"
     summary = "Existing machines or bare metal reached over SSH"
     Config = SshConfig
+    SystemProps = SshProps
+    implemented = True
+    transport = "ssh"
+
+    # ------------------------------------------------------------ the interface
+
+    def check(self) -> str:
+        config = self._config
+        if config.private_key:
+            key = self._private_key()
+            how = f"{key.get_algorithm()} key {key.get_fingerprint('sha256')}"
+        elif config.password:
+            how = "password"
+        else:
+            raise PermanentDriverError("no credentials: set private_key (PEM) or password")
+        return (
+            f"ssh credentials usable: {how}, default user {config.default_user}, port {config.port}; "
+            "no host contacted (each system names its own, checked when it is created)"
+        )
+
+    def create(self, spec: MachineSpec) -> MachineInfo:
+        props = self._props(spec.props)
+        user = props.user or spec.user or self._config.default_user
+        if not re.match(USER_PATTERN, user):
+            raise PermanentDriverError(f"cannot log in as {user!r}: not a valid user name")
+        target = Target(
+            host=props.host, port=props.port or self._config.port, user=user, fingerprint=props.host_key
+        )
+        if len(target.provider_id("SHA256:" + "x" * 43)) > PROVIDER_ID_MAX:
+            raise PermanentDriverError(
+                f"{target.where} is too long to record (at most {PROVIDER_ID_MAX} characters)"
+            )
+        return self._run(self._create(spec, target))
+
+    def status(self, ref: MachineRef) -> MachineInfo:
+        if not ref.provider_id:
+            return MachineInfo(provider_id="", state="missing", system_id=ref.system_id)
+        target = Target.parse(ref.provider_id)
+        try:
+            return self._run(self._reach(ref, target))
+        except DriverError as exc:
+            if not exc.transient:
+                raise
+            literal = target.literal_address()
+            return MachineInfo(
+                provider_id=ref.provider_id,
+                state="unreachable",
+                system_id=ref.system_id,
+                addresses=[literal] if literal else [],
+                details={**self._where(target), "unreachable": str(exc)},
+            )
+
+    def start(self, ref: MachineRef) -> MachineInfo:
+        if not ref.provider_id:
+            raise PermanentDriverError("no machine recorded for this system: create it first")
+        target = Target.parse(ref.provider_id)
+        try:
+            return self._run(self._reach(ref, target))
+        except DriverError as exc:
+            if not exc.transient:
+                raise
+            raise PermanentDriverError(
+                f"cannot start {target.where}: the ssh driver has no power control over existing machines, "
+                f"and the machine is not reachable ({exc}); power it on by other means"
+            ) from None
+
+    def stop(self, ref: MachineRef) -> MachineInfo:
+        raise PermanentDriverError(
+            "the ssh driver cannot stop machines: they exist outside Armillary and it has no power control "
+            "over them (power hooks are not supported)"
+        )
+
+    def destroy(self, ref: MachineRef) -> None:
+        """Forget the machine; first run the wipe command when the system has one."""
+        if not ref.provider_id:
+            return  # nothing was ever recorded: nothing to forget
+        props = self._destroy_props(ref)
+        if props is None or not props.wipe_command:
+            return  # forget: no connection, so a machine that is gone is forgotten all the same
+        target = Target.parse(ref.provider_id)
+        self._run(self._wipe(target, props.wipe_command, props.wipe_timeout))
+
+    def addresses(self, ref: MachineRef) -> list[str]:
+        if ref.provider_id:
+            literal = Target.parse(ref.provider_id).literal_address()
+            if literal:
+                return [literal]
+        return self.status(ref).addresses
+
+    def list(self) -> list[MachineInfo]:
+        """Always empty: the hypervisor is credentials only, with no inventory of machines to read."""
+        return []
+
+    # ------------------------------------------------------------ operations (async)
+
+    async def _create(self, spec: MachineSpec, target: Target) -> MachineInfo:
+        conn, seen = await self._connect(target)
+        async with conn:
+            address = self._peer_address(conn, target)
+            try:
+                result = await conn.run(FACTS_COMMAND, check=False, timeout=FACTS_TIMEOUT_S)
+                output = result.stdout if isinstance(result.stdout, str) else ""
+            except Exception as exc:  # noqa: BLE001 - classified below, or re-raised
+                raise self._failure(exc, target, None, "reading facts from") from None
+        fingerprint = seen.fingerprints[-1]
+        facts = parse_facts(output)
+        return MachineInfo(
+            provider_id=target.provider_id(fingerprint),
+            state="running",
+            system_id=spec.system_id,
+            hostname=spec.hostname,
+            addresses=[address] if address else [],
+            details={
+                **self._where(target),
+                "address": address,
+                "host_key": fingerprint,
+                "host_key_type": seen.kinds[-1],
+                "existing_machine": True,
+                **facts,
+            },
+        )
+
+    async def _reach(self, ref: MachineRef, target: Target) -> MachineInfo:
+        conn, seen = await self._connect(target)
+        async with conn:
+            address = self._peer_address(conn, target)
+        return MachineInfo(
+            provider_id=ref.provider_id or "",
+            state="running",
+            system_id=ref.system_id,
+            addresses=[address] if address else [],
+            details={
+                **self._where(target),
+                "address": address,
+                "host_key": seen.fingerprints[-1],
+                "existing_machine": True,
+            },
+        )
+
+    async def _wipe(self, target: Target, argv: Sequence[str], timeout: float) -> None:
+        import asyncssh
+
+        conn, _ = await self._connect(target)
+        async with conn:
+            try:
+                result = await conn.run(shlex.join(argv), check=False, timeout=timeout)
+            except asyncssh.TimeoutError:
+                raise PermanentDriverError(
+                    f"wipe command {argv[0]!r} on {target.where} did not finish within {timeout:g}s"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - classified, or re-raised
+                raise self._failure(exc, target, None, "running the wipe command on") from None
+        if result.exit_status != 0:
+            how = (
+                f"exited {result.exit_status}"
+                if result.exit_status is not None
+                else f"was killed by signal {result.exit_signal[0] if result.exit_signal else '?'}"
+            )
+            stderr = result.stderr if isinstance(result.stderr, str) else ""
+            raise PermanentDriverError(
+                f"wipe command {argv[0]!r} on {target.where} {how}: "
+                f"{stderr.strip()[-2000:] or '(no output)'}; "
+                "the machine is not forgotten (fix the command, or remove wipe_command to only forget it)"
+            )
+
+    async def _connect(self, target: Target) -> tuple[Any, _Seen]:
+        """Connect and log in, trusting only a host key of the expected fingerprint (any at first contact)."""
+        import asyncssh
+
+        seen = _Seen(expected=target.fingerprint)
+        client_keys = [self._private_key()] if self._config.private_key else None
+        tried: set[str] = set()
+        while True:
+            algorithms = self._host_key_algorithms(exclude=tried)
+            if not algorithms:
+                raise self._changed(target, seen)
+
+            class _Client(asyncssh.SSHClient):
+                def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+                    fingerprint = key.get_fingerprint("sha256")
+                    seen.fingerprints.append(fingerprint)
+                    seen.kinds.append(_kind_of(key.get_algorithm()))
+                    if seen.expected is not None and fingerprint != seen.expected:
+                        seen.mismatch = True
+                        return False
+                    return True
+
+            try:
+                conn = await asyncssh.connect(
+                    target.host,
+                    target.port,
+                    username=target.user,
+                    client_factory=_Client,
+                    known_hosts=lambda host, addr, port: ([], [], []),  # trust decided by the callback alone
+                    server_host_key_algs=algorithms,
+                    x509_trusted_certs=None,
+                    config=None,
+                    agent_path=None,
+                    pkcs11_provider=None,
+                    client_keys=client_keys,
+                    password=self._config.password,
+                    gss_auth=False,
+                    gss_kex=False,
+                    host_based_auth=False,
+                    kbdint_auth=bool(self._config.password),
+                    password_auth=bool(self._config.password),
+                    connect_timeout=self._config.connect_timeout,
+                    login_timeout=self._config.connect_timeout,
+                    keepalive_interval=30,
+                )
+            except asyncssh.HostKeyNotVerifiable:
+                if not seen.mismatch:
+                    raise PermanentDriverError(f"the host key of {target.where} cannot be verified") from None
+                kind = seen.kinds[-1]
+                if kind in tried or kind not in dict(_KEY_KINDS):
+                    raise self._changed(target, seen) from None
+                tried.add(kind)  # this kind of key is not the one expected: try the host's others
+                seen.mismatch = False
+                continue
+            except Exception as exc:  # noqa: BLE001 - classified, or re-raised
+                if tried:
+                    # Asked for the host's other kinds of key, it has none (sshd hangs up, or the key exchange
+                    # fails): the key it offered first, not the expected one, is its key. Changed.
+                    raise self._changed(target, seen) from None
+                raise self._failure(exc, target, seen, "connecting to") from None
+            return conn, seen
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def _config(self) -> SshConfig:
+        return self.config  # type: ignore[return-value]
+
+    def _props(self, raw: dict[str, Any]) -> SshProps:
+        try:
+            return SshProps.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'driver'}: {e['msg']}" for e in exc.errors()
+            )
+            raise PermanentDriverError(f"invalid ssh driver properties: {problems}") from None
+
+    def _destroy_props(self, ref: MachineRef) -> SshProps | None:
+        """The system's driver properties now: from the ref when it carries them, else from the database.
+
+        ``MachineRef`` carries no properties (yet), so in the engine they are read from the system's row
+        (the driver's ``runtime`` has the database). Without either (a driver made outside the engine),
+        there is no wipe command to run.
+        """
+        raw = getattr(ref, "props", None)
+        if raw is None:
+            db = getattr(self.runtime, "db", None)
+            if db is None:
+                return None
+            from sqlalchemy import select
+
+            from armillary.domain.models import System
+
+            with db.engine.connect() as conn:
+                row = conn.execute(
+                    select(System.driver_props, System.hypervisor_id).where(System.id == ref.system_id)
+                ).first()
+            if row is None or row.hypervisor_id != self.hypervisor_id:
+                return None
+            raw = row.driver_props or {}
+        return self._props(dict(raw))
+
+    def _private_key(self) -> Any:
+        import asyncssh
+
+        try:
+            return asyncssh.import_private_key(
+                self._config.private_key or "", self._config.private_key_passphrase
+            )
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            # The message never quotes the key.
+            raise PermanentDriverError(f"private_key cannot be used: {exc}") from None
+
+    @staticmethod
+    def _host_key_algorithms(exclude: set[str]) -> builtins.list[str]:
+        from asyncssh.public_key import get_public_key_algs
+
+        supported = {alg.decode() for alg in get_public_key_algs()}
+        return [
+            alg
+            for kind, algorithms in _KEY_KINDS
+            if kind not in exclude
+            for alg in algorithms
+            if alg in supported
+        ]
+
+    @staticmethod
+    def _peer_address(conn: Any, target: Target) -> str | None:
+        peer = conn.get_extra_info("peername")
+        if peer:
+            try:
+                return str(ipaddress.ip_address(str(peer[0]).split("%")[0]))
+            except ValueError:
+                pass
+        return target.literal_address()
+
+    @staticmethod
+    def _where(target: Target) -> dict[str, Any]:
+        return {"host": target.host, "port": target.port, "user": target.user}
+
+    @staticmethod
+    def _changed(target: Target, seen: _Seen) -> PermanentDriverError:
+        offered = ", ".join(f"{k} {f}" for k, f in zip(seen.kinds, seen.fingerprints)) or "none"
+        return PermanentDriverError(
+            f"host key changed for {target.where}: expected {seen.expected}, the host offers {offered} — "
+            "possible MITM attack (or the machine was reinstalled). Refusing to connect (no credentials were "
+            "sent). If the change is legitimate: destroy the system (without a wipe_command that only "
+            "forgets "
+            "it) and create it again, optionally pinning the new key with the driver property host_key"
+        )
+
+    @staticmethod
+    def _failure(exc: BaseException, target: Target, seen: _Seen | None, doing: str) -> DriverError:
+        """Map a connection failure to a transient or permanent driver error (or re-raise a bug)."""
+        import asyncssh
+
+        where = target.where
+        if isinstance(exc, DriverError):
+            return exc
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return PermanentDriverError(
+                f"authentication failed {doing} {where}: the server refused the "
+                f"hypervisor's credentials ({exc.reason or exc})"
+            )
+        if isinstance(
+            exc,
+            (
+                asyncssh.HostKeyNotVerifiable,
+                asyncssh.IllegalUserName,
+                asyncssh.KeyExchangeFailed,
+                asyncssh.ProtocolNotSupported,
+                asyncssh.ProtocolError,
+                asyncssh.ServiceNotAvailable,
+                asyncssh.MACError,
+                asyncssh.CompressionError,
+            ),
+        ):
+            return PermanentDriverError(
+                f"SSH failed {doing} {where}: {type(exc).__name__}: {exc.reason or exc}"
+            )
+        if isinstance(
+            exc, asyncssh.DisconnectError
+        ):  # connection lost, too many connections, closed by the peer
+            return TransientDriverError(f"SSH connection {doing} {where} ended: {exc.reason or exc}")
+        if isinstance(exc, asyncssh.ChannelOpenError):
+            return TransientDriverError(f"SSH session refused {doing} {where}: {exc.reason or exc}")
+        if isinstance(exc, socket.gaierror):
+            if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                return PermanentDriverError(f"cannot resolve {target.host!r} ({exc.strerror})")
+            return TransientDriverError(f"cannot resolve {target.host!r} now ({exc.strerror})")
+        if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+            return TransientDriverError(f"timed out {doing} {where}")
+        if isinstance(exc, ConnectionRefusedError):
+            return TransientDriverError(
+                f"connection refused {doing} {where} (is sshd running on port {target.port}?)"
+            )
+        if isinstance(exc, OSError):
+            return TransientDriverError(f"network error {doing} {where}: {exc.strerror or exc}")
+        if isinstance(exc, asyncssh.Error):
+            return TransientDriverError(f"SSH error {doing} {where}: {exc}")
+        raise exc
+
+    @staticmethod
+    def _run(coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine to its end from this synchronous method (in a thread of its own if a loop runs)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+
+def parse_facts(output: str) -> dict[str, Any]:
+    """os (PRETTY_NAME), os_id, cpu, memory_mb, kernel and remote_hostname from FACTS_COMMAND's output.
+
+    A fact the machine does not give (another shell, no /proc) is None rather than a failure.
+    """
+    parts = (output.split(_MARK + "\n") + [""] * 5)[:5]
+    release: dict[str, str] = {}
+    for line in parts[0].splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip().isidentifier():
+            try:
+                words = shlex.split(value)
+                release[key.strip()] = " ".join(words)
+            except ValueError:
+                release[key.strip()] = value.strip().strip("\"'")
+    kernel = parts[3].strip() or None
+    os_name = (
+        release.get("PRETTY_NAME")
+        or " ".join(v for v in (release.get("NAME"), release.get("VERSION")) if v)
+        or kernel
+    )
+    cpu = None
+    cpu_text = parts[1].strip()
+    if cpu_text.isdigit() and int(cpu_text) > 0:
+        cpu = int(cpu_text)
+    memory_mb = None
+    for line in parts[2].splitlines():
+        if line.startswith("MemTotal:"):
+            words = line.split()
+            if len(words) >= 2 and words[1].isdigit():
+                memory_mb = int(words[1]) // 1024
+            break
+    return {
+        "os": os_name,
+        "os_id": release.get("ID"),
+        "cpu": cpu,
+        "memory_mb": memory_mb,
+        "kernel": kernel,
+        "remote_hostname": parts[4].strip() or None,
+    }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Test peer of the docker driver: podman's Docker-compatible API service (started per test run by
+# tests/support/podman.py), the runc runtime it is configured with, busybox-static from which the
+# tests build their image locally (nothing can be pulled from outside), and docker-registry, run on
+# loopback by the tests to exercise pulls (one open registry, one wanting a password). The registry
+# package's own service is not started (policy-rc.d); the tests start their own instances.
+# Idempotent: installs only what is missing, and runs `apt-get update` only when something is
+# (and not at all when scripts/test-peers already did, which it says with APT_UPDATED=1).
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+wanted=(podman runc conmon uidmap netavark aardvark-dns iptables busybox-static docker-registry)
+missing=()
+for package in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "docker peer: installing ${missing[*]}" >&2
+  if [ -z "${APT_UPDATED:-}" ]; then as_root apt-get update -qq; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in podman runc docker-registry /bin/busybox; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "docker peer: $tool is still missing" >&2; exit 1; }
+done
