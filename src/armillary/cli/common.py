@@ -1,4 +1,5 @@
-"""Plumbing shared by the client commands: global options, error reporting, ``k=v`` flags, files."""
+"""Plumbing shared by the client commands: global options, error reporting, ``k=v`` flags, files,
+and the ``list``/``show``/``delete`` commands that every resource has."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import typer
 import yaml
 from rich.text import Text
 
-from armillary.cli.client import DEFAULT_URL, URL_ENV, ApiClient, CliError, Document
-from armillary.cli.output import OutputFormat, stderr
+from armillary.cli.client import DEFAULT_URL, URL_ENV, ApiClient, CliError, Document, ref_path
+from armillary.cli.output import Column, OutputFormat, note, print_items, print_object, stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +64,7 @@ UnsetVarOpt = Annotated[
     list[str] | None,
     typer.Option("--unset-var", metavar="KEY", help="Remove a variable; repeat.", show_default=False),
 ]
+REF_HELP = "Id or name"
 DescriptionOpt = Annotated[
     str | None, typer.Option("--description", "-d", help="Description", show_default=False)
 ]
@@ -285,3 +287,72 @@ def file_or_flags(file: Path | None, flags_given: bool) -> Document | None:
             "give either --file or field flags (and the name argument), not both", param_hint="--file"
         )
     return document(file)
+
+
+# ---------------------------------------------------------------- list, show, delete
+#
+# Every resource has these three, alike but for the API path, the columns and the words: the
+# factories below make them, so that a change to paging, output or messages is made once. A list
+# with filters has its own function (its options are its signature) and calls list_pages.
+
+
+def list_pages(
+    path: str,
+    params: list[tuple[str, str]],
+    limit: int | None,
+    every: bool,
+    columns: list[Column],
+    output: OutputFormat | None,
+    what: str,
+) -> None:
+    """Fetch one page, or all of them, and print them."""
+    items: list[dict[str, Any]] = []
+    next_url = None
+    for page in client().pages(path, params, limit or (1000 if every else 100), every):
+        items.extend(page.get("items", []))
+        next_url = page.get("next")
+    shape = fmt(output)
+    print_items(items, columns, shape, page={"items": items, "next": next_url}, empty=f"No {what}.")
+    if next_url and shape is OutputFormat.table:
+        stderr.print(
+            f"[dim]More {what} exist: use --all to see every one, or --limit to see more per page.[/dim]"
+        )
+
+
+def list_command(app: typer.Typer, path: str, columns: list[Column], what: str, doc: str) -> None:
+    """Add ``list`` (--limit, --all, -o; no filters) to ``app``: the items at ``path``, as ``columns``."""
+
+    def list_(limit: LimitOpt = None, every: AllOpt = False, output: OutputOpt = None) -> None:
+        list_pages(path, [], limit, every, columns, output, what)
+
+    list_.__doc__ = doc
+    command(app, "list")(list_)
+
+
+def show_command(
+    app: typer.Typer, path: str, doc: str, ref_help: str = REF_HELP, ref_metavar: str = "REF"
+) -> None:
+    """Add ``show REF`` to ``app``: prints the object at ``path/REF``."""
+
+    # The argument is declared as a default, not in Annotated: the annotations of a nested function
+    # are read against the module's globals, where ref_help and ref_metavar are not.
+    def show(ref: str = typer.Argument(help=ref_help, metavar=ref_metavar), output: OutputOpt = None) -> None:
+        print_object(client().get_json(f"{path}/{ref_path(ref)}"), fmt(output))
+
+    show.__doc__ = doc
+    command(app, "show")(show)
+
+
+def delete_command(
+    app: typer.Typer, path: str, what: str, doc: str, ref_help: str = REF_HELP, ref_metavar: str = "REF"
+) -> None:
+    """Add ``delete REF`` to ``app``: deletes the object at ``path/REF`` and says so."""
+
+    def delete(
+        ref: str = typer.Argument(help=ref_help, metavar=ref_metavar), output: OutputOpt = None
+    ) -> None:
+        client().delete(f"{path}/{ref_path(ref)}")
+        note(f"Deleted {what} {ref}.", fmt(output))
+
+    delete.__doc__ = doc
+    command(app, "delete")(delete)

@@ -42,8 +42,12 @@ from armillary.cli.common import (
     OutputOpt,
     client,
     command,
+    delete_command,
     fmt,
+    list_command,
+    list_pages,
     parse_pairs,
+    show_command,
 )
 from armillary.cli.output import (
     Column,
@@ -61,9 +65,6 @@ from armillary.cli.resources import (
     ParamOpt,
     QueueOpt,
     WaitOpt,
-    _delete,
-    _list,
-    _show,
     system_app,
 )
 
@@ -572,7 +573,7 @@ def jobs_list(
         params.append(("system", _system_id(system)))
     if parent is not None:
         params.append(("parent", str(parent)))
-    _list("/jobs", params, limit, every, JOB_COLUMNS, output, "jobs")
+    list_pages("/jobs", params, limit, every, JOB_COLUMNS, output, "jobs")
 
 
 @command(jobs_app, "show")
@@ -760,19 +761,11 @@ SCHEDULE_COLUMNS: list[Column] = [
     ("NEXT RUN", lambda s: _local(s.get("next_run_at"), "%Y-%m-%d %H:%M")),
     ("LAST JOB", field("last_job_id")),
 ]
-ScheduleRefArg = Annotated[str, typer.Argument(help="Id or name", metavar="NAME")]
 
-
-@command(schedule_app, "list")
-def schedule_list(limit: LimitOpt = None, every: AllOpt = False, output: OutputOpt = None) -> None:
-    """List schedules."""
-    _list("/schedules", [], limit, every, SCHEDULE_COLUMNS, output, "schedules")
-
-
-@command(schedule_app, "show")
-def schedule_show(ref: ScheduleRefArg, output: OutputOpt = None) -> None:
-    """Show a schedule with its job spec and next run."""
-    _show(f"/schedules/{ref_path(ref)}", output)
+list_command(schedule_app, "/schedules", SCHEDULE_COLUMNS, "schedules", "List schedules.")
+show_command(
+    schedule_app, "/schedules", "Show a schedule with its job spec and next run.", ref_metavar="NAME"
+)
 
 
 @command(schedule_app, "create")
@@ -818,10 +811,13 @@ def schedule_create(
     print_object(client().post_json("/schedules", body), fmt(output))
 
 
-@command(schedule_app, "delete")
-def schedule_delete(ref: ScheduleRefArg, output: OutputOpt = None) -> None:
-    """Delete a schedule (jobs it started are kept)."""
-    _delete(f"/schedules/{ref_path(ref)}", "schedule", ref, output)
+delete_command(
+    schedule_app,
+    "/schedules",
+    "schedule",
+    "Delete a schedule (jobs it started are kept).",
+    ref_metavar="NAME",
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,9 @@ Conventions, the same for every resource:
   and writes it back with ``If-Match``, so a concurrent change is refused instead of overwritten.
 * Values of ``--var``, ``--config`` and ``--prop`` are read as YAML scalars (``2``, ``true``,
   ``[a, b]``); quote them to keep a string (``--var 'port="8080"'``). Label values are strings.
+
+``list`` (without filters), ``show`` and ``delete`` are made by the factories in common.py; each
+resource below declares only what is its own: its path, columns, filters and field flags.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import typer
 from armillary.cli import imports
 from armillary.cli.client import CliError, ref_path
 from armillary.cli.common import (
+    REF_HELP,
     AllOpt,
     DescriptionOpt,
     FileOpt,
@@ -33,80 +37,45 @@ from armillary.cli.common import (
     VarOpt,
     client,
     command,
+    delete_command,
     file_or_flags,
     fmt,
+    list_command,
+    list_pages,
     load_mapping,
     merged,
     parse_pairs,
     require_changes,
+    show_command,
 )
 from armillary.cli.output import (
     Column,
     OutputFormat,
     dump,
     field,
-    note,
     print_items,
     print_object,
-    stderr,
 )
 
-REF_HELP = "Id or name"
+RefArg = Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")]
+NameArg = Annotated[str | None, typer.Argument(help="Name", metavar="NAME", show_default=False)]
+RenameOpt = Annotated[str | None, typer.Option("--name", help="Rename it")]
+EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="Environment (id or name)")]
+EnvFilterOpt = Annotated[str | None, typer.Option("--env", "-e", help="Only this environment (id or name)")]
 
 
-def _list(
-    path: str,
-    params: list[tuple[str, str]],
-    limit: int | None,
-    every: bool,
-    columns: list[Column],
-    output: OutputFormat | None,
-    what: str,
-) -> None:
-    """Fetch one page, or all of them, and print them."""
-    items: list[dict[str, Any]] = []
-    next_url = None
-    for page in client().pages(path, params, limit or (1000 if every else 100), every):
-        items.extend(page.get("items", []))
-        next_url = page.get("next")
-    shape = fmt(output)
-    print_items(items, columns, shape, page={"items": items, "next": next_url}, empty=f"No {what}.")
-    if next_url and shape is OutputFormat.table:
-        stderr.print(
-            f"[dim]More {what} exist: use --all to see every one, or --limit to see more per page.[/dim]"
-        )
+# ---------------------------------------------------------------- create and update
 
 
-def _show(path: str, output: OutputFormat | None) -> None:
-    print_object(client().get_json(path), fmt(output))
+def _given(*flags: Any) -> bool:
+    """Whether any field flag was given (None is "not given"): --file may not be combined with them."""
+    return any(flag is not None for flag in flags)
 
 
-def _delete(path: str, what: str, ref: str, output: OutputFormat | None) -> None:
-    client().delete(path)
-    note(f"Deleted {what} {ref}.", fmt(output))
-
-
-def _read_for_update(path: str) -> tuple[dict[str, Any], str | None]:
-    response = client().get(path)
-    return response.json(), response.headers.get("etag")
-
-
-def _created(path: str, body: dict[str, Any] | None, doc: Any, output: OutputFormat | None) -> None:
-    api = client()
-    result = api.send_document("POST", path, doc) if doc is not None else api.post_json(path, body)
-    print_object(result, fmt(output))
-
-
-def _updated(
-    path: str, body: dict[str, Any], etag: str | None, doc: Any, output: OutputFormat | None
-) -> None:
-    api = client()
-    if doc is not None:
-        result = api.send_document("PATCH", path, doc)
-    else:
-        require_changes(body)
-        result = api.patch_json(path, body, etag)
-    print_object(result, fmt(output))
+def _put_given(body: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``body`` with the fields that were given added (None is "not given", so not sent)."""
+    body.update((key, value) for key, value in fields.items() if value is not None)
+    return body
 
 
 def _need(value: Any, what: str) -> Any:
@@ -115,8 +84,55 @@ def _need(value: Any, what: str) -> Any:
     return value
 
 
-def _unset(values: list[str] | None) -> list[str]:
-    return list(values or [])
+def _created(path: str, body: dict[str, Any] | None, doc: Any, output: OutputFormat | None) -> None:
+    api = client()
+    result = api.send_document("POST", path, doc) if doc is not None else api.post_json(path, body)
+    print_object(result, fmt(output))
+
+
+class _Patch:
+    """The body of an ``update`` built from its flags, then sent as one PATCH.
+
+    Merging flags into a stored mapping (``--var`` into ``variables``) needs the stored object: it
+    is read at most once, when first needed, and its ETag goes back with the PATCH (``If-Match``)
+    so a change made in between is refused instead of overwritten. Without a merge nothing is read
+    and no ETag is sent.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.body: dict[str, Any] = {}
+        self.etag: str | None = None
+        self._current: dict[str, Any] | None = None
+
+    def current(self) -> dict[str, Any]:
+        """The stored object (read once)."""
+        if self._current is None:
+            response = client().get(self.path)
+            self._current, self.etag = response.json(), response.headers.get("etag")
+        return self._current
+
+    def merge(
+        self, key: str, add: list[str] | None, remove: list[str] | None, option: str, yaml_values: bool = True
+    ) -> None:
+        """``--OPTION k=v`` / ``--unset-OPTION k`` merged into the stored mapping ``key``, if given."""
+        if add or remove:
+            stored = self.current().get(key)
+            self.body[key] = merged(stored, parse_pairs(add, option, yaml_values=yaml_values), remove)
+
+    def set(self, **fields: Any) -> None:
+        """The plain fields that were given (None is "not given")."""
+        _put_given(self.body, **fields)
+
+    def send(self, doc: Any, output: OutputFormat | None) -> None:
+        """PATCH the body (refused when empty), or the --file document as is, and print the result."""
+        api = client()
+        if doc is not None:
+            result = api.send_document("PATCH", self.path, doc)
+        else:
+            require_changes(self.body)
+            result = api.patch_json(self.path, self.body, self.etag)
+        print_object(result, fmt(output))
 
 
 # ================================================================ environments
@@ -132,6 +148,7 @@ ENV_COLUMNS: list[Column] = [
     ("LOCKED", field("locked")),
     ("VARIABLES", lambda e: len(e.get("variables") or {})),
 ]
+LockReasonOpt = Annotated[str | None, typer.Option("--lock-reason", help="Why it is locked")]
 
 
 @command(env_app, "list")
@@ -142,15 +159,10 @@ def env_list(
     output: OutputOpt = None,
 ) -> None:
     """List environments."""
-    _list("/environments", [("q", q)] if q else [], limit, every, ENV_COLUMNS, output, "environments")
+    list_pages("/environments", [("q", q)] if q else [], limit, every, ENV_COLUMNS, output, "environments")
 
 
-@command(env_app, "show")
-def env_show(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Show one environment."""
-    _show(f"/environments/{ref_path(ref)}", output)
+show_command(env_app, "/environments", "Show one environment.")
 
 
 @command(env_app, "create")
@@ -161,64 +173,48 @@ def env_create(
     description: DescriptionOpt = None,
     var: VarOpt = None,
     locked: Annotated[bool, typer.Option("--locked", help="Create it locked (no changes allowed)")] = False,
-    lock_reason: Annotated[str | None, typer.Option("--lock-reason", help="Why it is locked")] = None,
+    lock_reason: LockReasonOpt = None,
     file: FileOpt = None,
     output: OutputOpt = None,
 ) -> None:
     """Create an environment: `armillary env create dev -d Development --var ntp=pool.ntp.org`."""
-    doc = file_or_flags(file, locked or any(x is not None for x in (name, description, var, lock_reason)))
+    doc = file_or_flags(file, locked or _given(name, description, var, lock_reason))
     body: dict[str, Any] = {}
     if doc is None:
         body = {"name": _need(name, "NAME"), "variables": parse_pairs(var, "--var")}
-        if description is not None:
-            body["description"] = description
-        if locked:
-            body["locked"] = True
-        if lock_reason is not None:
-            body["lock_reason"] = lock_reason
+        _put_given(body, description=description, locked=True if locked else None, lock_reason=lock_reason)
     _created("/environments", body, doc, output)
 
 
 @command(env_app, "update")
 def env_update(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")],
-    name: Annotated[str | None, typer.Option("--name", help="Rename it")] = None,
+    ref: RefArg,
+    name: RenameOpt = None,
     description: DescriptionOpt = None,
     var: VarOpt = None,
     unset_var: UnsetVarOpt = None,
     lock: Annotated[
         bool | None, typer.Option("--lock/--unlock", help="Lock or unlock it", show_default=False)
     ] = None,
-    lock_reason: Annotated[str | None, typer.Option("--lock-reason", help="Why it is locked")] = None,
+    lock_reason: LockReasonOpt = None,
     file: FileOpt = None,
     output: OutputOpt = None,
 ) -> None:
     """Change an environment (only what is given); --var merges into its variables."""
-    doc = file_or_flags(
-        file, any(x is not None for x in (name, description, var, unset_var, lock, lock_reason))
-    )
-    path, body, etag = f"/environments/{ref_path(ref)}", {}, None
+    doc = file_or_flags(file, _given(name, description, var, unset_var, lock, lock_reason))
+    patch = _Patch(f"/environments/{ref_path(ref)}")
     if doc is None:
-        if var or unset_var:
-            current, etag = _read_for_update(path)
-            body["variables"] = merged(current.get("variables"), parse_pairs(var, "--var"), unset_var)
-        for key, value in (
-            ("name", name),
-            ("description", description),
-            ("locked", lock),
-            ("lock_reason", lock_reason),
-        ):
-            if value is not None:
-                body[key] = value
-    _updated(path, body, etag, doc, output)
+        patch.merge("variables", var, unset_var, "--var")
+        patch.set(name=name, description=description, locked=lock, lock_reason=lock_reason)
+    patch.send(doc, output)
 
 
-@command(env_app, "delete")
-def env_delete(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Delete an environment (refused while it still has hypervisors or systems)."""
-    _delete(f"/environments/{ref_path(ref)}", "environment", ref, output)
+delete_command(
+    env_app,
+    "/environments",
+    "environment",
+    "Delete an environment (refused while it still has hypervisors or systems).",
+)
 
 
 # ================================================================ hypervisors
@@ -249,7 +245,7 @@ ConfigOpt = Annotated[
 
 @command(hypervisor_app, "list")
 def hypervisor_list(
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Only this environment (id or name)")] = None,
+    env: EnvFilterOpt = None,
     driver: Annotated[str | None, typer.Option("--driver", help="Only this driver")] = None,
     limit: LimitOpt = None,
     every: AllOpt = False,
@@ -257,21 +253,20 @@ def hypervisor_list(
 ) -> None:
     """List hypervisors."""
     params = [(k, v) for k, v in (("environment", env), ("driver", driver)) if v]
-    _list("/hypervisors", params, limit, every, HYPERVISOR_COLUMNS, output, "hypervisors")
+    list_pages("/hypervisors", params, limit, every, HYPERVISOR_COLUMNS, output, "hypervisors")
 
 
-@command(hypervisor_app, "show")
-def hypervisor_show(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Show one hypervisor (secret settings are never shown; `secrets_set` names those that hold a value)."""
-    _show(f"/hypervisors/{ref_path(ref)}", output)
+show_command(
+    hypervisor_app,
+    "/hypervisors",
+    "Show one hypervisor (secret settings are never shown; `secrets_set` names those that hold a value).",
+)
 
 
 @command(hypervisor_app, "create")
 def hypervisor_create(
-    name: Annotated[str | None, typer.Argument(help="Name", metavar="NAME", show_default=False)] = None,
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Environment (id or name)")] = None,
+    name: NameArg = None,
+    env: EnvOpt = None,
     driver: Annotated[
         str | None, typer.Option("--driver", help="Driver name (see `armillary drivers list`)")
     ] = None,
@@ -281,7 +276,7 @@ def hypervisor_create(
     output: OutputOpt = None,
 ) -> None:
     """Create a hypervisor: `armillary hypervisor create sim1 --env dev --driver simulated --config latency_ms=50`."""
-    doc = file_or_flags(file, any(x is not None for x in (name, env, driver, config, description)))
+    doc = file_or_flags(file, _given(name, env, driver, config, description))
     body: dict[str, Any] = {}
     if doc is None:
         body = {
@@ -290,15 +285,14 @@ def hypervisor_create(
             "driver": _need(driver, "--driver"),
             "config": parse_pairs(config, "--config"),
         }
-        if description is not None:
-            body["description"] = description
+        _put_given(body, description=description)
     _created("/hypervisors", body, doc, output)
 
 
 @command(hypervisor_app, "update")
 def hypervisor_update(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")],
-    name: Annotated[str | None, typer.Option("--name", help="Rename it")] = None,
+    ref: RefArg,
+    name: RenameOpt = None,
     description: DescriptionOpt = None,
     config: ConfigOpt = None,
     unset_config: Annotated[
@@ -309,25 +303,21 @@ def hypervisor_update(
     output: OutputOpt = None,
 ) -> None:
     """Change a hypervisor; --config merges into its settings (secrets not given are kept)."""
-    doc = file_or_flags(file, any(x is not None for x in (name, description, config, unset_config)))
-    path, body, etag = f"/hypervisors/{ref_path(ref)}", {}, None
+    doc = file_or_flags(file, _given(name, description, config, unset_config))
+    patch = _Patch(f"/hypervisors/{ref_path(ref)}")
     if doc is None:
         if config or unset_config:
-            # The API merges the given settings into the stored ones; null removes one.
-            body["config"] = {**parse_pairs(config, "--config"), **{key: None for key in _unset(unset_config)}}
-        if name is not None:
-            body["name"] = name
-        if description is not None:
-            body["description"] = description
-    _updated(path, body, etag, doc, output)
+            # The API merges the given settings into the stored ones (it alone knows the secrets);
+            # null removes one. So nothing is read here.
+            removed = {key: None for key in unset_config or ()}
+            patch.body["config"] = {**parse_pairs(config, "--config"), **removed}
+        patch.set(name=name, description=description)
+    patch.send(doc, output)
 
 
-@command(hypervisor_app, "delete")
-def hypervisor_delete(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Delete a hypervisor (refused while systems use it)."""
-    _delete(f"/hypervisors/{ref_path(ref)}", "hypervisor", ref, output)
+delete_command(
+    hypervisor_app, "/hypervisors", "hypervisor", "Delete a hypervisor (refused while systems use it)."
+)
 
 
 # ================================================================ types
@@ -359,24 +349,13 @@ SpecFileOpt = Annotated[
     ),
 ]
 
-
-@command(type_app, "list")
-def type_list(limit: LimitOpt = None, every: AllOpt = False, output: OutputOpt = None) -> None:
-    """List types."""
-    _list("/types", [], limit, every, TYPE_COLUMNS, output, "types")
-
-
-@command(type_app, "show")
-def type_show(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Show one type with its provisioner spec."""
-    _show(f"/types/{ref_path(ref)}", output)
+list_command(type_app, "/types", TYPE_COLUMNS, "types", "List types.")
+show_command(type_app, "/types", "Show one type with its provisioner spec.")
 
 
 @command(type_app, "create")
 def type_create(
-    name: Annotated[str | None, typer.Argument(help="Name", metavar="NAME", show_default=False)] = None,
+    name: NameArg = None,
     provisioner: ProvisionerOpt = None,
     spec_file: SpecFileOpt = None,
     description: DescriptionOpt = None,
@@ -388,7 +367,7 @@ def type_create(
 
     --file also takes the seed shape: `{type: redis, puppet-std: {...}, classes: {...}}`.
     """
-    doc = file_or_flags(file, any(x is not None for x in (name, provisioner, spec_file, description, var)))
+    doc = file_or_flags(file, _given(name, provisioner, spec_file, description, var))
     body: dict[str, Any] = {}
     if doc is None:
         body = {"name": _need(name, "NAME"), "variables": parse_pairs(var, "--var")}
@@ -397,15 +376,14 @@ def type_create(
                 "kind": provisioner or "none",
                 "spec": load_mapping(spec_file, "a spec") if spec_file else {},
             }
-        if description is not None:
-            body["description"] = description
+        _put_given(body, description=description)
     _created("/types", body, doc, output)
 
 
 @command(type_app, "update")
 def type_update(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")],
-    name: Annotated[str | None, typer.Option("--name", help="Rename it")] = None,
+    ref: RefArg,
+    name: RenameOpt = None,
     provisioner: ProvisionerOpt = None,
     spec_file: SpecFileOpt = None,
     description: DescriptionOpt = None,
@@ -415,33 +393,21 @@ def type_update(
     output: OutputOpt = None,
 ) -> None:
     """Change a type; --provisioner or --spec-file alone keeps the other half of the provisioner."""
-    given = (name, provisioner, spec_file, description, var, unset_var)
-    doc = file_or_flags(file, any(x is not None for x in given))
-    path, body, etag = f"/types/{ref_path(ref)}", {}, None
+    doc = file_or_flags(file, _given(name, provisioner, spec_file, description, var, unset_var))
+    patch = _Patch(f"/types/{ref_path(ref)}")
     if doc is None:
-        if var or unset_var or provisioner is not None or spec_file is not None:
-            current, etag = _read_for_update(path)
-            if var or unset_var:
-                body["variables"] = merged(current.get("variables"), parse_pairs(var, "--var"), unset_var)
-            if provisioner is not None or spec_file is not None:
-                now = current.get("provisioner") or {}
-                body["provisioner"] = {
-                    "kind": provisioner if provisioner is not None else now.get("kind", "none"),
-                    "spec": load_mapping(spec_file, "a spec") if spec_file else now.get("spec", {}),
-                }
-        if name is not None:
-            body["name"] = name
-        if description is not None:
-            body["description"] = description
-    _updated(path, body, etag, doc, output)
+        patch.merge("variables", var, unset_var, "--var")
+        if provisioner is not None or spec_file is not None:
+            now = patch.current().get("provisioner") or {}
+            patch.body["provisioner"] = {
+                "kind": provisioner if provisioner is not None else now.get("kind", "none"),
+                "spec": load_mapping(spec_file, "a spec") if spec_file else now.get("spec", {}),
+            }
+        patch.set(name=name, description=description)
+    patch.send(doc, output)
 
 
-@command(type_app, "delete")
-def type_delete(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Delete a type (refused while systems use it)."""
-    _delete(f"/types/{ref_path(ref)}", "type", ref, output)
+delete_command(type_app, "/types", "type", "Delete a type (refused while systems use it).")
 
 
 # ================================================================ systems
@@ -450,6 +416,7 @@ system_app = typer.Typer(
     help="Systems: the machines (id or hostname), their labels and variables.", no_args_is_help=True
 )
 SYSTEM_REF_HELP = "Id or hostname"
+SystemRefArg = Annotated[str, typer.Argument(help=SYSTEM_REF_HELP, metavar="REF")]
 SYSTEM_COLUMNS: list[Column] = [
     ("ID", field("id")),
     ("HOSTNAME", field("hostname")),
@@ -535,7 +502,7 @@ def _machine(
 
 @command(system_app, "list")
 def system_list(
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Only this environment (id or name)")] = None,
+    env: EnvFilterOpt = None,
     type_: Annotated[str | None, typer.Option("--type", "-t", help="Only this type (id or name)")] = None,
     hypervisor: Annotated[
         str | None, typer.Option("--hypervisor", help="Only this hypervisor (id or name)")
@@ -571,15 +538,10 @@ def system_list(
         if v
     ]
     params += [("label", item) for item in label or []]
-    _list("/systems", params, limit, every, SYSTEM_COLUMNS, output, "systems")
+    list_pages("/systems", params, limit, every, SYSTEM_COLUMNS, output, "systems")
 
 
-@command(system_app, "show")
-def system_show(
-    ref: Annotated[str, typer.Argument(help=SYSTEM_REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Show one system."""
-    _show(f"/systems/{ref_path(ref)}", output)
+show_command(system_app, "/systems", "Show one system.", ref_help=SYSTEM_REF_HELP)
 
 
 @command(system_app, "create")
@@ -587,7 +549,7 @@ def system_create(
     hostname: Annotated[
         str | None, typer.Argument(help="Hostname", metavar="HOSTNAME", show_default=False)
     ] = None,
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Environment (id or name)")] = None,
+    env: EnvOpt = None,
     hypervisor: HypervisorOpt = None,
     driver: Annotated[
         str | None, typer.Option("--driver", help="Use the environment's only hypervisor of this driver")
@@ -630,8 +592,7 @@ def system_create(
             "--param, --queue, --idempotency-key and --wait start the create action of a defined system: "
             "give them with HOSTNAME alone (define the system first, without them)"
         )
-    flags = (hostname, *definition)
-    doc = file_or_flags(file, any(x is not None for x in flags))
+    doc = file_or_flags(file, _given(hostname, *definition))
     body: dict[str, Any] = {}
     if doc is None:
         body = {
@@ -642,15 +603,13 @@ def system_create(
             "labels": parse_pairs(label, "--label", yaml_values=False),
             "variables": parse_pairs(var, "--var"),
         }
-        for key, value in (("hypervisor", hypervisor), ("driver_name", driver), ("type", type_)):
-            if value is not None:
-                body[key] = value
+        _put_given(body, hypervisor=hypervisor, driver_name=driver, type=type_)
     _created("/systems", body, doc, output)
 
 
 @command(system_app, "update")
 def system_update(
-    ref: Annotated[str, typer.Argument(help=SYSTEM_REF_HELP, metavar="REF")],
+    ref: SystemRefArg,
     hostname: Annotated[str | None, typer.Option("--hostname", help="Rename it")] = None,
     hypervisor: HypervisorOpt = None,
     type_: TypeOpt = None,
@@ -674,57 +633,29 @@ def system_update(
     output: OutputOpt = None,
 ) -> None:
     """Change a system; --label, --var and --prop merge into what it has."""
-    flags = (
-        hostname,
-        hypervisor,
-        type_,
-        label,
-        unset_label,
-        var,
-        unset_var,
-        prop,
-        unset_prop,
-        cpu,
-        memory,
-        disk,
-        user,
-        os,
-        address,
-    )
-    doc = file_or_flags(file, any(x is not None for x in flags))
-    path, body, etag = f"/systems/{ref_path(ref)}", {}, None
+    flags = (hostname, hypervisor, type_, label, unset_label, var, unset_var, prop, unset_prop)
+    doc = file_or_flags(file, _given(*flags, cpu, memory, disk, user, os, address))
+    patch = _Patch(f"/systems/{ref_path(ref)}")
     if doc is None:
-        if label or unset_label or var or unset_var or prop or unset_prop:
-            current, etag = _read_for_update(path)
-            if label or unset_label:
-                body["labels"] = merged(
-                    current.get("labels"), parse_pairs(label, "--label", yaml_values=False), unset_label
-                )
-            if var or unset_var:
-                body["variables"] = merged(current.get("variables"), parse_pairs(var, "--var"), unset_var)
-            if prop or unset_prop:
-                body["driver"] = merged(current.get("driver"), parse_pairs(prop, "--prop"), unset_prop)
-        machine = _machine(cpu, memory, disk, user, os, address)
-        if machine:
-            body["machine"] = machine
-        for key, value in (("hostname", hostname), ("hypervisor", hypervisor), ("type", type_)):
-            if value is not None:
-                body[key] = value
-    _updated(path, body, etag, doc, output)
+        patch.merge("labels", label, unset_label, "--label", yaml_values=False)
+        patch.merge("variables", var, unset_var, "--var")
+        patch.merge("driver", prop, unset_prop, "--prop")
+        patch.set(machine=_machine(cpu, memory, disk, user, os, address) or None)
+        patch.set(hostname=hostname, hypervisor=hypervisor, type=type_)
+    patch.send(doc, output)
 
 
-@command(system_app, "delete")
-def system_delete(
-    ref: Annotated[str, typer.Argument(help=SYSTEM_REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Forget a system's record (only `defined` or `destroyed` systems; it does not destroy a machine)."""
-    _delete(f"/systems/{ref_path(ref)}", "system", ref, output)
+delete_command(
+    system_app,
+    "/systems",
+    "system",
+    "Forget a system's record (only `defined` or `destroyed` systems; it does not destroy a machine).",
+    ref_help=SYSTEM_REF_HELP,
+)
 
 
 @command(system_app, "variables")
-def system_variables(
-    ref: Annotated[str, typer.Argument(help=SYSTEM_REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
+def system_variables(ref: SystemRefArg, output: OutputOpt = None) -> None:
     """A system's resolved variables: each value and where it came from (global < environment < group < type < system)."""
     resolved = client().get_json(f"/systems/{ref_path(ref)}/variables")
     shape = fmt(output)
@@ -790,35 +721,22 @@ PriorityOpt = Annotated[
     typer.Option("--priority", min=-1000, max=1000, help="Higher wins when two groups set one key"),
 ]
 
-
-@command(group_app, "list")
-def group_list(limit: LimitOpt = None, every: AllOpt = False, output: OutputOpt = None) -> None:
-    """List groups."""
-    _list("/groups", [], limit, every, GROUP_COLUMNS, output, "groups")
-
-
-@command(group_app, "show")
-def group_show(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Show one group."""
-    _show(f"/groups/{ref_path(ref)}", output)
+list_command(group_app, "/groups", GROUP_COLUMNS, "groups", "List groups.")
+show_command(group_app, "/groups", "Show one group.")
 
 
 @command(group_app, "systems")
 def group_systems(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")],
-    limit: LimitOpt = None,
-    every: AllOpt = False,
-    output: OutputOpt = None,
+    ref: RefArg, limit: LimitOpt = None, every: AllOpt = False, output: OutputOpt = None
 ) -> None:
     """List the systems that are members of a group."""
-    _list(f"/groups/{ref_path(ref)}/systems", [], limit, every, SYSTEM_COLUMNS, output, "member systems")
+    path = f"/groups/{ref_path(ref)}/systems"
+    list_pages(path, [], limit, every, SYSTEM_COLUMNS, output, "member systems")
 
 
 @command(group_app, "create")
 def group_create(
-    name: Annotated[str | None, typer.Argument(help="Name", metavar="NAME", show_default=False)] = None,
+    name: NameArg = None,
     selector: SelectorOpt = None,
     priority: PriorityOpt = None,
     description: DescriptionOpt = None,
@@ -827,7 +745,7 @@ def group_create(
     output: OutputOpt = None,
 ) -> None:
     """Create a group: `armillary group create frontend --selector tier=frontend --var log_level=warn`."""
-    doc = file_or_flags(file, any(x is not None for x in (name, selector, priority, description, var)))
+    doc = file_or_flags(file, _given(name, selector, priority, description, var))
     body: dict[str, Any] = {}
     if doc is None:
         body = {
@@ -835,17 +753,14 @@ def group_create(
             "selector": parse_pairs(_need(selector, "--selector"), "--selector", yaml_values=False),
             "variables": parse_pairs(var, "--var"),
         }
-        if priority is not None:
-            body["priority"] = priority
-        if description is not None:
-            body["description"] = description
+        _put_given(body, priority=priority, description=description)
     _created("/groups", body, doc, output)
 
 
 @command(group_app, "update")
 def group_update(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")],
-    name: Annotated[str | None, typer.Option("--name", help="Rename it")] = None,
+    ref: RefArg,
+    name: RenameOpt = None,
     selector: SelectorOpt = None,
     priority: PriorityOpt = None,
     description: DescriptionOpt = None,
@@ -855,28 +770,17 @@ def group_update(
     output: OutputOpt = None,
 ) -> None:
     """Change a group; --selector replaces the selector, --var merges into its variables."""
-    doc = file_or_flags(
-        file, any(x is not None for x in (name, selector, priority, description, var, unset_var))
-    )
-    path, body, etag = f"/groups/{ref_path(ref)}", {}, None
+    doc = file_or_flags(file, _given(name, selector, priority, description, var, unset_var))
+    patch = _Patch(f"/groups/{ref_path(ref)}")
     if doc is None:
-        if var or unset_var:
-            current, etag = _read_for_update(path)
-            body["variables"] = merged(current.get("variables"), parse_pairs(var, "--var"), unset_var)
+        patch.merge("variables", var, unset_var, "--var")
         if selector:
-            body["selector"] = parse_pairs(selector, "--selector", yaml_values=False)
-        for key, value in (("name", name), ("priority", priority), ("description", description)):
-            if value is not None:
-                body[key] = value
-    _updated(path, body, etag, doc, output)
+            patch.body["selector"] = parse_pairs(selector, "--selector", yaml_values=False)
+        patch.set(name=name, priority=priority, description=description)
+    patch.send(doc, output)
 
 
-@command(group_app, "delete")
-def group_delete(
-    ref: Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")], output: OutputOpt = None
-) -> None:
-    """Delete a group (its members keep their labels)."""
-    _delete(f"/groups/{ref_path(ref)}", "group", ref, output)
+delete_command(group_app, "/groups", "group", "Delete a group (its members keep their labels).")
 
 
 # ================================================================ global variables, drivers, labels

@@ -47,14 +47,12 @@ invalid driver properties and a failing wipe command are permanent.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import ipaddress
 import re
 import shlex
-import socket
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
@@ -70,6 +68,7 @@ from armillary.drivers.base import (
     TransientDriverError,
     secret,
 )
+from armillary.remote.ssh_connect import HostKeySeen, classify_ssh_error, connect_pinned, ssh_where
 
 T = TypeVar("T")
 
@@ -101,13 +100,6 @@ FACTS_COMMAND = "; ".join(
         "uname -n 2>/dev/null",
     ]
 )
-# Host key algorithms in order of preference, by kind of key (a host has at most one key of each).
-_KEY_KINDS: list[tuple[str, tuple[str, ...]]] = [
-    ("ed25519", ("ssh-ed25519",)),
-    ("ecdsa", ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")),
-    ("rsa", ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")),
-    ("ed448", ("ssh-ed448",)),
-]
 
 
 def _normalize_fingerprint(value: str) -> str:
@@ -206,11 +198,7 @@ class Target:
 
     @property
     def where(self) -> str:
-        return f"{self.user}@{self._host_part}:{self.port}"
-
-    @property
-    def _host_part(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
+        return ssh_where(self.user, self.host, self.port)
 
     def provider_id(self, fingerprint: str) -> str:
         return f"ssh://{self.where}#{fingerprint}"
@@ -235,23 +223,6 @@ class Target:
             return str(ipaddress.ip_address(self.host))
         except ValueError:
             return None
-
-
-@dataclass
-class _Seen:
-    """What the host key check saw (filled in by the callback during the handshake)."""
-
-    expected: str | None
-    fingerprints: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
-    mismatch: bool = False
-
-
-def _kind_of(algorithm: str) -> str:
-    for kind, algorithms in _KEY_KINDS:
-        if algorithm in algorithms or algorithm.startswith(kind) or kind in algorithm:
-            return kind
-    return algorithm
 
 
 class SshDriver(Driver):
@@ -361,7 +332,7 @@ class SshDriver(Driver):
                 result = await conn.run(FACTS_COMMAND, check=False, timeout=FACTS_TIMEOUT_S)
                 output = result.stdout if isinstance(result.stdout, str) else ""
             except Exception as exc:  # noqa: BLE001 - classified below, or re-raised
-                raise self._failure(exc, target, None, "reading facts from") from None
+                raise self._failure(exc, target, "reading facts from") from None
         fingerprint = seen.fingerprints[-1]
         facts = parse_facts(output)
         return MachineInfo(
@@ -409,7 +380,7 @@ class SshDriver(Driver):
                     f"wipe command {argv[0]!r} on {target.where} did not finish within {timeout:g}s"
                 ) from None
             except Exception as exc:  # noqa: BLE001 - classified, or re-raised
-                raise self._failure(exc, target, None, "running the wipe command on") from None
+                raise self._failure(exc, target, "running the wipe command on") from None
         if result.exit_status != 0:
             how = (
                 f"exited {result.exit_status}"
@@ -423,67 +394,21 @@ class SshDriver(Driver):
                 "the machine is not forgotten (fix the command, or remove wipe_command to only forget it)"
             )
 
-    async def _connect(self, target: Target) -> tuple[Any, _Seen]:
+    async def _connect(self, target: Target) -> tuple[Any, HostKeySeen]:
         """Connect and log in, trusting only a host key of the expected fingerprint (any at first contact)."""
-        import asyncssh
-
-        seen = _Seen(expected=target.fingerprint)
-        client_keys = [self._private_key()] if self._config.private_key else None
-        tried: set[str] = set()
-        while True:
-            algorithms = self._host_key_algorithms(exclude=tried)
-            if not algorithms:
-                raise self._changed(target, seen)
-
-            class _Client(asyncssh.SSHClient):
-                def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
-                    fingerprint = key.get_fingerprint("sha256")
-                    seen.fingerprints.append(fingerprint)
-                    seen.kinds.append(_kind_of(key.get_algorithm()))
-                    if seen.expected is not None and fingerprint != seen.expected:
-                        seen.mismatch = True
-                        return False
-                    return True
-
-            try:
-                conn = await asyncssh.connect(
-                    target.host,
-                    target.port,
-                    username=target.user,
-                    client_factory=_Client,
-                    known_hosts=lambda host, addr, port: ([], [], []),  # trust decided by the callback alone
-                    server_host_key_algs=algorithms,
-                    x509_trusted_certs=None,
-                    config=None,
-                    agent_path=None,
-                    pkcs11_provider=None,
-                    client_keys=client_keys,
-                    password=self._config.password,
-                    gss_auth=False,
-                    gss_kex=False,
-                    host_based_auth=False,
-                    kbdint_auth=bool(self._config.password),
-                    password_auth=bool(self._config.password),
-                    connect_timeout=self._config.connect_timeout,
-                    login_timeout=self._config.connect_timeout,
-                    keepalive_interval=30,
-                )
-            except asyncssh.HostKeyNotVerifiable:
-                if not seen.mismatch:
-                    raise PermanentDriverError(f"the host key of {target.where} cannot be verified") from None
-                kind = seen.kinds[-1]
-                if kind in tried or kind not in dict(_KEY_KINDS):
-                    raise self._changed(target, seen) from None
-                tried.add(kind)  # this kind of key is not the one expected: try the host's others
-                seen.mismatch = False
-                continue
-            except Exception as exc:  # noqa: BLE001 - classified, or re-raised
-                if tried:
-                    # Asked for the host's other kinds of key, it has none (sshd hangs up, or the key exchange
-                    # fails): the key it offered first, not the expected one, is its key. Changed.
-                    raise self._changed(target, seen) from None
-                raise self._failure(exc, target, seen, "connecting to") from None
-            return conn, seen
+        return await connect_pinned(
+            target.host,
+            target.port,
+            target.user,
+            expected=target.fingerprint,
+            client_keys=[self._private_key()] if self._config.private_key else None,
+            password=self._config.password,
+            connect_timeout=self._config.connect_timeout,
+            keepalive_interval=30,
+            permanent=PermanentDriverError,
+            changed=lambda seen: self._changed(target, seen),
+            failure=lambda exc: self._failure(exc, target, "connecting to"),
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -537,19 +462,6 @@ class SshDriver(Driver):
             raise PermanentDriverError(f"private_key cannot be used: {exc}") from None
 
     @staticmethod
-    def _host_key_algorithms(exclude: set[str]) -> builtins.list[str]:
-        from asyncssh.public_key import get_public_key_algs
-
-        supported = {alg.decode() for alg in get_public_key_algs()}
-        return [
-            alg
-            for kind, algorithms in _KEY_KINDS
-            if kind not in exclude
-            for alg in algorithms
-            if alg in supported
-        ]
-
-    @staticmethod
     def _peer_address(conn: Any, target: Target) -> str | None:
         peer = conn.get_extra_info("peername")
         if peer:
@@ -564,10 +476,10 @@ class SshDriver(Driver):
         return {"host": target.host, "port": target.port, "user": target.user}
 
     @staticmethod
-    def _changed(target: Target, seen: _Seen) -> PermanentDriverError:
-        offered = ", ".join(f"{k} {f}" for k, f in zip(seen.kinds, seen.fingerprints)) or "none"
+    def _changed(target: Target, seen: HostKeySeen) -> PermanentDriverError:
         return PermanentDriverError(
-            f"host key changed for {target.where}: expected {seen.expected}, the host offers {offered} — "
+            f"host key changed for {target.where}: expected {seen.expected}, "
+            f"the host offers {seen.offered()} — "
             "possible MITM attack (or the machine was reinstalled). Refusing to connect (no credentials were "
             "sent). If the change is legitimate: destroy the system (without a wipe_command that only "
             "forgets "
@@ -575,55 +487,18 @@ class SshDriver(Driver):
         )
 
     @staticmethod
-    def _failure(exc: BaseException, target: Target, seen: _Seen | None, doing: str) -> DriverError:
+    def _failure(exc: BaseException, target: Target, doing: str) -> DriverError:
         """Map a connection failure to a transient or permanent driver error (or re-raise a bug)."""
-        import asyncssh
-
-        where = target.where
-        if isinstance(exc, DriverError):
-            return exc
-        if isinstance(exc, asyncssh.PermissionDenied):
-            return PermanentDriverError(
-                f"authentication failed {doing} {where}: the server refused the "
-                f"hypervisor's credentials ({exc.reason or exc})"
-            )
-        if isinstance(
+        return classify_ssh_error(
             exc,
-            (
-                asyncssh.HostKeyNotVerifiable,
-                asyncssh.IllegalUserName,
-                asyncssh.KeyExchangeFailed,
-                asyncssh.ProtocolNotSupported,
-                asyncssh.ProtocolError,
-                asyncssh.ServiceNotAvailable,
-                asyncssh.MACError,
-                asyncssh.CompressionError,
-            ),
-        ):
-            return PermanentDriverError(
-                f"SSH failed {doing} {where}: {type(exc).__name__}: {exc.reason or exc}"
-            )
-        if isinstance(
-            exc, asyncssh.DisconnectError
-        ):  # connection lost, too many connections, closed by the peer
-            return TransientDriverError(f"SSH connection {doing} {where} ended: {exc.reason or exc}")
-        if isinstance(exc, asyncssh.ChannelOpenError):
-            return TransientDriverError(f"SSH session refused {doing} {where}: {exc.reason or exc}")
-        if isinstance(exc, socket.gaierror):
-            if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
-                return PermanentDriverError(f"cannot resolve {target.host!r} ({exc.strerror})")
-            return TransientDriverError(f"cannot resolve {target.host!r} now ({exc.strerror})")
-        if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-            return TransientDriverError(f"timed out {doing} {where}")
-        if isinstance(exc, ConnectionRefusedError):
-            return TransientDriverError(
-                f"connection refused {doing} {where} (is sshd running on port {target.port}?)"
-            )
-        if isinstance(exc, OSError):
-            return TransientDriverError(f"network error {doing} {where}: {exc.strerror or exc}")
-        if isinstance(exc, asyncssh.Error):
-            return TransientDriverError(f"SSH error {doing} {where}: {exc}")
-        raise exc
+            doing=doing,
+            host=target.host,
+            port=target.port,
+            where=target.where,
+            transient=TransientDriverError,
+            permanent=PermanentDriverError,
+            credentials="the hypervisor's credentials",
+        )
 
     @staticmethod
     def _run(coro: Coroutine[Any, Any, T]) -> T:

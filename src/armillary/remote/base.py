@@ -55,6 +55,8 @@ MAX_LINE_CHARS = 16384
 ENV_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 LineCallback = Callable[[str, str], None]
+# First word of the line a command's wrapper writes on standard error to say what to kill (GroupReport).
+RUN_MARK = "@@armillary-run"
 
 # Run on the machine after a timeout, with the killed command's process group ("-PGID") or pid ("PID")
 # as $1: kills what is left of it and prints "gone" once nothing of it runs, else "alive". Zombies
@@ -192,6 +194,57 @@ def deliver(lines: list[tuple[str, str]], on_line: LineCallback | None) -> None:
     if on_line is not None:
         for line, stream in lines:
             on_line(line, stream)
+
+
+class GroupReport:
+    """Takes the wrapper's report of what to kill on timeout off the front of a command's standard error.
+
+    The ``ssh`` and ``docker-exec`` transports start each command under a shell that first writes
+    ``@@armillary-run -PGID`` (its process group) or ``@@armillary-run PID`` on standard error, so a
+    timeout can kill what the command started. ``take`` holds standard error back until that first line
+    is whole, keeps its target (``target``: "-PGID" or "PID") and returns the bytes to hand on; a first
+    line that is not the report (the wrapper failed before it, e.g. on ``cd``) is handed on like any
+    other. ``leftover`` is what was held back when standard error ended before a newline.
+    """
+
+    def __init__(self) -> None:
+        self.target: str | None = None
+        self._pending = b""
+        self._done = False
+
+    def take(self, stream: str, data: bytes) -> bytes:
+        if stream != "stderr" or self._done:
+            return data
+        self._pending += data
+        cut = self._pending.find(b"\n")
+        if cut < 0:
+            return b""
+        first, data = self._pending[:cut].decode("utf-8", "replace"), self._pending[cut + 1 :]
+        self._done = True
+        if first.startswith(RUN_MARK + " "):
+            self.target = first.split()[1]
+            return data
+        return (first + "\n").encode() + data
+
+    def leftover(self) -> bytes:
+        return b"" if self._done else self._pending
+
+
+def timed_out(
+    collector: OutputCollector, argv: Sequence[str], place: str, limit: float, killed: bool
+) -> CommandTimeout:
+    """The error for a command that ran past ``limit``, its fate noted last in the output tail.
+
+    Every transport words it the same way (``place`` is where it ran: "on user@host:22", "in container
+    x"), so a job log reads alike whatever reached the machine.
+    """
+    collector.note(f"[killed after {limit:g}s]" if killed else f"[timed out after {limit:g}s]")
+    how = "was killed" if killed else "could NOT be confirmed killed (it may still be running)"
+    return CommandTimeout(
+        f"{describe(argv)} {place} ran past its timeout of {limit:g}s and {how}",
+        output_tail=collector.tail(),
+        killed=killed,
+    )
 
 
 # ---------------------------------------------------------------- arguments

@@ -37,7 +37,7 @@ from armillary.remote.base import (
     DEFAULT_TIMEOUT_S,
     REAP_SCRIPT,
     CommandResult,
-    CommandTimeout,
+    GroupReport,
     LineCallback,
     OutputCollector,
     PermanentTransportError,
@@ -49,14 +49,13 @@ from armillary.remote.base import (
     check_env,
     check_timeout,
     deliver,
-    describe,
+    timed_out,
     unique_name,
 )
 
 KILL_GRACE_S = 5.0
 _GO_MODE_DIR = 1 << 31  # os.ModeDir of Go's FileMode, as the daemon reports modes
 EXIT_CODE_WAIT_S = 5.0
-_MARK = "@@armillary-run"
 # Reports the process group (or, if this shell leads none, its own pid), then becomes the command.
 REPORT = (
     'if read -r _ _ _ _ g _ < /proc/$$/stat 2>/dev/null && [ "$g" = "$$" ]; '
@@ -129,17 +128,15 @@ class DockerExecTransport(Transport):
         reader = threading.Thread(target=_pump, args=(stream, chunks), daemon=True)
         reader.start()
         collector = OutputCollector()
-        target: str | None = None
-        first_stderr = True
-        pending = b""
+        report = GroupReport()
         deadline = time.monotonic() + limit
-        timed_out = False
+        expired = False
         failure: BaseException | None = None
         while True:
             try:
                 item = chunks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                timed_out = True
+                expired = True
                 break
             if item is None:
                 break
@@ -147,40 +144,21 @@ class DockerExecTransport(Transport):
                 failure = item
                 break
             name, data = item
-            if name == "stderr" and first_stderr:
-                pending += data
-                cut = pending.find(b"\n")
-                if cut < 0:
-                    continue
-                first, data, first_stderr = (
-                    pending[:cut].decode("utf-8", "replace"),
-                    pending[cut + 1 :],
-                    False,
-                )
-                if first.startswith(_MARK + " "):
-                    target = first.split()[1]
-                else:
-                    data = (first + "\n").encode() + data
-                if not data:
-                    continue
+            data = report.take(name, data)
+            if not data:
+                continue
             try:
                 deliver(collector.feed(name, data), on_line)
             except BaseException:
-                self._reap(target)  # whoever takes the lines failed: do not leave the command running
+                self._reap(report.target)  # whoever takes the lines failed: do not leave the command running
                 raise
-        if first_stderr and pending:
-            deliver(collector.feed("stderr", pending), on_line)
-        if timed_out:
-            killed = self._reap(target)
+        if leftover := report.leftover():
+            deliver(collector.feed("stderr", leftover), on_line)
+        if expired:
+            killed = self._reap(report.target)
             reader.join(timeout=KILL_GRACE_S)
             deliver(collector.flush(), on_line)
-            collector.note(f"[killed after {limit:g}s]" if killed else f"[timed out after {limit:g}s]")
-            how = "was killed" if killed else "could NOT be confirmed killed (it may still be running)"
-            raise CommandTimeout(
-                f"{describe(words)} in {self.where} ran past its timeout of {limit:g}s and {how}",
-                output_tail=collector.tail(),
-                killed=killed,
-            )
+            raise timed_out(collector, words, f"in {self.where}", limit, killed)
         deliver(collector.flush(), on_line)
         if failure is not None:
             raise self._classify(failure, "read the output of a command in")

@@ -31,7 +31,6 @@ from typing import IO
 from armillary.remote.base import (
     DEFAULT_TIMEOUT_S,
     CommandResult,
-    CommandTimeout,
     LineCallback,
     OutputCollector,
     PermanentTransportError,
@@ -41,7 +40,7 @@ from armillary.remote.base import (
     check_env,
     check_timeout,
     deliver,
-    describe,
+    timed_out,
 )
 
 KILL_GRACE_S = 5.0
@@ -107,12 +106,12 @@ class LocalTransport(Transport):
             reader.start()
         deadline = time.monotonic() + limit
         open_streams = 2
-        timed_out = False
+        expired = False
         while open_streams:
             try:
                 item = chunks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                timed_out = True
+                expired = True
                 break
             if item is None:
                 open_streams -= 1
@@ -122,7 +121,7 @@ class LocalTransport(Transport):
             except BaseException:
                 self._kill_group(process)  # whoever takes the lines failed: do not leave the command running
                 raise
-        if timed_out:
+        if expired:
             gone = self._kill_group(process)
             for reader in readers:
                 reader.join(timeout=KILL_GRACE_S)
@@ -131,13 +130,7 @@ class LocalTransport(Transport):
                 if item is not None:
                     deliver(collector.feed(*item), on_line)
             deliver(collector.flush(), on_line)
-            collector.note(f"[killed after {limit:g}s]" if gone else f"[timed out after {limit:g}s]")
-            how = "was killed" if gone else "could NOT be confirmed killed (it may still be running)"
-            raise CommandTimeout(
-                f"{describe(words)} on {self.where} ran past its timeout of {limit:g}s and {how}",
-                output_tail=collector.tail(),
-                killed=gone,
-            )
+            raise timed_out(collector, words, f"on {self.where}", limit, gone)
         deliver(collector.flush(), on_line)
         returncode = process.wait(timeout=max(1.0, deadline - time.monotonic()))
         exit_code = returncode if returncode >= 0 else 128 - returncode

@@ -53,19 +53,19 @@ import contextlib
 import queue
 import shlex
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from armillary.drivers.base import DriverError
 from armillary.remote.base import (
     DEFAULT_TIMEOUT_S,
     REAP_SCRIPT,
     CommandResult,
     CommandTimeout,
+    GroupReport,
     HostKeyChanged,
     LineCallback,
     OutputCollector,
@@ -79,14 +79,15 @@ from armillary.remote.base import (
     check_timeout,
     deliver,
     describe,
+    timed_out,
 )
+from armillary.remote.ssh_connect import HostKeySeen, classify_ssh_error, connect_pinned, ssh_where
 
 T = TypeVar("T")
 
 # Seconds to wait for a killed command's channel to close, then for the check that it is gone.
 KILL_GRACE_S = 5.0
 CHECK_TIMEOUT_S = 20.0
-_MARK = "@@armillary-run"
 # Bytes of an environment value sent as themselves; the rest go as \0ooo escapes for printf %b.
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _.,:/@+=-")
 
@@ -122,14 +123,6 @@ kill -KILL "$__armillary_watcher" 2>/dev/null
 exit "$__armillary_rc"
 """
 
-# Host key algorithms in order of preference, by kind of key (a host has at most one key of each).
-_KEY_KINDS: list[tuple[str, tuple[str, ...]]] = [
-    ("ed25519", ("ssh-ed25519",)),
-    ("ecdsa", ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")),
-    ("rsa", ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")),
-    ("ed448", ("ssh-ed448",)),
-]
-
 
 def encode_env(env: Mapping[str, str]) -> bytes:
     """The environment block the wrapper reads: ``NAME=escaped`` lines, then an empty line."""
@@ -142,21 +135,6 @@ def encode_env(env: Mapping[str, str]) -> bytes:
 
 def command_line(argv: Sequence[str], cwd: str | None) -> str:
     return f"exec /bin/sh -c {shlex.quote(WRAPPER)} armillary-run {shlex.join([cwd or '', *argv])}"
-
-
-def _kind_of(algorithm: str) -> str:
-    for kind, algorithms in _KEY_KINDS:
-        if algorithm in algorithms or algorithm.startswith(kind) or kind in algorithm:
-            return kind
-    return algorithm
-
-
-@dataclass
-class _Seen:
-    expected: str | None
-    fingerprints: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
-    mismatch: bool = False
 
 
 def _exit_code(status: int | None, exit_signal: Any) -> int:
@@ -214,8 +192,7 @@ class SshTransport(Transport):
 
     @property
     def where(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
+        return ssh_where(self.user, self.host, self.port)
 
     # ------------------------------------------------------------ the interface
 
@@ -237,9 +214,7 @@ class SshTransport(Transport):
             self._run(words, variables, cwd, limit, chunks), self._get_loop()
         )
         collector = OutputCollector()
-        marker: dict[str, str] = {}
-        first_stderr = True
-        pending_stderr = b""
+        report = GroupReport()
         # The coroutine keeps the timeout; this bound only guards against it never answering at all.
         give_up = time.monotonic() + limit + KILL_GRACE_S * 2 + self.connect_timeout + 60
         while True:
@@ -258,38 +233,22 @@ class SshTransport(Transport):
             if item is None:
                 break
             stream, data = item
-            if stream == "stderr" and first_stderr:
-                pending_stderr += data
-                cut = pending_stderr.find(b"\n")
-                if cut < 0:
-                    continue
-                first, data = pending_stderr[:cut].decode("utf-8", "replace"), pending_stderr[cut + 1 :]
-                first_stderr = False
-                if first.startswith(_MARK + " "):
-                    marker["target"] = first.split()[1]
-                else:  # the wrapper failed before its report (e.g. cd): a line like any other
-                    data = (first + "\n").encode() + data
-                if not data:
-                    continue
+            data = report.take(stream, data)
+            if not data:
+                continue
             try:
                 deliver(collector.feed(stream, data), on_line)
             except BaseException:
                 future.cancel()  # whoever takes the lines failed: do not leave the command running
                 raise
-        if pending_stderr and first_stderr:
-            deliver(collector.feed("stderr", pending_stderr), on_line)
+        if leftover := report.leftover():
+            deliver(collector.feed("stderr", leftover), on_line)
         deliver(collector.flush(), on_line)
         try:
             status, exit_signal = future.result()
-        except _TimedOut as timed_out:
-            killed = self._reap(marker.get("target"), timed_out.closed)
-            collector.note(f"[killed after {limit:g}s]" if killed else f"[timed out after {limit:g}s]")
-            how = "was killed" if killed else "could NOT be confirmed killed (it may still be running)"
-            raise CommandTimeout(
-                f"{describe(words)} on {self.where} ran past its timeout of {limit:g}s and {how}",
-                output_tail=collector.tail(),
-                killed=killed,
-            ) from None
+        except _TimedOut as stopped:
+            killed = self._reap(report.target, stopped.closed)
+            raise timed_out(collector, words, f"on {self.where}", limit, killed) from None
         return CommandResult(exit_code=_exit_code(status, exit_signal), output_tail=collector.tail())
 
     def put(self, data: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
@@ -489,11 +448,10 @@ class SshTransport(Transport):
                 await asyncio.wait_for(self._conn.wait_closed(), 5)
             self._conn = None
 
-    async def _connect(self) -> _Seen:
+    async def _connect(self) -> HostKeySeen:
         """Log in, trusting only a host key of the expected fingerprint (any at first contact)."""
         import asyncssh
 
-        seen = _Seen(expected=self.host_key)
         client_keys = None
         if self._private_key:
             try:
@@ -506,138 +464,50 @@ class SshTransport(Transport):
             raise PermanentTransportError(
                 f"no host key is known for {self.where} and none may be recorded: refusing to connect"
             )
-        tried: set[str] = set()
-        while True:
-            algorithms = self._host_key_algorithms(exclude=tried)
-            if not algorithms:
-                raise self._changed(seen)
-
-            class _Client(asyncssh.SSHClient):
-                def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
-                    fingerprint = key.get_fingerprint("sha256")
-                    seen.fingerprints.append(fingerprint)
-                    seen.kinds.append(_kind_of(key.get_algorithm()))
-                    if seen.expected is not None and fingerprint != seen.expected:
-                        seen.mismatch = True
-                        return False
-                    return True
-
-            try:
-                conn = await asyncssh.connect(
-                    self.host,
-                    self.port,
-                    username=self.user,
-                    client_factory=_Client,
-                    known_hosts=lambda host, addr, port: ([], [], []),  # trust is the callback's alone
-                    server_host_key_algs=algorithms,
-                    x509_trusted_certs=None,
-                    config=None,
-                    agent_path=None,
-                    pkcs11_provider=None,
-                    client_keys=client_keys,
-                    password=self._password,
-                    gss_auth=False,
-                    gss_kex=False,
-                    host_based_auth=False,
-                    kbdint_auth=bool(self._password),
-                    password_auth=bool(self._password),
-                    connect_timeout=self.connect_timeout,
-                    login_timeout=self.connect_timeout,
-                    keepalive_interval=self.keepalive_interval,
-                )
-            except asyncssh.HostKeyNotVerifiable:
-                if not seen.mismatch:
-                    raise PermanentTransportError(
-                        f"the host key of {self.where} cannot be verified"
-                    ) from None
-                kind = seen.kinds[-1]
-                if kind in tried or kind not in dict(_KEY_KINDS):
-                    raise self._changed(seen) from None
-                tried.add(kind)  # not the kind of key expected: ask for the host's others
-                seen.mismatch = False
-                continue
-            except Exception as exc:  # noqa: BLE001 - classified
-                if tried:
-                    raise self._changed(seen) from None  # the host has no other kind of key: it changed
-                raise self._failure(exc, "connecting to") from None
-            self._conn = conn
-            return seen
+        self._conn, seen = await connect_pinned(
+            self.host,
+            self.port,
+            self.user,
+            expected=self.host_key,
+            client_keys=client_keys,
+            password=self._password,
+            connect_timeout=self.connect_timeout,
+            keepalive_interval=self.keepalive_interval,
+            permanent=PermanentTransportError,
+            changed=self._changed,
+            failure=lambda exc: self._failure(exc, "connecting to"),
+        )
+        return seen
 
     # ------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _host_key_algorithms(exclude: set[str]) -> list[str]:
-        from asyncssh.public_key import get_public_key_algs
-
-        supported = {alg.decode() for alg in get_public_key_algs()}
-        return [
-            alg
-            for kind, algorithms in _KEY_KINDS
-            if kind not in exclude
-            for alg in algorithms
-            if alg in supported
-        ]
-
-    def _changed(self, seen: _Seen) -> HostKeyChanged:
-        offered = ", ".join(f"{k} {f}" for k, f in zip(seen.kinds, seen.fingerprints)) or "none"
+    def _changed(self, seen: HostKeySeen) -> HostKeyChanged:
         return HostKeyChanged(
-            f"HOST KEY CHANGED for {self.where}: expected {seen.expected}, the host offers {offered} — "
+            f"HOST KEY CHANGED for {self.where}: expected {seen.expected}, the host offers {seen.offered()} — "
             "possible MITM attack (or the machine was reinstalled). Refusing to connect (no credentials "
             "were sent). If the change is legitimate, forget the recorded key (recreate the system) and "
             "connect again"
         )
 
-    def _failure(self, exc: BaseException, doing: str) -> TransportError:
-        """A connection failure as a transient or permanent ``TransportError`` (or a bug re-raised)."""
-        import asyncssh
+    def _failure(self, exc: BaseException, doing: str) -> DriverError:
+        """A connection failure as a transient or permanent ``TransportError`` (or a bug re-raised).
 
-        where = self.where
-        if isinstance(exc, TransportError):
-            return exc
-        if isinstance(exc, asyncssh.PermissionDenied):
-            return PermanentTransportError(
-                f"authentication failed {doing} {where}: "
-                f"the server refused the credentials ({exc.reason or exc})"
-            )
-        if isinstance(
+        A failure that means the connection is gone forgets it, so the next call connects again.
+        """
+
+        def lost() -> None:
+            self._conn = None
+
+        return classify_ssh_error(
             exc,
-            (
-                asyncssh.HostKeyNotVerifiable,
-                asyncssh.IllegalUserName,
-                asyncssh.KeyExchangeFailed,
-                asyncssh.ProtocolNotSupported,
-                asyncssh.ProtocolError,
-                asyncssh.ServiceNotAvailable,
-                asyncssh.MACError,
-                asyncssh.CompressionError,
-            ),
-        ):
-            return PermanentTransportError(
-                f"SSH failed {doing} {where}: {type(exc).__name__}: {exc.reason or exc}"
-            )
-        if isinstance(exc, asyncssh.DisconnectError):
-            self._conn = None
-            return TransientTransportError(f"SSH connection {doing} {where} ended: {exc.reason or exc}")
-        if isinstance(exc, asyncssh.ChannelOpenError):
-            return TransientTransportError(f"SSH session refused {doing} {where}: {exc.reason or exc}")
-        if isinstance(exc, socket.gaierror):
-            if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
-                return PermanentTransportError(f"cannot resolve {self.host!r} ({exc.strerror})")
-            return TransientTransportError(f"cannot resolve {self.host!r} now ({exc.strerror})")
-        if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-            return TransientTransportError(f"timed out {doing} {where}")
-        if isinstance(exc, ConnectionRefusedError):
-            return TransientTransportError(
-                f"connection refused {doing} {where} (is sshd running on port {self.port}?)"
-            )
-        if isinstance(exc, (OSError, BrokenPipeError, ConnectionError)):
-            self._conn = None
-            return TransientTransportError(
-                f"network error {doing} {where}: {getattr(exc, 'strerror', None) or exc}"
-            )
-        if isinstance(exc, asyncssh.Error):
-            return TransientTransportError(f"SSH error {doing} {where}: {exc}")
-        raise exc
+            doing=doing,
+            host=self.host,
+            port=self.port,
+            where=self.where,
+            transient=TransientTransportError,
+            permanent=PermanentTransportError,
+            on_lost=lost,
+        )
 
 
 class _TimedOut(Exception):
