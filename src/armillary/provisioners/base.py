@@ -8,11 +8,13 @@ into the job's context.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 ENTRY_POINT_GROUP = "armillary.provisioners"
+log = logging.getLogger("armillary.provisioners")
 
 
 class Provisioner:
@@ -28,4 +30,12 @@ class Provisioner:
 
 @cache
 def provisioners() -> dict[str, type[Provisioner]]:
-    return {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Installed provisioners by name. One that fails to load is left out with a warning: a broken
+    plugin must not take the server down, and a type using it then fails with "not installed"."""
+    found: dict[str, type[Provisioner]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of a plugin
+            log.warning("provisioner %s could not be loaded: %s", ep.name, exc)
+    return found
