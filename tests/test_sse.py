@@ -35,7 +35,7 @@ def test_stream_resumes_from_last_event_id_without_gaps(api: httpx.Client, base_
         seen = read_events(first, stop_after=3)  # then the client goes away
     with httpx.stream("GET", url, headers={**headers, "Last-Event-ID": seen[-1]["id"]}, timeout=30) as second:
         rest = read_events(second)
-    assert rest[-1]["event"] == "end"
+    assert rest[-1]["event"] == "end" and json.loads(rest[-1]["data"])["status"] == "succeeded"
     streamed = [int(e["id"]) for e in seen + rest if "id" in e]
     done = wait_job(api, job["id"])
     stored = [e["id"] for e in api.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]]

@@ -148,22 +148,24 @@ async def job_events(
     if last_event_id and last_event_id.isdigit():
         after = int(last_event_id)
 
-    def page(after_id: int) -> tuple[list[dict], bool]:
+    def page(after_id: int) -> tuple[list[dict], str | None]:
+        """A page of events, and the job's final status once it has ended (None while it runs)."""
         with db.session() as session:
             job = get_job(session, job_id)
-            return [event_dict(e) for e in events_after(session, job_id, after_id, limit)], job.status in TERMINAL_JOB
+            ended = job.status if job.status in TERMINAL_JOB else None
+            return [event_dict(e) for e in events_after(session, job_id, after_id, limit)], ended
 
     items, ended = await run_in_threadpool(page, after)
     if "text/event-stream" not in request.headers.get("accept", ""):
         next_url = str(request.url.include_query_params(after=items[-1]["id"])) if len(items) == limit else None
-        return JSONResponse({"items": items, "next": next_url, "job_ended": ended})
+        return JSONResponse({"items": items, "next": next_url, "job_ended": ended is not None})
     return StreamingResponse(
         _stream(request, page, items, ended, after), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(request: Request, page, items: list[dict], ended: bool, after: int) -> AsyncIterator[str]:
+async def _stream(request: Request, page, items: list[dict], ended: str | None, after: int) -> AsyncIterator[str]:
     last = after
     quiet = 0.0
     yield "retry: 1000\n\n"
@@ -172,7 +174,8 @@ async def _stream(request: Request, page, items: list[dict], ended: bool, after:
             last = item["id"]
             yield f"id: {item['id']}\nevent: {item['kind']}\ndata: {json.dumps(item)}\n\n"
         if ended and not items:
-            yield f"event: end\ndata: {json.dumps({'job_id': request.path_params['job_id']})}\n\n"
+            end = {"job_id": request.path_params["job_id"], "status": ended}
+            yield f"event: end\ndata: {json.dumps(end)}\n\n"
             return
         if await request.is_disconnected():
             return
