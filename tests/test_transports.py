@@ -32,6 +32,7 @@ from armillary.remote.docker_exec import DockerExecTransport
 from armillary.remote.local import LocalTransport
 from armillary.remote.ssh import WRAPPER, SshTransport, encode_env
 from tests.support import podman as podman_support
+from tests.support.peers import missing_peer
 from tests.support.podman import PodmanPeer
 from tests.support.sshhosts import SshHost, ssh_host
 
@@ -344,7 +345,7 @@ def test_wrapper_decodes_env_in_posix_shells(shell: str, tmp_path: Path) -> None
     """The environment block and the wrapper work in the shells machines have as /bin/sh."""
     argv = shell.split()
     if shutil.which(argv[0]) is None:
-        pytest.skip(f"{argv[0]} is not installed here")
+        missing_peer(f"{argv[0]} is not installed here (scripts/peers/docker.sh installs busybox)")
     env = {"TRICKY": TRICKY, "EMPTY": "", "UNICODE": "ünïcödé ✓"}
     process = subprocess.Popen(
         [
