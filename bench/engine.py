@@ -53,12 +53,9 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -71,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _server import armillary_server  # bench/ is on sys.path when a benchmark runs
 
 SYSTEMS = 1000
 CONCURRENCY = 50
@@ -87,48 +85,9 @@ SCENARIOS = ("zero/engine", "zero/bulk", "zero/single", "lat/engine", "lat/bulk"
 
 @contextmanager
 def server(data_dir: Path, workers: int) -> Iterator[tuple[str, int]]:
-    """``armillary serve --port 0`` in a subprocess on ``data_dir`` (embedded SQLite); yields its URL."""
-    env = {
-        **os.environ,
-        "ARMILLARY_DATA_DIR": str(data_dir),
-        "ARMILLARY_SECRET_KEY": "bench-secret-key",
-        "ARMILLARY_WORKERS": str(workers),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("ARMILLARY_DATABASE_URL", None)
-    exe = Path(sys.executable).with_name("armillary")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "armillary.cli.main"]
-    log = open(data_dir / "server.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(cmd + ["serve", "--host", "127.0.0.1", "--port", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"listening on (http://\S+)", line)
-        if not found:
-            proc.wait(timeout=5)
-            raise SystemExit(f"server did not start: {line!r}\n{(data_dir / 'server.log').read_text()[-3000:]}")
-        base_url = found.group(1)
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining stdout
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base_url + "/api/v1/environments", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not answer within 30 s")
-            time.sleep(0.05)
-        yield base_url, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """``armillary serve`` on ``data_dir`` (embedded SQLite) with ``workers`` step threads; yields (URL, pid)."""
+    with armillary_server(data_dir, {"ARMILLARY_WORKERS": str(workers)}) as found:
+        yield found
 
 
 def expect(response: httpx.Response, status: int) -> httpx.Response:

@@ -47,15 +47,11 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _server import armillary_server  # bench/ is on sys.path when a benchmark runs
 
 BATCH = 1000  # the import endpoint's maximum
 TARGET_P50_MS = 20.0
@@ -113,52 +110,9 @@ def system_item(n: int) -> dict[str, Any]:
 
 @contextmanager
 def server(database_url: str | None, data_dir: Path) -> Iterator[str]:
-    """``armillary serve --port 0`` in a subprocess; yields its base URL, stops it afterwards."""
-    env = {
-        **os.environ,
-        "ARMILLARY_DATA_DIR": str(data_dir),
-        "ARMILLARY_SECRET_KEY": "bench-secret-key",
-        "PYTHONUNBUFFERED": "1",
-    }
-    if database_url:
-        env["ARMILLARY_DATABASE_URL"] = database_url
-    else:
-        env.pop("ARMILLARY_DATABASE_URL", None)
-    exe = Path(sys.executable).with_name("armillary")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "armillary.cli.main"]
-    log = open(data_dir / "server.log", "w")
-    proc = subprocess.Popen(
-        cmd + ["serve", "--host", "127.0.0.1", "--port", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"listening on (http://\S+)", line)
-        if not found:
-            proc.wait(timeout=5)
-            raise SystemExit(f"server did not start: {line!r}\n{(data_dir / 'server.log').read_text()[-3000:]}")
-        base_url = found.group(1)
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining stdout
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base_url + "/api/v1/environments", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not answer within 30 s")
-            time.sleep(0.05)
-        yield base_url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """``armillary serve`` on ``data_dir``, on ``database_url`` when given; yields its base URL."""
+    with armillary_server(data_dir, {"ARMILLARY_DATABASE_URL": database_url} if database_url else None) as (url, _):
+        yield url
 
 
 @contextmanager

@@ -1,0 +1,68 @@
+"""A real ``armillary serve`` for benchmarks: a subprocess on its own data directory.
+
+Shared by the benchmarks so each measures the server as users run it (its own process, its own
+event loop and worker threads), with its log kept in ``<data dir>/server.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+@contextmanager
+def armillary_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """Start ``armillary serve --port 0`` with ``env`` added; yield (base URL, pid); stop it after."""
+    full_env = {
+        **os.environ,
+        "ARMILLARY_DATA_DIR": str(data_dir),
+        "ARMILLARY_SECRET_KEY": "bench-secret-key",
+        "PYTHONUNBUFFERED": "1",
+    }
+    full_env.pop("ARMILLARY_DATABASE_URL", None)
+    full_env.update(env or {})
+    exe = Path(sys.executable).with_name("armillary")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "armillary.cli.main"]
+    log = open(data_dir / "server.log", "w")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(
+        cmd + ["serve", "--host", "127.0.0.1", "--port", "0"],
+        env=full_env, stdout=subprocess.PIPE, stderr=log, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"listening on (http://\S+)", line)
+        if not found:
+            proc.wait(timeout=5)
+            raise SystemExit(f"server did not start: {line!r}\n{(data_dir / 'server.log').read_text()[-3000:]}")
+        base_url = found.group(1)
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining stdout
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base_url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not answer within 30 s")
+            time.sleep(0.05)
+        yield base_url, proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
