@@ -1,6 +1,9 @@
 """Driver overhead benchmark: the ratio Armillary ÷ direct SDK at the same concurrency.
 
-For the ``aws`` driver (the only one measured so far), against moto's EC2 simulator running as a
+Two drivers, each against a real peer started here: ``aws`` (moto's EC2 simulator) and ``docker``
+(podman's Docker-compatible API service). ``--only aws|docker`` runs one; the default runs both.
+
+**aws** — against moto's EC2 simulator running as a
 server process on loopback (``python -m moto.server``), two timed phases on an emptied account each:
 
 * **Armillary** — N systems on an ``aws`` hypervisor pointed at moto, labelled ``run=<id>``,
@@ -19,8 +22,52 @@ on a filtered describe (real EC2 indexes tags), so the ratio here is an upper bo
 against real EC2, where a launch takes tens of seconds to reach ``running``, it shrinks toward 1.
 A warm-up create (outside the timing) runs first in each phase.
 
-    .venv/bin/python bench/drivers.py                     # N=100, C=10
-    .venv/bin/python bench/drivers.py --systems 200 --concurrency 20 --json
+**docker** — N containers (default 50) created and destroyed at concurrency C (10), against ONE
+``podman system service`` on a private unix socket with its own storage, started by
+``tests/support/podman.py`` (``start_podman``; no registry), with the busybox image it builds locally
+(nothing can be pulled here). Every container runs ``sleep 3600``. The phases alternate — direct,
+Armillary, direct, … (``--rounds`` Armillary runs, one more direct than Armillary) — and the ratio is
+each Armillary wall ÷ the mean of the direct walls:
+
+* **Armillary** — a fresh ``armillary serve`` (its own data directory, ``ARMILLARY_WORKERS`` ≥ C),
+  an environment and a ``docker`` hypervisor on the podman socket, N systems with driver properties
+  ``{image, command: [sleep, 3600]}`` labelled ``run=<id>``; then one bulk ``create`` job
+  (``POST /api/v1/jobs``, selector by that label, concurrency C) waited until it ends, then one bulk
+  ``destroy`` job the same way. Wall = create job (POST → ended) + destroy job (POST → ended).
+  One warm-up create + destroy (another system, outside the timing) comes first.
+* **direct** — the docker SDK by hand, one ``DockerClient`` shared by C threads:
+  ``containers.create`` (same image, command, hostname and labels as the driver gives) + ``start``
+  for each of N, then ``remove(force=True, v=True)`` for each — stop and remove in one call, the
+  call the driver's destroy makes (a plain ``stop`` would wait its 10 s grace period: ``sleep`` as
+  PID 1 ignores SIGTERM). One warm-up container first, outside the timing.
+
+Every container of the private storage is removed and the service stopped at the end.
+
+Where Armillary's time goes (measured on 2 shared cores, other test runs busy, load 2–7; the bench
+prints the per-child breakdown from the jobs' own timestamps): ratios 1.25–1.35 over 7 Armillary
+runs in 4 invocations, against the 1.10 target — direct 5.4–9.1 s, Armillary 7.0–10.0 s for 50 creates
++ 50 destroys.
+
+* The driver step itself is most of it, and is about a direct call's latency: ``create_machine``
+  ≈ 0.65–1.0 s per child against 0.6–0.95 s per direct create+start at the same concurrency; it makes
+  6 daemon calls where the direct loop makes 4 (a lookup by name for a container to adopt, and an
+  image inspect for ``pull: missing``, before create/inspect/start/reload) plus a new ``DockerClient``
+  per operation. ``destroy_machine`` ≈ 0.55–0.65 s against 0.5–0.6 s: an inspect before the remove.
+* Per child job, ~40–50 ms around the driver step (the ``prepare`` step, claims, records, events).
+* Refilling a slot: the bulk parent looks for finished children every 100 ms
+  (``engine/bulk.py`` ``POLL_S``), then the dispatcher has to claim the new child — up to ~0.1–0.15 s
+  of an empty slot per child (estimated from the code and the unexplained remainder, not timed on
+  its own), 4 refills per slot for 50 children at concurrency 10.
+* The parent's own start and end are small (≤ 10 ms to its batch step; 20–100 ms after the last child).
+* The server's CPU (SQLite, Python) comes out of the same 2 cores podman and runc need.
+
+Summed: 5 waves × (~0.9 s driver + ~0.05 s job + ~0.1 s refill) ≈ 5.3 s for the creates against
+4.1–4.7 s direct; the destroys likewise. The ratio shrinks with a slower daemon (real pulls, bigger
+images) and is inflated by the CPU contention here.
+
+    .venv/bin/python bench/drivers.py                     # both: aws N=100, docker N=50, C=10
+    .venv/bin/python bench/drivers.py --only docker --rounds 2
+    .venv/bin/python bench/drivers.py --only aws --systems 200 --concurrency 20 --json
 
 This is not part of the test suite.
 """
@@ -40,16 +87,22 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for tests.support.podman (the docker peer)
+
 REGION = "us-east-1"
 INSTANCE_TYPE = "t3.micro"
 CREDENTIALS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
 TERMINAL = ("succeeded", "failed", "cancelled")
+DOCKER_COMMAND = ["sleep", "3600"]
+DOCKER_TARGET_RATIO = 1.10
 
 
 # ---------------------------------------------------------------- the processes
@@ -131,7 +184,10 @@ def live_instances(ec2: Any) -> int:
 # ---------------------------------------------------------------- the phases
 
 
-def armillary_phase(moto_url: str, image: str, systems: int, concurrency: int, work: Path) -> dict[str, Any]:
+@contextmanager
+def armillary_api(work: Path, concurrency: int) -> Iterator[httpx.Client]:
+    """A fresh ``armillary serve`` on ``work/data`` (embedded SQLite); yields a client of its API."""
+    work.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "ARMILLARY_DATA_DIR": str(work / "data"),
@@ -152,6 +208,11 @@ def armillary_phase(moto_url: str, image: str, systems: int, concurrency: int, w
         httpx.Client(base_url=base_url + "/api/v1", timeout=120) as api,
     ):
         wait_until(lambda: api.get("/environments").status_code == 200, "armillary serve")
+        yield api
+
+
+def armillary_phase(moto_url: str, image: str, systems: int, concurrency: int, work: Path) -> dict[str, Any]:
+    with armillary_api(work, concurrency) as api:
         expect(api.post("/environments", json={"name": "bench"}), 201)
         expect(
             api.post(
@@ -252,60 +313,313 @@ def direct_phase(moto_url: str, image: str, systems: int, concurrency: int) -> d
     return {"wall_s": wall, "creates_per_s": systems / wall, "instances": len(set(ids))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--driver", choices=["aws"], default="aws")
-    parser.add_argument("--systems", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+# ---------------------------------------------------------------- the docker driver
 
-    with tempfile.TemporaryDirectory(prefix="armillary-bench-drivers-") as tmp:
-        work = Path(tmp)
-        moto_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
-        moto_env.update(
-            {"MOTO_ENABLE_AMI_VALIDATION": "true", "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true"}
-        )
-        with process(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-            moto_env,
-            work / "moto.log",
-            r"Running on (http://127\.0\.0\.1:\d+)",
-        ) as moto_url:
-            wait_until(
-                lambda: urllib.request.urlopen(moto_url + "/moto-api/", timeout=2).status == 200, "moto"
+
+def docker_client(base_url: str, pool: int) -> Any:
+    import docker
+
+    return docker.DockerClient(base_url=base_url, timeout=120, max_pool_size=max(10, pool))
+
+
+def docker_labels(run: str, n: int, hostname: str) -> dict[str, str]:
+    """The labels the driver gives a container (``armillary.*``), with a number in place of a system id."""
+    return {
+        "armillary.label.run": run,
+        "armillary.system-id": str(100_000 + n),
+        "armillary.hostname": hostname,
+        "armillary.environment": "bench",
+        "armillary.stop-timeout": "10",
+    }
+
+
+def count_containers(client: Any, run: str) -> int:
+    return len(client.api.containers(all=True, filters={"label": f"armillary.label.run={run}"}))
+
+
+def docker_direct(base_url: str, image: str, systems: int, concurrency: int, run: str) -> dict[str, Any]:
+    """N containers created + started, then removed (forced: stop and remove), from C threads."""
+    client = docker_client(base_url, concurrency)
+    try:
+
+        def create(n: int) -> Any:
+            hostname = f"node{n:05d}.bench"
+            container = client.containers.create(
+                image=image,
+                command=DOCKER_COMMAND,
+                name=f"bench-{run}-{n}",
+                hostname=hostname,
+                labels=docker_labels(run, n, hostname),
+                environment={},
             )
-            images = ec2_client(moto_url, 1).describe_images(
-                Owners=["amazon"],
-                Filters=[{"Name": "name", "Values": ["ubuntu/images/hvm-ssd/ubuntu-xenial-*"]}],
-            )["Images"]
-            image = min(images, key=lambda i: i["ImageId"])["ImageId"]
-            moto_reset(moto_url)
-            direct = direct_phase(moto_url, image, args.systems, args.concurrency)
-            moto_reset(moto_url)
-            armillary = armillary_phase(moto_url, image, args.systems, args.concurrency, work)
-    result = {
-        "driver": args.driver,
+            container.start()
+            container.reload()
+            if container.status != "running":
+                raise SystemExit(f"container {container.name} is {container.status} after start")
+            return container
+
+        def remove(container: Any) -> None:
+            container.remove(force=True, v=True)
+
+        remove(create(-1))  # warm-up, outside the timing
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            started = time.perf_counter()
+            containers = list(pool.map(create, range(systems)))
+            created = time.perf_counter()
+            list(pool.map(remove, containers))
+            ended = time.perf_counter()
+        if len({c.id for c in containers}) != systems:
+            raise SystemExit(f"{len({c.id for c in containers})} containers made for {systems} creates")
+        left = count_containers(client, run)
+        if left:
+            raise SystemExit(f"{left} containers of {run} left after the removes")
+    finally:
+        client.close()
+    return {"wall_s": ended - started, "create_s": created - started, "destroy_s": ended - created}
+
+
+def docker_armillary(
+    base_url: str, image: str, systems: int, concurrency: int, run: str, work: Path
+) -> dict[str, Any]:
+    """A fresh server; one bulk create job then one bulk destroy job over N systems labelled run=<run>."""
+    with armillary_api(work, concurrency) as api, closing(docker_client(base_url, 1)) as client:
+        expect(api.post("/environments", json={"name": "bench"}), 201)
+        hypervisor = {
+            "name": "podman",
+            "environment": "bench",
+            "driver": "docker",
+            "config": {"base_url": base_url},
+        }
+        expect(api.post("/hypervisors", json=hypervisor), 201)
+
+        def item(hostname: str, label: str) -> dict[str, Any]:
+            return {
+                "hostname": hostname,
+                "environment": "bench",
+                "hypervisor": "podman",
+                "driver": {"image": image, "command": DOCKER_COMMAND},
+                "labels": {"run": label},
+            }
+
+        (warm,) = expect(
+            api.post("/systems/import", json={"items": [item("warmup.bench", f"{run}-warmup")]}), 201
+        ).json()["ids"]
+        for action in ("create", "destroy"):  # warm-up, outside the timing
+            job = expect(api.post(f"/systems/{warm}/actions", json={"action": action}), 202).json()
+            done = wait_job(api, job["id"])
+            if done["status"] != "succeeded":
+                raise SystemExit(f"warm-up {action} {done['status']}: {json.dumps(done)[:2000]}")
+        items = [item(f"node{n:05d}.bench", run) for n in range(systems)]
+        expect(api.post("/systems/import", json={"items": items}, timeout=300), 201)
+
+        def bulk(action: str) -> float:
+            started = time.perf_counter()
+            parent = expect(
+                api.post(
+                    "/jobs",
+                    json={"action": action, "selector": {"labels": {"run": run}}, "concurrency": concurrency},
+                ),
+                202,
+            ).json()
+            done = wait_job(api, parent["id"], timeout_s=1800)
+            wall = time.perf_counter() - started
+            if done["status"] != "succeeded":
+                raise SystemExit(f"the bulk {action} {done['status']}: {json.dumps(done)[:3000]}")
+            breakdown[action] = children_breakdown(api, done, f"{action}_machine")
+            return wall
+
+        breakdown: dict[str, Any] = {}
+        create_s = bulk("create")
+        running = len(client.api.containers(filters={"label": f"armillary.label.run={run}"}))
+        if running != systems:
+            raise SystemExit(f"{running} containers running for {systems} systems")
+        destroy_s = bulk("destroy")
+        left = count_containers(client, run)
+        if left:
+            raise SystemExit(f"{left} containers of {run} left after the bulk destroy")
+    return {
+        "wall_s": create_s + destroy_s,
+        "create_s": create_s,
+        "destroy_s": destroy_s,
+        "children": breakdown,
+    }
+
+
+def children_breakdown(api: httpx.Client, parent: dict[str, Any], machine_step: str) -> dict[str, float]:
+    """Where a bulk job's time went: per child, the job (created → finished) and its driver step alone;
+    for the parent, from its creation to its batch step's start, and from the last child's end to its own."""
+    from datetime import datetime
+
+    def seconds(a: str, b: str) -> float:
+        return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+    children = expect(api.get("/jobs", params={"parent": parent["id"], "limit": 500}), 200).json()["items"]
+    first_step = min(st["started_at"] for st in parent["steps"] if st["started_at"])
+    last_child = max(j["finished_at"] for j in children)
+    jobs = [seconds(j["created_at"], j["finished_at"]) for j in children]
+    steps = [
+        seconds(st["started_at"], st["finished_at"])
+        for j in children
+        for st in j["steps"]
+        if st["name"] == machine_step and st["started_at"] and st["finished_at"]
+    ]
+    return {
+        "children": len(children),
+        "child_job_mean_s": sum(jobs) / len(jobs),
+        "driver_step_mean_s": sum(steps) / len(steps),
+        "parent_start_s": seconds(parent["created_at"], first_step),
+        "parent_tail_s": seconds(last_child, parent["finished_at"]),
+    }
+
+
+def run_docker(systems: int, concurrency: int, rounds: int, work: Path, say) -> dict[str, Any]:
+    from tests.support.podman import missing_tools, start_podman
+
+    reason = missing_tools()
+    if reason:
+        raise SystemExit(f"docker: {reason}")
+    (work / "podman").mkdir()
+    direct: list[dict[str, Any]] = []
+    armillary: list[dict[str, Any]] = []
+    with start_podman(work / "podman", registries=False) as peer:
+        try:
+            for r in range(rounds + 1):
+                direct.append(docker_direct(peer.base_url, peer.image, systems, concurrency, f"direct{r}"))
+                say(f"docker direct #{r + 1}: {direct[-1]['wall_s']:.2f} s")
+                if r < rounds:
+                    armillary.append(
+                        docker_armillary(
+                            peer.base_url,
+                            peer.image,
+                            systems,
+                            concurrency,
+                            f"armillary{r}",
+                            work / f"armillary{r}",
+                        )
+                    )
+                    say(f"docker Armillary #{r + 1}: {armillary[-1]['wall_s']:.2f} s")
+        finally:
+            peer.remove_all_containers()  # start_podman removes them too, before it stops the service
+    mean_direct = sum(d["wall_s"] for d in direct) / len(direct)
+    return {
+        "driver": "docker",
+        "peer": "podman system service (unix socket, vfs storage)",
+        "systems": systems,
+        "concurrency": concurrency,
+        "direct": direct,
+        "armillary": armillary,
+        "direct_mean_s": mean_direct,
+        "ratios": [a["wall_s"] / mean_direct for a in armillary],
+        "ratio": sum(a["wall_s"] for a in armillary) / len(armillary) / mean_direct,
+        "target": DOCKER_TARGET_RATIO,
+    }
+
+
+def run_aws(systems: int, concurrency: int, work: Path) -> dict[str, Any]:
+    moto_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+    moto_env.update(
+        {"MOTO_ENABLE_AMI_VALIDATION": "true", "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true"}
+    )
+    with process(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        moto_env,
+        work / "moto.log",
+        r"Running on (http://127\.0\.0\.1:\d+)",
+    ) as moto_url:
+        wait_until(lambda: urllib.request.urlopen(moto_url + "/moto-api/", timeout=2).status == 200, "moto")
+        images = ec2_client(moto_url, 1).describe_images(
+            Owners=["amazon"],
+            Filters=[{"Name": "name", "Values": ["ubuntu/images/hvm-ssd/ubuntu-xenial-*"]}],
+        )["Images"]
+        image = min(images, key=lambda i: i["ImageId"])["ImageId"]
+        moto_reset(moto_url)
+        direct = direct_phase(moto_url, image, systems, concurrency)
+        moto_reset(moto_url)
+        armillary = armillary_phase(moto_url, image, systems, concurrency, work / "aws")
+    return {
+        "driver": "aws",
         "peer": "moto server (loopback)",
-        "systems": args.systems,
-        "concurrency": args.concurrency,
+        "systems": systems,
+        "concurrency": concurrency,
         "direct": direct,
         "armillary": armillary,
         "ratio": armillary["wall_s"] / direct["wall_s"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+
+
+def print_aws(result: dict[str, Any], machine: str) -> None:
+    direct, armillary = result["direct"], result["armillary"]
     print(
-        f"{args.driver} driver, {args.systems} creates at concurrency {args.concurrency} against {result['peer']}"
-        f" ({result['machine']})"
+        f"aws driver, {result['systems']} creates at concurrency {result['concurrency']} against {result['peer']}"
+        f" ({machine})"
     )
     print(f"  direct boto3 : {direct['wall_s']:8.2f} s  ({direct['creates_per_s']:.1f} creates/s)")
     print(
         f"  Armillary    : {armillary['wall_s']:8.2f} s  ({armillary['creates_per_s']:.1f} creates/s, one bulk job)"
     )
     print(f"  ratio Armillary ÷ direct: {result['ratio']:.2f}")
+
+
+def print_docker(result: dict[str, Any], machine: str) -> None:
+    print(
+        f"docker driver, {result['systems']} creates + destroys at concurrency {result['concurrency']} against "
+        f"{result['peer']} ({machine})"
+    )
+    runs = [("direct SDK", d) for d in result["direct"]] + [("Armillary", a) for a in result["armillary"]]
+    order = []
+    for i in range(len(result["direct"])):
+        order.append(runs[i])
+        if i < len(result["armillary"]):
+            order.append(runs[len(result["direct"]) + i])
+    for name, run in order:
+        print(
+            f"  {name:<11}: {run['wall_s']:7.2f} s  (create {run['create_s']:.2f} s + destroy {run['destroy_s']:.2f} s)"
+        )
+    print(f"  direct mean: {result['direct_mean_s']:7.2f} s")
+    for a in result["armillary"]:
+        parts = ", ".join(
+            f"{action}: child job {c['child_job_mean_s'] * 1000:.0f} ms, driver step {c['driver_step_mean_s'] * 1000:.0f} ms"
+            f" (parent start {c['parent_start_s'] * 1000:.0f} ms, tail {c['parent_tail_s'] * 1000:.0f} ms)"
+            for action, c in a["children"].items()
+        )
+        print(f"  Armillary per child (mean): {parts}")
+    met = "met" if result["ratio"] <= result["target"] else "MISSED"
+    each = ", ".join(f"{r:.2f}" for r in result["ratios"])
+    print(
+        f"  ratio Armillary ÷ mean direct: {result['ratio']:.2f} ({each}; target ≤ {result['target']:.2f}: {met})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["docker", "aws"], default=None, help="one driver (default: both)")
+    parser.add_argument("--systems", type=int, default=None, help="systems (default: aws 100, docker 50)")
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="docker: Armillary runs, each between two direct"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    drivers = [args.only] if args.only else ["aws", "docker"]
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+    def say(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="armillary-bench-drivers-") as tmp:
+        work = Path(tmp)
+        if "aws" in drivers:
+            results["aws"] = run_aws(args.systems or 100, args.concurrency, work)
+        if "docker" in drivers:
+            results["docker"] = run_docker(args.systems or 50, args.concurrency, args.rounds, work, say)
+    if args.json:
+        print(json.dumps({"machine": machine, **results}, indent=2))
+        return
+    for i, driver in enumerate(results):
+        if i:
+            print()
+        (print_aws if driver == "aws" else print_docker)(results[driver], machine)
 
 
 if __name__ == "__main__":

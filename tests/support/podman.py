@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,17 +208,32 @@ def _start_registry(binary: str, directory: Path, address: str, auth: bool, env:
     return process
 
 
+def missing_tools() -> str | None:
+    """Why the peer cannot be started here (a tool or busybox is missing), or None."""
+    for tool in ("podman", "runc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/peers/docker.sh installs it)"
+    if not os.path.exists("/bin/busybox"):
+        return "busybox-static is not installed (scripts/peers/docker.sh installs it)"
+    return None
+
+
 @pytest.fixture(scope="session")
 def podman_peer(tmp_path_factory) -> Iterator[PodmanPeer]:
     """podman's Docker API on a per-run socket, with a local image (and registry), stopped at the end."""
-    for tool in ("podman", "runc"):
-        if shutil.which(tool) is None:
-            missing_peer(f"{tool} is not installed (scripts/peers/docker.sh installs it)")
-    if not os.path.exists("/bin/busybox"):
-        missing_peer("busybox-static is not installed (scripts/peers/docker.sh installs it)")
-    root = tmp_path_factory.mktemp("podman")
+    reason = missing_tools()
+    if reason:
+        missing_peer(reason)
+    with start_podman(tmp_path_factory.mktemp("podman")) as peer:
+        yield peer
+
+
+@contextmanager
+def start_podman(root: Path, registries: bool = True) -> Iterator[PodmanPeer]:
+    """The peer in ``root`` (an empty directory), stopped when the block ends: a plain context manager,
+    for scripts (``bench/drivers.py``) as well as the fixture; ``registries=False`` starts no registry."""
     (root / "containers.conf").write_text(CONTAINERS_CONF)
-    registry_bin = shutil.which("docker-registry")
+    registry_bin = shutil.which("docker-registry") if registries else None
     registry = f"127.0.0.1:{_free_port()}" if registry_bin else None
     auth_registry = None
     while registry_bin and _bcrypt("x") and auth_registry in (None, registry):
