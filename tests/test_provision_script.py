@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from armillary.provisioners.script import ScriptProvisioner, build_env, env_name
 from tests.support import podman as podman_support
 from tests.support.jobs import act_and_wait
 from tests.support.podman import PodmanPeer
+from tests.support.provisioning import events, setup_ssh
 from tests.support.sshhosts import SshHost, ssh_host
 
 # The peer's fixtures (tests/support/podman.py), made visible to this module's tests.
@@ -36,60 +36,6 @@ WRITE = (
 def ssh_peer(tmp_path: Path) -> Iterator[SshHost]:
     with ssh_host(tmp_path) as host:
         yield host
-
-
-def events(api: httpx.Client, job_id: int) -> list[dict[str, Any]]:
-    return api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
-
-
-def setup_ssh(api: httpx.Client, host: SshHost, scripts: list[dict[str, Any]], env: dict[str, Any]) -> None:
-    """Environment ``dev`` (with a variable), a group (with variables) the system is in, an ssh hypervisor,
-    a type running ``scripts`` (its per-job directories under the host's scratch directory), and the
-    system ``web1`` on ``host``."""
-    made = api.post("/environments", json={"name": "dev", "variables": {"colour": "blue", "greeting": "env"}})
-    assert made.status_code == 201, made.text
-    made = api.post(
-        "/groups",
-        json={
-            "name": "web",
-            "selector": {"role": "web"},
-            "variables": {"greeting": "hello from the group", "app-port": 8080},
-        },
-    )
-    assert made.status_code == 201, made.text
-    made = api.post(
-        "/hypervisors",
-        json={
-            "name": "metal",
-            "environment": "dev",
-            "driver": "ssh",
-            "config": {"private_key": host.private_key_pem, "connect_timeout": 5},
-        },
-    )
-    assert made.status_code == 201, made.text
-    made = api.post(
-        "/types",
-        json={
-            "name": "web",
-            "provisioner": {
-                "kind": "script",
-                "spec": {"scripts": scripts, "env": env, "remote_tmp": str(host.scratch)},
-            },
-        },
-    )
-    assert made.status_code == 201, made.text
-    made = api.post(
-        "/systems",
-        json={
-            "hostname": "web1",
-            "environment": "dev",
-            "hypervisor": "metal",
-            "type": "web",
-            "labels": {"role": "web"},
-            "driver": {"host": host.address, "port": host.port},
-        },
-    )
-    assert made.status_code == 201, made.text
 
 
 def job_dirs(host: SshHost) -> list[str]:

@@ -1,0 +1,794 @@
+"""The ``ansible`` provisioner: a playbook and/or roles run with ansible-runner against one system.
+
+A type's provisioner spec (``provisioner: {kind: ansible, spec: ...}``)::
+
+    {
+      "playbook": {"path": "web/site.yml"},                # or {"inline": "- hosts: all\\n  tasks: ..."}
+                                                           # or {"git": "https://git.example/ops.git",
+                                                           #     "ref": "v1.4", "path": "site.yml"}
+      "roles": ["common", {"role": "nginx", "vars": {"port": 8080}}],
+      "extra_vars": {"release": "2024.1"},
+      "tags": ["config"], "skip_tags": ["slow"],
+      "check": false, "diff": false,
+      "become": false, "become_user": null,
+      "gather_facts": true,
+      "verbosity": 0,
+      "remote_tmp": "/var/tmp/ansible",
+      "timeout": 1800
+    }
+
+At least one of ``playbook`` and ``roles``. A string ``playbook`` is short for ``{"path": ...}``.
+
+Where the playbook comes from
+    * ``path``: a file under the control host's playbooks directory (the environment variable
+      ``ARMILLARY_PLAYBOOKS_DIR`` of the server; without it, ``path`` playbooks are refused). A path
+      never escapes that directory, symlinks included (checked when the type is saved for ``..`` and
+      absolute paths, and again at run time after resolving links);
+    * ``inline``: the playbook's YAML text, written into the run's private directory;
+    * ``git``: a repository URL (``https://``, ``http://``, ``ssh://``, ``git://``, ``file://`` or scp-like
+      ``user@host:path``; git's other transports, such as ``ext::``, are refused) with an optional
+      ``ref`` (a branch or tag: ``git clone --depth 1 --branch <ref>``; a full 40-hex commit id:
+      ``git fetch --depth 1 origin <id>``, which the server must allow; none: the remote's default
+      branch) and the playbook's ``path`` inside the checkout (default ``site.yml``; never escaping it).
+      The clone is made in the run's private directory and removed with it. No credentials are
+      handed to git: a private repository needs access configured for the server's user.
+
+``roles`` are played, after the playbook when there is one, by one generated play
+(``hosts: all``, ``gather_facts`` as given, ``become`` as given). Roles are found (``ANSIBLE_ROLES_PATH``)
+in ``roles/`` next to the playbook (Ansible's own rule), in ``roles/`` of the git checkout and in
+``roles/`` of the playbooks directory.
+
+Variables (Ansible *extra vars*, the strongest precedence in Ansible)
+    the system's **resolved variables** (global < environment < group < type < system), then the
+    spec's ``extra_vars`` on top: **the spec wins** — as the script provisioner's ``env`` does — since
+    they are the playbook's fixed parameters as the type's author wrote them; per-system tunables are
+    Armillary variables. The merge is of top-level keys only. Keys are made valid Ansible names the
+    script provisioner's way (other characters become ``_``, a leading digit gets a ``_``; when two keys
+    end up with one name the later in sorted order wins and the job log says so). ``ansible_*``
+    keys are Armillary's own (the connection is pinned below): they are refused in ``extra_vars``
+    when the type is saved and dropped (with a warning) from the resolved variables — except
+    ``ansible_become*``. Extra vars reach ansible-playbook in a file (``-e @file``), never on a command
+    line. ``armillary_system_id``, ``armillary_hostname``, ``armillary_environment`` and
+    ``armillary_job_id`` are added.
+
+The inventory Armillary generates
+    one host, named by the system's hostname, reached as the system's transport would reach it
+    (``armillary.engine.transports``): for the ``ssh`` transport the same host, port, user and
+    private key (decrypted with its passphrase when it has one; password-only credentials are refused,
+    as Ansible would need ``sshpass``); the key is written to a 0600 file in a private (0700) per-run
+    directory, removed afterwards whatever happens. The host key is **pinned**: before Ansible runs,
+    Armillary connects through the transport, which verifies the recorded fingerprint (or records it
+    at first contact), and writes the very key it verified into a generated ``known_hosts``; OpenSSH
+    then runs with ``-F /dev/null``, ``StrictHostKeyChecking=yes``, that file only, ``IdentitiesOnly``
+    and ``BatchMode``. That first connection also checks the machine has ``/usr/bin/python3`` (the
+    ``ansible_python_interpreter``). The ``local`` transport becomes ``ansible_connection=local``;
+    other transports cannot be provisioned with Ansible (the error says so). SSH multiplexing sockets
+    live in the private directory, and the master connections are closed at the end of the run.
+
+Configuration: Ansible runs with a generated ``ansible.cfg`` (``ANSIBLE_CONFIG``): none of the control
+host's own (``/etc/ansible``, ``~/.ansible.cfg``, a checkout's ``ansible.cfg``) is read. Pipelining is
+on, retry files off, Ansible's local temp directory is in the private directory.
+
+Live output: every task result (``ok``, ``changed``, ``failed``, ``skipped``, ``unreachable``, each loop
+item too) becomes one job log line while the play runs — ``changed: [web1] write the config`` with
+the module's ``msg`` after it — and ``data`` ``{host, play, task, status, msg}``; plays and the recap
+are logged too. Ansible's own ``no_log`` censoring applies; the private key is only ever in its file.
+
+The outcome: the play recap's ``failed`` and ``unreachable`` counts decide. A failed task fails the step
+permanently, naming the task, its message and the tail of Ansible's output; an unreachable host is a
+transient failure (the engine retries the step). A run without a recap (a syntax error, a missing role)
+fails permanently with Ansible's output. A run past the step's deadline (or the spec's ``timeout``) is
+killed. Counts (into the job context): ``ok``, ``changed``, ``failed``, ``unreachable``, ``skipped``,
+``rescued``, ``ignored`` from the recap (Ansible's ``ok`` includes the changed tasks), and ``check``.
+In check mode (``check: true``) nothing changes on the machine; ``changed`` says what would.
+
+The spec can be checked without running anything: ``AnsibleProvisioner.validate_spec(spec)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from armillary.engine.errors import PermanentStepError, TransientStepError
+from armillary.provisioners.base import Provisioner
+from armillary.provisioners.script import env_name
+
+PLAYBOOKS_DIR_ENV = "ARMILLARY_PLAYBOOKS_DIR"
+PYTHON_INTERPRETER = "/usr/bin/python3"
+MAX_INLINE_BYTES = 4 * 1024 * 1024
+DEADLINE_MARGIN_S = 5.0
+GIT_TIMEOUT_S = 300.0
+MAX_LOGGED_LINES = 20000
+MAX_MSG_CHARS = 2000
+TAIL_LINES = 40
+ALLOWED_GIT_PROTOCOLS = "file:git:http:https:ssh"
+_GIT_URL = re.compile(r"^(?:(?:https?|ssh|git|file)://\S+|[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:\S+)$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REF = re.compile(r"^[A-Za-z0-9._/+-]+$")
+_ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_BECOME_KEY = re.compile(r"^ansible_become")
+
+
+def _reserved(key: str) -> bool:
+    """An ``ansible_*`` key Armillary keeps for itself (the connection), i.e. not ``ansible_become*``."""
+    return key.startswith("ansible_") and not _BECOME_KEY.match(key)
+
+
+def _relative_path(value: str, where: str) -> str:
+    if value.startswith("/") or "\x00" in value or ".." in PurePosixPath(value).parts:
+        raise ValueError(f"must be a relative path under {where}, without '..'")
+    return value
+
+
+# ---------------------------------------------------------------- the spec
+
+
+class PlaybookSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description=f"A playbook file under the control host's ${PLAYBOOKS_DIR_ENV} (or, with git, in the checkout)",
+    )
+    inline: str | None = Field(None, max_length=MAX_INLINE_BYTES, description="The playbook's YAML text")
+    git: str | None = Field(None, max_length=2048, description="A repository URL to clone the playbook from")
+    ref: str | None = Field(None, max_length=255, description="Branch, tag or full commit id (git only)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PlaybookSource:
+        if self.git is not None:
+            if self.inline is not None:
+                raise ValueError("give either inline or git, not both")
+            if self.path is None:
+                self.path = "site.yml"
+            return self
+        if self.ref is not None:
+            raise ValueError("ref is for git playbooks only")
+        if (self.inline is None) == (self.path is None):
+            raise ValueError("give exactly one of path, inline or git")
+        return self
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_path(value, "the playbooks directory (or the checkout)")
+
+    @field_validator("git")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("-") or not _GIT_URL.match(value)):
+            raise ValueError(
+                "must be a git URL: https://, http://, ssh://, git://, file:// or user@host:path"
+            )
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("-") or ".." in value or not _REF.match(value)):
+            raise ValueError("must be a branch, tag or commit id")
+        return value
+
+
+class RoleRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(..., min_length=1, max_length=255, description="The role's name (or collection.name)")
+    vars: dict[str, Any] = Field(default_factory=dict, description="Variables of this role")
+
+    @field_validator("role")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ROLE.match(value):
+            raise ValueError("must be a role name: letters, digits, '_', '.', '-' (no paths)")
+        return value
+
+
+class AnsibleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    playbook: PlaybookSource | None = Field(None, description="The playbook (path, inline YAML or git)")
+    roles: list[RoleRef] = Field(default_factory=list, max_length=100, description="Roles played after it")
+    extra_vars: dict[str, Any] = Field(default_factory=dict, description="Extra vars (win over variables)")
+    tags: list[str] = Field(default_factory=list, max_length=100)
+    skip_tags: list[str] = Field(default_factory=list, max_length=100)
+    check: bool = Field(False, description="Check mode: report what would change, change nothing")
+    diff: bool = Field(False, description="Show the differences of changed files (--diff)")
+    become: bool = Field(False, description="Roles' play: become (sudo)")
+    become_user: str | None = Field(None, max_length=255)
+    gather_facts: bool = Field(True, description="Roles' play: gather facts first")
+    verbosity: int = Field(0, ge=0, le=4)
+    remote_tmp: str | None = Field(
+        None, max_length=1024, description="Ansible's temporary directory on the machine (ansible_remote_tmp)"
+    )
+    timeout: float | None = Field(None, gt=0, le=86400, description="Seconds the run may take")
+
+    @field_validator("playbook", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _role_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"role": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("remote_tmp")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\x00" in value):
+            raise ValueError("must be an absolute path on the machine")
+        return value
+
+    @field_validator("tags", "skip_tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not tag or "," in tag or "\x00" in tag or tag.startswith("-"):
+                raise ValueError(f"not a tag: {tag!r}")
+        return value
+
+    @field_validator("extra_vars")
+    @classmethod
+    def _no_connection_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(key for key in value if _reserved(env_name(key)))
+        if reserved:
+            raise ValueError(
+                f"ansible_* variables other than ansible_become* are Armillary's (the connection): "
+                f"{', '.join(reserved)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> AnsibleSpec:
+        if self.playbook is None and not self.roles:
+            raise ValueError("give a playbook, roles, or both")
+        return self
+
+
+# ---------------------------------------------------------------- variables
+
+
+def build_extra_vars(
+    variables: dict[str, Any], extra_vars: dict[str, Any]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Resolved variables, then the spec's extra vars on top; also the collisions and the dropped keys."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    collisions: list[str] = []
+    dropped: list[str] = []
+    for key in sorted(variables):
+        name = env_name(key)
+        if _reserved(name):
+            dropped.append(key)
+            continue
+        if name in origin and origin[name] != key:
+            collisions.append(f"{origin[name]!r} and {key!r} both become {name}")
+        merged[name] = variables[key]
+        origin[name] = key
+    for key, value in extra_vars.items():
+        merged[env_name(key)] = value
+    return merged, collisions, dropped
+
+
+# ---------------------------------------------------------------- the provisioner
+
+
+class AnsibleProvisioner(Provisioner):
+    name: ClassVar[str] = "ansible"
+
+    @staticmethod
+    def validate_spec(spec: dict[str, Any]) -> AnsibleSpec:  # type: ignore[override]
+        """The spec, checked (``PermanentStepError`` saying what is wrong)."""
+        try:
+            return AnsibleSpec.model_validate(spec or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+            )
+            raise PermanentStepError(f"invalid ansible provisioner spec: {problems}") from None
+
+    def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        parsed = self.validate_spec(spec)
+        binary = _ansible_playbook()
+        try:
+            import ansible_runner  # type: ignore[import-untyped]
+        except ImportError:
+            raise PermanentStepError("ansible-runner is not installed on the server") from None
+
+        extra_vars, collisions, dropped = build_extra_vars(variables, parsed.extra_vars)
+        for collision in collisions:
+            ctx.log(f"variables {collision}; the later one is used", level="warning")
+        if dropped:
+            ctx.log(
+                f"variables {', '.join(dropped)} not passed to Ansible (ansible_* settings are Armillary's)",
+                level="warning",
+            )
+        extra_vars.update(
+            armillary_system_id=system.id,
+            armillary_hostname=system.hostname,
+            armillary_environment=getattr(getattr(system, "environment", None), "name", "") or "",
+            armillary_job_id=ctx.job_id,
+        )
+
+        work = Path(tempfile.mkdtemp(prefix=f"armillary-ansible-job{ctx.job_id}-"))  # mode 0700
+        try:
+            playbook, roles_path = self._playbook(ctx, parsed, work)
+            host_vars = self._connection(ctx, system, work)
+            if parsed.remote_tmp:
+                host_vars["ansible_remote_tmp"] = parsed.remote_tmp
+            inventory = work / "inventory.json"
+            inventory.write_text(json.dumps({"all": {"hosts": {system.hostname: host_vars}}}))
+            config = work / "ansible.cfg"
+            config.write_text("[defaults]\nretry_files_enabled = False\n")
+            (work / "tmp").mkdir(mode=0o700)
+            (work / "cp").mkdir(mode=0o700)
+            envvars = {
+                "ANSIBLE_CONFIG": str(config),
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
+                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
+                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
+                "ANSIBLE_ROLES_PATH": ":".join(str(p) for p in roles_path),
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_FORCE_COLOR": "0",
+                # ansible-runner starts "ansible-playbook" by PATH (its ``binary`` would drop the playbook)
+                "PATH": os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", os.defpath)]),
+            }
+            return self._run_ansible(
+                ctx, system, parsed, ansible_runner, binary, work, playbook, inventory, extra_vars, envvars
+            )
+        finally:
+            _close_masters(work / "cp")
+            shutil.rmtree(work, ignore_errors=True)
+
+    # ------------------------------------------------------------ the playbook
+
+    def _playbook(self, ctx: Any, parsed: AnsibleSpec, work: Path) -> tuple[Path, list[Path]]:
+        """The playbook file to run (a generated one when there are roles) and the roles path."""
+        roles_path: list[Path] = []
+        root_setting = os.environ.get(PLAYBOOKS_DIR_ENV)
+        project = work / "project"
+        project.mkdir()
+        source = parsed.playbook
+        playbook: Path | None = None
+        if source is not None and source.inline is not None:
+            playbook = project / "playbook.yml"
+            playbook.write_text(source.inline)
+        elif source is not None and source.git is not None:
+            checkout = self._clone(ctx, source, work / "git")
+            playbook = _under(checkout, source.path or "", "the git checkout")
+            roles_path.append(checkout / "roles")
+        elif source is not None:
+            if not root_setting:
+                raise PermanentStepError(
+                    f"the playbook is a file ({source.path}), but the server has no playbooks directory "
+                    f"(set {PLAYBOOKS_DIR_ENV})"
+                )
+            playbook = _under(Path(root_setting), source.path or "", "the playbooks directory")
+        if root_setting:
+            roles_path.append(Path(root_setting).resolve() / "roles")
+        if not parsed.roles:
+            assert playbook is not None
+            return playbook, roles_path
+        roles_play: dict[str, Any] = {
+            "name": "roles",
+            "hosts": "all",
+            "gather_facts": parsed.gather_facts,
+            "roles": [{"role": r.role, **({"vars": r.vars} if r.vars else {})} for r in parsed.roles],
+        }
+        if parsed.become:
+            roles_play["become"] = True
+        if parsed.become_user:
+            roles_play["become_user"] = parsed.become_user
+        plays: list[dict[str, Any]] = []
+        if playbook is not None:
+            plays.append({"import_playbook": str(playbook)})
+            roles_path.insert(0, playbook.parent / "roles")
+        plays.append(roles_play)
+        generated = project / "armillary-main.yml"
+        generated.write_text(json.dumps(plays))  # JSON is YAML
+        return generated, roles_path
+
+    def _clone(self, ctx: Any, source: PlaybookSource, dest: Path) -> Path:
+        url, ref = source.git or "", source.ref
+        env = {
+            **os.environ,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": ALLOWED_GIT_PROTOCOLS,
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        }
+        if ref and _COMMIT.match(ref):
+            commands = [
+                ["git", "init", "-q", str(dest)],
+                ["git", "-C", str(dest), "remote", "add", "origin", "--", url],
+                ["git", "-C", str(dest), "fetch", "-q", "--depth", "1", "origin", ref],
+                ["git", "-C", str(dest), "checkout", "-q", "FETCH_HEAD"],
+            ]
+        else:
+            branch = ["--branch", ref] if ref else []
+            commands = [["git", "clone", "-q", "--depth", "1", *branch, "--", url, str(dest)]]
+        ctx.log(f"cloning {_safe_url(url)}{f' at {ref}' if ref else ''}")
+        started = time.monotonic()
+        for argv in commands:
+            try:
+                result = subprocess.run(
+                    argv,
+                    check=False,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=GIT_TIMEOUT_S,
+                    stdin=subprocess.DEVNULL,
+                )
+            except FileNotFoundError:
+                raise PermanentStepError("git is not installed on the server") from None
+            except subprocess.TimeoutExpired:
+                raise TransientStepError(
+                    f"git timed out after {GIT_TIMEOUT_S:g}s cloning {_safe_url(url)}"
+                ) from None
+            if result.returncode != 0:
+                raise PermanentStepError(
+                    f"cannot clone {_safe_url(url)}{f' at {ref}' if ref else ''}: "
+                    f"{_safe_url(result.stderr.strip())[-2000:] or f'git exited {result.returncode}'}"
+                )
+        head = subprocess.run(
+            ["git", "-C", str(dest), "rev-parse", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        ctx.log(f"cloned {_safe_url(url)} at {head or '?'} in {time.monotonic() - started:.1f}s")
+        return dest
+
+    # ------------------------------------------------------------ the connection
+
+    def _connection(self, ctx: Any, system: Any, work: Path) -> dict[str, Any]:
+        """The inventory host's variables: how Ansible reaches the machine, as its transport does."""
+        from armillary.engine.transports import transport_for
+        from armillary.remote.ssh import SshTransport
+
+        with transport_for(ctx, system) as transport:
+            if transport.name == "local":
+                return {"ansible_connection": "local", "ansible_python_interpreter": PYTHON_INTERPRETER}
+            if not isinstance(transport, SshTransport):
+                raise PermanentStepError(
+                    f"{system.hostname} is reached through the {transport.name} transport: the ansible "
+                    "provisioner needs ssh (or local)"
+                )
+            private_key = getattr(transport, "_private_key", None)
+            if not private_key:
+                raise PermanentStepError(
+                    f"{system.hostname} has only a password to log in with: the ansible provisioner "
+                    "needs a private key (Ansible would need sshpass for a password)"
+                )
+            # Connect through the transport: it verifies (or at first contact records) the host key.
+            check = transport.run(["test", "-x", PYTHON_INTERPRETER], timeout=60)
+            if check.exit_code != 0:
+                raise PermanentStepError(
+                    f"{system.hostname} has no {PYTHON_INTERPRETER}, which Ansible's modules need"
+                )
+            known_hosts = _known_hosts_line(transport)
+            key_text = _unencrypted_key(private_key, getattr(transport, "_passphrase", None))
+            host, port, user = transport.host, transport.port, transport.user
+            ctx.log(
+                f"inventory: {system.hostname} at {transport.where}, host key {transport.seen_fingerprint}"
+            )
+
+        key_file = work / "id_key"
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key_text)
+        known_file = work / "known_hosts"
+        known_file.write_text(known_hosts)
+        common = [
+            "-F", "/dev/null",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_file}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10",
+        ]  # fmt: skip
+        return {
+            "ansible_host": host,
+            "ansible_port": port,
+            "ansible_user": user,
+            "ansible_connection": "ssh",
+            "ansible_ssh_private_key_file": str(key_file),
+            "ansible_ssh_common_args": shlex.join(common),
+            "ansible_python_interpreter": PYTHON_INTERPRETER,
+        }
+
+    # ------------------------------------------------------------ running it
+
+    def _run_ansible(
+        self,
+        ctx: Any,
+        system: Any,
+        parsed: AnsibleSpec,
+        ansible_runner: Any,
+        binary: str,
+        work: Path,
+        playbook: Path,
+        inventory: Path,
+        extra_vars: dict[str, Any],
+        envvars: dict[str, str],
+    ) -> dict[str, Any]:
+        left = ctx.remaining() - DEADLINE_MARGIN_S
+        if left <= 1:
+            raise TransientStepError("no time left in the step to run Ansible")
+        timeout = min(parsed.timeout, left) if parsed.timeout else left
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        stats: dict[str, dict[str, int]] = {}
+        failures: list[str] = []
+        logged = 0
+        stopping = getattr(getattr(ctx, "runtime", None), "stopping", None)
+        why_cancelled: list[str] = []
+        last_cancel_check = [time.monotonic()]
+
+        def log(message: str, level: str = "info", **data: Any) -> None:
+            nonlocal logged
+            logged += 1
+            if logged <= MAX_LOGGED_LINES:
+                ctx.log(message, level=level, **data)
+            elif logged == MAX_LOGGED_LINES + 1:
+                ctx.log(f"[ansible: over {MAX_LOGGED_LINES} lines; the rest is not logged]", level="warning")
+
+        def on_event(event: dict[str, Any]) -> bool:
+            for line in (event.get("stdout") or "").splitlines():
+                if line.strip():
+                    tail.append(line)
+            kind = event.get("event") or ""
+            data = event.get("event_data") or {}
+            if kind == "playbook_on_play_start":
+                log(f"PLAY [{data.get('play') or data.get('name') or ''}]", stream="ansible")
+            elif kind == "playbook_on_stats":
+                for field in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored"):
+                    stats[field] = dict(data.get(field) or {})
+            elif kind.startswith(("runner_on_", "runner_item_on_")) and kind not in (
+                "runner_on_start",
+                "runner_on_async_poll",
+                "runner_on_async_ok",
+            ):
+                line, level, status, msg = _result_line(kind, data)
+                if status == "failed":
+                    failures.append(
+                        f"task {data.get('task') or '?'!r} on {data.get('host')}: {msg or '(no message)'}"
+                    )
+                log(
+                    line,
+                    level=level,
+                    stream="ansible",
+                    host=data.get("host"),
+                    play=data.get("play"),
+                    task=data.get("task"),
+                    role=data.get("role") or None,
+                    status=status,
+                    msg=msg,
+                )
+            return False  # not kept as an artifact file: the job log has it
+
+        def cancelled() -> bool:
+            if stopping is not None and stopping.is_set():
+                why_cancelled.append("stopping")
+                return True
+            now = time.monotonic()
+            if now - last_cancel_check[0] >= 2.0:
+                last_cancel_check[0] = now
+                try:
+                    if ctx.cancel_requested():
+                        why_cancelled.append("cancelled")
+                        return True
+                except Exception:  # noqa: BLE001, S110 - the DB check is best effort
+                    pass
+            return False
+
+        cmdline = []
+        if parsed.check:
+            cmdline.append("--check")
+        if parsed.diff:
+            cmdline.append("--diff")
+        mode = " in check mode" if parsed.check else ""
+        ctx.log(f"running ansible-playbook{mode} on {system.hostname}")
+        runner_dir = work / "runner"
+        runner_dir.mkdir(mode=0o700)
+        started = time.monotonic()
+        runner = ansible_runner.run(
+            private_data_dir=str(runner_dir),
+            project_dir=str(playbook.parent),
+            playbook=str(playbook),
+            inventory=str(inventory),
+            extravars=extra_vars,
+            envvars=envvars,
+            tags=",".join(parsed.tags) or None,
+            skip_tags=",".join(parsed.skip_tags) or None,
+            cmdline=" ".join(cmdline) or None,
+            verbosity=parsed.verbosity or None,
+            event_handler=on_event,
+            cancel_callback=cancelled,
+            timeout=max(1, int(timeout)),
+            quiet=True,
+            suppress_env_files=False,
+        )
+        took = time.monotonic() - started
+        output_tail = "\n".join(tail) or "(no output)"
+        if why_cancelled:
+            if why_cancelled[0] == "stopping":
+                raise TransientStepError(
+                    "the server is stopping: the Ansible run was stopped; left to a retry"
+                )
+            raise PermanentStepError("the job was cancelled: the Ansible run was stopped")
+        if runner.status == "timeout":
+            ctx.log(f"✗ ansible-playbook timed out after {timeout:g}s", level="error")
+            raise PermanentStepError(
+                f"ansible-playbook timed out after {timeout:g}s (killed); last output:\n{output_tail}"
+            )
+        if not stats:
+            ctx.log(f"✗ ansible-playbook exited {runner.rc} without a play recap", level="error")
+            raise PermanentStepError(
+                f"ansible-playbook exited {runner.rc} without running the play; last output:\n{output_tail}"
+            )
+
+        def total(field: str) -> int:
+            return sum(int(v) for v in stats.get(field, {}).values())
+
+        counts = {
+            "ok": total("ok"),
+            "changed": total("changed"),
+            "failed": total("failures"),
+            "unreachable": total("dark"),
+            "skipped": total("skipped"),
+            "rescued": total("rescued"),
+            "ignored": total("ignored"),
+            "check": parsed.check,
+        }
+        summary = " ".join(f"{k}={counts[k]}" for k in ("ok", "changed", "unreachable", "failed", "skipped"))
+        if counts["failed"] or counts["unreachable"]:
+            ctx.log(f"✗ {system.hostname}: {summary} ({took:.1f}s)", level="error", counts=counts)
+            if counts["failed"]:
+                first = failures[0] if failures else "a task failed"
+                raise PermanentStepError(f"ansible: {first}; last output:\n{output_tail}")
+            raise TransientStepError(
+                f"ansible: {system.hostname} became unreachable; last output:\n{output_tail}"
+            )
+        if runner.rc not in (0, None):
+            ctx.log(
+                f"ansible-playbook exited {runner.rc} although the recap shows no failure", level="warning"
+            )
+        ctx.log(f"✔ {system.hostname}: {summary} ({took:.1f}s){mode}", counts=counts)
+        return counts
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ansible_playbook() -> str:
+    """The ansible-playbook command: on PATH, else next to this Python (a virtualenv's bin)."""
+    found = shutil.which("ansible-playbook")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    raise PermanentStepError("ansible-playbook (ansible-core) is not installed on the server")
+
+
+def _under(root: Path, relative: str, where: str) -> Path:
+    """``relative`` under ``root``, links resolved; never outside it."""
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base):
+        raise PermanentStepError(f"the playbook {relative} is outside {where}")
+    if not candidate.is_file():
+        raise PermanentStepError(f"no playbook {relative} in {where}")
+    return candidate
+
+
+def _safe_url(text: str) -> str:
+    """A URL (or git's message) without any user:password@ in it."""
+    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
+
+
+def _known_hosts_line(transport: Any) -> str:
+    """The host key the transport verified, as a known_hosts line for the address Ansible uses."""
+    conn = getattr(transport, "_conn", None)
+    key = conn.get_server_host_key() if conn is not None else None
+    if key is None:
+        raise PermanentStepError(f"cannot read the host key of {transport.where}")
+    fingerprint = key.get_fingerprint("sha256").rstrip("=")
+    if transport.seen_fingerprint and fingerprint != transport.seen_fingerprint.rstrip("="):
+        raise PermanentStepError(f"the host key of {transport.where} is not the one verified")
+    algorithm, data = key.export_public_key("openssh").decode().split()[:2]
+    name = transport.host if transport.port == 22 else f"[{transport.host}]:{transport.port}"
+    return f"{name} {algorithm} {data}\n"
+
+
+def _unencrypted_key(private_key: str, passphrase: str | None) -> str:
+    """The private key as OpenSSH text ssh can read without asking (decrypted with its passphrase)."""
+    if not passphrase:
+        return private_key if private_key.endswith("\n") else private_key + "\n"
+    import asyncssh
+
+    try:
+        key = asyncssh.import_private_key(private_key, passphrase)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise PermanentStepError(f"the private key cannot be used: {exc}") from None
+    return key.export_private_key("openssh").decode()
+
+
+def _result_line(kind: str, data: dict[str, Any]) -> tuple[str, str, str, str]:
+    """One task result as ``(log line, level, status, msg)``."""
+    res = data.get("res") or {}
+    if not isinstance(res, dict):
+        res = {}
+    ignored = bool(data.get("ignore_errors"))
+    if kind.endswith("_unreachable"):
+        status, level = "unreachable", "error"
+    elif kind.endswith("_failed"):
+        status, level = ("ignored", "warning") if ignored else ("failed", "error")
+    elif kind.endswith("_skipped"):
+        status, level = "skipped", "info"
+    else:
+        status, level = ("changed" if res.get("changed") else "ok"), "info"
+    msg = res.get("msg")
+    if not msg and status in {"failed", "ignored", "unreachable"}:
+        msg = res.get("stderr") or res.get("module_stderr") or res.get("stdout") or ""
+    if msg is None:
+        msg = ""
+    elif not isinstance(msg, str):
+        msg = json.dumps(msg, default=str)
+    msg = msg.strip()
+    if len(msg) > MAX_MSG_CHARS:
+        msg = msg[:MAX_MSG_CHARS] + "…"
+    item = data.get("item") if kind.startswith("runner_item_on_") else None
+    label = res.get("_ansible_item_label", item)
+    task = data.get("task") or data.get("task_action") or "?"
+    if data.get("role"):
+        task = f"{data['role']} : {task}"  # as Ansible shows a role's task
+    line = (
+        f"{'...ignoring, failed' if ignored and status == 'ignored' else status}: [{data.get('host')}] {task}"
+    )
+    if label is not None:
+        line += f" (item={label})"
+    if msg:
+        line += f" — {msg}"
+    return line, level, status, msg
+
+
+def _close_masters(control_dir: Path) -> None:
+    """Close the SSH master connections Ansible left (ControlPersist) in ``control_dir``."""
+    try:
+        sockets = [p for p in control_dir.iterdir() if p.is_socket()]
+    except OSError:
+        return
+    for sock in sockets:
+        try:
+            subprocess.run(
+                ["ssh", "-F", "/dev/null", "-o", f"ControlPath={sock}", "-O", "exit", "armillary-control"],
+                check=False,
+                capture_output=True,
+                timeout=10,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            pass
