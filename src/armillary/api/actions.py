@@ -13,6 +13,8 @@ from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ActionRequest, JobOut
 from armillary.domain.models import System, SystemLabel
 from armillary.domain.states import TransitionRefused, check_action
+from armillary.engine.deploy import ConfigError as DeployConfigError
+from armillary.engine.deploy import check_request as check_deploy_request
 from armillary.engine.jobs import StateConflict, start_system_action
 
 router = APIRouter(prefix="/systems", tags=["actions"])
@@ -46,8 +48,11 @@ def run_action(
     session: Session = SessionDep,
     idempotency_key: str | None = IdempotencyKey,
 ) -> JSONResponse:
-    """Start ``create``, ``provision``, ``deploy``, ``destroy``, ``stage``, ``stop``, ``start``,
-    ``reload`` or ``clone`` (which needs ``hostname``: the copy's). Follow the job at its Location."""
+    """Start ``create``, ``provision``, ``deploy``, ``rollback``, ``destroy``, ``stage``, ``stop``, ``start``,
+    ``reload`` or ``clone`` (which needs ``hostname``: the copy's). Follow the job at its Location.
+
+    ``deploy`` and ``rollback`` are checked here (``armillary.engine.deploy``): an invalid project
+    configuration, or a cycle in its task graph, is a 422 naming it, and no job is made."""
     system = get_system(session, ref)
     existing = replay_or_conflict(session, idempotency_key, body.action, None if body.action == "clone" else system.id)
     if existing is not None:
@@ -62,6 +67,12 @@ def run_action(
         target = _clone(session, system, body.hostname)
     elif body.action == "reload":
         params.setdefault("provision", system.provisioned_at is not None)
+    elif body.action in {"deploy", "rollback"}:
+        # The project's configuration (a cyclic task graph included) is refused now, before anything runs.
+        try:
+            check_deploy_request(session, system, body.action, params)
+        except DeployConfigError as exc:
+            raise InvalidInput(exc.field, str(exc)) from None
     job = start_system_action(
         session, target, body.action, params=params, queue=queue, idempotency_key=idempotency_key,
         request_id=request.state.request_id,

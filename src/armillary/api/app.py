@@ -21,6 +21,7 @@ from armillary.api import (
     hypervisors,
     jobs,
     problems,
+    releases,
     schedules,
     systems,
     types,
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     api = APIRouter(prefix=API_PREFIX)
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
-               jobs, schedules)
+               jobs, schedules, releases)
     for module in routers:
         api.include_router(module.router)
     api.include_router(systems.labels_router)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from armillary.domain.schemas import Hostname, Input, Labels, Name, Ref
 from armillary.domain.states import ACTIONS
 
-Action = Literal["create", "provision", "deploy", "destroy", "stage", "stop", "start", "reload", "clone"]
+Action = Literal["create", "provision", "deploy", "rollback", "destroy", "stage", "stop", "start", "reload", "clone"]
 
 
 class ActionRequest(Input):

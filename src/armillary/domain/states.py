@@ -38,6 +38,8 @@ ALLOWED_FROM: dict[str, frozenset[SystemState]] = {
     "stage": frozenset({SystemState.DEFINED, SystemState.DESTROYED, SystemState.ERROR}),
     "provision": frozenset({SystemState.CREATED, SystemState.READY, SystemState.ERROR}),
     "deploy": frozenset({SystemState.READY}),
+    # Back to an earlier release; also from error, where a deploy that could not roll back leaves a system.
+    "rollback": frozenset({SystemState.READY, SystemState.ERROR}),
     "stop": frozenset({SystemState.CREATED, SystemState.READY}),
     "start": frozenset({SystemState.STOPPED}),
     "reload": frozenset({SystemState.CREATED, SystemState.READY, SystemState.STOPPED, SystemState.ERROR}),

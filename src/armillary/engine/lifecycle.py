@@ -160,16 +160,6 @@ def provision(ctx: StepContext) -> dict[str, Any]:
     return {"provisioner": kind, "counts": counts}
 
 
-def deploy_release(ctx: StepContext) -> dict[str, Any]:
-    system = ctx.system()
-    release = str(ctx.params.get("release") or utcnow().strftime("%Y%m%d%H%M%S"))
-    if ctx.driver(system).real_machines:
-        raise PermanentStepError("deploying to real machines needs the release module, which is not built yet")
-    ctx.log(f"simulated machine: release {release} recorded, nothing real deployed")
-    ctx.update_system(state=SystemState.READY.value)
-    return {"release": release}
-
-
 # ---------------------------------------------------------------- the workflows
 
 _CREATE = StepSpec("create_machine", create_machine, ("prepare",), timeout_s=1800, max_attempts=5,
@@ -197,9 +187,6 @@ for workflow in (
              description="Configure the machine with its type's provisioner"),
     Workflow("stage", _steps("stage", SystemState.CREATING, _CREATE, _after(_PROVISION, "create_machine")),
              description="Create, then provision"),
-    Workflow("deploy", _steps("deploy", SystemState.DEPLOYING,
-                              StepSpec("deploy", deploy_release, ("prepare",), timeout_s=3600, max_attempts=1)),
-             description="Push a release"),
     Workflow("stop", _steps("stop", None, StepSpec("stop_machine", stop_machine, ("prepare",), max_attempts=5)),
              description="Stop the machine"),
     Workflow("start", _steps("start", None, StepSpec("start_machine", start_machine, ("prepare",), max_attempts=5)),
@@ -212,3 +199,8 @@ for workflow in (
              description="Create a copy of a system (a new system record), provisioned if its source was"),
 ):
     register(workflow)
+
+# deploy and rollback: the release procedure of armillary.engine.deploy, one step per stage.
+from armillary.engine import deploy as _deploy  # imported last: it is given prepare, defined above
+
+_deploy.register_workflows(prepare)
