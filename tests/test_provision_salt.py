@@ -323,10 +323,10 @@ def test_highstate_from_a_git_repository(
 
 
 def test_spec_is_checked() -> None:
-    ok = SaltProvisioner.parse_spec({"states": {"path": "web"}, "state": ["a.b", "c"]})
+    ok = SaltProvisioner.validate_spec({"states": {"path": "web"}, "state": ["a.b", "c"]})
     assert ok.sls_names == ["a.b", "c"] and ok.salt_call_argv == ["salt-call"] and ok.log_level == "info"
-    assert SaltProvisioner.parse_spec({"states": {"path": "web"}, "state": "highstate"}).sls_names == []
-    assert SaltProvisioner.parse_spec({"states": {"path": "web"}}).sls_names == []
+    assert SaltProvisioner.validate_spec({"states": {"path": "web"}, "state": "highstate"}).sls_names == []
+    assert SaltProvisioner.validate_spec({"states": {"path": "web"}}).sls_names == []
     for bad, words in [
         ({}, "states: Field required"),
         ({"states": {}}, "exactly one of path or git"),
@@ -377,7 +377,7 @@ def test_states_trees_stay_inside_the_states_directory(
     tree = write_tree(root / "web", {"init.sls": "x: {}\n", "files/conf": "c\n", ".git/config": "no\n"})
     (tree / "shared.sls").symlink_to(tree / "init.sls")
     (tmp_path / "secret").write_text("not for states")
-    source = SaltProvisioner.parse_spec({"states": {"path": "web"}}).states
+    source = SaltProvisioner.validate_spec({"states": {"path": "web"}}).states
     with pytest.raises(PermanentStepError, match="no salt states directory"), states_tree(_Ctx(), source, 10):
         pass
     monkeypatch.setenv("ARMILLARY_SALT_STATES_DIR", str(root))
@@ -395,7 +395,7 @@ def test_states_trees_stay_inside_the_states_directory(
         pack_tree(tree)
     (tree / "leak.sls").unlink()
     (root / "escape").symlink_to(tmp_path)
-    escape = SaltProvisioner.parse_spec({"states": {"path": "escape"}}).states
+    escape = SaltProvisioner.validate_spec({"states": {"path": "escape"}}).states
     with (
         pytest.raises(PermanentStepError, match="outside the ARMILLARY_SALT_STATES_DIR"),
         states_tree(_Ctx(), escape, 10),

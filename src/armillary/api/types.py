@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import ValidationError
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
@@ -17,7 +16,7 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
-from armillary.domain.errors import InUse, InvalidInput, invalid_from_pydantic
+from armillary.domain.errors import InUse, InvalidInput
 from armillary.domain.models import System, SystemType
 from armillary.domain.schemas import Page, ProvisionerSpec, TypeCreate, TypeOut, TypeUpdate
 from armillary.engine.errors import StepError
@@ -33,8 +32,6 @@ def check_spec(provisioner: ProvisionerSpec) -> None:
         return
     try:
         installed.validate_spec(provisioner.spec)
-    except ValidationError as exc:
-        raise invalid_from_pydantic("provisioner.spec", exc) from None
     except StepError as exc:
         raise InvalidInput("provisioner.spec", str(exc)) from None
 

@@ -100,7 +100,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.provisioners.base import Provisioner
@@ -293,17 +293,7 @@ def build_extra_vars(
 
 class AnsibleProvisioner(Provisioner):
     name: ClassVar[str] = "ansible"
-
-    @staticmethod
-    def validate_spec(spec: dict[str, Any]) -> AnsibleSpec:  # type: ignore[override]
-        """The spec, checked (``PermanentStepError`` saying what is wrong)."""
-        try:
-            return AnsibleSpec.model_validate(spec or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentStepError(f"invalid ansible provisioner spec: {problems}") from None
+    Spec = AnsibleSpec
 
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         parsed = self.validate_spec(spec)

@@ -13,16 +13,32 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ValidationError
+
+from armillary.engine.errors import PermanentStepError
+
 ENTRY_POINT_GROUP = "armillary.provisioners"
 log = logging.getLogger("armillary.provisioners")
 
 
 class Provisioner:
     name: ClassVar[str]
+    # The pydantic model of this provisioner's spec (the ``spec`` of a type's ``provisioner``).
+    Spec: ClassVar[type[BaseModel]]
 
     @classmethod
-    def validate_spec(cls, spec: dict[str, Any]) -> None:
-        """Raise pydantic's ``ValidationError`` when a type's spec is wrong (checked when the type is saved)."""
+    def validate_spec(cls, spec: dict[str, Any]) -> Any:
+        """The spec parsed as ``Spec``, or ``PermanentStepError`` naming each bad field.
+
+        Called when a type is saved (the API answers 422) and again by ``run``, which gets it typed.
+        """
+        try:
+            return cls.Spec.model_validate(spec or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+            )
+            raise PermanentStepError(f"invalid {cls.name} provisioner spec: {problems}") from None
 
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

@@ -119,7 +119,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml  # type: ignore[import-untyped]
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.provisioners.base import Provisioner
@@ -615,17 +615,7 @@ def counts_from_summary(text: str) -> dict[str, int] | None:
 
 class PuppetProvisioner(Provisioner):
     name: ClassVar[str] = "puppet"
-
-    @staticmethod
-    def validate_spec(spec: dict[str, Any]) -> PuppetSpec:  # type: ignore[override]
-        """The spec, checked (``PermanentStepError`` saying what is wrong)."""
-        try:
-            return PuppetSpec.model_validate(spec or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentStepError(f"invalid puppet provisioner spec: {problems}") from None
+    Spec = PuppetSpec
 
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         from armillary.engine.transports import transport_for

@@ -74,7 +74,7 @@ Armillary's control side needs no Salt. A transient failure reaching the machine
 the whole step again — states are idempotent by design, so that is safe.
 
 The spec can be checked without running anything: ``SaltProvisioner.validate_spec(spec)``
-(``parse_spec`` returns it parsed).
+(it returns the spec parsed).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.provisioners.base import Provisioner
@@ -509,27 +509,12 @@ def _failure_detail(state: dict[str, Any]) -> str:
 
 class SaltProvisioner(Provisioner):
     name: ClassVar[str] = "salt"
-
-    @classmethod
-    def validate_spec(cls, spec: dict[str, Any]) -> None:
-        """Check the spec (``PermanentStepError`` saying what is wrong); when a type is saved."""
-        cls.parse_spec(spec)
-
-    @staticmethod
-    def parse_spec(spec: dict[str, Any]) -> SaltSpec:
-        """The spec, checked (``PermanentStepError`` saying what is wrong)."""
-        try:
-            return SaltSpec.model_validate(spec or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentStepError(f"invalid salt provisioner spec: {problems}") from None
+    Spec = SaltSpec
 
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         from armillary.engine.transports import transport_for
 
-        parsed = self.parse_spec(spec)
+        parsed = self.validate_spec(spec)
         pillar = self._pillar(ctx, system, parsed, variables)
         with states_tree(ctx, parsed.states, min(GIT_TIMEOUT_S, max(ctx.remaining() - 60, 10))) as tree:
             if not parsed.sls_names and not (tree / "top.sls").is_file():

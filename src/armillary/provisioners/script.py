@@ -68,7 +68,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.provisioners.base import Provisioner
@@ -206,17 +206,7 @@ def build_env(variables: dict[str, Any], *layers: dict[str, Any]) -> tuple[dict[
 
 class ScriptProvisioner(Provisioner):
     name: ClassVar[str] = "script"
-
-    @staticmethod
-    def validate_spec(spec: dict[str, Any]) -> ScriptSpec:
-        """The spec, checked (``PermanentStepError`` saying what is wrong)."""
-        try:
-            return ScriptSpec.model_validate(spec or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentStepError(f"invalid script provisioner spec: {problems}") from None
+    Spec = ScriptSpec
 
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         from armillary.engine.transports import transport_for
