@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ import pytest
 from armillary.engine.deploy import SOURCES_DIR_ENV
 from tests.support.databases import database
 from tests.support.jobs import act, act_and_wait, wait_job
+from tests.support.provisioning import events, setup_ssh
 from tests.support.sshhosts import SshHost, ssh_host
 from tests.support.subprocess_server import ServerProcess
-from tests.support.provisioning import events, setup_ssh
 
 STEPS = ["prepare", "archive", "sync", "fixperms", "install", "fixperms_again", "switch", "verify"]
 
@@ -358,3 +359,227 @@ def test_simulated_deploy_says_nothing_real_is_deployed(api: httpx.Client) -> No
     back = act_and_wait(api, "s1", "rollback")
     assert back["status"] == "succeeded", back
     assert api.get("/systems/s1/releases").json()["simulated"] is True
+
+
+# ---------------------------------------------------------------- a source uploaded to the API
+
+
+def test_deploy_from_an_uploaded_source(api: httpx.Client, ssh_peer: SshHost) -> None:
+    import io
+    import tarfile
+    import uuid
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in {**APP, "index.html": f"uploaded {uuid.uuid4().hex}\n"}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    body = buffer.getvalue()
+    uploaded = api.post("/sources", content=body, headers={"Content-Type": "application/gzip"})
+    assert uploaded.status_code == 201, uploaded.text
+    source_id = uploaded.json()["id"]
+    ready_system(api, ssh_peer, base_config(ssh_peer, source={"upload": source_id}))
+
+    job = deploy(api)
+    assert job["status"] == "succeeded", job
+    assert job["context"]["upload"] == source_id
+    live = project(ssh_peer) / "current"
+    assert (live / "index.html").read_text().startswith("uploaded ")
+    assert (live / "built").read_text() == "blue\n"  # its step files ran
+
+    assert api.delete(f"/sources/{source_id}").status_code == 204
+    gone = deploy(api)
+    assert gone["status"] == "failed" and f"no uploaded source {source_id}" in gone["error"], gone
+    assert current(ssh_peer) == f"releases/{job['context']['release']}"  # rolled back
+    bad = act(api, "web1", "deploy", params={"source": {"upload": "../../etc/passwd"}})
+    assert bad.status_code == 422, bad.text
+
+
+# ---------------------------------------------------------------- an Ansible playbook as the install
+
+
+PLAYBOOK = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: record the release
+      ansible.builtin.copy:
+        dest: "{{ armillary_release_dir }}/from-ansible"
+        content: "{{ colour }} {{ armillary_release }} {{ flavour }} {{ lookup('file', 'files/note') }}\\n"
+        mode: "0644"
+"""
+
+
+def _need_ansible() -> None:
+    import shutil
+    import sys
+
+    from tests.support.peers import missing_peer
+
+    if shutil.which("ansible-playbook") is None and not (Path(sys.executable).parent / "ansible-playbook").exists():
+        missing_peer("ansible-playbook (ansible-core) is not installed")
+
+
+def test_install_runs_the_projects_playbook_and_a_failing_one_rolls_back(
+    api: httpx.Client, ssh_peer: SshHost, sources: Path
+) -> None:
+    _need_ansible()
+    app = write_tree(sources / "app", {"index.html": "v1\n", "deploy/site.yml": PLAYBOOK,
+                                       "deploy/files/note": "from the release"})
+    marker = ssh_peer.scratch / "rollback.marker"
+    ready_system(api, ssh_peer, base_config(
+        ssh_peer, install={"playbook": "deploy/site.yml", "extra_vars": {"flavour": "vanilla"}},
+        hooks={"rollback": f'echo "failed=$ARMILLARY_FAILED_RELEASE" > {marker}'}))
+    good = deploy(api)
+    assert good["status"] == "succeeded", good
+    release1 = good["context"]["release"]
+    assert good["context"]["playbook"]["changed"] == 1 and good["context"]["playbook"]["failed"] == 0
+    written = (project(ssh_peer) / "current" / "from-ansible").read_text()
+    assert written == f"blue {release1} vanilla from the release\n"
+    logged = [e["message"] for e in events(api, good["id"]) if e["kind"] == "log" and e["step"] == "install"]
+    assert any(m.startswith("changed: [web1] record the release") for m in logged), logged
+
+    write_tree(app, {"deploy/site.yml": PLAYBOOK + "    - ansible.builtin.fail:\n        msg: migration exploded\n",
+                     "index.html": "v2\n"})
+    bad = deploy(api)
+    assert bad["status"] == "failed", bad
+    release2 = bad["context"]["release"]
+    assert bad["error"].startswith("install: ansible: task"), bad["error"]
+    assert "migration exploded" in bad["error"] and f"current is {release1} again" in bad["error"]
+    assert current(ssh_peer) == f"releases/{release1}"
+    assert (project(ssh_peer) / "archives" / release2 / "project.failed" / "from-ansible").exists()
+    assert marker.read_text() == f"failed={release2}\n"
+    assert api.get("/systems/web1").json()["state"] == "ready"
+
+    missing = deploy(api, install={"playbook": "deploy/nope.yml"})
+    assert missing["status"] == "failed" and "no playbook deploy/nope.yml" in missing["error"], missing
+    assert act(api, "web1", "deploy", params={"install": {"playbook": "../x.yml"}}).status_code == 422
+
+
+# ---------------------------------------------------------------- steps that die by timeout or lease expiry
+
+
+@contextmanager
+def deploy_variant(name: str, fn: Any, timeout_s: float, attempts: int) -> Iterator[None]:
+    """The in-process server's ``deploy`` workflow with step ``name`` replaced (restored afterwards)."""
+    from armillary.engine.deploy import deploy_step_spec
+    from armillary.engine.workflows import Workflow, get_workflow, register
+
+    original = get_workflow("deploy")
+    steps = [deploy_step_spec(s.name, fn, s.depends_on[0], timeout_s, attempts) if s.name == name else s
+             for s in original.steps]
+    register(Workflow("deploy", steps, failure_state=original.failure_state, description=original.description))
+    try:
+        yield
+    finally:
+        register(original)
+
+
+def test_a_step_overrunning_its_timeout_on_its_last_attempt_is_rolled_back(
+    api: httpx.Client, ssh_peer: SshHost, sources: Path
+) -> None:
+    import threading
+
+    from armillary.engine import deploy as engine_deploy
+
+    write_tree(sources / "app", APP)
+    marker = ssh_peer.scratch / "rollback.marker"
+    ready_system(api, ssh_peer, base_config(ssh_peer, hooks={"rollback": f'echo "$ARMILLARY_FAILED_RELEASE" > {marker}'}))
+    first = deploy(api)
+    assert first["status"] == "succeeded", first
+    release1 = first["context"]["release"]
+
+    # The body hangs (not in a command): the engine abandons it at the step's timeout, as a transient failure.
+    unblock = threading.Event()
+
+    def hung_install(run: Any) -> dict[str, Any]:
+        run.ctx.log("install hangs")
+        unblock.wait(60)
+        return {}
+
+    try:
+        with deploy_variant("install", hung_install, timeout_s=10, attempts=1):
+            hung = deploy(api)
+    finally:
+        unblock.set()
+    assert hung["status"] == "failed", hung
+    release2 = hung["context"]["release"]
+    install = {s["name"]: s for s in hung["steps"]}["install"]
+    assert install["attempts"] == 2, install  # one at the work, one that rolled back
+    assert hung["error"].startswith("install: install did not complete in 1 attempt(s) (last: install timed out"), hung
+    assert f"current is {release1} again" in hung["error"] and hung["context"]["rolled_back"] is True
+    assert current(ssh_peer) == f"releases/{release1}"
+    assert (project(ssh_peer) / "archives" / release2 / "project.failed").is_dir()
+    assert marker.read_text() == f"{release2}\n"
+    assert api.get("/systems/web1").json()["state"] == "ready"
+
+    # A step file that runs out of the step's time: its command is stopped early enough to roll back.
+    write_tree(sources / "app", {".armillary/30_slow.sh": "sleep 60\n"})
+    with deploy_variant("install", engine_deploy.install, timeout_s=20, attempts=1):
+        slow = deploy(api)
+    assert slow["status"] == "failed", slow
+    assert "step file 30_slow.sh timed out" in slow["error"] and f"current is {release1} again" in slow["error"], slow
+    assert {s["name"]: s for s in slow["steps"]}["install"]["attempts"] == 1
+    assert current(ssh_peer) == f"releases/{release1}"
+    assert api.get("/systems/web1").json()["state"] == "ready"
+
+
+def test_a_step_whose_worker_dies_on_every_attempt_is_rolled_back(tmp_path: Path) -> None:
+    sources = tmp_path / "sources"
+    write_tree(sources / "app", {
+        ".armillary/10_install.sh": 'if [ -n "${SLOW:-}" ]; then touch "$STARTED"; sleep "$SLOW"; fi\n'
+                                    'echo complete > installed\n',
+        "index.html": "v1\n",
+    })
+    with database("sqlite", tmp_path) as url, ssh_host(tmp_path) as host:
+        env = {"ARMILLARY_DATABASE_URL": url, "ARMILLARY_LEASE_SECONDS": "2", SOURCES_DIR_ENV: str(sources)}
+        started = host.scratch / "install.started"
+        marker = host.scratch / "rollback.marker"
+        server = ServerProcess(tmp_path / "data", env).start()
+        try:
+            with server.client() as api:
+                ready_system(api, host, base_config(host, hooks={"rollback": f'echo "$ARMILLARY_FAILED_RELEASE" > {marker}'}))
+                first = deploy(api)
+                assert first["status"] == "succeeded", first
+                release1 = first["context"]["release"]
+                write_tree(sources / "app", {"index.html": "v2\n"})
+                response = act(api, "web1", "deploy", params={"env": {"SLOW": "30", "STARTED": str(started)}})
+                assert response.status_code == 202, response.text
+                job_id = response.json()["id"]
+            _wait_for(started)
+        finally:
+            server.kill()  # SIGKILL during the install's first attempt
+        for _ in range(1):  # its second (last) attempt dies the same way
+            started.unlink()
+            server = ServerProcess(tmp_path / "data", env).start()
+            try:
+                _wait_for(started)
+            finally:
+                server.kill()
+        assert current(host) == f"releases/{release1}"
+
+        restarted = ServerProcess(tmp_path / "data", env).start()
+        try:
+            with restarted.client() as api:
+                done = wait_job(api, job_id, timeout_s=120)
+                assert done["status"] == "failed", done
+                release2 = done["context"]["release"]
+                install = {s["name"]: s for s in done["steps"]}["install"]
+                assert install["attempts"] == 3, install  # two at the work, both killed; one that rolled back
+                assert done["error"].startswith("install: install did not complete in 2 attempt(s)"), done["error"]
+                assert f"current is {release1} again" in done["error"] and done["context"]["rolled_back"] is True
+                assert current(host) == f"releases/{release1}"
+                assert (project(host) / "archives" / release2 / "project.failed").is_dir()
+                assert marker.read_text() == f"{release2}\n"
+                assert api.get("/systems/web1").json()["state"] == "ready"
+        finally:
+            restarted.stop()
+
+
+def _wait_for(path: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)

@@ -23,6 +23,7 @@ from armillary.api import (
     problems,
     releases,
     schedules,
+    sources,
     systems,
     types,
     variables,
@@ -73,10 +74,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.db = db
     app.state.secret_box = box_for(settings.secret_key, settings.secret_key_file)
     app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s)
+    app.state.engine.runtime.data_dir = settings.data_dir
 
     api = APIRouter(prefix=API_PREFIX)
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
-               jobs, schedules, releases)
+               jobs, schedules, releases, sources)
     for module in routers:
         api.include_router(module.router)
     api.include_router(systems.labels_router)

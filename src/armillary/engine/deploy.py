@@ -23,6 +23,7 @@ the variable's key of that name (a shallow merge). The keys (unknown keys are re
     project:      "shop"                       # name of the project directory (letters, digits, . _ -)
     root:         "/srv/apps"                  # absolute path on the target; the project lives in root/project
     source:       {git: "https://…/shop.git", ref: "v2"}   # or {path: "shop-v2.tar.gz"} / {path: "shop/"}
+                                               # or {upload: "<sha256>"} (POST /api/v1/sources)
     keep:         5                            # archives (and releases besides current) kept after a success
     shared:       ["var/uploads", "logs"]      # release paths that are links into shared/
     hooks:        {pre_archive: "…", post_archive: "…", rollback: "…"}   # shell text, run by /bin/sh -e -c
@@ -30,6 +31,7 @@ the variable's key of that name (a shallow merge). The keys (unknown keys are re
                    modes: {"bin/run": "0750"}}
     health_check: "curl -fsS http://localhost/health"                      # shell text, after the switch
     tasks:        [{name: stop, run: "…"}, {name: update-code, run: "…", depends_on: [stop]}, …]
+    install:      {playbook: "deploy/site.yml", extra_vars: {…}}   # an Ansible playbook of the release
     env:          {KEY: value}                 # extra environment of step files, tasks and hooks
     timeout:      1800                         # seconds one step file, task or hook may run
 
@@ -42,6 +44,9 @@ neither git nor access to the repository); ``.git`` is left out. ``path``: a dir
 ``ARMILLARY_DEPLOY_SOURCES_DIR`` (without that setting, path sources are refused; a path never leaves
 that directory, symlinks included). A git URL that is a local path or ``file://`` must lie under that
 directory too: an API caller cannot make the server ship arbitrary files of the control host.
+``upload``: the id (sha256) of a tarball uploaded with ``POST /api/v1/sources`` (``armillary.api.sources``),
+stored in the server's data directory as ``<data_dir>/sources/<sha256>.tar.gz``; the sync checks its digest
+and its members again (regular files and directories only, relative paths without ``..``) before sending it.
 
 Install. The release's own ordered step files ``.armillary/NN_*.sh`` (two digits, sorted) run one after
 the other with ``/bin/sh`` in the release directory, then the project's ``tasks`` (the recipe). Their
@@ -50,6 +55,18 @@ variables (without ``deploy`` itself), then ``env``, then ``ARMILLARY_PROJECT``,
 ``ARMILLARY_RELEASE``, ``ARMILLARY_RELEASE_DIR``, ``ARMILLARY_SHARED_DIR``, ``ARMILLARY_ARCHIVE_DIR``,
 ``ARMILLARY_PREVIOUS_RELEASE`` (empty on a first deploy), ``ARMILLARY_SYSTEM_ID``, ``ARMILLARY_HOSTNAME``,
 ``ARMILLARY_ENVIRONMENT`` and ``ARMILLARY_JOB_ID``. Every output line goes into the job's live log.
+
+Ansible playbook. ``install.playbook`` names a playbook file of the release (a path relative to the
+release directory, without ``..``). After the step files, the install step fetches the release from the
+target (a tarball made there, links and special files left out), unpacks it in a private directory on
+the control host and runs that playbook against the system with the ansible provisioner's machinery
+(``AnsibleProvisioner.run_playbook``: the same inventory, pinned host key, generated configuration and
+live log; ``roles/`` next to the playbook). Its extra vars: the system's resolved variables (without
+``deploy``), then ``env``, then ``install.extra_vars``, then the deploy's own values as lower-case names
+(``armillary_release``, ``armillary_release_dir``, ``armillary_project_dir``, ``armillary_shared_dir``,
+``armillary_previous_release``…). Ansible's remote temporary directory is ``<root>/<project>/.ansible-tmp``.
+A failed task fails the install and the deploy rolls back as for a step file; an unreachable host is
+retried while the step has attempts left.
 
 Task graphs (recipes). ``tasks`` is a list of ``{name, run, depends_on}``; tasks run in dependency
 order, independent ones in parallel (one thread and one transport connection each), e.g.
@@ -77,6 +94,15 @@ transient failure (connection refused…) while the step has attempts left is re
 interrupted by a crash of the server is run again by the next server (every step is idempotent: the
 sync rebuilds the release directory, the install runs the step files again, the switch is a rename).
 
+Steps that die without failing. A step whose worker dies (its lease expires) or that overruns its
+timeout never reaches the code above on its last attempt. So every deploy step has one attempt more
+than it runs its work for: that extra, last attempt does not run the step again but the rollback
+(system ``error`` while it runs, so a rollback that itself dies leaves the system ``error``, from which
+the ``rollback`` action is allowed), and ends the job ``failed`` saying the step did not complete and
+what the rollback did. A step's commands stop ``ROLLBACK_RESERVE_S`` (at most a quarter of the step's
+time) before its deadline, so a step file that runs out of time still leaves its own attempt the time to
+roll back. A body that lost its lease (it stalled, and another attempt owns the step) does not roll back.
+
 ``rollback`` action: ``params.release`` names the release to go back to (default: the newest release
 older than ``current``); ``current`` is switched atomically, the ``rollback`` hook runs, then the health
 check. Allowed from ``ready`` and from ``error`` (a system whose deploy could not roll back).
@@ -86,6 +112,7 @@ On a simulated machine nothing real is deployed: the steps say so and record the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -94,6 +121,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
@@ -112,10 +140,15 @@ from armillary.remote.base import CommandTimeout, Transport
 CONFIG_VARIABLE = "deploy"
 SOURCES_DIR_ENV = "ARMILLARY_DEPLOY_SOURCES_DIR"
 DEADLINE_MARGIN_S = 5.0
+ROLLBACK_RESERVE_S = 120.0
 STEP_FILE = re.compile(r"^[0-9]{2}_.*\.sh$")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 _MODE = r"^0?[0-7]{3,4}$"
 _ACCOUNT = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+UPLOAD_ID = r"^[0-9a-f]{64}$"
+UPLOADS_SUBDIR = "sources"
+MAX_UNPACKED_BYTES = 8 * 1024**3
+MAX_MEMBERS = 200_000
 
 
 # ---------------------------------------------------------------- the project's configuration
@@ -137,11 +170,12 @@ class Source(_Strict):
     ref: str | None = Field(None, min_length=1, max_length=255, description="Branch or tag (git only)")
     path: str | None = Field(None, min_length=1, max_length=1024,
                              description=f"Directory or tarball under ${SOURCES_DIR_ENV}")
+    upload: str | None = Field(None, pattern=UPLOAD_ID, description="Id (sha256) of a tarball POSTed to /sources")
 
     @model_validator(mode="after")
     def _one(self) -> Source:
-        if (self.git is None) == (self.path is None):
-            raise ValueError("give exactly one of git or path")
+        if sum(value is not None for value in (self.git, self.path, self.upload)) != 1:
+            raise ValueError("give exactly one of git, path or upload")
         if self.ref is not None and self.git is None:
             raise ValueError("ref goes with git")
         if self.ref is not None and (self.ref.startswith("-") or not re.match(r"^[A-Za-z0-9_./+-]+$", self.ref)):
@@ -182,6 +216,17 @@ class Task(_Strict):
     depends_on: list[str] = Field(default_factory=list, max_length=100)
 
 
+class Install(_Strict):
+    playbook: str | None = Field(None, min_length=1, max_length=1024,
+                                 description="An Ansible playbook of the release (path relative to it)")
+    extra_vars: dict[str, Any] = Field(default_factory=dict, description="Extra vars of the playbook")
+
+    @field_validator("playbook")
+    @classmethod
+    def _in_release(cls, value: str | None) -> str | None:
+        return None if value is None else _relative(value)
+
+
 class DeployConfig(_Strict):
     project: str = Field(..., pattern=_NAME)
     root: str = Field(..., min_length=2, max_length=1024)
@@ -192,6 +237,7 @@ class DeployConfig(_Strict):
     perms: Perms = Field(default_factory=Perms)
     health_check: str | None = Field(None, max_length=65536)
     tasks: list[Task] = Field(default_factory=list, max_length=200)
+    install: Install = Field(default_factory=Install)
     env: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(None, gt=0, le=86400)
 
@@ -296,6 +342,8 @@ class _Run:
         from armillary.domain.variables import plain_values, resolve_system
 
         self.ctx = ctx
+        # Time kept back from the step's own commands for its rollback (cleared while rolling back).
+        self.reserve = min(ROLLBACK_RESERVE_S, ctx.remaining() / 4)
         self.system = ctx.system()
         self.simulated = not ctx.driver(self.system).real_machines
         with ctx.runtime.db.session() as session:
@@ -345,7 +393,7 @@ class _Run:
         return env
 
     def timeout(self) -> float:
-        left = self.ctx.remaining() - DEADLINE_MARGIN_S
+        left = self.ctx.remaining() - DEADLINE_MARGIN_S - getattr(self, "reserve", 0.0)
         if left <= 1:
             raise PermanentStepError(f"no time left in the {self.ctx.step} step")
         return min(self.cfg.timeout, left) if self.cfg.timeout else left
@@ -450,6 +498,7 @@ def _roll_back(run: _Run, error: BaseException) -> str:
     release = ctx.context.get("release")
     previous = ctx.context.get("previous")
     done: list[str] = []
+    run.reserve = 0.0  # the time kept back is the rollback's
     ctx.log(f"deploy failed ({str(error).splitlines()[0] if str(error) else type(error).__name__}); rolling back",
             level="warning")
     try:
@@ -477,18 +526,77 @@ def _roll_back(run: _Run, error: BaseException) -> str:
     return "rolled back: " + "; ".join(done or ["nothing had changed on the target"])
 
 
+def _lease_lost(ctx: StepContext) -> bool:
+    """True when this attempt no longer owns its step (it stalled past its lease; another attempt runs)."""
+    from sqlalchemy import select
+
+    from armillary.domain.jobs import Step, StepStatus
+
+    with ctx.runtime.db.session() as session:
+        row = session.execute(select(Step.lease_owner, Step.attempts, Step.status)
+                              .where(Step.job_id == ctx.job_id, Step.name == ctx.step)).first()
+    return row is None or not (row.lease_owner == ctx.runtime.worker_id and row.attempts == ctx.attempt
+                               and row.status == StepStatus.RUNNING.value)
+
+
+def _last_error(ctx: StepContext) -> str | None:
+    """Why the previous attempt did not complete: the engine's last "retrying" event of this step (a claim
+    clears the step's own ``error``)."""
+    from sqlalchemy import select
+
+    from armillary.domain.jobs import JobEvent
+
+    with ctx.runtime.db.session() as session:
+        events = session.execute(
+            select(JobEvent.message, JobEvent.data).where(
+                JobEvent.job_id == ctx.job_id, JobEvent.step == ctx.step, JobEvent.kind == "step")
+            .order_by(JobEvent.id.desc()).limit(20)).all()
+    for message, data in events:
+        if (data or {}).get("status") == "retrying":
+            found = re.search(r"failed transiently \((.*)\); retry in", message, re.DOTALL)
+            return found.group(1) if found else message.removeprefix(f"{ctx.step}: ").removesuffix("; retrying")
+    return None
+
+
+def _rollback_attempt(ctx: StepContext, run: _Run, attempts: int) -> dict[str, Any]:
+    """The extra last attempt of a deploy step: its work did not complete in ``attempts`` attempts (its
+    worker died, or it overran its timeout), so roll the deploy back instead of running it again."""
+    last = (_last_error(ctx) or "").splitlines()
+    why = last[0] if last else "its worker died or stalled (lease expired)"
+    message = f"{ctx.step} did not complete in {attempts} attempt(s) (last: {why})"
+    if run.simulated:
+        ctx.update_system(state=SystemState.READY.value)
+        raise PermanentStepError(message)
+    ctx.update_system(state=SystemState.ERROR.value)  # until the rollback completes
+    what = _roll_back(run, PermanentStepError(message))
+    raise PermanentStepError(f"{message}\n{what}", result={"rolled_back": not what.startswith("ROLLBACK FAILED")})
+
+
+def deploy_step_spec(name: str, fn: Callable[[_Run], dict[str, Any]], after: str, timeout_s: float,
+                     attempts: int) -> StepSpec:
+    """A deploy step: ``attempts`` attempts at ``fn`` (transient failures retried), then one more that
+    only rolls back (reached when the last one died by lease expiry or timeout)."""
+    return StepSpec(name, _deploy_step(fn, attempts), (after,), timeout_s=timeout_s, max_attempts=attempts + 1,
+                    retry_base_s=2.0)
+
+
 def _deploy_step(fn: Callable[[_Run], dict[str, Any]], max_attempts: int) -> Callable[[StepContext], dict]:
-    """A deploy step whose failure (permanent, or transient with no attempt left) rolls the deploy back."""
+    """A deploy step whose failure (permanent, or transient with no attempt left) rolls the deploy back.
+
+    ``max_attempts`` attempts run ``fn``; the engine gives the step one more (``deploy_step_spec``), which
+    rolls back: a step that died or overran on its last attempt is rolled back too."""
 
     def step(ctx: StepContext) -> dict[str, Any]:
         try:
             run = _Run(ctx)  # an invalid configuration fails here, before anything runs on the target
         except Exception as exc:
-            if not (is_transient(exc) and ctx.attempt < max_attempts):
+            if not (is_transient(exc) and ctx.attempt <= max_attempts):
                 # Nothing was done yet when the first step cannot start; later, the target is in doubt.
                 state = SystemState.READY if ctx.step == "archive" else SystemState.ERROR
                 ctx.update_system(state=state.value)
             raise
+        if ctx.attempt > max_attempts:
+            return _rollback_attempt(ctx, run, max_attempts)
         if run.simulated:
             return _simulated(ctx, run)
         try:
@@ -496,6 +604,10 @@ def _deploy_step(fn: Callable[[_Run], dict[str, Any]], max_attempts: int) -> Cal
         except Exception as exc:
             if is_transient(exc) and ctx.attempt < max_attempts:
                 raise  # retried by the engine; the step is idempotent
+            if _lease_lost(ctx):
+                ctx.log(f"{ctx.step} attempt {ctx.attempt} failed after losing its lease ({exc}); "
+                        "the attempt that owns the step decides", level="warning")
+                raise
             what = _roll_back(run, exc)
             message = str(exc) or type(exc).__name__
             raise PermanentStepError(f"{message}\n{what}",
@@ -586,6 +698,80 @@ def _inside_sources(path: str) -> Path:
     return candidate
 
 
+# ---------------------------------------------------------------- uploaded sources (api/sources.py)
+
+
+class SourceRejected(ValueError):
+    """An uploaded tarball that is not a safe gzip tarball of files and directories."""
+
+
+def uploaded_source_path(data_dir: Path, source_id: str) -> Path:
+    """Where the uploaded tarball ``source_id`` (its sha256) is stored: ``<data_dir>/sources/<id>.tar.gz``."""
+    if not re.match(UPLOAD_ID, source_id):
+        raise SourceRejected("a source id is the sha256 of the tarball: 64 lowercase hex digits")
+    return Path(data_dir) / UPLOADS_SUBDIR / f"{source_id}.tar.gz"
+
+
+def check_source_tarball(path: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> int:
+    """Refuse anything but a gzip tarball of regular files and directories under relative paths without
+    ``..`` (no links, devices or FIFOs, no setuid/setgid bits), unpacking to at most ``max_unpacked``
+    bytes. Returns the number of members; raises ``SourceRejected`` saying why."""
+    with path.open("rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            raise SourceRejected("not a gzip-compressed tarball")
+    total = count = 0
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise SourceRejected(f"more than {MAX_MEMBERS} entries")
+                name = member.name
+                parts = PurePosixPath(name).parts
+                if not name or name.startswith("/") or "\x00" in name or ".." in parts:
+                    raise SourceRejected(f"entry {name!r}: not a relative path without '..'")
+                if not (member.isfile() or member.isdir()):
+                    kind = "link" if (member.issym() or member.islnk()) else "special file"
+                    raise SourceRejected(f"entry {name!r} is a {kind}: only files and directories are accepted")
+                if member.mode & 0o6000:
+                    raise SourceRejected(f"entry {name!r} is setuid/setgid")
+                total += member.size
+                if total > max_unpacked:
+                    raise SourceRejected(f"unpacks to more than {max_unpacked} bytes")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise SourceRejected(f"not a readable tarball: {exc}") from None
+    if count == 0:
+        raise SourceRejected("the tarball is empty")
+    return count
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _uploaded(run: _Run, source_id: str, out: Path) -> None:
+    """Copy the uploaded tarball ``source_id`` to ``out`` after checking its digest and members again."""
+    data_dir = getattr(run.ctx.runtime, "data_dir", None)
+    if data_dir is None:
+        raise PermanentStepError("uploaded sources need the server's data directory, which this worker lacks")
+    stored = uploaded_source_path(data_dir, source_id)
+    try:
+        shutil.copyfile(stored, out)
+    except FileNotFoundError:
+        raise PermanentStepError(f"no uploaded source {source_id} (POST it to /api/v1/sources first)") from None
+    if sha256_of(out) != source_id:
+        raise PermanentStepError(f"uploaded source {source_id}: the stored file does not match its digest")
+    try:
+        check_source_tarball(out)
+    except SourceRejected as exc:
+        raise PermanentStepError(f"uploaded source {source_id}: {exc}") from None
+    run.ctx.log(f"uploaded source {source_id[:12]} ({out.stat().st_size} bytes)")
+
+
 def _clone(run: _Run, source: Source, into: Path) -> str:
     url = source.git or ""
     local = url.startswith(("file://", "/")) or ("://" not in url and ":" not in url)
@@ -645,7 +831,7 @@ def sync(run: _Run) -> dict[str, Any]:
     ctx, cfg = run.ctx, run.cfg
     release = run.release()
     if cfg.source is None:
-        raise PermanentStepError("the deploy configuration has no source (git URL and ref, or a path)")
+        raise PermanentStepError("the deploy configuration has no source (git URL and ref, a path or an upload)")
     info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="armillary-deploy-") as tmp:
         tarball = Path(tmp) / "release.tar.gz"
@@ -654,6 +840,9 @@ def sync(run: _Run) -> dict[str, Any]:
             info["commit"] = _clone(run, cfg.source, tree)
             _tar(tree, tarball)
             ctx.log(f"cloned {cfg.source.git} at {info['commit'][:12]}")
+        elif cfg.source.upload:
+            _uploaded(run, cfg.source.upload, tarball)
+            info["upload"] = cfg.source.upload
         else:
             local = _inside_sources(cfg.source.path or "")
             if local.is_dir():
@@ -719,7 +908,7 @@ def install(run: _Run) -> dict[str, Any]:
     with run.transport() as transport:
         files = [name for name in _query(run, transport, _STEP_FILES, release_dir, what="list the step files")
                  if STEP_FILE.match(name)]
-        if not files and not cfg.tasks:
+        if not files and not cfg.tasks and not cfg.install.playbook:
             ctx.log("the release has no .armillary/NN_*.sh step files and the project no tasks: nothing to install")
         for index, name in enumerate(files, start=1):
             stopping = ctx.runtime.stopping
@@ -730,8 +919,58 @@ def install(run: _Run) -> dict[str, Any]:
             _sh(run, transport, 'exec /bin/sh "$1"', f"{release_dir}/.armillary/{name}", what=f"step file {name}",
                 env={**env, "ARMILLARY_STEP": name}, cwd=release_dir)
             ctx.log(f"✔ step file {name} done in {time.monotonic() - started:.1f}s")
+    played = run_playbook(run, release_dir, env) if cfg.install.playbook else None
     ran = run_tasks(run, cfg.tasks, env, release_dir) if cfg.tasks else []
-    return {"step_files": files, "tasks": ran}
+    return {"step_files": files, "tasks": ran, **({"playbook": played} if played is not None else {})}
+
+
+_PACK_RELEASE = r"""
+r=$1; out=$2
+tar -czf "$out" -C "$r" .
+"""
+
+
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Only files and directories under relative paths without '..' (links, e.g. into shared/, dropped)."""
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+        return None
+    member = member.replace(mode=member.mode & 0o755 | (0o700 if member.isdir() else 0o600), deep=False)
+    return member
+
+
+def run_playbook(run: _Run, release_dir: str, env: dict[str, str]) -> dict[str, Any]:
+    """Fetch the release from the target and run its ``install.playbook`` against the system with the
+    ansible provisioner's machinery (``AnsibleProvisioner.run_playbook``)."""
+    from armillary.provisioners.ansible import AnsibleProvisioner
+
+    ctx, cfg = run.ctx, run.cfg
+    name = cfg.install.playbook or ""
+    packed = f"{cfg.project_dir}/.fetch-{ctx.job_id}.tar.gz"
+    with tempfile.TemporaryDirectory(prefix="armillary-deploy-playbook-") as tmp:
+        with run.transport() as transport:
+            try:
+                _sh(run, transport, _PACK_RELEASE, release_dir, packed, what="pack the release for Ansible")
+                data = transport.get(packed)
+            finally:
+                _sh(run, transport, 'rm -f "$1"', packed, what="remove the packed release")
+        tree = Path(tmp) / "release"
+        tree.mkdir()
+        archive_path = Path(tmp) / "release.tar.gz"
+        archive_path.write_bytes(data)
+        with tarfile.open(archive_path, "r:gz") as tar:
+            tar.extractall(tree, filter=_safe_member)  # every member is filtered (_safe_member)
+        playbook = (tree / name).resolve()
+        if not playbook.is_relative_to(tree.resolve()) or not playbook.is_file():
+            raise PermanentStepError(f"the release has no playbook {name} (install.playbook)")
+        variables = {k: v for k, v in run.variables.items() if k != CONFIG_VARIABLE}
+        own = {key.lower(): value for key, value in env.items() if key.startswith("ARMILLARY_")}
+        extra_vars = {**cfg.env, **cfg.install.extra_vars, **own}
+        ctx.log(f"playbook {name} of release {run.release()} ({len(data)} bytes fetched)")
+        return AnsibleProvisioner().run_playbook(
+            ctx, run.system, playbook, variables, extra_vars=extra_vars,
+            remote_tmp=f"{cfg.project_dir}/.ansible-tmp", timeout=run.timeout(),
+        )
 
 
 def run_tasks(run: _Run, tasks: list[Task], env: dict[str, str], cwd: str) -> list[str]:
@@ -877,9 +1116,7 @@ def _rollback_release(ctx: StepContext, switched: list[bool]) -> dict[str, Any]:
 def register_workflows(prepare: Callable[[str, SystemState | None], Callable]) -> None:
     """Register ``deploy`` and ``rollback`` (``prepare`` is lifecycle's first step of every action)."""
 
-    def spec(name: str, fn: Callable[[_Run], dict[str, Any]], after: str, timeout_s: float, attempts: int):
-        return StepSpec(name, _deploy_step(fn, attempts), (after,), timeout_s=timeout_s, max_attempts=attempts,
-                        retry_base_s=2.0)
+    spec = deploy_step_spec
 
     def fixperms_again(run: _Run) -> dict[str, Any]:
         return fixperms(run)

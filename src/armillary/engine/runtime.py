@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from armillary.domain.db import Database
 from armillary.domain.secrets import SecretBox
@@ -29,3 +30,5 @@ class Runtime:
     wake: Callable[[], None] = lambda: None
     # Set when this process is shutting down: long steps stop waiting and leave the rest to a retry.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # The server's data directory (uploaded deploy sources live in <data_dir>/sources); None: not known here.
+    data_dir: Path | None = None

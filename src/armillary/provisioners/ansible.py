@@ -297,6 +297,32 @@ class AnsibleProvisioner(Provisioner):
 
     def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         parsed = self.validate_spec(spec)
+        return self._run(ctx, system, parsed, variables, lambda work: self._playbook(ctx, parsed, work))
+
+    def run_playbook(
+        self,
+        ctx: Any,
+        system: Any,
+        playbook: Path,
+        variables: dict[str, Any],
+        *,
+        extra_vars: dict[str, Any] | None = None,
+        remote_tmp: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run a playbook file already on the control host (e.g. one shipped in a deployed release)
+        against ``system``, exactly as ``run`` runs a spec's playbook: same inventory and pinned host
+        key, generated configuration, extra vars (``variables``, then ``extra_vars`` on top), live log and
+        outcome. Roles are found in ``roles/`` next to the playbook."""
+        parsed = self.validate_spec(
+            {"playbook": {"path": playbook.name}, "extra_vars": extra_vars or {}, "remote_tmp": remote_tmp,
+             "timeout": timeout}
+        )
+        return self._run(ctx, system, parsed, variables, lambda work: (playbook, [playbook.parent / "roles"]))
+
+    def _run(
+        self, ctx: Any, system: Any, parsed: AnsibleSpec, variables: dict[str, Any], resolve: Any
+    ) -> dict[str, Any]:
         binary = _ansible_playbook()
         try:
             import ansible_runner  # type: ignore[import-untyped]
@@ -320,7 +346,7 @@ class AnsibleProvisioner(Provisioner):
 
         work = Path(tempfile.mkdtemp(prefix=f"armillary-ansible-job{ctx.job_id}-"))  # mode 0700
         try:
-            playbook, roles_path = self._playbook(ctx, parsed, work)
+            playbook, roles_path = resolve(work)
             host_vars = self._connection(ctx, system, work)
             if parsed.remote_tmp:
                 host_vars["ansible_remote_tmp"] = parsed.remote_tmp
