@@ -8,19 +8,9 @@
 # (and not at all when scripts/test-peers already did, which it says with APT_UPDATED=1).
 set -euo pipefail
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/packages.sh"
 
-wanted=(podman runc conmon uidmap netavark aardvark-dns iptables busybox-static docker-registry)
-missing=()
-for package in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "docker peer: installing ${missing[*]}" >&2
-  if [ -z "${APT_UPDATED:-}" ]; then as_root apt-get update -qq; fi
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing docker podman runc conmon uidmap netavark aardvark-dns iptables busybox-static docker-registry
 
 for tool in podman runc docker-registry /bin/busybox; do
   command -v "$tool" >/dev/null 2>&1 || { echo "docker peer: $tool is still missing" >&2; exit 1; }

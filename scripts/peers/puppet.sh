@@ -8,20 +8,9 @@
 # maintainer scripts from starting one where no init system runs).
 set -euo pipefail
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/packages.sh"
 
-installed() { dpkg-query -W -f='${Status}' puppet 2>/dev/null | grep -q "install ok installed"; }
-
-if ! installed || ! command -v puppet >/dev/null 2>&1; then
-  echo "puppet peer: installing puppet" >&2
-  if [ -z "${APT_UPDATED:-}" ]; then as_root apt-get update -qq; fi
-  policy=/usr/sbin/policy-rc.d
-  if [ ! -e "$policy" ]; then
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-    trap 'as_root rm -f "$policy"' EXIT
-  fi
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends puppet >/dev/null
-fi
+install_missing puppet puppet
 
 command -v puppet >/dev/null 2>&1 || { echo "puppet peer: puppet is still missing" >&2; exit 1; }
 puppet --version >/dev/null

@@ -10,27 +10,9 @@
 # Installing openssh-server does not start the system's sshd: the tests never use it.
 set -euo pipefail
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/packages.sh"
 
-wanted=(openssh-server openssh-client iproute2)
-missing=()
-for package in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "ssh peer: installing ${missing[*]}" >&2
-  if [ -z "${APT_UPDATED:-}" ]; then as_root apt-get update -qq; fi
-  # Keep the package's maintainer scripts from starting a system-wide sshd on port 22 (where no
-  # init system runs, invoke-rc.d would otherwise start it): a policy-rc.d that refuses, only for
-  # the install, and only when the machine has none of its own.
-  policy=/usr/sbin/policy-rc.d
-  if [ ! -e "$policy" ]; then
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-    trap 'as_root rm -f "$policy"' EXIT
-  fi
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing ssh openssh-server openssh-client iproute2
 
 # sshd refuses to start without its privilege-separation directory (root-owned, not group/world writable).
 if [ ! -d /run/sshd ]; then
