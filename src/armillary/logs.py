@@ -3,6 +3,11 @@
 The request id lives in a context variable, set by the API middleware (and, later, by the job
 engine from the job's stored request id), so every log line written while serving a request
 carries it without being passed around.
+
+Secrets never reach the output: ``configure`` puts ``armillary.redaction.RedactingFilter`` on the
+handler it installs, so every record (from any logger: ours, uvicorn, httpx, botocore, asyncssh,
+ansible-runner) is redacted at every level. ``install_redaction`` does the same for another handler
+(an in-process test server's, a file handler).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import json
 import logging
 import sys
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+
+from armillary.redaction import RedactingFilter
 
 request_id_var: ContextVar[str | None] = ContextVar("armillary_request_id", default=None)
 
@@ -21,15 +28,16 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": request_id_var.get(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        exception = _exception_text(self, record)
+        if exception:
+            entry["exception"] = exception
         return json.dumps(entry, default=str)
 
 
@@ -37,14 +45,29 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = request_id_var.get()
         line = f"{record.levelname:<7} {record.name}: {record.getMessage()}" + (f" [{rid}]" if rid else "")
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        exception = _exception_text(self, record)
+        if exception:
+            line += "\n" + exception
         return line
 
 
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback: ``exc_text`` when set (``RedactingFilter`` leaves only that), else formatted."""
+    if record.exc_text:
+        return record.exc_text
+    return formatter.formatException(record.exc_info) if record.exc_info else None
+
+
+def install_redaction(handler: logging.Handler) -> logging.Handler:
+    """Put a ``RedactingFilter`` on ``handler`` (once) and return it."""
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
+    return handler
+
+
 def configure(json_lines: bool = True, level: int = logging.INFO) -> None:
-    """Send Armillary's and uvicorn's logs to stderr in one format."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send Armillary's and uvicorn's logs to stderr in one format, secrets redacted."""
+    handler = install_redaction(logging.StreamHandler(sys.stderr))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -4,6 +4,9 @@ Fernet (AES-128-CBC + HMAC-SHA256, from ``cryptography``) with a key taken from
 ``ARMILLARY_SECRET_KEY`` or, when that is unset, from a key file generated once in the
 data directory with mode 0600. Any string is accepted as ``ARMILLARY_SECRET_KEY``: a
 valid Fernet key is used as it is, anything else is stretched with SHA-256.
+
+Every plaintext the box encrypts or decrypts, and the key material itself, is registered with
+``armillary.redaction``: from then on it is masked in logs and job output, wherever it turns up.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from armillary import redaction
 
 
 class SecretBoxError(RuntimeError):
@@ -50,18 +55,23 @@ class SecretBox:
     """Encrypts and decrypts JSON documents of secret values."""
 
     def __init__(self, key_material: str) -> None:
-        self._fernet = Fernet(_fernet_key(key_material))
+        key = _fernet_key(key_material)
+        redaction.register(key_material, key)
+        self._fernet = Fernet(key)
 
     def encrypt(self, values: dict[str, Any]) -> str:
+        redaction.register(values)
         return self._fernet.encrypt(json.dumps(values, sort_keys=True).encode()).decode()
 
     def decrypt(self, token: str | None) -> dict[str, Any]:
         if not token:
             return {}
         try:
-            return json.loads(self._fernet.decrypt(token.encode()))
+            values = json.loads(self._fernet.decrypt(token.encode()))
         except InvalidToken as exc:
             raise SecretBoxError("stored secrets cannot be decrypted: was ARMILLARY_SECRET_KEY changed?") from exc
+        redaction.register(values)  # every value of the document is a secret, whatever its key
+        return values
 
 
 def box_for(secret_key: str | None, key_file: Path) -> SecretBox:

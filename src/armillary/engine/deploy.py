@@ -135,6 +135,7 @@ from armillary.engine.context import StepContext
 from armillary.engine.errors import PermanentStepError, is_transient
 from armillary.engine.workflows import CycleError, StepSpec, Workflow, check_acyclic, register
 from armillary.provisioners.script import build_env
+from armillary.redaction import register_secrets_in
 from armillary.remote.base import CommandTimeout, Transport
 
 CONFIG_VARIABLE = "deploy"
@@ -348,6 +349,8 @@ class _Run:
         self.simulated = not ctx.driver(self.system).real_machines
         with ctx.runtime.db.session() as session:
             self.variables = plain_values(resolve_system(session, session.get(System, self.system.id)))
+        # Secret-looking variables and params (deploy.env.DB_PASSWORD...): masked in the job output.
+        register_secrets_in([self.variables, ctx.params])
         try:
             raw = merged_config(self.variables, ctx.params)
             if raw is None:

@@ -1,4 +1,9 @@
-"""A job's live output: ordered rows that clients page through or follow as Server-Sent Events."""
+"""A job's live output: ordered rows that clients page through or follow as Server-Sent Events.
+
+Every event row is written by ``insert_event`` (``emit`` included), which redacts it first: the
+message through ``armillary.redaction.redact_text`` and the data through ``redact_data``, so no
+registered secret (and nothing under a secret-looking key) reaches a job's output.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import JobEvent
 from armillary.domain.models import utcnow
+from armillary.redaction import redact_data, redact_text
 
 _INSERT = JobEvent.__table__.insert()
 
@@ -41,9 +47,12 @@ def insert_event(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> None:
-    """``emit`` on a connection or a session: one INSERT (built once) in the caller's transaction."""
-    conn.execute(_INSERT, {"job_id": job_id, "kind": kind, "message": message, "step": step, "level": level,
-                           "data": data, "created_at": utcnow()})
+    """``emit`` on a connection or a session: one INSERT (built once) in the caller's transaction.
+
+    The message and data are redacted (secrets masked) on the way in.
+    """
+    conn.execute(_INSERT, {"job_id": job_id, "kind": kind, "message": redact_text(message), "step": step,
+                           "level": level, "data": redact_data(data) if data else data, "created_at": utcnow()})
 
 
 def events_after(session: Session, job_id: int, after_id: int, limit: int = 500) -> list[JobEvent]:

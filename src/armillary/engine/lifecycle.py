@@ -17,6 +17,7 @@ from armillary.engine.context import StepContext
 from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.engine.workflows import StepSpec, Workflow, register
 from armillary.provisioners.base import provisioners
+from armillary.redaction import register_secrets_in
 
 BOOT_POLL_MAX_S = 10.0
 
@@ -155,6 +156,7 @@ def provision(ctx: StepContext) -> dict[str, Any]:
             from armillary.domain.models import System
 
             variables = plain_values(resolve_system(session, session.get(System, system.id)))
+        register_secrets_in(variables)  # db_password & co. are masked in whatever the run prints
         counts = installed[kind]().run(ctx, system, system.type.provisioner_spec, variables)
     ctx.update_system(state=SystemState.READY.value, provisioned_at=utcnow())
     return {"provisioner": kind, "counts": counts}

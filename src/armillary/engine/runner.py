@@ -27,6 +27,7 @@ from armillary.engine.leases import claim_step, release_step_lease
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import get_workflow
 from armillary.logs import request_id_var
+from armillary.redaction import redact_data, redact_text
 
 log = logging.getLogger("armillary.engine")
 
@@ -171,13 +172,14 @@ def _record(
         job = conn.execute(_JOB_FOR_UPDATE, {"b_job_id": step.job_id}).one()
         now = utcnow()
         if error is None:
-            conn.execute(_STEP_SUCCEEDED, {"b_step_id": step_id, "b_now": now, "b_result": result})
+            conn.execute(_STEP_SUCCEEDED, {"b_step_id": step_id, "b_now": now, "b_result": redact_data(result)})
             context = {**(job.context or {}), **result}
             conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
             insert_event(conn, job.id, "step", f"{step.name} succeeded", step=step.name,
                          data={"status": "succeeded"})
             return _advance(conn, job, context, runtime)
-        message = f"{type(error).__name__}: {error}" if not str(error) else str(error)
+        # Shown as the step's and the job's error and in events: secrets masked (armillary.redaction).
+        message = redact_text(f"{type(error).__name__}: {error}" if not str(error) else str(error))
         if is_transient(error) and step.attempts < step.max_attempts:
             delay = min(retry_base_s * 2 ** (step.attempts - 1), MAX_BACKOFF_S)
             conn.execute(_STEP_RETRY, {"b_step_id": step_id, "b_error": message,
@@ -257,6 +259,7 @@ def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStat
         summary = {**(summary or {}), "hosts": {hostname: status.value}}
     elif any(key.startswith("batch_") for key in context):
         summary = _bulk_summary(context)
+    error, summary = redact_text(error) if error else error, redact_data(summary) if summary else summary
     conn.execute(_JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
                               "b_summary": summary})
     mark = {"succeeded": "✔", "failed": "✗", "cancelled": "✗"}[status.value]

@@ -4,6 +4,12 @@ A provisioner is registered under the ``armillary.provisioners`` entry point gro
 type's ``provisioner.kind`` uses. It gets the step context (for live log lines), the system, the
 type's spec and the system's resolved variables, and returns counts (changed/ok/failed) that go
 into the job's context.
+
+Before ``run``, the engine registers the values of the variables whose keys look secret
+(``db_password``, ``api_token``... see ``armillary.redaction.is_secret_key``) with
+``armillary.redaction``: whatever a run prints goes to the job log through ``ctx.log``, which masks
+them (and every hypervisor secret) as ``***``. A provisioner needs to do nothing for that; one that
+writes elsewhere (its own log records) is covered by the redacting log handler.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ The environment of a script, later sources winning:
 * ``ARMILLARY_SYSTEM_ID``, ``ARMILLARY_HOSTNAME``, ``ARMILLARY_ENVIRONMENT``, ``ARMILLARY_JOB_ID``,
   ``ARMILLARY_JOB_DIR`` (the per-job directory) and ``ARMILLARY_SCRIPT`` (the script's name).
 
-Values reach the machine without appearing on any command line (see the transports). Variables are
-not secrets in Armillary's model, but a script that prints one puts it in the job log.
+Values reach the machine without appearing on any command line (see the transports). A script that
+prints a variable puts it in the job log, masked as ``***`` when its key looks secret (``db_password``,
+``api_token``...: ``armillary.redaction``) or when it is a hypervisor secret.
 
 Counts: every script that exits 0 counts as ``ok`` and ``changed`` (a script cannot say it changed
 nothing); ``failed`` is 0 on success — a failure fails the step instead.

@@ -1,0 +1,384 @@
+"""Redaction: secret values never reach logs, job events, step errors or job summaries.
+
+Two mechanisms, used together:
+
+* **By value.** Every secret the process handles is *registered* (``register``): the hypervisor
+  secrets the secret box encrypts or decrypts, the key material of the box itself, and the values of
+  a system's variables whose keys look secret (``register_secrets_in``, once per provisioner run).
+  ``redact_text`` then masks every occurrence of any registered value in any text, wherever it came
+  from (a script echoing ``$db_password``, a driver's exception quoting a password, a traceback).
+* **By key.** ``redact_data`` masks the whole value under a key that looks secret (``password``,
+  ``api_key``, ``aws_secret_access_key``... see ``is_secret_key``), registered or not, and applies
+  ``redact_text`` to every other string.
+
+Also masked whatever is registered: the password of a URL's user info (``scheme://user:pw@host``).
+
+The registry is per process, thread-safe and bounded (``MAX_SECRETS`` values, the least recently
+registered dropped first), so a long-running server does not grow forever. The values are matched
+with one compiled regular expression, rebuilt lazily after a change, shaped as a trie (values sharing
+a prefix share a branch) so a line is scanned in time independent of how many values are registered.
+
+Limits, on purpose:
+
+* values shorter than ``MIN_SECRET_LENGTH`` (4) characters are not registered: a 3-character password
+  would blank out ordinary words everywhere (``abc``, ``yes``, ``123``). Keys that look secret still
+  mask such values in structured data (``redact_data``);
+* a secret is masked where it appears verbatim. An encoded form (base64, URL-quoted, JSON-escaped
+  with ``\\n``) or a fragment of it is not recognised, except single lines of a multi-line secret
+  (a PEM private key, printed one line at a time), which are registered on their own when they are
+  at least ``MIN_LINE_LENGTH`` characters long and not PEM armour (``-----BEGIN ...``);
+* only what passes through this module is redacted: log records through a handler carrying
+  ``RedactingFilter`` (``armillary.logs.configure`` installs it), job events through
+  ``armillary.engine.events.insert_event``, and the job/step columns the engine writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "MASK",
+    "MAX_SECRETS",
+    "MIN_LINE_LENGTH",
+    "MIN_SECRET_LENGTH",
+    "SECRET_KEY_PATTERN",
+    "RedactingFilter",
+    "SecretRegistry",
+    "is_secret_key",
+    "redact_data",
+    "redact_text",
+    "register",
+    "register_secrets_in",
+]
+
+# Values shorter than this are not registered: masking every "abc" or "1234" in every log line would
+# make logs unreadable and tell an onlooker the secret anyway. (Secret-looking keys still mask them.)
+MIN_SECRET_LENGTH = 4
+# Lines of a multi-line secret (a PEM key) registered on their own: long enough not to be ordinary text.
+MIN_LINE_LENGTH = 16
+MAX_SECRETS = 10_000
+MASK = "***"
+
+# Key names whose values are secret, matched case-insensitively against the key with camelCase split
+# into words (``dbPassword`` → ``db_Password``). The secret noun must END the name, so ``db_password``,
+# ``client_secret``, ``access_token``, ``ssh_private_key``, ``aws_secret_access_key``,
+# ``private_key_passphrase`` and ``credentials`` are secret, while ``token_name``, ``secrets_set``,
+# ``secret_fields``, ``password_file``, ``access_key_id``, ``public_key`` and a bare ``key`` are not.
+SECRET_KEY_PATTERN = re.compile(
+    r"(?:^|[^a-z0-9])"
+    r"(?:passwords?|passwd|passphrases?|secrets?|token|credentials?|authorization"
+    r"|(?:private|api|access|secret|signing|encryption|client)[^a-z0-9]?keys?)$",
+    re.IGNORECASE,
+)
+# Tokens that are identifiers, not credentials: idempotency and pagination tokens (EC2's ClientToken,
+# NextToken). Masking them hides what an operator needs to match a machine to its provider's record.
+NOT_SECRET_KEY_PATTERN = re.compile(
+    r"(?:^|[^a-z0-9])(?:client|next|continuation|pagination|idempotency|page)[^a-z0-9]?token$", re.IGNORECASE
+)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# The password of a URL's user info: postgresql://user:PASSWORD@host/db
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@")
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key (of a variable, a setting, a log extra) names a secret value."""
+    if not isinstance(name, str) or not name:
+        return False
+    return _is_secret_key(name)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few key names, over and over (every event's data)
+def _is_secret_key(name: str) -> bool:
+    snake = _CAMEL.sub("_", name)
+    return SECRET_KEY_PATTERN.search(snake) is not None and NOT_SECRET_KEY_PATTERN.search(snake) is None
+
+
+def _trie_pattern(values: Iterable[str]) -> str:
+    """One regular expression matching any of ``values``, longest first, as a trie.
+
+    A plain alternation tries every value at every position of the text (milliseconds a line with
+    thousands of values); a trie tries one branch per character.
+    """
+    root: dict[str, dict] = {}
+    for value in values:
+        node = root
+        for char in value:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: dict[str, dict]) -> str:
+        out: list[str] = []
+        while True:
+            children = sorted(k for k in node if k)
+            if len(children) == 1 and "" not in node:  # a run of single characters: one literal
+                out.append(re.escape(children[0]))
+                node = node[children[0]]
+                continue
+            if not children:
+                return "".join(out)
+            group = "(?:" + "|".join(re.escape(c) + build(node[c]) for c in children) + ")"
+            out.append(group + "?" if "" in node else group)  # greedy: the longer value wins
+            return "".join(out)
+
+    return build(root)
+
+
+class SecretRegistry:
+    """The secret values of a process (module functions use one shared instance)."""
+
+    def __init__(self, max_values: int = MAX_SECRETS, min_length: int = MIN_SECRET_LENGTH) -> None:
+        self.max_values = max_values
+        self.min_length = min_length
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+        self._dirty = False
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._pattern, self._dirty = None, False
+
+    # ------------------------------------------------------------ registering
+
+    def register(self, *values: object) -> None:
+        """Remember values as secrets: every later ``redact_text`` masks them.
+
+        Strings as they are (and stripped of surrounding whitespace, and each long line of a multi-line
+        one); bytes decoded as UTF-8; numbers as written; the leaves of mappings and lists. ``None``,
+        booleans and values shorter than ``min_length`` are ignored. Registering a known value again
+        makes it the most recent (the oldest are dropped past ``max_values``).
+        """
+        found: list[str] = []
+        for value in values:
+            self._collect(value, found)
+        if not found:
+            return
+        with self._lock:
+            changed = False
+            for text in found:
+                if text in self._values:
+                    self._values.move_to_end(text)
+                else:
+                    self._values[text] = None
+                    changed = True
+            while len(self._values) > self.max_values:
+                self._values.popitem(last=False)
+                changed = True
+            if changed:
+                self._dirty = True
+
+    def _collect(self, value: object, found: list[str]) -> None:
+        if value is None or isinstance(value, bool):
+            return
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                return
+        if isinstance(value, (int, float)):
+            value = str(value)
+        if isinstance(value, dict):
+            for item in value.values():
+                self._collect(item, found)
+            return
+        if isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                self._collect(item, found)
+            return
+        if not isinstance(value, str):
+            return
+        for text in {value, value.strip()}:
+            if len(text) >= self.min_length:
+                found.append(text)
+        if "\n" in value:
+            for line in value.splitlines():
+                line = line.strip()
+                if len(line) >= max(MIN_LINE_LENGTH, self.min_length) and not line.startswith("-----"):
+                    found.append(line)
+
+    # ------------------------------------------------------------ masking
+
+    def _current(self) -> re.Pattern[str] | None:
+        if self._dirty:
+            with self._lock:
+                if self._dirty:
+                    values = list(self._values)
+                    pattern = None
+                    if values:
+                        try:
+                            pattern = re.compile(f"(?=({_trie_pattern(values)}))")
+                        except (RecursionError, re.error):  # very deep tries: a plain alternation
+                            ordered = sorted(values, key=len, reverse=True)
+                            pattern = re.compile("(?=(" + "|".join(map(re.escape, ordered)) + "))")
+                    self._pattern, self._dirty = pattern, False
+        return self._pattern
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every registered value (and every URL password) replaced by ``MASK``.
+
+        Overlapping (and adjacent) occurrences are masked together: with ``abcdef`` and ``cdefgh``
+        registered, ``xabcdefghx`` becomes ``x***x``.
+        """
+        if not isinstance(text, str) or not text:
+            return text
+        pattern = self._current()
+        if pattern is not None:
+            first = pattern.search(text)
+            if first is not None:
+                text = self._mask(pattern, text, first.start())
+        if "://" in text:
+            text = _URL_PASSWORD.sub(r"\1" + MASK + "@", text)
+        return text
+
+    @staticmethod
+    def _mask(pattern: re.Pattern[str], text: str, start: int) -> str:
+        # The pattern is a lookahead: it matches (empty) at every position where a value starts, its
+        # group the longest value there, so overlapping values are all seen; their spans are merged.
+        out: list[str] = []
+        done = 0  # text[:done] is handled
+        span_start = span_end = -1
+        for match in pattern.finditer(text, start):
+            begin, end = match.start(), match.end(1)
+            if begin <= span_end:  # inside the current span, or right after it: one mask
+                span_end = max(span_end, end)
+                continue
+            if span_end > span_start:
+                out.append(text[done:span_start])
+                out.append(MASK)
+                done = span_end
+            span_start, span_end = begin, end
+        if span_end > span_start:
+            out.append(text[done:span_start])
+            out.append(MASK)
+            done = span_end
+        out.append(text[done:])
+        return "".join(out)
+
+    def redact_data(self, value: Any) -> Any:
+        """A copy of ``value`` (dicts, lists, tuples, nested) safe to show.
+
+        The value under a key that looks secret (``is_secret_key``) becomes ``MASK`` whatever its type,
+        unless it is None or empty (so "not set" stays visible); other strings, keys included, go
+        through ``redact_text``; other values are kept.
+        """
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if isinstance(key, str) and is_secret_key(key) and not _is_empty(item):
+                    out[self.redact_text(key)] = MASK
+                else:
+                    out[self.redact_text(key) if isinstance(key, str) else key] = self.redact_data(item)
+            return out
+        if isinstance(value, list):
+            return [self.redact_data(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self.redact_data(item) for item in value)
+        return value
+
+    def register_secrets_in(self, value: Any) -> None:
+        """Register every value found under a secret-looking key, at any depth of dicts and lists."""
+        found: list[Any] = []
+        _secret_values(value, found)
+        if found:
+            self.register(*found)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, bytes, dict, list, tuple)) and len(value) == 0)
+
+
+def _secret_values(value: Any, found: list[Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and is_secret_key(key):
+                found.append(item)  # the whole value, nested leaves included
+            else:
+                _secret_values(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _secret_values(item, found)
+
+
+_registry = SecretRegistry()
+
+
+def register(*values: object) -> None:
+    """Remember values as secrets of this process (see ``SecretRegistry.register``)."""
+    _registry.register(*values)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every registered secret masked (see ``SecretRegistry.redact_text``)."""
+    return _registry.redact_text(text)
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` with secret keys' values masked and strings redacted (see ``SecretRegistry.redact_data``)."""
+    return _registry.redact_data(value)
+
+
+def register_secrets_in(value: Any) -> None:
+    """Register every value under a secret-looking key of ``value`` (a dict or list, at any depth)."""
+    _registry.register_secrets_in(value)
+
+
+# ---------------------------------------------------------------- logging
+
+# The attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter masking secrets in every record the handler writes, whatever logger it came from.
+
+    The message is rendered once and redacted (``record.msg``; ``record.args`` cleared), string and
+    structured extras are redacted (the whole value under a secret-looking name such as
+    ``extra={"password": ...}``), and an exception is formatted, redacted and kept as
+    ``record.exc_text`` with ``exc_info`` cleared, so no formatter can render the raw traceback again
+    (``logging.Formatter`` and Armillary's formatters print ``exc_text``). Never drops a record.
+    """
+
+    def __init__(self, registry: SecretRegistry | None = None) -> None:
+        super().__init__()
+        self._registry = registry or _registry
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        registry = self._registry
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not leak its arguments
+            message = f"{record.msg} {record.args!r}"
+        record.msg = registry.redact_text(message)
+        record.args = None
+        for name, value in list(vars(record).items()):
+            if name in _RECORD_ATTRIBUTES or name.startswith("_"):
+                continue
+            if is_secret_key(name) and not _is_empty(value):
+                setattr(record, name, MASK)
+            elif isinstance(value, (str, dict, list, tuple)):
+                setattr(record, name, registry.redact_data(value))
+        if record.exc_info:
+            if record.exc_info[0] is not None:
+                record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = registry.redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = registry.redact_text(record.stack_info)
+        return True
