@@ -1,0 +1,1 @@
+"""Identities, roles, tokens, LDAP, quotas and the audit trail."""
