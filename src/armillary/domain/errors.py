@@ -57,3 +57,36 @@ def invalid_from_pydantic(prefix: str, exc: Any) -> InvalidInput:
     problem.errors = errors or problem.errors
     problem.detail = "; ".join(f"{e['field']}: {e['message']}" for e in problem.errors)
     return problem
+
+
+class Unauthorized(DomainError):
+    """No valid credentials. The detail never says which part of a login was wrong."""
+
+    status, slug, title = 401, "unauthorized", "Authentication required"
+    headers = {"WWW-Authenticate": 'Bearer realm="armillary"'}
+
+
+class Forbidden(DomainError):
+    """Known and visible to the caller, but their role does not allow this."""
+
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+
+class QuotaExceeded(Forbidden):
+    slug, title = "quota-exceeded", "Quota exceeded"
+
+
+class EnvironmentLocked(Conflict):
+    """A change inside a locked environment, by someone other than an admin: says who, when and why."""
+
+    slug, title = "environment-locked", "Environment is locked"
+
+    def __init__(self, env: Any) -> None:
+        by = f" by {env.locked_by}" if env.locked_by else ""
+        when = f" since {env.locked_at:%Y-%m-%d %H:%M} UTC" if env.locked_at else ""
+        why = f": {env.lock_reason}" if env.lock_reason else ""
+        super().__init__(
+            f"environment {env.name!r} is locked{by}{when}{why}; only admins may change it until it is unlocked",
+            locked_by=env.locked_by, locked_at=env.locked_at.isoformat() if env.locked_at else None,
+            lock_reason=env.lock_reason,
+        )

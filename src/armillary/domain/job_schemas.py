@@ -82,6 +82,7 @@ class JobOut(BaseModel):
     cancel_requested: bool
     waiting_for_lock: bool
     request_id: str | None
+    actor: str | None = Field(None, description="Who started it: a user name, or schedule:<name>")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -145,10 +145,16 @@ class System(Timestamped, Base):
     provider_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     provider_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default=text("'{}'"))
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Who the system belongs to: the user it was defined by, unless an admin or operator named another.
+    # Its quota is charged while the system holds a machine (armillary.domain.quotas).
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
 
     environment: Mapped[Environment] = relationship(lazy="joined")
     hypervisor: Mapped[Hypervisor | None] = relationship(lazy="joined")
     type: Mapped[SystemType | None] = relationship(lazy="joined")
+    owner: Mapped["User | None"] = relationship("User", lazy="joined")  # noqa: F821
     labels: Mapped[list["SystemLabel"]] = relationship(
         lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="SystemLabel.key"
     )
@@ -187,3 +193,6 @@ class GlobalVariable(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[Any] = mapped_column(JSONType)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+import armillary.domain.accounts  # noqa: E402, F401  (registers the account tables; System.owner refers to User)

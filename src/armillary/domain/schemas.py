@@ -117,6 +117,10 @@ class EnvironmentUpdate(Input):
     variables: Variables | None = None
 
 
+class LockRequest(Input):
+    reason: Description = Field(..., min_length=1, description="Why: shown to everyone the lock refuses")
+
+
 class RefOut(Output):
     id: int
     name: str
@@ -239,6 +243,8 @@ class SystemCreate(Input):
     driver: dict[str, Any] = Field(default_factory=dict, description="Driver properties, checked by the driver")
     labels: Labels = Field(default_factory=dict, max_length=100)
     variables: Variables = Field(default_factory=dict)
+    owner: Name | None = Field(None, description="User the system belongs to (default: the caller; only "
+                               "operators and admins may name another)")
 
     @model_validator(mode="before")
     @classmethod
@@ -254,6 +260,7 @@ class SystemUpdate(Input):
     driver: dict[str, Any] | None = None
     labels: Labels | None = Field(None, max_length=100)
     variables: Variables | None = None
+    owner: Name | None = Field(None, description="Give the system to another user (operators and admins)")
 
 
 class SystemImport(Input):
@@ -272,6 +279,7 @@ class SystemOut(Output):
     labels: dict[str, str]
     variables: dict[str, Any]
     state: str
+    owner: str | None = None
     created_at: datetime
     updated_at: datetime
     version: int

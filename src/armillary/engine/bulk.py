@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from armillary.domain.errors import Conflict
+from armillary.domain.errors import Conflict, Forbidden
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
 from armillary.domain.models import System
 from armillary.engine.context import StepContext
@@ -81,12 +81,14 @@ def _start_child(ctx: StepContext, system_id: int) -> tuple[int | None, str, str
         # write after a read then fails at once with "database is locked" when another writer is busy,
         # instead of waiting. This session wrote nothing else, so a plain rollback undoes a refused start.
         try:
+            actor = ctx.params.get("actor") or {}
             child = start_system_action(
                 session, system, ctx.params["action"], params=ctx.params.get("action_params") or {},
-                parent_id=ctx.job_id,
+                parent_id=ctx.job_id, user_id=actor.get("user_id"), actor=actor.get("name"),
+                bypass_lock=bool(actor.get("admin")),
             )
             session.flush()
-        except Conflict as exc:
+        except (Conflict, Forbidden) as exc:  # busy, wrong state, environment locked, quota spent
             session.rollback()
             return None, hostname, exc.detail
         return child.id, hostname, None
@@ -132,7 +134,9 @@ def submit_selection(
     idempotency_key: str | None = None,
     request_id: str | None = None,
     selector: dict[str, Any] | None = None,
+    actor: dict[str, Any] | None = None,
 ) -> Job:
+    """The parent job of a bulk action. ``actor`` ({user_id, name, admin}) is whom its children act for."""
     size = batch_size or len(system_ids)
     batches = [system_ids[i:i + size] for i in range(0, len(system_ids), size)]
     return create_job(
@@ -140,8 +144,10 @@ def submit_selection(
         action=action,
         workflow=bulk_workflow(len(batches)),
         params={"action": action, "batches": batches, "concurrency": concurrency, "on_failure": on_failure,
-                "action_params": action_params or {}, "selector": selector or {}},
+                "action_params": action_params or {}, "selector": selector or {}, "actor": actor or {}},
         context={"systems": len(system_ids)},
         idempotency_key=idempotency_key,
         request_id=request_id,
+        user_id=(actor or {}).get("user_id"),
+        actor=(actor or {}).get("name"),
     )

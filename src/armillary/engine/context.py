@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import joinedload
 
+from armillary.domain import quotas
 from armillary.domain.jobs import Job
 from armillary.domain.models import Hypervisor, System, utcnow
 from armillary.drivers.base import Driver, MachineRef, MachineSpec, PermanentDriverError
@@ -65,11 +66,12 @@ class StepContext:
             session.expunge(system)
             return system
 
-    def update_system(self, **fields: Any) -> None:
+    def update_system(self, *, release_quota: bool = False, **fields: Any) -> None:
         """Change the target system's row (state, provider ids, addresses) in its own transaction.
 
         One UPDATE (no load of the row first), bumping ``version`` as an ORM update would, so the
-        system's ETag changes exactly as before.
+        system's ETag changes exactly as before. ``release_quota`` gives back its owner's quota in the
+        same transaction: the machine is recorded gone and the quota freed together, or neither.
         """
         names = tuple(sorted(fields))
         statement = _SYSTEM_UPDATES.get(names)
@@ -85,6 +87,8 @@ class StepContext:
         with self.runtime.db.engine.begin() as conn:
             changed = conn.execute(statement, {**{f"b_{name}": value for name, value in fields.items()},
                                                "b_system_id": self.system_id, "b_now": utcnow()}).rowcount
+            if release_quota and changed == 1:
+                quotas.release(conn, self.system_id)
         if changed != 1:
             raise PermanentDriverError(f"system {self.system_id} no longer exists")
 

@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armillary.domain.errors import Conflict
+from armillary.domain import quotas
+from armillary.domain.errors import Conflict, EnvironmentLocked
 from armillary.domain.jobs import Job, Step, StepStatus
 from armillary.domain.models import System
 from armillary.domain.states import TransitionRefused, check_action
@@ -20,6 +21,8 @@ from armillary.engine.leases import lock_holder, try_lock
 from armillary.engine.workflows import get_workflow
 
 DEFAULT_LOCK_LEASE_S = 60.0
+# Actions that give a system a machine, and so take from its owner's quota (given back on destroy).
+MACHINE_CREATING_ACTIONS = frozenset({"create", "stage", "clone"})
 
 
 class Locked(Conflict):
@@ -31,10 +34,6 @@ class Locked(Conflict):
             "retry when it ends, or add ?queue=true to wait behind it",
             holder_job_id=holder.id,
         )
-
-
-class EnvironmentLocked(Conflict):
-    slug, title = "environment-locked", "Environment is locked"
 
 
 class StateConflict(Conflict):
@@ -59,6 +58,8 @@ def create_job(
     idempotency_key: str | None = None,
     request_id: str | None = None,
     queue: bool = False,
+    user_id: int | None = None,
+    actor: str | None = None,
 ) -> Job:
     """Write a job and its steps; lock its system. Raises ``Locked`` (unless ``queue``)."""
     spec = get_workflow(workflow)
@@ -71,6 +72,8 @@ def create_job(
         context=context or {},
         idempotency_key=idempotency_key,
         request_id=request_id,
+        user_id=user_id,
+        actor=actor,
         lock_resource=f"system:{system.id}" if system is not None else None,
     )
     job.steps = [
@@ -112,18 +115,19 @@ def start_system_action(
     idempotency_key: str | None = None,
     request_id: str | None = None,
     parent_id: int | None = None,
+    user_id: int | None = None,
+    actor: str | None = None,
+    bypass_lock: bool = False,
 ) -> Job:
-    """Check that ``action`` may run on ``system`` now, then start its job.
+    """Check that ``action`` may run on ``system`` now, reserve quota for a new machine, start its job.
 
-    Raises ``EnvironmentLocked``, ``StateConflict`` or ``Locked``: each a 409 saying why. With
-    ``queue`` the state is checked again when the job's turn comes (its first step does).
+    Raises ``EnvironmentLocked`` (unless ``bypass_lock``: admins), ``StateConflict`` or ``Locked``:
+    each a 409 saying why; ``QuotaExceeded`` (403) when the owner's quota cannot hold the machine.
+    With ``queue`` the state is checked again when the job's turn comes (its first step does).
     """
     env = system.environment
-    if env.locked:
-        by = f" by {env.locked_by}" if env.locked_by else ""
-        when = f" since {env.locked_at:%Y-%m-%d %H:%M} UTC" if env.locked_at else ""
-        why = f": {env.lock_reason}" if env.lock_reason else ""
-        raise EnvironmentLocked(f"environment {env.name!r} is locked{by}{when}{why}")
+    if env.locked and not bypass_lock:
+        raise EnvironmentLocked(env)
     if not queue:
         holder = lock_holder(session, f"system:{system.id}")
         if holder is not None:
@@ -132,6 +136,8 @@ def start_system_action(
             check_action(action, system.state, has_machine=system.provider_id is not None)
         except TransitionRefused as exc:
             raise StateConflict(str(exc), state=system.state) from None
+    if action in MACHINE_CREATING_ACTIONS:
+        quotas.reserve(session, system)
     return create_job(
         session,
         action=action,
@@ -143,4 +149,6 @@ def start_system_action(
         idempotency_key=idempotency_key,
         request_id=request_id,
         queue=queue,
+        user_id=user_id,
+        actor=actor,
     )

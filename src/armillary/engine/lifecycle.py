@@ -96,7 +96,7 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
 def undo_create_machine(ctx: StepContext) -> None:
     system = ctx.system()
     ctx.driver(system).destroy(ctx.machine_ref(system))
-    ctx.update_system(provider_id=None, provider_info={}, addresses=[])
+    ctx.update_system(provider_id=None, provider_info={}, addresses=[], release_quota=True)
     ctx.log(f"destroyed the machine of {system.hostname} (compensation)")
 
 
@@ -106,7 +106,8 @@ def destroy_machine(ctx: StepContext) -> dict[str, Any]:
     driver = ctx.driver(system)
     driver.destroy(ctx.machine_ref(system))
     final = SystemState.DESTROYING if ctx.action == "reload" else SystemState.DESTROYED  # reload goes on
-    ctx.update_system(state=final.value, provider_id=None, provider_info={}, addresses=[], provisioned_at=None)
+    ctx.update_system(state=final.value, provider_id=None, provider_info={}, addresses=[], provisioned_at=None,
+                      release_quota=final is SystemState.DESTROYED)
     ctx.log(f"destroyed machine of {system.hostname}")
     return {"destroyed": True}
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from armillary.domain.errors import InvalidInput
@@ -18,9 +21,12 @@ def _ref_filter(model, ref):
     return model.id == ref if isinstance(ref, int) else model.name == ref
 
 
-def resolve_selector(session: Session, selector: Selector) -> list[int]:
-    """Ids of the systems matching every given criterion, in id order."""
-    query = select(System.id)
+def resolve_selector(
+    session: Session, selector: Selector, scope: Callable[[Select[Any]], Select[Any]] | None = None
+) -> list[int]:
+    """Ids of the systems matching every given criterion, in id order; ``scope`` narrows the query
+    further (the API passes the caller's visible environments)."""
+    query = select(System.id) if scope is None else scope(select(System.id))
     if selector.environment is not None:
         env_id = session.scalar(select(Environment.id).where(_ref_filter(Environment, selector.environment)))
         if env_id is None:
@@ -48,9 +54,17 @@ def resolve_selector(session: Session, selector: Selector) -> list[int]:
 
 
 def start_from_spec(
-    session: Session, spec: JobSpec, *, request_id: str | None = None, idempotency_key: str | None = None
+    session: Session,
+    spec: JobSpec,
+    *,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+    actor: dict[str, Any] | None = None,
+    system_ids: list[int] | None = None,
 ) -> Job:
-    system_ids = resolve_selector(session, spec.selector)
+    """A bulk job over the selection (or over ``system_ids`` already resolved and checked by the caller)."""
+    if system_ids is None:
+        system_ids = resolve_selector(session, spec.selector)
     if not system_ids:
         raise InvalidInput("selector", "matches no systems")
     return submit_selection(
@@ -64,4 +78,5 @@ def start_from_spec(
         idempotency_key=idempotency_key,
         request_id=request_id,
         selector=spec.selector.model_dump(mode="json", exclude_none=True),
+        actor=actor,
     )

@@ -201,7 +201,9 @@ def _start_scheduled(session, spec: dict, request_id: str) -> Job:
     from armillary.domain.job_schemas import JobSpec
     from armillary.engine.selection import start_from_spec
 
-    return start_from_spec(session, JobSpec.model_validate(spec), request_id=request_id)
+    # Schedules are made by admins; their jobs act with an admin's authority, as the schedule.
+    actor = {"user_id": None, "name": request_id, "admin": True}
+    return start_from_spec(session, JobSpec.model_validate(spec), request_id=request_id, actor=actor)
 
 
 __all__ = ["Engine"]

@@ -1,0 +1,139 @@
+"""Pydantic shapes of users, roles, quotas, tokens, logins and audit events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, StringConstraints
+
+from armillary.domain.schemas import Input, Output, _size_in
+
+UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.@-]{0,62}$", to_lower=True)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024, strip_whitespace=False)]
+RoleName = Literal["operator", "user", "viewer"]
+
+
+class LoginRequest(Input):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    password: Password
+
+
+class LoginOut(Output):
+    token: str = Field(description="Send as 'Authorization: Bearer <token>'; shown only now")
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: datetime | None
+    user: str
+
+
+class SessionOut(Output):
+    csrf_token: str = Field(description="Echo in the X-CSRF-Token header of every write made with the cookie")
+    expires_at: datetime | None
+    user: str
+
+
+class QuotaIn(Input):
+    max_systems: int | None = Field(None, ge=0, le=1_000_000)
+    max_cpu: int | None = Field(None, ge=0, le=10_000_000)
+    max_memory: Annotated[int, BeforeValidator(_size_in("MiB")), Field(ge=0, le=2**31 - 1)] | None = Field(
+        None, description="MiB, or a size such as '64G'"
+    )
+
+
+class GrantIn(QuotaIn):
+    role: RoleName
+
+
+class Usage(Output):
+    systems: int
+    cpu: int
+    memory_mb: int
+
+
+class Quota(Output):
+    max_systems: int | None
+    max_cpu: int | None
+    max_memory_mb: int | None
+
+
+class GrantOut(Output):
+    environment: str
+    environment_id: int
+    role: str
+    source: str
+    quota: Quota
+    usage: Usage
+
+
+class UserCreate(Input):
+    name: UserName
+    password: Password | None = Field(None, description="Local password (at least 8 characters)")
+    display_name: Annotated[str, StringConstraints(max_length=255)] = ""
+    email: Annotated[str, StringConstraints(max_length=255)] | None = None
+    admin: bool = False
+
+
+class UserUpdate(Input):
+    password: Password | None = None
+    display_name: Annotated[str, StringConstraints(max_length=255)] | None = None
+    email: Annotated[str, StringConstraints(max_length=255)] | None = None
+    admin: bool | None = None
+    active: bool | None = Field(None, description="false: refuse their logins and every token at once")
+
+
+class UserOut(Output):
+    id: int
+    name: str
+    display_name: str
+    email: str | None
+    source: str
+    admin: bool
+    active: bool
+    last_login_at: datetime | None
+    created_at: datetime
+    roles: list[GrantOut]
+
+
+class PasswordChange(Input):
+    current_password: Password
+    password: Password
+
+
+class TokenCreate(Input):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=63)]
+    expires_in_days: int | None = Field(90, ge=1, le=3650, description="null: never expires")
+
+
+class TokenOut(Output):
+    id: int
+    name: str
+    kind: str
+    user: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret; shown only in this answer")
+
+
+class AuditOut(Output):
+    id: int
+    at: datetime
+    user_id: int | None
+    username: str | None
+    source_address: str | None
+    method: str
+    path: str
+    action: str | None
+    resource_type: str | None
+    resource_id: str | None
+    status: int
+    outcome: str
+    request_id: str | None
+    detail: dict[str, Any]
+
+

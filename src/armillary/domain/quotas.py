@@ -1,0 +1,109 @@
+"""Quotas: a system's machine is charged to its owner's grant in its environment.
+
+``reserve`` checks and takes in one conditional UPDATE of the grant's usage counters, so concurrent
+creates can never overshoot (PostgreSQL re-checks the WHERE clause on the locked row; SQLite has one
+writer at a time). A ``QuotaCharge`` row ties what was taken to the system, so giving back is exact
+and happens once: in the transaction that records the machine gone (destroy, or a create undone),
+or, for a create that never ran (cancelled while queued), the next time that grant is checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from armillary.domain.accounts import QuotaCharge, RoleGrant
+from armillary.domain.errors import QuotaExceeded
+from armillary.domain.jobs import TERMINAL_JOB, Job
+from armillary.domain.models import System
+from armillary.domain.states import SystemState
+
+_grants = RoleGrant.__table__
+_charges = QuotaCharge.__table__
+
+# States in which a system holds no machine (a charge still there belongs to a create that never ran).
+NO_MACHINE_STATES = (SystemState.DEFINED.value, SystemState.DESTROYED.value)
+
+
+def _within(limit: Any, used: Any, add: int) -> Any:
+    return or_(limit.is_(None), used + add <= limit)
+
+
+def reserve(session: Session, system: System) -> None:
+    """Charge ``system``'s size to its owner's quota, or raise 403 naming the limit and the usage."""
+    if system.owner_id is None or session.get(QuotaCharge, system.id) is not None:
+        return  # no owner to charge, or already charged (a retried create)
+    grant = session.scalars(
+        select(RoleGrant).where(RoleGrant.user_id == system.owner_id, RoleGrant.environment_id == system.environment_id)
+    ).first()
+    if grant is None:
+        return  # the owner holds no role there (admins): nothing limits them
+    release_stale(session, grant.id)
+    cpu, memory = system.cpu or 0, system.memory_mb or 0
+    taken = session.execute(
+        update(_grants)
+        .where(
+            _grants.c.id == grant.id,
+            _within(_grants.c.max_systems, _grants.c.used_systems, 1),
+            _within(_grants.c.max_cpu, _grants.c.used_cpu, cpu),
+            _within(_grants.c.max_memory_mb, _grants.c.used_memory_mb, memory),
+        )
+        .values(
+            used_systems=_grants.c.used_systems + 1,
+            used_cpu=_grants.c.used_cpu + cpu,
+            used_memory_mb=_grants.c.used_memory_mb + memory,
+        )
+    ).rowcount
+    if taken != 1:
+        session.refresh(grant)
+        raise _exceeded(grant, system, cpu, memory)
+    session.execute(_charges.insert().values(system_id=system.id, grant_id=grant.id, cpu=cpu, memory_mb=memory))
+    session.expire(grant)
+
+
+def _exceeded(grant: RoleGrant, system: System, cpu: int, memory: int) -> QuotaExceeded:
+    checks = [
+        ("systems", grant.max_systems, grant.used_systems, 1),
+        ("cpu", grant.max_cpu, grant.used_cpu, cpu),
+        ("memory_mb", grant.max_memory_mb, grant.used_memory_mb, memory),
+    ]
+    over = [(name, limit, used, add) for name, limit, used, add in checks if limit is not None and used + add > limit]
+    name, limit, used, add = over[0] if over else checks[0]
+    owner = system.owner.name if system.owner is not None else f"user {system.owner_id}"
+    return QuotaExceeded(
+        f"quota exceeded: {owner} may hold {limit} {name} in environment {grant.environment.name!r}, "
+        f"uses {used}, and {system.hostname} needs {add} more",
+        limit=name, quota=limit, usage=used, requested=add,
+        usage_all={"systems": grant.used_systems, "cpu": grant.used_cpu, "memory_mb": grant.used_memory_mb},
+    )
+
+
+def release(conn: Connection | Session, system_id: int) -> None:
+    """Give back what ``system_id`` holds, in the caller's transaction (nothing if it holds nothing)."""
+    charge = conn.execute(
+        delete(_charges).where(_charges.c.system_id == system_id)
+        .returning(_charges.c.grant_id, _charges.c.cpu, _charges.c.memory_mb)
+    ).first()
+    if charge is None:
+        return
+    conn.execute(
+        update(_grants).where(_grants.c.id == charge.grant_id).values(
+            used_systems=_grants.c.used_systems - 1,
+            used_cpu=_grants.c.used_cpu - charge.cpu,
+            used_memory_mb=_grants.c.used_memory_mb - charge.memory_mb,
+        )
+    )
+
+
+def release_stale(session: Session, grant_id: int) -> None:
+    """Give back charges of systems with no machine and no job under way (a create cancelled before it ran)."""
+    busy = exists().where(Job.system_id == _charges.c.system_id, Job.status.not_in([s.value for s in TERMINAL_JOB]))
+    stale = session.scalars(
+        select(_charges.c.system_id)
+        .join(System, System.id == _charges.c.system_id)
+        .where(and_(_charges.c.grant_id == grant_id, System.state.in_(NO_MACHINE_STATES), ~busy))
+    ).all()
+    for system_id in stale:
+        release(session, system_id)
