@@ -19,6 +19,33 @@ from pathlib import Path
 
 import httpx
 
+_ADMIN_TOKENS: dict[str, str] = {}
+
+
+def admin_token(data_dir: Path, database_url: str | None = None) -> str:
+    """A token of an admin account in the server's database, written straight to it (as
+    `armillary admin create-user` does), so a benchmark can call the API like any client."""
+    key = str(data_dir)
+    if key not in _ADMIN_TOKENS:
+        from armillary.auth import tokens
+        from armillary.domain.accounts import TokenKind, User
+        from armillary.domain.db import Database
+
+        db = Database(database_url or f"sqlite:///{data_dir / 'armillary.db'}")
+        try:
+            with db.session() as session:
+                user = User(name="bench", is_admin=True, source="local", password_hash=None)
+                session.add(user)
+                session.flush()
+                _ADMIN_TOKENS[key] = tokens.issue(session, user, TokenKind.API, "bench", None)[1]
+        finally:
+            db.dispose()
+    return _ADMIN_TOKENS[key]
+
+
+def auth_headers(data_dir: Path, database_url: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_token(data_dir, database_url)}"}
+
 
 @contextmanager
 def armillary_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:

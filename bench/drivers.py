@@ -92,6 +92,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _server import auth_headers  # bench/ is on sys.path when a benchmark runs
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -205,7 +206,7 @@ def armillary_api(work: Path, concurrency: int) -> Iterator[httpx.Client]:
             work / "server.log",
             r"listening on (http://\S+)",
         ) as base_url,
-        httpx.Client(base_url=base_url + "/api/v1", timeout=120) as api,
+        httpx.Client(base_url=base_url + "/api/v1", timeout=120, headers=auth_headers(work / "data")) as api,
     ):
         wait_until(lambda: api.get("/environments").status_code == 200, "armillary serve")
         yield api

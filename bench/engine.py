@@ -68,7 +68,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _server import armillary_server  # bench/ is on sys.path when a benchmark runs
+from _server import armillary_server, auth_headers  # bench/ is on sys.path when a benchmark runs
+
+# The admin token of the server under test, set once it runs; child processes (forked) inherit it.
+HEADERS: dict[str, str] = {}
 
 SYSTEMS = 1000
 CONCURRENCY = 50
@@ -87,6 +90,8 @@ SCENARIOS = ("zero/engine", "zero/bulk", "zero/single", "lat/engine", "lat/bulk"
 def server(data_dir: Path, workers: int) -> Iterator[tuple[str, int]]:
     """``armillary serve`` on ``data_dir`` (embedded SQLite) with ``workers`` step threads; yields (URL, pid)."""
     with armillary_server(data_dir, {"ARMILLARY_WORKERS": str(workers)}) as found:
+        HEADERS.clear()
+        HEADERS.update(auth_headers(data_dir))
         yield found
 
 
@@ -148,7 +153,7 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(30, read=120)) as client, client.stream(
+            with httpx.Client(timeout=httpx.Timeout(30, read=120), headers=HEADERS) as client, client.stream(
                 "GET", f"{self.base_url}/api/v1/jobs/{self.job_id}/events", headers={"Accept": "text/event-stream"}
             ) as response:
                 if response.status_code != 200:
@@ -241,7 +246,7 @@ def _send_actions(base_url: str, ids: list[int], clients: int, out) -> None:
     """In a child process: POST a ``create`` for every system from ``clients`` threads; job ids to ``out``."""
 
     def send(chunk: list[int]) -> None:
-        with httpx.Client(base_url=base_url + "/api/v1", timeout=60) as c:
+        with httpx.Client(base_url=base_url + "/api/v1", timeout=60, headers=HEADERS) as c:
             for system_id in chunk:
                 out.put(expect(c.post(f"/systems/{system_id}/actions", json={"action": "create"}), 202).json()["id"])
 
@@ -430,7 +435,7 @@ def scenario(name: str, args: argparse.Namespace, progress) -> dict[str, Any]:
             how = "engine alone, in-process, jobs queued"
         else:
             with server(data_dir, workers) as (base_url, pid), \
-                    httpx.Client(base_url=base_url + "/api/v1", timeout=60) as client:
+                    httpx.Client(base_url=base_url + "/api/v1", timeout=60, headers=HEADERS) as client:
                 ids = define(client, latency_ms, name.replace("/", "-"))
                 warm_up(client, db_path)
                 progress(f"{name}: {len(ids)} systems defined (latency {latency_ms} ms, {workers} workers, "

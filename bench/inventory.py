@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _server import armillary_server  # bench/ is on sys.path when a benchmark runs
+from _server import armillary_server, auth_headers  # bench/ is on sys.path when a benchmark runs
 
 BATCH = 1000  # the import endpoint's maximum
 TARGET_P50_MS = 20.0
@@ -329,7 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with postgres_database(db_url, args.create_database, args.keep) if db_url else _nothing() as _:
             with server(db_url, data_dir) as base_url:
                 progress(f"server at {base_url} ({backend}, data in {data_dir})")
-                with httpx.Client(base_url=base_url + "/api/v1", timeout=60) as client:
+                with httpx.Client(base_url=base_url + "/api/v1", timeout=60,
+                                  headers=auth_headers(data_dir, db_url)) as client:
                     if reuse:
                         progress("--skip-load: using the inventory already in the database")
                         result["load"] = None

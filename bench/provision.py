@@ -44,7 +44,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _server import armillary_server
+from _server import armillary_server, auth_headers
 
 from tests.support.sshhosts import SshHost, ssh_host
 
@@ -198,7 +198,8 @@ def main() -> None:
         base_url, _pid = stack.enter_context(
             armillary_server(data_dir, {"ARMILLARY_WORKERS": "16", "ARMILLARY_PLAYBOOKS_DIR": str(playbooks)})
         )
-        client = stack.enter_context(httpx.Client(base_url=base_url + "/api/v1", timeout=60))
+        client = stack.enter_context(httpx.Client(base_url=base_url + "/api/v1", timeout=60,
+                                                  headers=auth_headers(data_dir)))
         expect(client.post("/environments", json={"name": "bench", "variables": {"port": 8080}}), 201)
         expect(
             client.post(

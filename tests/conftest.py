@@ -2,17 +2,56 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 
+from armillary.domain.accounts import AuditEvent, User
+from armillary.domain.jobs import Job, JobEvent, Step
+from armillary.logs import JsonFormatter, install_redaction
 from armillary.domain.models import Base
+from tests.support.accounts import ADMIN, TEST_SECRETS, bearer, ensure_user, token_for
 from tests.support.databases import database
 from tests.support.server import running_app
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secrets_never_logged(tmp_path_factory) -> Iterator[None]:
+    """Every log record of the test run, written as production writes it (JSON lines through the
+    redaction filter), must be free of the secrets the tests use; checked when the run ends."""
+    log_file = tmp_path_factory.mktemp("logs") / "test-run.log"
+    handler = install_redaction(logging.FileHandler(log_file, encoding="utf-8"))
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(level)
+    handler.close()
+    leaked = [(n, secret) for n, line in enumerate(log_file.read_text(encoding="utf-8").splitlines(), 1)
+              for secret in TEST_SECRETS if secret in line]
+    assert leaked == [], f"secrets in the test run's log {log_file} (line, secret): {leaked[:10]}"
+
+
+def assert_no_secrets_stored(db, audit_after: int) -> None:
+    """No secret the tests use in any job event, job, step, or audit row written since ``audit_after``."""
+    with db.session() as session:
+        texts = [json.dumps([e.message, e.data], default=str) for e in session.scalars(select(JobEvent))]
+        texts += [json.dumps([j.error, j.params, j.context, j.summary], default=str) for j in session.scalars(select(Job))]
+        texts += [json.dumps([s.error, s.result], default=str) for s in session.scalars(select(Step))]
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.id > audit_after))
+        texts += [json.dumps([r.path, r.detail], default=str) for r in rows]
+    leaked = {secret for text in texts for secret in TEST_SECRETS if secret in text}
+    assert not leaked, f"secrets stored in job output or the audit trail: {sorted(leaked)}"
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -20,24 +59,51 @@ def backend(request) -> str:
     return request.param
 
 
+# Kept across tests: the admin account the `api` client uses, and the trail (append-only by design).
+KEPT_TABLES = {"users", "api_tokens", "audit_events"}
+
+
 @pytest.fixture(scope="session")
 def live_server(backend: str, tmp_path_factory) -> Iterator[tuple[str, object]]:
     data_dir = tmp_path_factory.mktemp(f"server-{backend}")
     with database(backend, data_dir) as url, running_app(url, data_dir) as (base_url, db):
+        ensure_user(db, ADMIN, admin=True)
         yield base_url, db
 
 
-@pytest.fixture
-def api(live_server) -> Iterator[httpx.Client]:
-    """An HTTP client on a freshly emptied database."""
-    base_url, db = live_server
+@pytest.fixture(scope="session")
+def admin_token(live_server) -> str:
+    """A token of the `admin` account of the session's server."""
+    return token_for(live_server[1], ADMIN)
+
+
+def empty_database(db) -> None:
+    """Delete every row but the admin account, its tokens and the audit trail."""
     with db.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(delete(table))
-    with httpx.Client(base_url=base_url + "/api/v1", timeout=30) as client:
+            if table.name not in KEPT_TABLES:
+                conn.execute(delete(table))
+        conn.execute(delete(User.__table__).where(User.__table__.c.name != ADMIN))
+
+
+@pytest.fixture
+def api(live_server, admin_token) -> Iterator[httpx.Client]:
+    """An HTTP client, signed in as an admin, on a freshly emptied database."""
+    base_url, db = live_server
+    empty_database(db)
+    with db.session() as session:
+        audit_before = session.scalar(select(func.coalesce(func.max(AuditEvent.id), 0)))
+    with httpx.Client(base_url=base_url + "/api/v1", timeout=30, headers=bearer(admin_token)) as client:
         yield client
+    assert_no_secrets_stored(db, audit_before)
 
 
 @pytest.fixture
 def base_url(live_server) -> str:
     return live_server[0]
+
+
+@pytest.fixture
+def admin_headers(admin_token) -> dict[str, str]:
+    """For tests that make their own requests: the admin's Authorization header."""
+    return bearer(admin_token)

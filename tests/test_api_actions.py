@@ -6,6 +6,7 @@ import threading
 
 import httpx
 
+from tests.support.accounts import bearer, ensure_user, grant, token_for
 from tests.support.jobs import act, act_and_wait, sim_setup, wait_job
 
 
@@ -124,13 +125,15 @@ def test_second_action_on_a_busy_system_is_refused_naming_the_job(api: httpx.Cli
     assert state(api, "s1") == "destroyed"
 
 
-def test_twenty_concurrent_conflicting_actions_run_exactly_one(api: httpx.Client, base_url: str) -> None:
+def test_twenty_concurrent_conflicting_actions_run_exactly_one(
+    api: httpx.Client, base_url: str, admin_headers: dict
+) -> None:
     sim_setup(api, config={"latency_ms": 300})
     results: list[httpx.Response] = []
     barrier = threading.Barrier(20)
 
     def fire() -> None:
-        with httpx.Client(base_url=base_url + "/api/v1", timeout=30) as client:
+        with httpx.Client(base_url=base_url + "/api/v1", timeout=30, headers=admin_headers) as client:
             barrier.wait()
             results.append(client.post("/systems/s1/actions", json={"action": "create"}))
 
@@ -146,12 +149,26 @@ def test_twenty_concurrent_conflicting_actions_run_exactly_one(api: httpx.Client
     assert len(api.get("/jobs").json()["items"]) == 1
 
 
-def test_locked_environment_refuses_actions(api: httpx.Client) -> None:
+def test_locked_environment_refuses_actions_except_from_admins(api: httpx.Client, live_server) -> None:
     sim_setup(api)
-    api.patch("/environments/dev", json={"locked": True, "lock_reason": "change freeze"})
-    refused = act(api, "s1", "create")
-    assert refused.status_code == 409 and "change freeze" in refused.json()["detail"]
-    assert api.get("/jobs").json()["items"] == []
+    db = live_server[1]
+    ensure_user(db, "olga")
+    grant(db, "olga", "dev", "operator")
+    with httpx.Client(base_url=str(api.base_url), headers=bearer(token_for(db, "olga")), timeout=30) as olga:
+        locked = olga.post("/environments/dev/lock", json={"reason": "change freeze"})
+        assert locked.status_code == 200 and locked.json()["locked_by"] == "olga"
+        refused = act(olga, "s1", "create")
+        body = refused.json()
+        assert refused.status_code == 409 and body["type"].endswith(":environment-locked")
+        assert "change freeze" in body["detail"] and "olga" in body["detail"] and body["locked_by"] == "olga"
+        assert olga.patch("/systems/s1", json={"labels": {"a": "b"}}).status_code == 409
+        assert api.get("/jobs").json()["items"] == []
+        # An admin passes the lock (an emergency fix); the operator who locked it can lift it.
+        assert act(api, "s1", "create").status_code == 202
+        assert olga.post("/environments/dev/unlock").json()["locked"] is False
+    trail = api.get("/audit", params={"resource_type": "environments", "user": "olga"}).json()["items"]
+    assert {row["action"] for row in trail} == {"environment.lock", "environment.unlock"}
+    assert any(row["detail"].get("lock_reason") == "change freeze" for row in trail)
 
 
 def test_cancel_stops_at_step_boundary_and_compensates(api: httpx.Client) -> None:

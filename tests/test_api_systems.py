@@ -773,21 +773,21 @@ def test_garbage_cursor_is_refused(inventory: httpx.Client, cursor: str) -> None
 
 
 
-def test_cursor_beyond_any_id_is_refused(base_url: str, inventory: httpx.Client) -> None:
+def test_cursor_beyond_any_id_is_refused(base_url: str, inventory: httpx.Client, admin_headers: dict) -> None:
     # A fresh client: after a 500 the server drops the connection.
     response = httpx.get(
-        f"{base_url}/api/v1/systems", params={"cursor": _cursor({"after": 2**64})}, timeout=30
+        f"{base_url}/api/v1/systems", params={"cursor": _cursor({"after": 2**64})}, timeout=30, headers=admin_headers
     )
     body = problem(response, 422)
     assert fields(body) == {"cursor"}
 
 
 def test_cursor_beyond_the_32_bit_id_range_is_not_a_server_error(
-    base_url: str, inventory: httpx.Client
+    base_url: str, inventory: httpx.Client, admin_headers: dict
 ) -> None:
     """PostgreSQL ids are 32-bit ``integer``; SQLite's are 64-bit and simply return an empty page."""
     response = httpx.get(
-        f"{base_url}/api/v1/systems", params={"cursor": _cursor({"after": 2**31})}, timeout=30
+        f"{base_url}/api/v1/systems", params={"cursor": _cursor({"after": 2**31})}, timeout=30, headers=admin_headers
     )
     assert response.status_code in (200, 422), response.text
     if response.status_code == 200:

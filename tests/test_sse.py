@@ -25,11 +25,11 @@ def read_events(response: httpx.Response, stop_after: int | None = None) -> list
     return events
 
 
-def test_stream_resumes_from_last_event_id_without_gaps(api: httpx.Client, base_url: str) -> None:
+def test_stream_resumes_from_last_event_id_without_gaps(api: httpx.Client, base_url: str, admin_headers: dict) -> None:
     sim_setup(api, config={"latency_ms": 150, "boot_calls": 3})
     job = act(api, "s1", "stage").json()
     url = f"{base_url}/api/v1/jobs/{job['id']}/events"
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", **admin_headers}
     with httpx.stream("GET", url, headers=headers, timeout=30) as first:
         assert first.headers["content-type"].startswith("text/event-stream")
         seen = read_events(first, stop_after=3)  # then the client goes away
@@ -49,6 +49,6 @@ def test_events_page_without_streaming(api: httpx.Client) -> None:
     job = wait_job(api, act(api, "s1", "create").json()["id"])
     page = api.get(f"/jobs/{job['id']}/events", params={"limit": 2}).json()
     assert len(page["items"]) == 2 and page["next"]
-    following = httpx.get(page["next"]).json()
+    following = api.get(page["next"]).json()
     assert following["items"][0]["id"] > page["items"][-1]["id"]
     assert api.get("/jobs/999999/events").status_code == 404

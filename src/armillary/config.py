@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_data_dir
 
@@ -32,6 +33,12 @@ class Settings:
     engine: str = "inline"
     workers: int = 32
     lease_s: float = 30.0
+    # Lifetime of the tokens and browser sessions handed out by a login.
+    login_ttl_s: int = 12 * 3600
+    # Mark session cookies Secure even when this process sees plain HTTP (behind a TLS-terminating proxy).
+    cookie_secure: bool = False
+    # armillary.auth.ldap.LdapSettings when ARMILLARY_LDAP_URL is set, else None (local accounts only).
+    ldap: Any = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -52,4 +59,18 @@ class Settings:
             engine=env.get("ARMILLARY_ENGINE") or "inline",
             workers=int(env.get("ARMILLARY_WORKERS") or 32),
             lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
+            login_ttl_s=int(env.get("ARMILLARY_LOGIN_TTL_SECONDS") or 12 * 3600),
+            cookie_secure=_truthy(env.get("ARMILLARY_COOKIE_SECURE"), False),
+            ldap=_ldap_settings(env),
         )
+
+
+def _ldap_settings(env: dict[str, str]) -> Any:
+    if not env.get("ARMILLARY_LDAP_URL"):
+        return None
+    from armillary import redaction
+    from armillary.auth.ldap import LdapSettings
+
+    settings = LdapSettings.from_env(env)
+    redaction.register(settings.bind_password)  # never in a log line, whatever logs the settings
+    return settings

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from armillary.domain.db import Database
+from tests.support.accounts import ADMIN, bearer, ensure_user, token_for
+
 ARMILLARY = str(Path(sys.executable).with_name("armillary"))
 LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -57,8 +60,25 @@ class ServerProcess:
             time.sleep(0.1)
         raise RuntimeError("armillary serve never became ready:\n" + "".join(self.output))
 
+    def database_url(self) -> str:
+        return self.env.get("ARMILLARY_DATABASE_URL") or f"sqlite:///{self.data_dir / 'armillary.db'}"
+
+    def admin_token(self) -> str:
+        """A token of an admin account in this server's database (made once; it outlives restarts)."""
+        token_file = self.data_dir / "test-admin-token"
+        if not token_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            db = Database(self.database_url())
+            try:
+                ensure_user(db, ADMIN, admin=True)
+                token_file.write_text(token_for(db, ADMIN))
+            finally:
+                db.dispose()
+        return token_file.read_text()
+
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", timeout=30)
+        """An API client signed in as an admin."""
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=30, headers=bearer(self.admin_token()))
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -6,9 +6,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
+from armillary.api.audit import note
 from armillary.api.deps import SessionDep
-from armillary.api.jobs import IdempotencyKey, accepted, commit_idempotent, replay_or_conflict
+from armillary.api.jobs import IdempotencyKey, accepted, actor_kwargs, commit_idempotent, replay_or_conflict
+from armillary.api.security import Access, requires
 from armillary.api.systems import _check_hostname_free, get_system
+from armillary.auth.policy import Permission
 from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ActionRequest, JobOut
 from armillary.domain.models import System, SystemLabel
@@ -20,7 +23,7 @@ from armillary.engine.jobs import StateConflict, start_system_action
 router = APIRouter(prefix="/systems", tags=["actions"])
 
 
-def _clone(session: Session, source: System, hostname: str) -> System:
+def _clone(session: Session, source: System, hostname: str, owner_id: int) -> System:
     """A new system record copying the source's definition (not its machine)."""
     try:
         check_action("clone", source.state)
@@ -31,7 +34,7 @@ def _clone(session: Session, source: System, hostname: str) -> System:
         hostname=hostname, environment=source.environment, hypervisor=source.hypervisor, type=source.type,
         user=source.user, os=source.os, cpu=source.cpu, memory_mb=source.memory_mb, disk_gb=source.disk_gb,
         addresses=[], driver_props=dict(source.driver_props or {}), variables=dict(source.variables or {}),
-        labels=[SystemLabel(key=label.key, value=label.value) for label in source.labels],
+        labels=[SystemLabel(key=label.key, value=label.value) for label in source.labels], owner_id=owner_id,
     )
     session.add(clone)
     session.flush()
@@ -47,13 +50,19 @@ def run_action(
     queue: bool = Query(False, description="Wait behind a job holding the system instead of answering 409"),
     session: Session = SessionDep,
     idempotency_key: str | None = IdempotencyKey,
+    access: Access = requires(Permission.ENV_OWN),
 ) -> JSONResponse:
     """Start ``create``, ``provision``, ``deploy``, ``rollback``, ``destroy``, ``stage``, ``stop``, ``start``,
     ``reload`` or ``clone`` (which needs ``hostname``: the copy's). Follow the job at its Location.
 
     ``deploy`` and ``rollback`` are checked here (``armillary.engine.deploy``): an invalid project
-    configuration, or a cycle in its task graph, is a 422 naming it, and no job is made."""
-    system = get_system(session, ref)
+    configuration, or a cycle in its task graph, is a 422 naming it, and no job is made.
+
+    Operators act on every system of their environments, users on the systems they own; a locked
+    environment refuses everyone but admins (409); ``create``, ``stage`` and ``clone`` take from the
+    owner's quota (403 naming the limit when it is spent)."""
+    system = get_system(session, ref, access)
+    note(request, action=f"system.{body.action}")
     existing = replay_or_conflict(session, idempotency_key, body.action, None if body.action == "clone" else system.id)
     if existing is not None:
         return accepted(request, session, existing, existing=True)
@@ -64,7 +73,7 @@ def run_action(
             raise InvalidInput("hostname", "clone needs the new system's hostname")
         params.setdefault("provision", system.provisioned_at is not None)
         params["cloned_from"] = system.id
-        target = _clone(session, system, body.hostname)
+        target = _clone(session, system, body.hostname, access.principal.user_id)
     elif body.action == "reload":
         params.setdefault("provision", system.provisioned_at is not None)
     elif body.action in {"deploy", "rollback"}:
@@ -75,6 +84,6 @@ def run_action(
             raise InvalidInput(exc.field, str(exc)) from None
     job = start_system_action(
         session, target, body.action, params=params, queue=queue, idempotency_key=idempotency_key,
-        request_id=request.state.request_id,
+        request_id=request.state.request_id, **actor_kwargs(access),
     )
     return commit_idempotent(request, session, job, idempotency_key)

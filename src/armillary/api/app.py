@@ -7,12 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import RedirectResponse
 
 from armillary import __version__
 from armillary.api import (
     actions,
+    audit,
+    auth,
     drivers,
     environments,
     groups,
@@ -26,9 +28,12 @@ from armillary.api import (
     sources,
     systems,
     types,
+    users,
     variables,
 )
+from armillary.api.audit import AuditMiddleware
 from armillary.api.middleware import RequestIdMiddleware, YamlBodyMiddleware
+from armillary.api.security import current_principal, document_permissions
 from armillary.config import Settings
 from armillary.domain import migrate
 from armillary.domain.db import Database
@@ -76,13 +81,17 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s)
     app.state.engine.runtime.data_dir = settings.data_dir
 
-    api = APIRouter(prefix=API_PREFIX)
+    # Every route under the API router needs credentials; only the login routes are outside it.
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
-               jobs, schedules, releases, sources)
+               jobs, schedules, releases, sources, auth, users, audit)
+    for router in [*(module.router for module in routers), systems.labels_router, auth.public_router]:
+        document_permissions(router)
     for module in routers:
         api.include_router(module.router)
     api.include_router(systems.labels_router)
     app.include_router(api)
+    app.include_router(auth.public_router, prefix=API_PREFIX)
     app.include_router(health.router)
 
     @app.get("/", include_in_schema=False)
@@ -92,4 +101,5 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     problems.install(app)
     app.add_middleware(YamlBodyMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AuditMiddleware)
     return app

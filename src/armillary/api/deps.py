@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import Depends, Query, Request, Response
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import QueryableAttribute, Session
@@ -21,10 +22,23 @@ MAX_LIMIT = 1000
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
 
 
-def get_session(request: Request) -> Iterator[Session]:
+# Commits and rollbacks of request sessions run on their own threads. On the default pool they would
+# queue behind handlers that wait for SQLite's write lock, which only those commits release: with
+# more concurrent writes than threads (40) every request would stall until the lock timeout.
+_session_finishers = anyio.CapacityLimiter(16)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request; committed when the handler returns, rolled back on error."""
-    with request.app.state.db.session() as session:
+    session = request.app.state.db.sessionmaker()
+    try:
         yield session
+        await anyio.to_thread.run_sync(session.commit, limiter=_session_finishers)
+    except BaseException:
+        await anyio.to_thread.run_sync(session.rollback, limiter=_session_finishers)
+        raise
+    finally:
+        await anyio.to_thread.run_sync(session.close, limiter=_session_finishers)
 
 
 SessionDep = Depends(get_session, scope="function")  # commit before the response is sent

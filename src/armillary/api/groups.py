@@ -16,8 +16,10 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
+from armillary.api.security import Access, requires
 from armillary.api.systems import system_page
 from armillary.api.systems import to_out as system_out
+from armillary.auth.policy import Permission
 from armillary.domain.models import Group
 from armillary.domain.schemas import GroupCreate, GroupOut, GroupUpdate, Page, SystemOut
 
@@ -25,7 +27,7 @@ router = APIRouter(prefix="/groups", tags=["groups"])
 
 
 @router.post("", status_code=201, response_model=GroupOut)
-def create_group(body: GroupCreate, request: Request, response: Response, session: Session = SessionDep) -> Group:
+def create_group(body: GroupCreate, request: Request, response: Response, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> Group:
     ensure_unique_name(session, Group, body.name, "group")
     group = Group(**body.model_dump())
     session.add(group)
@@ -36,14 +38,15 @@ def create_group(body: GroupCreate, request: Request, response: Response, sessio
 
 @router.get("", response_model=Page[GroupOut])
 def list_groups(
-    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep
+    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep,
+    access: Access = requires(Permission.AUTHENTICATED),
 ) -> dict:
     items, next_url = paginate(session, select(Group), Group, page, request, response)
     return {"items": items, "next": next_url}
 
 
 @router.get("/{ref}", response_model=GroupOut)
-def get_group(ref: str, response: Response, session: Session = SessionDep) -> Group:
+def get_group(ref: str, response: Response, session: Session = SessionDep, access: Access = requires(Permission.AUTHENTICATED)) -> Group:
     group = get_by_ref(session, Group, ref, "group")
     set_etag(response, group.version)
     return group
@@ -51,17 +54,19 @@ def get_group(ref: str, response: Response, session: Session = SessionDep) -> Gr
 
 @router.get("/{ref}/systems", response_model=Page[SystemOut])
 def group_members(
-    ref: str, request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep
+    ref: str, request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
 ) -> dict:
     """The systems that carry every label of the group's selector."""
     group = get_by_ref(session, Group, ref, "group")
-    items, next_url = system_page(session, page, request, response, labels=group.selector)
+    items, next_url = system_page(session, page, request, response, access, labels=group.selector)
     return {"items": [system_out(s) for s in items], "next": next_url}
 
 
 @router.patch("/{ref}", response_model=GroupOut)
 def update_group(
-    ref: str, body: GroupUpdate, request: Request, response: Response, session: Session = SessionDep
+    ref: str, body: GroupUpdate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ADMIN),
 ) -> Group:
     group = get_by_ref(session, Group, ref, "group")
     check_if_match(request, group.version)
@@ -76,7 +81,7 @@ def update_group(
 
 
 @router.delete("/{ref}", status_code=204)
-def delete_group(ref: str, request: Request, session: Session = SessionDep) -> Response:
+def delete_group(ref: str, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> Response:
     group = get_by_ref(session, Group, ref, "group")
     check_if_match(request, group.version)
     session.delete(group)

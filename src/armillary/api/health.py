@@ -11,13 +11,13 @@ from armillary.domain.migrate import current_revision, head_revision
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", openapi_extra={"x-armillary-permission": "public"})
 def healthz() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", openapi_extra={"x-armillary-permission": "public"})
 def readyz(request: Request) -> JSONResponse:
     """The database answers and its schema is at the migration head."""
     db = request.app.state.db

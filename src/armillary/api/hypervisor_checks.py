@@ -6,7 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from armillary.api.deps import get_by_ref
+from armillary.api.hypervisors import get_hypervisor_for
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
 from armillary.domain.errors import DomainError
 from armillary.domain.models import Hypervisor, System
 from armillary.drivers.base import Driver, DriverError
@@ -28,10 +30,10 @@ def _driver(request: Request, hypervisor: Hypervisor) -> Driver:
 
 
 @router.get("/{ref}/check")
-async def check_hypervisor(ref: str, request: Request) -> dict:
+async def check_hypervisor(ref: str, request: Request, access: Access = requires(Permission.ENV_OPERATE)) -> dict:
     """Connect with the stored settings and credentials; ``ok`` false with the driver's message if it fails."""
     with request.app.state.db.session() as session:
-        hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+        hypervisor = get_hypervisor_for(session, ref, access)
         session.expunge(hypervisor)
     try:
         message = await run_in_threadpool(lambda: _driver(request, hypervisor).check())
@@ -42,10 +44,10 @@ async def check_hypervisor(ref: str, request: Request) -> dict:
 
 
 @router.get("/{ref}/unmanaged")
-async def unmanaged_machines(ref: str, request: Request) -> dict:
+async def unmanaged_machines(ref: str, request: Request, access: Access = requires(Permission.ENV_OPERATE)) -> dict:
     """Machines the hypervisor holds that no Armillary system owns (untagged, or tagged with an unknown id)."""
     with request.app.state.db.session() as session:
-        hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+        hypervisor = get_hypervisor_for(session, ref, access)
         session.expunge(hypervisor)
     try:
         machines = await run_in_threadpool(lambda: _driver(request, hypervisor).list())

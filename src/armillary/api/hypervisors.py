@@ -24,6 +24,9 @@ from armillary.api.deps import (
     resolve_ref,
     set_etag,
 )
+from armillary.api.environments import get_environment_for
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
 from armillary.domain.errors import InUse, InvalidInput, invalid_from_pydantic
 from armillary.domain.models import Environment, Hypervisor, System
 from armillary.domain.schemas import HypervisorCreate, HypervisorOut, HypervisorUpdate, Page
@@ -79,11 +82,20 @@ def decrypted_config(hypervisor: Hypervisor, box: SecretBox) -> dict[str, Any]:
     return {**hypervisor.config, **box.decrypt(hypervisor.secret_config)}
 
 
+def get_hypervisor_for(session: Session, ref: str, access: Access) -> Hypervisor:
+    """The hypervisor, if the caller may see its environment (404 alike for missing and hidden ones)."""
+    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+    access.check(hypervisor.environment, hidden=f"no hypervisor {ref!r}")
+    return hypervisor
+
+
 @router.post("", status_code=201, response_model=HypervisorOut)
 def create_hypervisor(
-    body: HypervisorCreate, request: Request, response: Response, session: Session = SessionDep
+    body: HypervisorCreate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_ADMIN),
 ) -> HypervisorOut:
     env = resolve_ref(session, Environment, body.environment, "environment", "environment")
+    access.check_ref(env, "environment", body.environment)
     driver = driver_for(body.driver)
     plain, secrets = validated_config(driver, body.config)
     ensure_unique_name(session, Hypervisor, body.name, "hypervisor")
@@ -105,10 +117,12 @@ def list_hypervisors(
     environment: str | None = Query(None, max_length=63, description="Environment id or name"),
     driver: str | None = Query(None, max_length=63),
     session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
 ) -> dict:
-    query = select(Hypervisor)
+    """Hypervisors of the environments the caller holds a role in (admins: all)."""
+    query = access.visible(select(Hypervisor), Hypervisor.environment_id)
     if environment is not None:
-        query = query.where(Hypervisor.environment_id == get_by_ref(session, Environment, environment, "environment").id)
+        query = query.where(Hypervisor.environment_id == get_environment_for(session, environment, access).id)
     if driver is not None:
         query = query.where(Hypervisor.driver == driver)
     items, next_url = paginate(session, query, Hypervisor, page, request, response)
@@ -116,17 +130,20 @@ def list_hypervisors(
 
 
 @router.get("/{ref}", response_model=HypervisorOut)
-def get_hypervisor(ref: str, response: Response, session: Session = SessionDep) -> HypervisorOut:
-    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+def get_hypervisor(
+    ref: str, response: Response, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)
+) -> HypervisorOut:
+    hypervisor = get_hypervisor_for(session, ref, access)
     set_etag(response, hypervisor.version)
     return to_out(hypervisor)
 
 
 @router.patch("/{ref}", response_model=HypervisorOut)
 def update_hypervisor(
-    ref: str, body: HypervisorUpdate, request: Request, response: Response, session: Session = SessionDep
+    ref: str, body: HypervisorUpdate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_ADMIN),
 ) -> HypervisorOut:
-    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+    hypervisor = get_hypervisor_for(session, ref, access)
     check_if_match(request, hypervisor.version)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("name") is not None:
@@ -148,8 +165,10 @@ def update_hypervisor(
 
 
 @router.delete("/{ref}", status_code=204)
-def delete_hypervisor(ref: str, request: Request, session: Session = SessionDep) -> Response:
-    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
+def delete_hypervisor(
+    ref: str, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ENV_ADMIN)
+) -> Response:
+    hypervisor = get_hypervisor_for(session, ref, access)
     check_if_match(request, hypervisor.version)
     if session.scalar(select(exists().where(System.hypervisor_id == hypervisor.id))):
         raise InUse(f"hypervisor {hypervisor.name!r} still has systems; destroy or move them first")

@@ -9,18 +9,22 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import MAX_LIMIT, SessionDep, decode_cursor, encode_cursor
-from armillary.domain.errors import Conflict, NotFound
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
+from armillary.domain.errors import Conflict, Forbidden, NotFound
 from armillary.domain.job_schemas import JobOut, JobSpec, StepOut
 from armillary.domain.jobs import TERMINAL_JOB, Job
+from armillary.domain.models import System
 from armillary.domain.schemas import Page
 from armillary.engine.events import event_dict, events_after
 from armillary.engine.jobs import find_by_idempotency_key
-from armillary.engine.selection import start_from_spec
+from armillary.engine.selection import resolve_selector, start_from_spec
+from armillary.redaction import redact_data
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -33,20 +37,50 @@ IdempotencyKey = Header(None, alias="Idempotency-Key", max_length=255,
 def to_out(job: Job) -> JobOut:
     return JobOut(
         id=job.id, action=job.action, workflow=job.workflow, status=job.status, system_id=job.system_id,
-        parent_id=job.parent_id, params=job.params, context=job.context or {}, error=job.error, summary=job.summary,
+        parent_id=job.parent_id, params=redact_data(job.params), context=redact_data(job.context or {}), error=job.error, summary=job.summary,
         cancel_requested=job.cancel_requested,
         waiting_for_lock=job.status == "queued" and not job.holds_lock,
-        request_id=job.request_id, created_at=job.created_at, started_at=job.started_at,
+        request_id=job.request_id, actor=job.actor, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at,
         steps=[StepOut.model_validate(step, from_attributes=True) for step in job.steps],
     )
 
 
-def get_job(session: Session, job_id: int) -> Job:
+def get_job(session: Session, job_id: int, access: Access, permission: Permission | None = None) -> Job:
+    """The job, if the caller may see it: its system is in one of their environments, or they started it.
+
+    With ``permission``, acting on the job (cancel) also needs that permission on its system."""
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
+    mine = job.user_id is not None and job.user_id == access.principal.user_id
+    system = session.get(System, job.system_id) if job.system_id is not None else None
+    if system is not None and not (mine and permission is None):
+        access.check(system.environment, hidden=f"no job {job_id}", owner_id=system.owner_id,
+                     permission=permission or Permission.ENV_READ, mutating=False)
+    elif not (mine or access.is_admin):
+        raise NotFound(f"no job {job_id}")
     return job
+
+
+def actor_kwargs(access: Access) -> dict:
+    """Who a new job acts for: recorded on it; an admin's jobs pass environment locks."""
+    return {"user_id": access.principal.user_id, "actor": access.principal.name, "bypass_lock": access.is_admin}
+
+
+def _actable(access: Access):
+    """Narrow a system query to what the caller may act on: operator environments, and own systems as user."""
+    principal = access.principal
+
+    def scope(query):
+        if principal.is_admin:
+            return query
+        operate = [env for env, role in principal.roles.items() if role == "operator"]
+        own = [env for env, role in principal.roles.items() if role == "user"]
+        return query.where(or_(System.environment_id.in_(operate),
+                               and_(System.environment_id.in_(own), System.owner_id == principal.user_id)))
+
+    return scope
 
 
 def accepted(request: Request, session: Session, job: Job, *, existing: bool = False) -> JSONResponse:
@@ -80,13 +114,25 @@ def commit_idempotent(request: Request, session: Session, job: Job, key: str | N
 
 @router.post("", status_code=202, response_model=JobOut)
 def start_bulk_job(
-    body: JobSpec, request: Request, session: Session = SessionDep, idempotency_key: str | None = IdempotencyKey
+    body: JobSpec, request: Request, session: Session = SessionDep, idempotency_key: str | None = IdempotencyKey,
+    access: Access = requires(Permission.ENV_OWN),
 ) -> JSONResponse:
-    """Run an action on every system matching the selector, in batches, with bounded concurrency."""
+    """Run an action on every system matching the selector, in batches, with bounded concurrency.
+
+    The selector sees only the caller's environments; if it matches systems the caller may not act
+    on (a viewer's, or other users' systems for a user), the whole job is refused (403)."""
     existing = replay_or_conflict(session, idempotency_key, body.action, None)
     if existing is not None:
         return accepted(request, session, existing, existing=True)
-    job = start_from_spec(session, body, request_id=request.state.request_id, idempotency_key=idempotency_key)
+    visible = resolve_selector(session, body.selector, lambda q: access.visible(q, System.environment_id))
+    actable = resolve_selector(session, body.selector, _actable(access)) if not access.is_admin else visible
+    if len(actable) < len(visible):
+        raise Forbidden(f"the selector matches {len(visible) - len(actable)} systems you may not act on "
+                        f"(of {len(visible)}); narrow it to your own systems or ask an operator")
+    kwargs = actor_kwargs(access)
+    actor = {"user_id": kwargs["user_id"], "name": kwargs["actor"], "admin": kwargs["bypass_lock"]}
+    job = start_from_spec(session, body, request_id=request.state.request_id, idempotency_key=idempotency_key,
+                          actor=actor, system_ids=actable)
     return commit_idempotent(request, session, job, idempotency_key)
 
 
@@ -100,9 +146,14 @@ def list_jobs(
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
     cursor: str | None = Query(None, max_length=200),
     session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
 ) -> dict:
-    """Newest first."""
+    """Newest first: jobs on systems of the caller's environments and jobs they started (admins: all)."""
     query = select(Job)
+    visible = access.principal.visible_env_ids()
+    if visible is not None:
+        in_envs = select(System.id).where(System.environment_id.in_(visible))
+        query = query.where(or_(Job.system_id.in_(in_envs), Job.user_id == access.principal.user_id))
     if cursor:
         query = query.where(Job.id < decode_cursor(cursor))
     for column, value in ((Job.status, status), (Job.action, action), (Job.system_id, system), (Job.parent_id, parent)):
@@ -117,14 +168,18 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def read_job(job_id: int, session: Session = SessionDep) -> JobOut:
-    return to_out(get_job(session, job_id))
+def read_job(job_id: int, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)) -> JobOut:
+    return to_out(get_job(session, job_id, access))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
-def cancel_job(job_id: int, request: Request, session: Session = SessionDep) -> JSONResponse:
-    """Stop at the next step boundary; completed steps with a compensation are undone."""
-    job = get_job(session, job_id)
+def cancel_job(
+    job_id: int, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ENV_OWN)
+) -> JSONResponse:
+    """Stop at the next step boundary; completed steps with a compensation are undone. Allowed to whoever
+    may act on the job's system (also in a locked environment: stopping is always allowed), and to
+    whoever started a bulk job."""
+    job = get_job(session, job_id, access, Permission.ENV_OWN)
     if job.status in TERMINAL_JOB:
         raise Conflict(f"job {job.id} already {job.status}; nothing to cancel", status_of_job=job.status)
     job.cancel_requested = True
@@ -141,6 +196,7 @@ async def job_events(
     after: int = Query(0, ge=0, description="Only events with a larger id"),
     limit: int = Query(500, ge=1, le=MAX_LIMIT),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+    access: Access = requires(Permission.ENV_READ),
 ) -> Response:
     """The job's events in order. With ``Accept: text/event-stream`` they stream live (SSE) until the
     job ends, resuming after ``Last-Event-ID``; otherwise one JSON page starting after ``after``."""
@@ -151,7 +207,7 @@ async def job_events(
     def page(after_id: int) -> tuple[list[dict], str | None]:
         """A page of events, and the job's final status once it has ended (None while it runs)."""
         with db.session() as session:
-            job = get_job(session, job_id)
+            job = get_job(session, job_id, access)
             ended = job.status if job.status in TERMINAL_JOB else None
             return [event_dict(e) for e in events_after(session, job_id, after_id, limit)], ended
 

@@ -76,7 +76,9 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
 
 
 async def _on_domain(request: Request, exc: DomainError) -> JSONResponse:
-    return problem_response(exc.status, exc.slug, exc.title, exc.detail, request, errors=exc.errors, **exc.extra)
+    response = problem_response(exc.status, exc.slug, exc.title, exc.detail, request, errors=exc.errors, **exc.extra)
+    response.headers.update(getattr(exc, "headers", {}))
+    return response
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -17,7 +17,9 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import SessionDep
+from armillary.api.security import Access, requires
 from armillary.api.systems import get_system
+from armillary.auth.policy import Permission
 from armillary.domain.errors import Conflict, InvalidInput
 from armillary.domain.variables import plain_values, resolve_system
 from armillary.drivers.base import DriverError
@@ -65,9 +67,10 @@ def list_releases(
     project: str | None = Query(None, max_length=100),
     root: str | None = Query(None, max_length=1024),
     session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
 ) -> ReleasesOut:
     """Which releases the system has, which one is ``current``, and its archives (``failed``: a failed deploy)."""
-    system = get_system(session, ref)
+    system = get_system(session, ref, access)
     variables = plain_values(resolve_system(session, system))
     params = {k: v for k, v in {"project": project, "root": root}.items() if v is not None}
     try:

@@ -10,6 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import PageParams, SessionDep, created, ensure_unique_name, get_by_ref, paginate
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
 from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate
 from armillary.domain.jobs import Schedule
@@ -39,7 +41,8 @@ def to_out(row: Schedule) -> ScheduleOut:
 
 @router.post("", status_code=201, response_model=ScheduleOut)
 def create_schedule(
-    body: ScheduleCreate, request: Request, response: Response, session: Session = SessionDep
+    body: ScheduleCreate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ADMIN),
 ) -> ScheduleOut:
     _check(body.cron, body.timezone)
     ensure_unique_name(session, Schedule, body.name, "schedule")
@@ -55,19 +58,20 @@ def create_schedule(
 
 @router.get("", response_model=Page[ScheduleOut])
 def list_schedules(
-    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep
+    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep,
+    access: Access = requires(Permission.ADMIN),
 ) -> dict:
     items, next_url = paginate(session, select(Schedule), Schedule, page, request, response)
     return {"items": [to_out(s) for s in items], "next": next_url}
 
 
 @router.get("/{ref}", response_model=ScheduleOut)
-def read_schedule(ref: str, session: Session = SessionDep) -> ScheduleOut:
+def read_schedule(ref: str, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> ScheduleOut:
     return to_out(get_by_ref(session, Schedule, ref, "schedule"))
 
 
 @router.patch("/{ref}", response_model=ScheduleOut)
-def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDep) -> ScheduleOut:
+def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> ScheduleOut:
     row = get_by_ref(session, Schedule, ref, "schedule")
     cron, tz = body.cron or row.cron, body.timezone or row.timezone
     _check(cron, tz)
@@ -82,6 +86,6 @@ def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDe
 
 
 @router.delete("/{ref}", status_code=204)
-def delete_schedule(ref: str, session: Session = SessionDep) -> Response:
+def delete_schedule(ref: str, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> Response:
     session.delete(get_by_ref(session, Schedule, ref, "schedule"))
     return Response(status_code=204)

@@ -27,6 +27,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
 from armillary.domain.errors import DomainError, InvalidInput, NotFound
 from armillary.engine import deploy
 
@@ -81,7 +83,7 @@ def _out(source_id: str, path: Path) -> SourceOut:
              responses={200: {"description": "the same tarball was already uploaded"},
                         413: {"description": "larger than the limit"}, 415: {"description": "not a tarball type"},
                         422: {"description": "not a safe gzip tarball"}})
-async def upload_source(request: Request) -> JSONResponse:
+async def upload_source(request: Request, access: Access = requires(Permission.AUTHENTICATED)) -> JSONResponse:
     """Upload a deploy source (a ``.tar.gz`` as the raw body); answers its id (sha256) and size."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ACCEPTED_TYPES:
@@ -127,13 +129,13 @@ async def upload_source(request: Request) -> JSONResponse:
 
 
 @router.get("/{source_id}", response_model=SourceOut, name="get_source")
-def get_source(source_id: str, request: Request) -> SourceOut:
+def get_source(source_id: str, request: Request, access: Access = requires(Permission.AUTHENTICATED)) -> SourceOut:
     """An uploaded source's id, size and upload time."""
     return _out(source_id, _stored(request, source_id))
 
 
 @router.delete("/{source_id}", status_code=204)
-def delete_source(source_id: str, request: Request) -> Response:
+def delete_source(source_id: str, request: Request, access: Access = requires(Permission.ADMIN)) -> Response:
     """Remove an uploaded source (releases already deployed from it are not touched)."""
     _stored(request, source_id).unlink(missing_ok=True)
     return Response(status_code=204)

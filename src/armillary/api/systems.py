@@ -24,8 +24,13 @@ from armillary.api.deps import (
     resolve_ref,
     set_etag,
 )
+from armillary.api.environments import get_environment_for
 from armillary.api.hypervisors import driver_for
-from armillary.domain.errors import Conflict, InvalidInput, NotFound, invalid_from_pydantic
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
+from armillary.domain import quotas
+from armillary.domain.accounts import User
+from armillary.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, invalid_from_pydantic
 from armillary.domain.models import Environment, Hypervisor, System, SystemLabel, SystemType, utcnow
 from armillary.domain.schemas import (
     ImportResult,
@@ -64,26 +69,44 @@ def to_out(system: System) -> SystemOut:
         labels={label.key: label.value for label in system.labels},
         variables=system.variables,
         state=system.state,
+        owner=system.owner.name if system.owner is not None else None,
         created_at=system.created_at,
         updated_at=system.updated_at,
         version=system.version,
     )
 
 
-def get_system(session: Session, ref: str) -> System:
-    """By id, or by hostname when only one environment has it."""
+def get_system(session: Session, ref: str, access: Access) -> System:
+    """By id, or by hostname when only one environment the caller can see has it; checked for the route's
+    permission (404 alike for missing systems and systems in environments the caller has no role in)."""
     if ref.isdigit():
         system = session.get(System, int(ref))
         if system is None:
             raise NotFound(f"no system {ref}")
-        return system
-    matches = list(session.scalars(select(System).where(System.hostname == ref.lower()).limit(10)).unique())
-    if not matches:
-        raise NotFound(f"no system {ref!r}")
-    if len(matches) > 1:
-        envs = ", ".join(sorted(s.environment.name for s in matches))
-        raise Conflict(f"hostname {ref!r} exists in several environments ({envs}); use the system id")
-    return matches[0]
+    else:
+        query = access.visible(select(System).where(System.hostname == ref.lower()), System.environment_id)
+        matches = list(session.scalars(query.limit(10)).unique())
+        if not matches:
+            raise NotFound(f"no system {ref!r}")
+        if len(matches) > 1:
+            envs = ", ".join(sorted(s.environment.name for s in matches))
+            raise Conflict(f"hostname {ref!r} exists in several environments ({envs}); use the system id")
+        system = matches[0]
+    access.check(system.environment, hidden=f"no system {ref if ref.isdigit() else repr(ref)}",
+                 owner_id=system.owner_id)
+    return system
+
+
+def resolve_owner(session: Session, system: System, owner: str | None, access: Access, field: str = "owner") -> None:
+    """Give ``system`` to ``owner`` (default: the caller). Naming someone else takes operator rights there."""
+    if owner is None or owner.lower() == access.principal.name:
+        system.owner_id = access.principal.user_id
+        return
+    access.check(system.environment, hidden="", permission=Permission.ENV_OPERATE)
+    user_id = session.scalar(select(User.id).where(User.name == owner.lower()))
+    if user_id is None:
+        raise InvalidInput(field, f"no user {owner!r}")
+    system.owner_id = user_id
 
 
 # ---------------------------------------------------------------- building and changing systems
@@ -156,10 +179,17 @@ def _memo(memo: dict | None, key: tuple, load):
     return memo[key]
 
 
-def build_system(session: Session, body: SystemCreate, memo: dict | None = None, check_hostname: bool = True) -> System:
-    """A new, unsaved system from validated input; every reference checked."""
-    env = _memo(memo, ("env", body.environment),
-                lambda: resolve_ref(session, Environment, body.environment, "environment", "environment"))
+def _environment_for_new_system(session: Session, ref: Any, access: Access) -> Environment:
+    env = resolve_ref(session, Environment, ref, "environment", "environment")
+    access.check_ref(env, "environment", ref, owner_id=access.principal.user_id)
+    return env
+
+
+def build_system(
+    session: Session, body: SystemCreate, access: Access, memo: dict | None = None, check_hostname: bool = True
+) -> System:
+    """A new, unsaved system from validated input; every reference and the caller's rights checked."""
+    env = _memo(memo, ("env", body.environment), lambda: _environment_for_new_system(session, body.environment, access))
     hypervisor = _memo(memo, ("hv", env.id, body.hypervisor, body.driver_name),
                        lambda: _pick_hypervisor(session, env, body.hypervisor, body.driver_name))
     system_type = None
@@ -177,6 +207,7 @@ def build_system(session: Session, body: SystemCreate, memo: dict | None = None,
     )
     _set_machine(system, body.machine, only_given=False)
     _set_labels(system, body.labels)
+    resolve_owner(session, system, body.owner, access)
     return system
 
 
@@ -188,6 +219,7 @@ def system_page(
     page: PageParams,
     request: Request,
     response: Response,
+    access: Access,
     *,
     environment: str | None = None,
     hypervisor: str | None = None,
@@ -199,10 +231,12 @@ def system_page(
     # A page's systems share a few environments, hypervisors and types: load each of those once (selectin
     # by the distinct ids) rather than join their full rows, JSON columns and all, onto every system row.
     query = select(System).options(
-        selectinload(System.environment), selectinload(System.hypervisor), selectinload(System.type)
+        selectinload(System.environment), selectinload(System.hypervisor), selectinload(System.type),
+        selectinload(System.owner),
     )
+    query = access.visible(query, System.environment_id)
     if environment is not None:
-        query = query.where(System.environment_id == get_by_ref(session, Environment, environment, "environment").id)
+        query = query.where(System.environment_id == get_environment_for(session, environment, access).id)
     if hypervisor is not None:
         query = query.where(System.hypervisor_id == get_by_ref(session, Hypervisor, hypervisor, "hypervisor").id)
     if type is not None:
@@ -254,9 +288,11 @@ def list_systems(
     label: list[str] = Query([], description="key=value; repeat to require several labels"),
     q: str | None = Query(None, max_length=253, description="Hostname prefix"),
     session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
 ) -> dict:
+    """Systems of the environments the caller holds a role in (admins: all)."""
     items, next_url = system_page(
-        session, page, request, response, environment=environment, hypervisor=hypervisor, type=type, state=state,
+        session, page, request, response, access, environment=environment, hypervisor=hypervisor, type=type, state=state,
         labels=parse_label_filters(label), q=q,
     )
     return {"items": [to_out(s) for s in items], "next": next_url}
@@ -266,9 +302,13 @@ def list_systems(
 
 
 @router.post("", status_code=201, response_model=SystemOut)
-def create_system(body: SystemCreate, request: Request, response: Response, session: Session = SessionDep) -> SystemOut:
-    """Define a system (state ``defined``). Accepts the seed shape too, as JSON or YAML."""
-    system = build_system(session, body)
+def create_system(
+    body: SystemCreate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_OWN),
+) -> SystemOut:
+    """Define a system (state ``defined``), owned by the caller unless ``owner`` names another user.
+    Accepts the seed shape too, as JSON or YAML."""
+    system = build_system(session, body, access)
     session.add(system)
     session.flush()
     created(response, request, system.id, system.version)
@@ -276,7 +316,9 @@ def create_system(body: SystemCreate, request: Request, response: Response, sess
 
 
 @router.post("/import", status_code=201, response_model=ImportResult)
-def import_systems(body: SystemImport, session: Session = SessionDep) -> ImportResult:
+def import_systems(
+    body: SystemImport, session: Session = SessionDep, access: Access = requires(Permission.ENV_OWN)
+) -> ImportResult:
     """Define up to 1000 systems at once, all or nothing: one bad item fails the batch, naming the item."""
     memo: dict = {}
     specs: list[SystemCreate] = []
@@ -295,7 +337,7 @@ def import_systems(body: SystemImport, session: Session = SessionDep) -> ImportR
     seen: dict[tuple[int, str], int] = {}
     for index, spec in enumerate(specs):
         try:
-            system = build_system(session, spec, memo, check_hostname=False)
+            system = build_system(session, spec, access, memo, check_hostname=False)
             key = (system.environment.id, system.hostname)
             if key in taken:
                 raise Conflict(f"hostname {system.hostname!r} is already used in environment "
@@ -304,7 +346,7 @@ def import_systems(body: SystemImport, session: Session = SessionDep) -> ImportR
                 raise Conflict(f"hostname {system.hostname!r} appears twice in this import (also item {seen[key]})",
                                errors=[{"field": "hostname", "message": "duplicate"}])
             seen[key] = index
-        except (InvalidInput, Conflict, NotFound) as exc:
+        except (InvalidInput, Conflict, NotFound, Forbidden) as exc:
             for err in exc.errors or []:
                 err["field"] = f"items[{index}].{err['field']}"
             exc.detail = f"items[{index}]: {exc.detail}"
@@ -316,8 +358,11 @@ def import_systems(body: SystemImport, session: Session = SessionDep) -> ImportR
 
 
 @router.get("/{ref}", response_model=SystemOut)
-def read_system(ref: str, request: Request, response: Response, session: Session = SessionDep) -> SystemOut | Response:
-    system = get_system(session, ref)
+def read_system(
+    ref: str, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
+) -> SystemOut | Response:
+    system = get_system(session, ref, access)
     set_etag(response, system.version)
     if etag_matches(request.headers.get("if-none-match") or "", system.version):
         return Response(status_code=304, headers={"ETag": response.headers["ETag"]})
@@ -326,9 +371,10 @@ def read_system(ref: str, request: Request, response: Response, session: Session
 
 @router.patch("/{ref}", response_model=SystemOut)
 def update_system(
-    ref: str, body: SystemUpdate, request: Request, response: Response, session: Session = SessionDep
+    ref: str, body: SystemUpdate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_OWN),
 ) -> SystemOut:
-    system = get_system(session, ref)
+    system = get_system(session, ref, access)
     check_if_match(request, system.version)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("hostname") is not None:
@@ -348,6 +394,8 @@ def update_system(
         _set_labels(system, body.labels)
     if body.variables is not None:
         system.variables = body.variables
+    if body.owner is not None:
+        resolve_owner(session, system, body.owner, access)
     system.updated_at = utcnow()  # a change of labels alone must still bump the version (ETag)
     session.flush()
     set_etag(response, system.version)
@@ -355,31 +403,40 @@ def update_system(
 
 
 @router.delete("/{ref}", status_code=204)
-def delete_system(ref: str, request: Request, session: Session = SessionDep) -> Response:
+def delete_system(
+    ref: str, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ENV_OWN)
+) -> Response:
     """Forget a system that runs nowhere (``defined`` or ``destroyed``); others must be destroyed first."""
-    system = get_system(session, ref)
+    system = get_system(session, ref, access)
     check_if_match(request, system.version)
     if system.state not in DELETABLE_STATES:
         raise Conflict(
             f"system {system.hostname!r} is {system.state}; destroy it before deleting its record",
             state=system.state,
         )
+    quotas.release(session, system.id)  # a create that never ran may still hold its reservation
     session.delete(system)
     return Response(status_code=204)
 
 
 @router.get("/{ref}/variables", response_model=ResolvedVariables)
-def system_variables(ref: str, session: Session = SessionDep) -> ResolvedVariables:
+def system_variables(
+    ref: str, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)
+) -> ResolvedVariables:
     """Each variable's value and where it came from (global < environment < group < type < system)."""
-    return resolve_system(session, get_system(session, ref))
+    return resolve_system(session, get_system(session, ref, access))
 
 
 @labels_router.get("", response_model=list[LabelCount])
 def list_labels(
-    key: str | None = Query(None, max_length=63), session: Session = SessionDep
+    key: str | None = Query(None, max_length=63), session: Session = SessionDep,
+    access: Access = requires(Permission.ENV_READ),
 ) -> list[LabelCount]:
-    """Every label in use with the number of systems carrying it."""
+    """Every label in use with the number of systems carrying it (among the systems the caller can see)."""
     query = select(SystemLabel.key, SystemLabel.value, func.count()).group_by(SystemLabel.key, SystemLabel.value)
+    visible = access.principal.visible_env_ids()
+    if visible is not None:
+        query = query.join(System, System.id == SystemLabel.system_id).where(System.environment_id.in_(visible))
     if key is not None:
         query = query.where(SystemLabel.key == key)
     rows = session.execute(query.order_by(SystemLabel.key, SystemLabel.value).limit(10000))

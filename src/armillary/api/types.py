@@ -16,6 +16,8 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
 from armillary.domain.errors import InUse, InvalidInput
 from armillary.domain.models import System, SystemType
 from armillary.domain.schemas import Page, ProvisionerSpec, TypeCreate, TypeOut, TypeUpdate
@@ -50,7 +52,7 @@ def to_out(row: SystemType) -> TypeOut:
 
 
 @router.post("", status_code=201, response_model=TypeOut)
-def create_type(body: TypeCreate, request: Request, response: Response, session: Session = SessionDep) -> TypeOut:
+def create_type(body: TypeCreate, request: Request, response: Response, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> TypeOut:
     ensure_unique_name(session, SystemType, body.name, "type")
     check_spec(body.provisioner)
     row = SystemType(
@@ -68,14 +70,15 @@ def create_type(body: TypeCreate, request: Request, response: Response, session:
 
 @router.get("", response_model=Page[TypeOut])
 def list_types(
-    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep
+    request: Request, response: Response, page: PageParams = Depends(), session: Session = SessionDep,
+    access: Access = requires(Permission.AUTHENTICATED),
 ) -> dict:
     items, next_url = paginate(session, select(SystemType), SystemType, page, request, response)
     return {"items": [to_out(t) for t in items], "next": next_url}
 
 
 @router.get("/{ref}", response_model=TypeOut)
-def get_type(ref: str, response: Response, session: Session = SessionDep) -> TypeOut:
+def get_type(ref: str, response: Response, session: Session = SessionDep, access: Access = requires(Permission.AUTHENTICATED)) -> TypeOut:
     row = get_by_ref(session, SystemType, ref, "type")
     set_etag(response, row.version)
     return to_out(row)
@@ -83,7 +86,8 @@ def get_type(ref: str, response: Response, session: Session = SessionDep) -> Typ
 
 @router.patch("/{ref}", response_model=TypeOut)
 def update_type(
-    ref: str, body: TypeUpdate, request: Request, response: Response, session: Session = SessionDep
+    ref: str, body: TypeUpdate, request: Request, response: Response, session: Session = SessionDep,
+    access: Access = requires(Permission.ADMIN),
 ) -> TypeOut:
     row = get_by_ref(session, SystemType, ref, "type")
     check_if_match(request, row.version)
@@ -103,7 +107,7 @@ def update_type(
 
 
 @router.delete("/{ref}", status_code=204)
-def delete_type(ref: str, request: Request, session: Session = SessionDep) -> Response:
+def delete_type(ref: str, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> Response:
     row = get_by_ref(session, SystemType, ref, "type")
     check_if_match(request, row.version)
     if session.scalar(select(exists().where(System.type_id == row.id))):

@@ -9,6 +9,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import SessionDep
+from armillary.api.security import Access, requires
+from armillary.auth.policy import Permission
 from armillary.domain.models import GlobalVariable
 from armillary.domain.schemas import Variables
 
@@ -20,12 +22,12 @@ def _all(session: Session) -> dict[str, Any]:
 
 
 @router.get("", response_model=dict[str, Any])
-def get_global_variables(session: Session = SessionDep) -> dict[str, Any]:
+def get_global_variables(session: Session = SessionDep, access: Access = requires(Permission.AUTHENTICATED)) -> dict[str, Any]:
     return _all(session)
 
 
 @router.put("", response_model=dict[str, Any])
-def replace_global_variables(body: Variables, session: Session = SessionDep) -> dict[str, Any]:
+def replace_global_variables(body: Variables, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> dict[str, Any]:
     """Replace every global variable with the given mapping."""
     session.execute(delete(GlobalVariable))
     session.add_all(GlobalVariable(key=k, value=v) for k, v in body.items())
@@ -34,7 +36,7 @@ def replace_global_variables(body: Variables, session: Session = SessionDep) -> 
 
 
 @router.patch("", response_model=dict[str, Any])
-def merge_global_variables(body: Variables, session: Session = SessionDep) -> dict[str, Any]:
+def merge_global_variables(body: Variables, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> dict[str, Any]:
     """Set the given keys; a key given as null is removed."""
     for key, value in body.items():
         existing = session.get(GlobalVariable, key)

@@ -1,0 +1,158 @@
+"""/api/v1/auth: log in (token or browser session), log out, your own tokens, who you are."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from armillary.api.audit import note
+from armillary.api.deps import MAX_LIMIT, SessionDep
+from armillary.api.security import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    Access,
+    csrf_token_for,
+    public,
+    requires,
+)
+from armillary.api.users import user_out
+from armillary.auth import passwords, tokens
+from armillary.auth.login import authenticate
+from armillary.auth.policy import Permission
+from armillary.domain.account_schemas import (
+    LoginOut,
+    LoginRequest,
+    PasswordChange,
+    SessionOut,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    UserOut,
+)
+from armillary.domain.accounts import ApiToken, TokenKind, User
+from armillary.domain.errors import Forbidden, InvalidInput, NotFound
+from armillary.domain.models import utcnow
+
+router = APIRouter(prefix="/auth", tags=["auth"])  # authenticated
+public_router = APIRouter(prefix="/auth", tags=["auth"])  # open: the ways in
+
+
+def token_out(row: ApiToken) -> TokenOut:
+    return TokenOut(id=row.id, name=row.name, kind=row.kind, user=row.user.name, prefix=row.prefix,
+                    created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
+                    last_used_at=row.last_used_at)
+
+
+def _login(request: Request, session: Session, body: LoginRequest) -> User:
+    note(request, username=body.username.strip().lower()[:63])
+    settings = request.app.state.settings
+    user = authenticate(session, body.username, body.password, settings.ldap)
+    note(request, user_id=user.id, username=user.name)
+    return user
+
+
+@public_router.post("/login", response_model=LoginOut, openapi_extra=public(),
+                    responses={401: {"description": "Invalid username or password (never says which)"}})
+def login(body: LoginRequest, request: Request, session: Session = SessionDep) -> LoginOut:
+    """Exchange a username and password (local or LDAP) for a short-lived bearer token."""
+    user = _login(request, session, body)
+    ttl = timedelta(seconds=request.app.state.settings.login_ttl_s)
+    row, plaintext = tokens.issue(session, user, TokenKind.LOGIN, "login", ttl)
+    return LoginOut(token=plaintext, expires_at=row.expires_at, user=user.name)
+
+
+@public_router.post("/session", response_model=SessionOut, openapi_extra=public(),
+                    responses={401: {"description": "Invalid username or password (never says which)"}})
+def open_session(body: LoginRequest, request: Request, response: Response, session: Session = SessionDep) -> SessionOut:
+    """Log a browser in: an http-only session cookie, and a CSRF token to echo in X-CSRF-Token on writes."""
+    user = _login(request, session, body)
+    ttl_s = request.app.state.settings.login_ttl_s
+    row, plaintext = tokens.issue(session, user, TokenKind.SESSION, "browser session", timedelta(seconds=ttl_s))
+    secure = request.url.scheme == "https" or request.app.state.settings.cookie_secure
+    csrf = csrf_token_for(plaintext)
+    response.set_cookie(SESSION_COOKIE, plaintext, max_age=ttl_s, httponly=True, secure=secure, samesite="strict",
+                        path="/")
+    response.set_cookie(CSRF_COOKIE, csrf, max_age=ttl_s, httponly=False, secure=secure, samesite="strict", path="/")
+    return SessionOut(csrf_token=csrf, expires_at=row.expires_at, user=user.name)
+
+
+@router.post("/logout", status_code=204)
+def logout(request: Request, session: Session = SessionDep,
+           access: Access = requires(Permission.AUTHENTICATED)) -> Response:
+    """Revoke the token (or browser session) this request was made with."""
+    row = session.get(ApiToken, access.principal.token_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+    response = Response(status_code=204)
+    if access.principal.via_cookie:
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(CSRF_COOKIE, path="/")
+    return response
+
+
+@router.get("/me", response_model=UserOut)
+def who_am_i(session: Session = SessionDep, access: Access = requires(Permission.AUTHENTICATED)) -> UserOut:
+    """The caller's account, roles, quotas and what they use of them."""
+    return user_out(session.get(User, access.principal.user_id))
+
+
+@router.post("/password", status_code=204)
+def change_password(body: PasswordChange, session: Session = SessionDep,
+                    access: Access = requires(Permission.AUTHENTICATED)) -> Response:
+    """Change your own local password (LDAP users change theirs in the directory)."""
+    user = session.get(User, access.principal.user_id)
+    if user.source != "local":
+        raise Forbidden("your account is managed by the directory; change the password there")
+    if not passwords.verify_password(user.password_hash, body.current_password):
+        raise InvalidInput("current_password", "does not match")
+    passwords.check_strength(body.password)
+    user.password_hash = passwords.hash_password(body.password)
+    return Response(status_code=204)
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(
+    user: str | None = Query(None, max_length=63, description="Another user's tokens (admins)"),
+    include_revoked: bool = Query(False),
+    limit: int = Query(100, ge=1, le=MAX_LIMIT),
+    session: Session = SessionDep,
+    access: Access = requires(Permission.AUTHENTICATED),
+) -> list[TokenOut]:
+    """Your tokens (admins: anyone's with ``user``), newest first; secrets are never shown again."""
+    owner_id = access.principal.user_id
+    if user is not None and user.lower() != access.principal.name:
+        if not access.is_admin:
+            raise Forbidden("only admins may list other users' tokens")
+        owner_id = session.scalar(select(User.id).where(User.name == user.lower()))
+        if owner_id is None:
+            raise NotFound(f"no user {user!r}")
+    query = select(ApiToken).where(ApiToken.user_id == owner_id)
+    if not include_revoked:
+        query = query.where(ApiToken.revoked_at.is_(None))
+    return [token_out(r) for r in session.scalars(query.order_by(ApiToken.id.desc()).limit(limit))]
+
+
+@router.post("/tokens", status_code=201, response_model=TokenCreated)
+def create_token(body: TokenCreate, request: Request, response: Response, session: Session = SessionDep,
+                 access: Access = requires(Permission.AUTHENTICATED)) -> TokenCreated:
+    """A named, long-lived token for scripts and the CLI; the secret is in this answer only."""
+    user = session.get(User, access.principal.user_id)
+    ttl = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
+    row, plaintext = tokens.issue(session, user, TokenKind.API, body.name, ttl)
+    response.headers["Location"] = f"{request.url.path}/{row.id}"
+    return TokenCreated(**token_out(row).model_dump(), token=plaintext)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: int, session: Session = SessionDep,
+                 access: Access = requires(Permission.AUTHENTICATED)) -> Response:
+    """Revoke a token at once (yours; admins: anyone's). Revoking twice is fine."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != access.principal.user_id and not access.is_admin):
+        raise NotFound(f"no token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return Response(status_code=204)

@@ -1,0 +1,300 @@
+"""Every API operation, generated from the OpenAPI document, against every role, in and out of its environment.
+
+Each operation documents its permission as ``x-armillary-permission``; this test derives the answer
+each caller must get from it (401 without credentials; 2xx, 403 or 404 by role and place) and checks
+it over HTTP against a freshly built world. An operation that declares no permission, or that this
+table does not know how to call, fails the test: a new endpoint cannot slip in without being checked.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import delete, select
+
+from armillary.api.users import create_user
+from armillary.domain.account_schemas import UserCreate
+from armillary.domain.accounts import RoleGrant, User
+from armillary.domain.jobs import Schedule
+from armillary.domain.models import (
+    Base,
+    Environment,
+    GlobalVariable,
+    Group,
+    Hypervisor,
+    System,
+    SystemType,
+    utcnow,
+)
+from armillary.engine.jobs import create_job
+from tests.support.accounts import TEST_PASSWORDS, bearer, ensure_user, token_for
+from tests.support.databases import database
+from tests.support.server import running_app
+
+ROLES = ["admin", "operator", "user", "viewer"]
+ACCOUNTS = {"admin": "ada", "operator": "olga", "user": "uma", "viewer": "vic"}
+PASSWORDS = dict(zip(ROLES, TEST_PASSWORDS, strict=True))
+KEPT = {"users", "api_tokens", "audit_events"}
+
+
+@dataclass
+class Call:
+    """How to call one operation for one variant: the place of its target relative to the caller."""
+
+    path: str
+    json: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the world each case starts from
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[tuple[str, Any]]:
+    """The app with its job engine off: jobs stay queued, so a case never races a running job."""
+    data_dir = tmp_path_factory.mktemp("matrix")
+    with database("sqlite", data_dir) as url, running_app(url, data_dir, engine="off") as (base_url, db):
+        for role, name in ACCOUNTS.items():
+            ensure_user(db, name, admin=role == "admin", password=PASSWORDS[role])
+        yield base_url + "/api/v1", db
+
+
+def build_world(db) -> dict[str, Any]:
+    """Environments *-in (where the non-admins hold their roles) and *-out (none), with things in each;
+    spare-* hold only a hypervisor (to delete), bare-* nothing (to delete)."""
+    with db.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name not in KEPT:
+                conn.execute(delete(table))
+        conn.execute(delete(User.__table__).where(User.__table__.c.name.not_in(list(ACCOUNTS.values()))))
+    world: dict[str, Any] = {}
+    with db.session() as s:
+        users = {u.name: u for u in s.scalars(select(User))}
+        envs = {name: Environment(name=name) for name in ("in", "spare-in", "bare-in", "out", "spare-out", "bare-out")}
+        s.add_all(envs.values())
+        hvs = {f"hv-{name}": Hypervisor(name=f"hv-{name}", environment=env, driver="simulated", config={})
+               for name, env in envs.items() if not name.startswith("bare")}
+        s.add_all(hvs.values())
+        s.flush()
+        for role in ("operator", "user", "viewer"):
+            for env in ("in", "spare-in", "bare-in"):
+                s.add(RoleGrant(user_id=users[ACCOUNTS[role]].id, environment_id=envs[env].id, role=role))
+        owners = {"own": users["uma"].id, "other": users["ada"].id}
+        for host, env, owner in (("s-own", "in", "own"), ("s-other", "in", "other"), ("s-out", "out", "other"),
+                                 ("j-own", "in", "own"), ("j-other", "in", "other"), ("j-out", "out", "other")):
+            s.add(System(hostname=host, environment=envs[env], hypervisor=hvs[f"hv-{env}"], owner_id=owners[owner]))
+        s.add(SystemType(name="web"))
+        s.add(Group(name="grp", selector={"team": "a"}))
+        s.add(GlobalVariable(key="dns", value="10.0.0.1"))
+        s.add(Schedule(name="nightly", cron="0 3 * * *", timezone="UTC", next_run_at=utcnow(),
+                       spec={"action": "create", "selector": {"systems": ["s-own"]}}))
+        target = create_user(s, UserCreate(name="target", password=TEST_PASSWORDS[3]))
+        s.add(RoleGrant(user_id=target.id, environment_id=envs["in"].id, role="viewer"))
+        s.flush()
+        for host, starter in (("j-own", "uma"), ("j-other", "ada"), ("j-out", "ada")):
+            system = s.scalars(select(System).where(System.hostname == host)).one()
+            job = create_job(s, action="create", workflow="create", system=system, user_id=users[starter].id,
+                             actor=starter)
+            world[host] = job.id
+    return world
+
+
+def tarball() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = b"echo hi\n"
+        info = tarfile.TarInfo("app/run.sh")
+        info.size, info.mode = len(data), 0o755
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+TARBALL = tarball()
+
+
+def upload_source(base: str, admin: str) -> str:
+    response = httpx.post(f"{base}/sources", content=TARBALL, headers={**bearer(admin),
+                                                                        "Content-Type": "application/gzip"})
+    assert response.status_code in (200, 201), response.text
+    return response.json()["id"]
+
+
+# ---------------------------------------------------------------- how to call each operation
+
+Variant = str  # "in": in the caller's environment, not theirs; "own": theirs; "out": elsewhere; "-": global
+CallFor = Callable[[dict[str, Any], Variant, str], Call]
+
+
+def system_ref(variant: Variant) -> str:
+    return {"own": "s-own", "in": "s-other", "out": "s-out"}[variant]
+
+
+def env_ref(variant: Variant) -> str:
+    return {"in": "in", "own": "in", "out": "out"}[variant]
+
+
+def job_ref(world: dict[str, Any], variant: Variant) -> int:
+    return world[{"own": "j-own", "in": "j-other", "out": "j-out"}[variant]]
+
+
+# operation -> (variants, how to call). Variants "own" are listed only where ownership matters.
+OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
+    "POST /api/v1/auth/login": (("-",), lambda w, v, r: Call("/auth/login", {"username": ACCOUNTS[r], "password": PASSWORDS[r]})),
+    "POST /api/v1/auth/session": (("-",), lambda w, v, r: Call("/auth/session", {"username": ACCOUNTS[r], "password": PASSWORDS[r]})),
+    "POST /api/v1/auth/logout": (("-",), lambda w, v, r: Call("/auth/logout")),
+    "GET /api/v1/auth/me": (("-",), lambda w, v, r: Call("/auth/me")),
+    "POST /api/v1/auth/password": (("-",), lambda w, v, r: Call("/auth/password", {"current_password": PASSWORDS[r], "password": PASSWORDS[r]})),
+    "GET /api/v1/auth/tokens": (("-",), lambda w, v, r: Call("/auth/tokens")),
+    "POST /api/v1/auth/tokens": (("-",), lambda w, v, r: Call("/auth/tokens", {"name": "matrix"})),
+    "DELETE /api/v1/auth/tokens/{token_id}": (("-",), lambda w, v, r: Call(f"/auth/tokens/{w['spare_token_id']}")),
+    "GET /api/v1/users": (("-",), lambda w, v, r: Call("/users")),
+    "POST /api/v1/users": (("-",), lambda w, v, r: Call("/users", {"name": "fresh", "password": "fresh-pass-1"})),
+    "GET /api/v1/users/{ref}": (("-",), lambda w, v, r: Call("/users/target")),
+    "PATCH /api/v1/users/{ref}": (("-",), lambda w, v, r: Call("/users/target", {"display_name": "T"})),
+    "DELETE /api/v1/users/{ref}": (("-",), lambda w, v, r: Call("/users/target")),
+    "GET /api/v1/users/{ref}/roles": (("-",), lambda w, v, r: Call("/users/target/roles")),
+    "PUT /api/v1/users/{ref}/roles/{environment}": (("-",), lambda w, v, r: Call("/users/target/roles/in", {"role": "user", "max_systems": 3})),
+    "DELETE /api/v1/users/{ref}/roles/{environment}": (("-",), lambda w, v, r: Call("/users/target/roles/in")),
+    "GET /api/v1/audit": (("-",), lambda w, v, r: Call("/audit")),
+    "GET /api/v1/environments": (("-",), lambda w, v, r: Call("/environments")),
+    "POST /api/v1/environments": (("-",), lambda w, v, r: Call("/environments", {"name": "brand-new"})),
+    "GET /api/v1/environments/{ref}": (("in", "out"), lambda w, v, r: Call(f"/environments/{env_ref(v)}")),
+    "PATCH /api/v1/environments/{ref}": (("in", "out"), lambda w, v, r: Call(f"/environments/{env_ref(v)}", {"description": "d"})),
+    "DELETE /api/v1/environments/{ref}": (("in", "out"), lambda w, v, r: Call(f"/environments/bare-{env_ref(v)}")),
+    "POST /api/v1/environments/{ref}/lock": (("in", "out"), lambda w, v, r: Call(f"/environments/{env_ref(v)}/lock", {"reason": "freeze"})),
+    "POST /api/v1/environments/{ref}/unlock": (("in", "out"), lambda w, v, r: Call(f"/environments/{env_ref(v)}/unlock")),
+    "GET /api/v1/hypervisors": (("in", "out"), lambda w, v, r: Call("/hypervisors", params={"environment": env_ref(v)})),
+    "POST /api/v1/hypervisors": (("in", "out"), lambda w, v, r: Call("/hypervisors", {"name": "hv-new", "environment": env_ref(v), "driver": "simulated"})),
+    "GET /api/v1/hypervisors/{ref}": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}")),
+    "PATCH /api/v1/hypervisors/{ref}": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}", {"description": "d"})),
+    "DELETE /api/v1/hypervisors/{ref}": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-spare-{env_ref(v)}")),
+    "GET /api/v1/hypervisors/{ref}/check": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}/check")),
+    "GET /api/v1/hypervisors/{ref}/unmanaged": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}/unmanaged")),
+    "GET /api/v1/types": (("-",), lambda w, v, r: Call("/types")),
+    "POST /api/v1/types": (("-",), lambda w, v, r: Call("/types", {"name": "db"})),
+    "GET /api/v1/types/{ref}": (("-",), lambda w, v, r: Call("/types/web")),
+    "PATCH /api/v1/types/{ref}": (("-",), lambda w, v, r: Call("/types/web", {"description": "d"})),
+    "DELETE /api/v1/types/{ref}": (("-",), lambda w, v, r: Call("/types/web")),
+    "GET /api/v1/groups": (("-",), lambda w, v, r: Call("/groups")),
+    "POST /api/v1/groups": (("-",), lambda w, v, r: Call("/groups", {"name": "g2", "selector": {"a": "b"}})),
+    "GET /api/v1/groups/{ref}": (("-",), lambda w, v, r: Call("/groups/grp")),
+    "PATCH /api/v1/groups/{ref}": (("-",), lambda w, v, r: Call("/groups/grp", {"priority": 2})),
+    "DELETE /api/v1/groups/{ref}": (("-",), lambda w, v, r: Call("/groups/grp")),
+    "GET /api/v1/groups/{ref}/systems": (("-",), lambda w, v, r: Call("/groups/grp/systems")),
+    "GET /api/v1/variables": (("-",), lambda w, v, r: Call("/variables")),
+    "PUT /api/v1/variables": (("-",), lambda w, v, r: Call("/variables", {"dns": "10.0.0.2"})),
+    "PATCH /api/v1/variables": (("-",), lambda w, v, r: Call("/variables", {"ntp": "pool"})),
+    "GET /api/v1/drivers": (("-",), lambda w, v, r: Call("/drivers")),
+    "GET /api/v1/drivers/{name}": (("-",), lambda w, v, r: Call("/drivers/simulated")),
+    "GET /api/v1/labels": (("-",), lambda w, v, r: Call("/labels")),
+    "GET /api/v1/systems": (("in", "out"), lambda w, v, r: Call("/systems", params={"environment": env_ref(v)})),
+    "POST /api/v1/systems": (("own", "out"), lambda w, v, r: Call("/systems", {"hostname": "new1", "environment": env_ref(v)})),
+    "POST /api/v1/systems/import": (("own", "out"), lambda w, v, r: Call("/systems/import", {"items": [{"hostname": "new2", "environment": env_ref(v)}]})),
+    "GET /api/v1/systems/{ref}": (("in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}")),
+    "PATCH /api/v1/systems/{ref}": (("own", "in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}", {"labels": {"k": "v"}})),
+    "DELETE /api/v1/systems/{ref}": (("own", "in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}")),
+    "GET /api/v1/systems/{ref}/variables": (("in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/variables")),
+    "GET /api/v1/systems/{ref}/releases": (("in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/releases")),
+    "POST /api/v1/systems/{ref}/actions": (("own", "in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/actions", {"action": "create"})),
+    "POST /api/v1/jobs": (("own", "in"), lambda w, v, r: Call("/jobs", {"action": "create", "selector": {"systems": [system_ref(v)]}})),
+    "GET /api/v1/jobs": (("-",), lambda w, v, r: Call("/jobs")),
+    "GET /api/v1/jobs/{job_id}": (("in", "out"), lambda w, v, r: Call(f"/jobs/{job_ref(w, v)}")),
+    "POST /api/v1/jobs/{job_id}/cancel": (("own", "in", "out"), lambda w, v, r: Call(f"/jobs/{job_ref(w, v)}/cancel")),
+    "GET /api/v1/jobs/{job_id}/events": (("in", "out"), lambda w, v, r: Call(f"/jobs/{job_ref(w, v)}/events")),
+    "GET /api/v1/schedules": (("-",), lambda w, v, r: Call("/schedules")),
+    "POST /api/v1/schedules": (("-",), lambda w, v, r: Call("/schedules", {"name": "weekly", "cron": "0 4 * * 0", "job": {"action": "create", "selector": {"systems": ["s-own"]}}})),
+    "GET /api/v1/schedules/{ref}": (("-",), lambda w, v, r: Call("/schedules/nightly")),
+    "PATCH /api/v1/schedules/{ref}": (("-",), lambda w, v, r: Call("/schedules/nightly", {"enabled": False})),
+    "DELETE /api/v1/schedules/{ref}": (("-",), lambda w, v, r: Call("/schedules/nightly")),
+    "POST /api/v1/sources": (("-",), lambda w, v, r: Call("/sources", content=TARBALL, headers={"Content-Type": "application/gzip"})),
+    "GET /api/v1/sources/{source_id}": (("-",), lambda w, v, r: Call(f"/sources/{w['source']}")),
+    "DELETE /api/v1/sources/{source_id}": (("-",), lambda w, v, r: Call(f"/sources/{w['source']}")),
+}
+# A selector names systems: out of the caller's environments they do not exist, so the job matches none.
+BODY_REFERENCES = {"POST /api/v1/hypervisors", "POST /api/v1/systems", "POST /api/v1/systems/import",
+                   "POST /api/v1/jobs"}
+
+
+def expected(permission: str, role: str, variant: Variant, operation: str) -> int | str:
+    """The answer the documented permission promises: "2xx", 403, 404 (or 422 for a hidden body reference)."""
+    if role == "admin" or permission in ("public", "authenticated"):
+        return "2xx"
+    if permission == "admin":
+        return 403
+    if variant == "out":
+        return 422 if operation in BODY_REFERENCES else 404
+    allowed = {
+        "env:read": True,
+        "env:operate": role == "operator",
+        "env:own": role == "operator" or (role == "user" and variant == "own"),
+        "env:admin": False,
+    }[permission]
+    return "2xx" if allowed else 403
+
+
+# ---------------------------------------------------------------- the test
+
+
+def documented_operations(base: str) -> dict[str, str]:
+    document = httpx.get(f"{base}/openapi.json").json()
+    operations = {}
+    for path, methods in document["paths"].items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for method, operation in methods.items():
+            operations[f"{method.upper()} {path}"] = operation.get("x-armillary-permission", "UNDECLARED")
+    return operations
+
+
+def test_every_operation_declares_a_permission_and_is_in_this_matrix(server) -> None:
+    operations = documented_operations(server[0])
+    undeclared = sorted(op for op, permission in operations.items() if permission == "UNDECLARED")
+    assert undeclared == [], "operations without x-armillary-permission"
+    assert sorted(set(operations) - set(OPERATIONS)) == [], "operations this matrix does not call yet"
+    assert sorted(set(OPERATIONS) - set(operations)) == [], "matrix entries for operations that no longer exist"
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_access_by_role_and_place(server, operation: str) -> None:
+    base, db = server
+    permission = documented_operations(base).get(operation)
+    assert permission not in (None, "UNDECLARED"), f"{operation} is not documented with a permission"
+    method, _ = operation.split(" ", 1)
+    variants, call_for = OPERATIONS[operation]
+    failures = []
+    for variant in variants:
+        for role in [None, *ROLES]:
+            world = build_world(db)
+            name = ACCOUNTS.get(role or "admin")
+            token = token_for(db, name)
+            world["spare_token_id"] = _spare_token(db, name)
+            if "{source_id}" in operation:
+                world["source"] = upload_source(base, token_for(db, "ada"))
+            call = call_for(world, variant, role or "admin")
+            headers = {**call.headers, **(bearer(token) if role else {})}
+            response = httpx.request(method, base + call.path, json=call.json, params=call.params,
+                                     content=call.content, headers=headers, timeout=30)
+            want = 401 if role is None and permission != "public" else expected(permission, role or "admin", variant,
+                                                                                  operation)
+            got_ok = 200 <= response.status_code < 300 if want == "2xx" else response.status_code == want
+            if not got_ok:
+                failures.append(f"{role or 'anonymous'} on {variant}: want {want}, got {response.status_code} "
+                                f"{response.text[:200]}")
+    assert failures == [], f"{operation} ({permission}):\n" + "\n".join(failures)
+
+
+def _spare_token(db, name: str) -> int:
+    """The id of another token of ``name``, for the revoke operation."""
+    from armillary.domain.accounts import ApiToken
+
+    token_for(db, name)
+    with db.session() as s:
+        return s.scalar(select(ApiToken.id).join(User).where(User.name == name).order_by(ApiToken.id.desc()))
