@@ -4,6 +4,9 @@ One server (its own SQLite in a temporary data directory) serves the whole modul
 uses its own environment names so tests do not see each other's objects. What a test only needs
 as a starting point is made through the HTTP API directly (one CLI process costs a few tenths of
 a second); what it checks is always done with the command.
+
+Every command runs as the server's admin, signed in once per module with ``armillary login`` (see
+tests/support/cli.py); the direct HTTP calls send the token that login stored.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.accounts import bearer
 from tests.support.cli import Cli, Server, serve
 
 UUID = re.compile(r"request id: ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
@@ -30,13 +34,13 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture
 def cli(server: Server, tmp_path: Path) -> Cli:
-    return Cli(server.url, tmp_path)
+    return Cli(server.url, tmp_path, server.config_dir)
 
 
 @pytest.fixture(scope="module")
 def api(server: Server) -> Iterator[httpx.Client]:
     """For setting up what a test starts from."""
-    with httpx.Client(base_url=server.url + "/api/v1", timeout=30) as client:
+    with httpx.Client(base_url=server.url + "/api/v1", timeout=30, headers=bearer(server.token)) as client:
         yield client
 
 

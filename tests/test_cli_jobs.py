@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.cli import Cli, Result, armillary_command, clean_env
+from tests.support.cli import Cli, Result, armillary_command, sign_in_admin
 from tests.support.jobs import act_and_wait, wait_job
 from tests.support.subprocess_server import ServerProcess
 
@@ -39,12 +39,20 @@ def api(server: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def config_dir(server: ServerProcess, tmp_path_factory) -> Path:
+    """The CLI's credentials: the admin, signed in with `armillary login` once for the module."""
+    config = tmp_path_factory.mktemp("cli-jobs-config")
+    sign_in_admin(server.url, config, {k: v for k, v in server.env.items() if k.startswith("ARMILLARY_")})
+    return config
+
+
 @pytest.fixture
-def cli(server: ServerProcess, tmp_path: Path) -> Cli:
-    return Cli(server.url, tmp_path)
+def cli(server: ServerProcess, tmp_path: Path, config_dir: Path) -> Cli:
+    return Cli(server.url, tmp_path, config_dir)
 
 
-def on_terminal(url: str, *args: str) -> Result:
+def on_terminal(cli: Cli, *args: str) -> Result:
     """``armillary ARGS`` as if stdout were a terminal (rich honours TTY_COMPATIBLE)."""
     done = subprocess.run(
         [*armillary_command(), *args],
@@ -53,7 +61,7 @@ def on_terminal(url: str, *args: str) -> Result:
         capture_output=True,
         text=True,
         timeout=60,
-        env=clean_env(ARMILLARY_URL=url, TTY_COMPATIBLE="1"),
+        env=cli.environ(TTY_COMPATIBLE="1"),
     )
     return Result(args, done.returncode, done.stdout, done.stderr)
 
@@ -104,7 +112,7 @@ def test_stage_wait_shows_steps_and_a_checkmark(cli: Cli, api: httpx.Client, ser
     assert api.get("/systems/stage1").json()["state"] == "ready"
 
     # On a terminal: the log lines, the steps panel, and the summary.
-    shown = on_terminal(server.url, "system", "stage", "stage2", "--wait")
+    shown = on_terminal(cli, "system", "stage", "stage2", "--wait")
     assert shown.code == 0, shown
     assert "create_machine started (attempt 1/5)" in shown.out
     assert "stage2 running at 198.18." in shown.out  # a driver log line
@@ -242,7 +250,8 @@ def test_watch_resumes_after_a_dropped_connection(cli: Cli, api: httpx.Client, s
     job = api.post("/systems/drop1/actions", json={"action": "stage"}).json()
     proxy = DroppingProxy(server.url, after=3)
     try:
-        watched = cli("jobs", "watch", str(job["id"]), "-o", "json", url=proxy.url)
+        # The login is stored for the server's own URL: through the proxy, the token goes by env.
+        watched = cli("jobs", "watch", str(job["id"]), "-o", "json", url=proxy.url, env={"ARMILLARY_TOKEN": cli.token})
     finally:
         proxy.close()
     assert watched.code == 0, watched

@@ -1,4 +1,9 @@
-"""A real ``armillary serve`` subprocess and a runner of the ``armillary`` command as a subprocess."""
+"""A real ``armillary serve`` subprocess and a runner of the ``armillary`` command as a subprocess.
+
+The CLI signs in the way users do: ``armillary admin create-user`` on the server's database, then
+``armillary login``, which keeps its token in a credentials file under ``ARMILLARY_CONFIG_DIR``
+(always a test directory here, never the real user's configuration).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.accounts import ADMIN, ADMIN_PASSWORD
+
 LISTENING = re.compile(r"Armillary listening on (http://\S+)")
 
 
@@ -32,10 +39,50 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def credentials(config_dir: Path) -> dict[str, Any]:
+    """The credentials file ``armillary login`` writes in ``config_dir`` ({} when there is none)."""
+    path = config_dir / "credentials.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stored_token(config_dir: Path, url: str) -> str:
+    """The token ``armillary login`` stored for ``url``."""
+    return credentials(config_dir)["servers"][url.rstrip("/")]["token"]
+
+
+def sign_in_admin(url: str, config_dir: Path, server_env: dict[str, str]) -> str:
+    """What an operator does on a new server; returns the token ``armillary login`` stored.
+
+    ``armillary admin create-user`` on the server's database (``server_env``: its ARMILLARY_DATA_DIR
+    or ARMILLARY_DATABASE_URL; --update-password: fine if the admin exists already), then
+    ``armillary login`` into ``config_dir``. The password goes by ARMILLARY_PASSWORD, never argv.
+    """
+    password = {"ARMILLARY_PASSWORD": ADMIN_PASSWORD}
+    steps = (
+        (["admin", "create-user", ADMIN, "--admin", "--update-password"], clean_env(**server_env, **password)),
+        (["login", "--username", ADMIN],
+         clean_env(ARMILLARY_URL=url, ARMILLARY_CONFIG_DIR=str(config_dir), **password)),
+    )
+    for args, env in steps:
+        done = subprocess.run(
+            [*armillary_command(), *args], check=False, capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL, env=env,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"armillary {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return stored_token(config_dir, url)
+
+
 @dataclass
 class Server:
     url: str
     log_file: Path
+    config_dir: Path  # where `armillary login` keeps the admin's token
+
+    @property
+    def token(self) -> str:
+        """The admin's token, as `armillary login` stored it (for direct HTTP calls: bearer(token))."""
+        return stored_token(self.config_dir, self.url)
 
     def log_records(self) -> list[dict[str, Any]]:
         """The server's JSON log lines so far (one object per line on its stderr)."""
@@ -50,7 +97,9 @@ class Server:
 
 @contextmanager
 def serve(data_dir: Path, timeout: float = 30) -> Iterator[Server]:
-    """Run ``armillary serve --port 0`` on its own SQLite under ``data_dir``; yield its URL."""
+    """Run ``armillary serve --port 0`` on its own SQLite under ``data_dir``, with an admin signed in.
+
+    The admin's CLI credentials are in ``data_dir/cli-config`` (``Server.config_dir``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     out_file, log_file = data_dir / "serve.out", data_dir / "serve.log"
     with open(out_file, "wb") as out, open(log_file, "wb") as err:
@@ -73,7 +122,9 @@ def serve(data_dir: Path, timeout: float = 30) -> Iterator[Server]:
                 raise RuntimeError(f"armillary serve did not start:\n{log_file.read_text()[-3000:]}")
             time.sleep(0.05)
         _wait_ready(url, deadline)
-        yield Server(url=url, log_file=log_file)
+        config_dir = data_dir / "cli-config"
+        sign_in_admin(url, config_dir, {"ARMILLARY_DATA_DIR": str(data_dir)})
+        yield Server(url=url, log_file=log_file, config_dir=config_dir)
     finally:
         process.terminate()
         try:
@@ -117,13 +168,29 @@ class Result:
 
 
 class Cli:
-    """Runs ``armillary ARGS...`` against one server (ARMILLARY_URL), from ``cwd``."""
+    """Runs ``armillary ARGS...`` against one server (ARMILLARY_URL), from ``cwd``.
 
-    def __init__(self, url: str, cwd: Path) -> None:
+    Its credentials file is in ``config_dir`` (ARMILLARY_CONFIG_DIR): a directory where someone ran
+    ``armillary login`` (see ``sign_in_admin``), or by default a fresh one under ``cwd``: signed out.
+    """
+
+    def __init__(self, url: str, cwd: Path, config_dir: Path | None = None) -> None:
         self.url = url
         self.cwd = cwd
+        self.config_dir = config_dir or cwd / "armillary-config"
 
-    def __call__(self, *args: str, url: str | None = None, stdin: str | None = None) -> Result:
+    @property
+    def token(self) -> str:
+        """The token ``armillary login`` stored for this server in ``config_dir``."""
+        return stored_token(self.config_dir, self.url)
+
+    def environ(self, url: str | None = None, **extra: str) -> dict[str, str]:
+        """The environment of one run: the server's URL, the credentials directory, ``extra``."""
+        return clean_env(ARMILLARY_URL=url or self.url, ARMILLARY_CONFIG_DIR=str(self.config_dir), **extra)
+
+    def __call__(
+        self, *args: str, url: str | None = None, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> Result:
         completed = subprocess.run(
             [*armillary_command(), *args],
             check=False,
@@ -132,7 +199,7 @@ class Cli:
             text=True,
             timeout=60,
             cwd=self.cwd,
-            env=clean_env(ARMILLARY_URL=url or self.url),
+            env=self.environ(url, **(env or {})),
         )
         return Result(args, completed.returncode, completed.stdout, completed.stderr)
 

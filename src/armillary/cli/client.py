@@ -5,14 +5,26 @@ command can be traced in the server's logs: the id is printed with every error.
 
 Failures reach the user as :class:`CliError` (a message, optional detail lines, exit code 1):
 an RFC 9457 problem from the API becomes its title, detail and field errors; an unreachable
-server becomes a message naming the URL that was tried.
+server becomes a message naming the URL that was tried; a 401 adds a hint to log in.
+
+Credentials: every request carries ``Authorization: Bearer <token>`` when the invocation has a
+token. Where it comes from, first found wins: the root ``--token`` option, the ``ARMILLARY_TOKEN``
+environment variable, else the token ``armillary login`` stored for that server URL in the
+credentials file (:class:`CredentialStore`): ``credentials.json`` in the user's configuration
+directory (``platformdirs.user_config_dir("armillary")``, or ``ARMILLARY_CONFIG_DIR``), written
+with mode 0600 in a directory made 0700, as ``{"servers": {"<base url>": {"token": ...,
+"user": ..., "expires_at": ...}}}``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +37,9 @@ URL_ENV = "ARMILLARY_URL"
 API_PREFIX = "/api/v1"
 MAX_LIMIT = 1000
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+TOKEN_ENV = "ARMILLARY_TOKEN"
+CONFIG_DIR_ENV = "ARMILLARY_CONFIG_DIR"
+NOT_LOGGED_IN = "not logged in or the token expired: run `armillary login`"
 
 
 class CliError(Exception):
@@ -43,7 +58,9 @@ class CliError(Exception):
 class ApiError(CliError):
     """The API answered with an error status; ``problem`` is its problem+json body (or a stand-in)."""
 
-    def __init__(self, status: int, problem: dict[str, Any], request_id: str | None) -> None:
+    def __init__(
+        self, status: int, problem: dict[str, Any], request_id: str | None, token_source: str | None = None
+    ) -> None:
         self.status = status
         self.problem = problem
         self.request_id = request_id
@@ -52,7 +69,12 @@ class ApiError(CliError):
         message = f"{title} ({status})" + (f": {detail}" if detail and detail != title else "")
         lines = [f"{e.get('field')}: {e.get('message')}" for e in self.field_errors]
         # The detail often already reads "field: message"; repeat only what it does not say.
-        super().__init__(message, [line for line in lines if line not in detail])
+        notes: list[str] = []
+        if status == 401:
+            notes.append(NOT_LOGGED_IN)
+            if token_source:
+                notes.append(f"(the token sent came from {token_source})")
+        super().__init__(message, [line for line in lines if line not in detail], notes=notes)
 
     @property
     def field_errors(self) -> list[dict[str, Any]]:
@@ -65,12 +87,108 @@ def ref_path(ref: str | int) -> str:
     return quote(str(ref), safe="")
 
 
+def server_key(url: str) -> str:
+    """How a server is named in the credentials file: its base URL without a trailing slash."""
+    return url.strip().rstrip("/")
+
+
+# ---------------------------------------------------------------- stored credentials
+
+
+def config_dir() -> Path:
+    """The client's configuration directory: ARMILLARY_CONFIG_DIR, else the platform's user config dir."""
+    override = os.environ.get(CONFIG_DIR_ENV)
+    if override:
+        return Path(override)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("armillary", appauthor=False))
+
+
+class CredentialStore:
+    """The tokens ``armillary login`` keeps, one per server base URL, in ``credentials.json``.
+
+    The file holds secrets: it is written whole to a new file created with mode 0600 and renamed
+    over the old one (so a crash never leaves half a file, and an old file with looser permissions
+    is replaced), in a directory created with mode 0700.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_dir() / "credentials.json"
+
+    def load(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"servers": {}}
+        except OSError as exc:
+            raise CliError(f"cannot read the credentials file {self.path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("servers", {}), dict):
+            raise CliError(
+                f"the credentials file {self.path} is damaged (not the JSON armillary writes)",
+                [f"delete it and log in again: rm {self.path} && armillary login"],
+            )
+        data.setdefault("servers", {})
+        return data
+
+    def get(self, url: str) -> dict[str, Any] | None:
+        entry = self.load()["servers"].get(server_key(url))
+        return entry if isinstance(entry, dict) and entry.get("token") else None
+
+    def put(self, url: str, entry: dict[str, Any]) -> None:
+        data = self.load()
+        data["servers"][server_key(url)] = entry
+        self._write(data)
+
+    def remove(self, url: str) -> dict[str, Any] | None:
+        """Forget the server's credentials; return what was stored (None: nothing was)."""
+        data = self.load()
+        entry = data["servers"].pop(server_key(url), None)
+        if entry is not None:
+            self._write(data)
+        return entry
+
+    def _write(self, data: dict[str, Any]) -> None:
+        directory = self.path.parent
+        try:
+            if not directory.is_dir():
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
+            fd, temp = tempfile.mkstemp(dir=directory, prefix=".credentials.", suffix=".tmp")  # mode 0600
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(data, out, indent=2, sort_keys=True)
+                    out.write("\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(temp, 0o600)
+                os.replace(temp, self.path)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise CliError(f"cannot write the credentials file {self.path}: {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------- the client
+
+
 @dataclass
 class ApiClient:
-    """A thin client of ``/api/v1``: JSON in and out, problems raised as :class:`ApiError`."""
+    """A thin client of ``/api/v1``: JSON in and out, problems raised as :class:`ApiError`.
+
+    ``token`` (when set) goes with every request as a bearer token; ``token_source`` says where it
+    came from, for the hint printed with a 401.
+    """
 
     base_url: str
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    token: str | None = field(default=None, repr=False)
+    token_source: str | None = None
     _http: httpx.Client | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,15 +199,15 @@ class ApiClient:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
+            headers = {
+                "X-Request-ID": self.request_id,
+                "User-Agent": f"armillary-cli/{__version__}",
+                "Accept": "application/json, application/problem+json",
+            }
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
             self._http = httpx.Client(
-                base_url=self.base_url + API_PREFIX,
-                timeout=TIMEOUT,
-                headers={
-                    "X-Request-ID": self.request_id,
-                    "User-Agent": f"armillary-cli/{__version__}",
-                    "Accept": "application/json, application/problem+json",
-                },
-                follow_redirects=False,
+                base_url=self.base_url + API_PREFIX, timeout=TIMEOUT, headers=headers, follow_redirects=False
             )
         return self._http
 
@@ -135,7 +253,7 @@ class ApiClient:
                 f"talking to the Armillary server at {self.base_url} failed: {_reason(exc)}"
             ) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _problem_of(response), self.request_id)
+            raise ApiError(response.status_code, _problem_of(response), self.request_id, self.token_source)
         return response
 
     def get(self, path: str, params: Any = None) -> httpx.Response:

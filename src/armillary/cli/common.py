@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,16 @@ import typer
 import yaml
 from rich.text import Text
 
-from armillary.cli.client import DEFAULT_URL, URL_ENV, ApiClient, CliError, Document, ref_path
+from armillary.cli.client import (
+    DEFAULT_URL,
+    TOKEN_ENV,
+    URL_ENV,
+    ApiClient,
+    CliError,
+    CredentialStore,
+    Document,
+    ref_path,
+)
 from armillary.cli.output import Column, OutputFormat, note, print_items, print_object, stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,19 +83,47 @@ DescriptionOpt = Annotated[
 
 @dataclass
 class State:
-    """What the root callback learned: where the server is and the default output format."""
+    """What the root callback learned: where the server is, the token to send, the default output format.
+
+    Every client of one invocation shares one request id (see client.py).
+    """
 
     server: str = DEFAULT_URL
     output: OutputFormat = OutputFormat.table
+    token_option: str | None = field(default=None, repr=False)
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _client: ApiClient | None = field(default=None, repr=False)
+    _others: list[ApiClient] = field(default_factory=list, repr=False)
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """The token to send and where it came from: --token, ARMILLARY_TOKEN, else the stored login."""
+        if self.token_option:
+            return self.token_option, "--token"
+        if os.environ.get(TOKEN_ENV):
+            return os.environ[TOKEN_ENV], TOKEN_ENV
+        store = CredentialStore()
+        stored = store.get(self.server)
+        if stored is not None:
+            return str(stored["token"]), f"the login stored in {store.path}"
+        return None, None
 
     @property
     def client(self) -> ApiClient:
+        """The client of this invocation, with its credentials."""
         if self._client is None:
-            self._client = ApiClient(self.server)
+            token, source = self.credentials()
+            self._client = ApiClient(self.server, request_id=self.request_id, token=token, token_source=source)
         return self._client
 
+    def client_as(self, token: str | None, source: str | None = None) -> ApiClient:
+        """Another client of the same server and request id, sending ``token`` (None: no credentials)."""
+        other = ApiClient(self.server, request_id=self.request_id, token=token, token_source=source)
+        self._others.append(other)
+        return other
+
     def close(self) -> None:
+        for other in self._others:
+            other.close()
         if self._client is not None:
             self._client.close()
 
@@ -98,10 +137,21 @@ def root_callback(
         ),
     ] = DEFAULT_URL,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help=OUTPUT_HELP)] = OutputFormat.table,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            show_default=False,
+            help=f"API token to send (default: ${TOKEN_ENV}, else the one `armillary login` stored for --server)",
+        ),
+    ] = None,
 ) -> None:
     """Armillary: describe a machine once; create, provision, deploy and destroy it anywhere.
 
     The client commands talk to the server at --server (or ARMILLARY_URL) over its REST API.
+
+    They send the token `armillary login` stored for that server (or --token, or ARMILLARY_TOKEN).
 
     -o/--output goes before or after the command: `armillary -o json env list`, `armillary env list -o json`.
 
@@ -110,7 +160,7 @@ def root_callback(
     Exit codes: 0 success, 1 refused by the server or unreachable (the request id is printed), 2 usage error.
     """
     global _current
-    _current = ctx.obj = State(server=server, output=output)
+    _current = ctx.obj = State(server=server, output=output, token_option=token)
     ctx.call_on_close(_current.close)
 
 
@@ -141,8 +191,8 @@ def report(error: CliError) -> None:
     for line in error.notes:
         stderr.print(Text(line))
     request_id = getattr(error, "request_id", None)
-    if request_id is None and _current is not None and _current._client is not None:
-        request_id = _current._client.request_id
+    if request_id is None and _current is not None and (_current._client is not None or _current._others):
+        request_id = _current.request_id
     if request_id:
         stderr.print(Text(f"  request id: {request_id}", style="dim"))
 

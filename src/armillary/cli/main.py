@@ -1,16 +1,20 @@
 """The ``armillary`` command: server administration and a client of the REST API.
 
-Server side (works on the database directly): ``serve``, ``migrate``.
-Client side (talks to a server's REST API, see ``--server``): ``env``, ``hypervisor``, ``type``,
-``system`` (with its lifecycle actions), ``group``, ``variables``, ``drivers``, ``labels``, ``jobs``,
-``schedule``.
+Server side (works on the database directly, no login): ``serve``, ``migrate``, ``admin``
+(``admin create-user``: the first admin, or a new password for a locked-out one).
+Signing in: ``login``, ``logout``, ``whoami``, ``token`` (your API tokens); every client command
+sends the token ``login`` stored for the server (or --token / ARMILLARY_TOKEN).
+Client side (talks to a server's REST API, see ``--server``): ``env`` (with ``lock``/``unlock``),
+``hypervisor``, ``type``, ``system`` (with its lifecycle actions), ``group``, ``variables``,
+``drivers``, ``labels``, ``jobs``, ``schedule``; for admins ``user`` (accounts, roles, quotas) and
+``audit`` (the trail of every API request).
 """
 
 from __future__ import annotations
 
 import typer
 
-from armillary.cli import jobs, resources, server
+from armillary.cli import accounts, admin, auth, jobs, resources, server
 from armillary.cli.common import root_callback
 
 app = typer.Typer(
@@ -20,5 +24,8 @@ app = typer.Typer(
 )
 app.callback()(root_callback)  # its docstring is the top-level help
 server.register(app)
+admin.register(app)
+auth.register(app)
 resources.register(app)
 jobs.register(app)
+accounts.register(app)

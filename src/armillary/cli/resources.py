@@ -53,6 +53,7 @@ from armillary.cli.output import (
     OutputFormat,
     dump,
     field,
+    note,
     print_items,
     print_object,
 )
@@ -207,6 +208,34 @@ def env_update(
         patch.merge("variables", var, unset_var, "--var")
         patch.set(name=name, description=description, locked=lock, lock_reason=lock_reason)
     patch.send(doc, output)
+
+
+@command(env_app, "lock")
+def env_lock(
+    ref: RefArg,
+    reason: Annotated[
+        str, typer.Option("--reason", "-r", help="Why: shown to everyone the lock refuses", show_default=False)
+    ],
+    output: OutputOpt = None,
+) -> None:
+    """Freeze an environment: every change in it is refused (saying who and why), except by admins."""
+    env = client().post_json(f"/environments/{ref_path(ref)}/lock", {"reason": reason})
+    shape = fmt(output)
+    if shape is not OutputFormat.table:
+        dump(env, shape)
+        return
+    note(f"Locked environment {env['name']} (by {env.get('locked_by') or 'you'}): {env.get('lock_reason')}", shape)
+
+
+@command(env_app, "unlock")
+def env_unlock(ref: RefArg, output: OutputOpt = None) -> None:
+    """Lift an environment's lock (operators of the environment and admins)."""
+    env = client().post_json(f"/environments/{ref_path(ref)}/unlock", None)
+    shape = fmt(output)
+    if shape is not OutputFormat.table:
+        dump(env, shape)
+        return
+    note(f"Unlocked environment {env['name']}.", shape)
 
 
 delete_command(

@@ -41,14 +41,45 @@ def serve(
 
         with db.session() as session:
             seed_demo(session)
+    first_admin = _first_admin(db) if demo else None
+    if not demo and not _has_users(db):
+        typer.echo("No user accounts yet: create the first admin with "
+                   "`armillary admin create-user NAME --admin` (it works with the server running).", err=True)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     typer.echo(f"Armillary listening on http://{url_host}:{bound_port}  (API docs: /docs, database: {_safe(db.url)})")
+    if first_admin:
+        typer.echo(f"Created the demo admin account 'admin' with password {first_admin} (shown only now): "
+                   f"`armillary login --username admin`")
     config = uvicorn.Config(create_app(settings, db), log_config=None, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _has_users(db) -> bool:
+    from sqlalchemy import exists, select
+
+    from armillary.domain.accounts import User
+
+    with db.session() as session:
+        return bool(session.scalar(select(exists().where(User.id.isnot(None)))))
+
+
+def _first_admin(db) -> str | None:
+    """For the demo: an admin named ``admin`` with a random password when there is no account at all."""
+    import secrets
+
+    from armillary.api.users import create_user
+    from armillary.domain.account_schemas import UserCreate
+
+    if _has_users(db):
+        return None
+    password = secrets.token_urlsafe(12)
+    with db.session() as session:
+        create_user(session, UserCreate(name="admin", password=password, admin=True))
+    return password
 
 
 def _safe(url: str) -> str:
