@@ -97,13 +97,24 @@ def release(conn: Connection | Session, system_id: int) -> None:
     )
 
 
+def _unused(system_id: Any) -> Any:
+    """The system holds no machine and no job is under way on it: a charge on it is left over."""
+    busy = exists().where(Job.system_id == system_id, Job.status.not_in([s.value for s in TERMINAL_JOB]))
+    idle = select(System.id).where(System.id == system_id, System.state.in_(NO_MACHINE_STATES),
+                                   System.provider_id.is_(None))
+    return and_(exists(idle), ~busy)
+
+
 def release_stale(session: Session, grant_id: int) -> None:
     """Give back charges of systems with no machine and no job under way (a create cancelled before it ran)."""
-    busy = exists().where(Job.system_id == _charges.c.system_id, Job.status.not_in([s.value for s in TERMINAL_JOB]))
     stale = session.scalars(
-        select(_charges.c.system_id)
-        .join(System, System.id == _charges.c.system_id)
-        .where(and_(_charges.c.grant_id == grant_id, System.state.in_(NO_MACHINE_STATES), ~busy))
+        select(_charges.c.system_id).where(_charges.c.grant_id == grant_id, _unused(_charges.c.system_id))
     ).all()
     for system_id in stale:
+        release(session, system_id)
+
+
+def release_if_unused(session: Session, system_id: int) -> None:
+    """Give back ``system_id``'s charge if it turned out to hold nothing (called when a job is cancelled)."""
+    if session.scalar(select(_unused(system_id))):
         release(session, system_id)

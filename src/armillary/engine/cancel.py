@@ -13,6 +13,7 @@ import time
 
 from sqlalchemy import exists, select, update
 
+from armillary.domain import quotas
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Step, StepStatus
 from armillary.engine.context import StepContext
 from armillary.engine.events import emit
@@ -72,6 +73,8 @@ def cancel_now(runtime: Runtime, job_id: int) -> None:
         if job.status not in TERMINAL_JOB:
             emit(session, job.id, "job", "cancelled at a step boundary")
             finish_job(session, job, JobStatus.CANCELLED)
+            if job.system_id is not None:  # a create cancelled before its machine existed holds no quota
+                quotas.release_if_unused(session, job.system_id)
     runtime.wake()
 
 
