@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 
 from armillary.domain.accounts import AuditEvent, User
 from armillary.domain.jobs import Job, JobEvent, Step
@@ -78,12 +80,22 @@ def admin_token(live_server) -> str:
 
 
 def empty_database(db) -> None:
-    """Delete every row but the admin account, its tokens and the audit trail."""
-    with db.engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            if table.name not in KEPT_TABLES:
-                conn.execute(delete(table))
-        conn.execute(delete(User.__table__).where(User.__table__.c.name != ADMIN))
+    """Delete every row but the admin account, its tokens and the audit trail.
+
+    A job a previous test left running may still write its steps: PostgreSQL may then pick this
+    transaction as a deadlock victim, so it is tried again."""
+    for attempt in range(5):
+        try:
+            with db.engine.begin() as conn:
+                for table in reversed(Base.metadata.sorted_tables):
+                    if table.name not in KEPT_TABLES:
+                        conn.execute(delete(table))
+                conn.execute(delete(User.__table__).where(User.__table__.c.name != ADMIN))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture

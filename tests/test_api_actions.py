@@ -151,6 +151,7 @@ def test_twenty_concurrent_conflicting_actions_run_exactly_one(
 
 def test_locked_environment_refuses_actions_except_from_admins(api: httpx.Client, live_server) -> None:
     sim_setup(api)
+    started = api.get("/audit", params={"limit": 1}).json()["items"][0]["at"]  # the trail outlives tests
     db = live_server[1]
     ensure_user(db, "olga")
     grant(db, "olga", "dev", "operator")
@@ -164,9 +165,9 @@ def test_locked_environment_refuses_actions_except_from_admins(api: httpx.Client
         assert olga.patch("/systems/s1", json={"labels": {"a": "b"}}).status_code == 409
         assert api.get("/jobs").json()["items"] == []
         # An admin passes the lock (an emergency fix); the operator who locked it can lift it.
-        assert act(api, "s1", "create").status_code == 202
+        assert act_and_wait(api, "s1", "create")["status"] == "succeeded"
         assert olga.post("/environments/dev/unlock").json()["locked"] is False
-    trail = api.get("/audit", params={"resource_type": "environments", "user": "olga"}).json()["items"]
+    trail = api.get("/audit", params={"resource_type": "environments", "user": "olga", "since": started}).json()["items"]
     assert {row["action"] for row in trail} == {"environment.lock", "environment.unlock"}
     assert any(row["detail"].get("lock_reason") == "change freeze" for row in trail)
 

@@ -125,6 +125,7 @@ def test_browser_session_cookie_needs_the_csrf_token_for_writes(world) -> None:
         assert forged.status_code == 403 and "X-CSRF-Token" in forged.json()["detail"]
         allowed = browser.post("/systems/s1/actions", json={"action": "create"}, headers={"X-CSRF-Token": csrf})
         assert allowed.status_code == 202
+        assert wait_job(browser, allowed.json()["id"])["status"] == "succeeded"
         assert browser.post("/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
         assert browser.get("/systems", cookies={"armillary_session": opened.cookies["armillary_session"]}).status_code == 401
 
@@ -174,7 +175,7 @@ def test_viewers_read_users_act_on_their_own_operators_on_all(api, world, as_use
     assert made.status_code == 201 and made.json()["owner"] == "uma"
     assert act(uma, "s1", "create").status_code == 403  # s1 is the admin's
     assert act_and_wait(uma, "mine", "create")["status"] == "succeeded"
-    assert act(olga, "s1", "create").status_code == 202
+    assert wait_job(olga, act(olga, "s1", "create").json()["id"])["status"] == "succeeded"
     # A user cannot give a system to someone else; an operator can.
     assert uma.post("/systems", json={"hostname": "gift", "environment": "dev", "owner": "olga"}).status_code == 403
     given = olga.post("/systems", json={"hostname": "given", "environment": "dev", "owner": "uma"})
@@ -239,7 +240,7 @@ def test_a_cancelled_create_gives_its_quota_back(api, world, as_user) -> None:
     assert wait_job(uma, job["id"])["status"] == "cancelled"
     assert uma.get("/systems/c1").json()["state"] == "defined"  # the machine was undone...
     assert uma.get("/auth/me").json()["roles"][0]["usage"]["systems"] == 0  # ...and its quota given back
-    assert act(uma, "c2", "create").status_code == 202
+    assert act_and_wait(uma, "c2", "create")["status"] == "succeeded"
 
 
 def test_a_reservation_whose_create_never_ran_is_given_back_at_the_next_check(api, world, as_user) -> None:
@@ -256,7 +257,7 @@ def test_a_reservation_whose_create_never_ran_is_given_back_at_the_next_check(ap
         n1 = session.query(System).filter(System.hostname == "n1").one()
         session.add(QuotaCharge(system_id=n1.id, grant_id=row.id, cpu=0, memory_mb=0))
         row.used_systems = 1
-    assert act(uma, "n2", "create").status_code == 202  # n1 has no machine and no job: its slot is free
+    assert act_and_wait(uma, "n2", "create")["status"] == "succeeded"  # n1 holds nothing: its slot is free
 
 
 @pytest.mark.timeout(180)
@@ -283,6 +284,7 @@ def test_fifty_concurrent_creates_against_a_quota_of_ten_accept_exactly_ten(api,
         assert uma.get("/auth/me").json()["roles"][0]["usage"]["systems"] == 10
     jobs = api.get("/jobs", params={"action": "create", "limit": 100}).json()["items"]
     assert len(jobs) == 10
+    assert {wait_job(api, job["id"])["status"] for job in jobs} == {"succeeded"}
 
 
 # ---------------------------------------------------------------- environment locks
@@ -306,4 +308,4 @@ def test_lock_refuses_every_change_with_who_when_why_but_not_admins(api, world, 
     assert api.patch("/systems/s1", json={"labels": {"fix": "1"}}).status_code == 200  # admins pass
     assert uma.post("/environments/dev/unlock").status_code == 403
     assert olga.post("/environments/dev/unlock").json()["locked"] is False
-    assert act(olga, "s1", "create").status_code == 202
+    assert act_and_wait(olga, "s1", "create")["status"] == "succeeded"
