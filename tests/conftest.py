@@ -14,8 +14,8 @@ from sqlalchemy.exc import OperationalError
 
 from armillary.domain.accounts import AuditEvent, User
 from armillary.domain.jobs import Job, JobEvent, Step
-from armillary.logs import JsonFormatter, install_redaction
 from armillary.domain.models import Base
+from armillary.logs import JsonFormatter, install_redaction
 from tests.support.accounts import ADMIN, TEST_SECRETS, bearer, ensure_user, token_for
 from tests.support.databases import database
 from tests.support.server import running_app
