@@ -33,12 +33,21 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     session = request.app.state.db.sessionmaker()
     try:
         yield session
-        await anyio.to_thread.run_sync(session.commit, limiter=_session_finishers)
     except BaseException:
-        await anyio.to_thread.run_sync(session.rollback, limiter=_session_finishers)
+        await anyio.to_thread.run_sync(_finish, session, False, limiter=_session_finishers)
         raise
+    await anyio.to_thread.run_sync(_finish, session, True, limiter=_session_finishers)
+
+
+def _finish(session: Session, commit: bool) -> None:
+    """Commit (or roll back) and close, in one trip to a thread."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
     finally:
-        await anyio.to_thread.run_sync(session.close, limiter=_session_finishers)
+        session.close()
 
 
 SessionDep = Depends(get_session, scope="function")  # commit before the response is sent

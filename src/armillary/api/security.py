@@ -131,7 +131,8 @@ class Access:
 def requires(permission: Permission) -> Any:
     """The dependency a route declares its permission with: ``access: Access = requires(Permission.X)``."""
 
-    def access_dependency(request: Request, principal: Principal = Depends(current_principal)) -> Access:
+    async def access_dependency(request: Request, principal: Principal = Depends(current_principal)) -> Access:
+        # async: no database work here, so no trip to a worker thread
         if permission is Permission.ADMIN:
             require_admin(principal)
         return Access(principal, permission, request)
