@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from armillary.api.app import create_app
-from armillary.config import Settings
 from armillary.domain.db import Database
 from tests.support.accounts import ADMIN, TEST_PASSWORDS, bearer, ensure_user, token_for
-from tests.support.server import free_port
+from tests.support.server import running_app
 
 
 def trail(api: httpx.Client, **params) -> list[dict]:
@@ -63,27 +58,15 @@ def test_refused_requests_are_recorded(api: httpx.Client, live_server) -> None:
 @pytest.fixture(scope="module")
 def failing_server(tmp_path_factory) -> Iterator[tuple[str, Database]]:
     """The real app with one extra route that raises, to record a request that failed (500)."""
+
+    def add_failing_route(app) -> None:
+        @app.get("/api/v1/_test/boom", include_in_schema=False)
+        def boom() -> None:
+            raise RuntimeError("boom")
+
     data_dir: Path = tmp_path_factory.mktemp("audit-failing")
-    url = f"sqlite:///{data_dir / 'armillary.db'}"
-    db = Database(url)
-    app = create_app(Settings(data_dir=data_dir, database_url=url, secret_key="test-secret-key", engine="off"), db)
-
-    @app.get("/api/v1/_test/boom", include_in_schema=False)
-    def boom() -> None:
-        raise RuntimeError("boom")
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}", db
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_app(f"sqlite:///{data_dir / 'armillary.db'}", data_dir, add_failing_route, engine="off") as found:
+        yield found
 
 
 def test_failed_request_is_recorded(failing_server) -> None:

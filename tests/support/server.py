@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from armillary.api.app import create_app
 from armillary.config import Settings
@@ -23,13 +24,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(database_url: str, data_dir: Path, **settings_overrides) -> Iterator[tuple[str, Database]]:
-    """Start the app on a free loopback port; yield its base URL and its database handle."""
+def running_app(
+    database_url: str, data_dir: Path, customize: Callable[[FastAPI], None] | None = None, **settings_overrides
+) -> Iterator[tuple[str, Database]]:
+    """Start the app on a free loopback port; yield its base URL and its database handle.
+
+    ``customize`` may add test-only routes (e.g. one that fails) before the app serves."""
     settings = Settings(
         data_dir=data_dir, database_url=database_url, secret_key="test-secret-key", **settings_overrides
     )
     db = Database(database_url)
     app = create_app(settings, db)
+    if customize is not None:
+        customize(app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

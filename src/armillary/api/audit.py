@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from armillary.api.deps import MAX_LIMIT, SessionDep, decode_cursor, encode_cursor
+from armillary.api.deps import MAX_LIMIT, SessionDep, newest_first
 from armillary.api.security import Access, requires
 from armillary.auth import audit
 from armillary.auth.policy import Permission
@@ -117,21 +117,12 @@ def list_audit(
 ) -> dict:
     """Audit events, newest first."""
     query = select(AuditEvent)
-    if cursor:
-        query = query.where(AuditEvent.id < decode_cursor(cursor))
     filters = ((AuditEvent.username, user.lower() if user else None), (AuditEvent.resource_type, resource_type),
                (AuditEvent.resource_id, resource_id), (AuditEvent.outcome, outcome),
                (AuditEvent.method, method.upper() if method else None), (AuditEvent.request_id, request_id))
-    for column, value in filters:
-        if value is not None:
-            query = query.where(column == value)
     if since is not None:
         query = query.where(AuditEvent.at >= since)
     if until is not None:
         query = query.where(AuditEvent.at < until)
-    rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
-    next_url = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_url = str(request.url.include_query_params(cursor=encode_cursor(rows[-1].id), limit=limit))
+    rows, next_url = newest_first(session, query, AuditEvent, request, limit, cursor, filters)
     return {"items": [AuditOut.model_validate(r) for r in rows], "next": next_url}

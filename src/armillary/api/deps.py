@@ -134,6 +134,24 @@ def paginate(
     return rows, next_url
 
 
+def newest_first(
+    session: Session, query: Select[Any], model: type[M], request: Request, limit: int, cursor: str | None,
+    filters: tuple[tuple[Any, Any], ...] = (),
+) -> tuple[list[M], str | None]:
+    """A keyset page newest first (jobs, audit events): ``column == value`` for every given value."""
+    model_id = model.id  # type: ignore[attr-defined]
+    if cursor:
+        query = query.where(model_id < decode_cursor(cursor))
+    for column, value in filters:
+        if value is not None:
+            query = query.where(column == value)
+    rows = list(session.scalars(query.order_by(model_id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, str(request.url.include_query_params(cursor=encode_cursor(rows[-1].id), limit=limit))
+
+
 # ---------------------------------------------------------------- ETags
 
 

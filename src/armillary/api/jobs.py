@@ -13,7 +13,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from armillary.api.deps import MAX_LIMIT, SessionDep, decode_cursor, encode_cursor
+from armillary.api.deps import MAX_LIMIT, SessionDep, newest_first
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.errors import Conflict, Forbidden, NotFound
@@ -154,16 +154,8 @@ def list_jobs(
     if visible is not None:
         in_envs = select(System.id).where(System.environment_id.in_(visible))
         query = query.where(or_(Job.system_id.in_(in_envs), Job.user_id == access.principal.user_id))
-    if cursor:
-        query = query.where(Job.id < decode_cursor(cursor))
-    for column, value in ((Job.status, status), (Job.action, action), (Job.system_id, system), (Job.parent_id, parent)):
-        if value is not None:
-            query = query.where(column == value)
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    next_url = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_url = str(request.url.include_query_params(cursor=encode_cursor(rows[-1].id), limit=limit))
+    filters = ((Job.status, status), (Job.action, action), (Job.system_id, system), (Job.parent_id, parent))
+    rows, next_url = newest_first(session, query, Job, request, limit, cursor, filters)
     return {"items": [to_out(j) for j in rows], "next": next_url}
 
 
