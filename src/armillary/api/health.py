@@ -6,18 +6,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from armillary.api.security import public
 from armillary.domain.migrate import current_revision, head_revision
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", openapi_extra={"x-armillary-permission": "public"})
+@router.get("/healthz", openapi_extra=public())
 def healthz() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", openapi_extra={"x-armillary-permission": "public"})
+@router.get("/readyz", openapi_extra=public())
 def readyz(request: Request) -> JSONResponse:
     """The database answers and its schema is at the migration head."""
     db = request.app.state.db

@@ -129,8 +129,7 @@ def start_bulk_job(
     if len(actable) < len(visible):
         raise Forbidden(f"the selector matches {len(visible) - len(actable)} systems you may not act on "
                         f"(of {len(visible)}); narrow it to your own systems or ask an operator")
-    kwargs = actor_kwargs(access)
-    actor = {"user_id": kwargs["user_id"], "name": kwargs["actor"], "admin": kwargs["bypass_lock"]}
+    actor = {"user_id": access.principal.user_id, "name": access.principal.name, "admin": access.is_admin}
     job = start_from_spec(session, body, request_id=request.state.request_id, idempotency_key=idempotency_key,
                           actor=actor, system_ids=actable)
     return commit_idempotent(request, session, job, idempotency_key)

@@ -141,9 +141,9 @@ def requires(permission: Permission) -> Any:
     return Depends(access_dependency)
 
 
-def public(route_permission: str = "public") -> dict[str, Any]:
+def public() -> dict[str, Any]:
     """``openapi_extra`` of the few routes open without credentials (login)."""
-    return {PERMISSION_KEY: route_permission}
+    return {PERMISSION_KEY: "public"}
 
 
 def _declared(dependant: Any) -> Permission | None:

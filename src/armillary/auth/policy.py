@@ -30,9 +30,6 @@ class Permission(StrEnum):
     ENV_ADMIN = "env:admin"  # must see the environment (else 404), then be admin (else 403)
 
 
-ROLE_RANK = {"viewer": 1, "user": 2, "operator": 3}
-
-
 @dataclass(frozen=True)
 class Principal:
     """The caller of one request: a user, their roles by environment id, and how they proved it."""
@@ -50,13 +47,6 @@ class Principal:
     def visible_env_ids(self) -> set[int] | None:
         """Environments this caller may see; None means all (admin)."""
         return None if self.is_admin else set(self.roles)
-
-    def can_see(self, env_id: int) -> bool:
-        return self.is_admin or env_id in self.roles
-
-    @property
-    def actor(self) -> str:
-        return self.name
 
 
 def check(
