@@ -208,7 +208,10 @@ def main() -> None:
                     "name": "metal",
                     "environment": "bench",
                     "driver": "ssh",
-                    "config": {"private_key": hosts[0].private_key_pem},
+                    "config": {
+                        "private_key": hosts[0].private_key_pem,
+                        "allowed_hosts": [host.address for host in hosts],
+                    },
                 },
             ),
             201,

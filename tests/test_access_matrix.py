@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from armillary.api.users import create_user
 from armillary.domain.account_schemas import UserCreate
@@ -163,6 +163,9 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "GET /api/v1/users/{ref}/roles": (("-",), lambda w, v, r: Call("/users/target/roles")),
     "PUT /api/v1/users/{ref}/roles/{environment}": (("-",), lambda w, v, r: Call("/users/target/roles/in", {"role": "user", "max_systems": 3})),
     "DELETE /api/v1/users/{ref}/roles/{environment}": (("-",), lambda w, v, r: Call("/users/target/roles/in")),
+    "POST /api/v1/users/{ref}/unlock": (("-",), lambda w, v, r: Call("/users/target/unlock")),
+    "GET /api/v1/auth/throttles": (("-",), lambda w, v, r: Call("/auth/throttles")),
+    "DELETE /api/v1/auth/throttles/{scope}/{key}": (("-",), lambda w, v, r: Call("/auth/throttles/address/192.0.2.1")),
     "GET /api/v1/audit": (("-",), lambda w, v, r: Call("/audit")),
     "GET /api/v1/environments": (("-",), lambda w, v, r: Call("/environments")),
     "POST /api/v1/environments": (("-",), lambda w, v, r: Call("/environments", {"name": "brand-new"})),
@@ -215,8 +218,10 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "PATCH /api/v1/schedules/{ref}": (("-",), lambda w, v, r: Call("/schedules/nightly", {"enabled": False})),
     "DELETE /api/v1/schedules/{ref}": (("-",), lambda w, v, r: Call("/schedules/nightly")),
     "POST /api/v1/sources": (("-",), lambda w, v, r: Call("/sources", content=TARBALL, headers={"Content-Type": "application/gzip"})),
+    "GET /api/v1/sources": (("-",), lambda w, v, r: Call("/sources")),
     "GET /api/v1/sources/{source_id}": (("-",), lambda w, v, r: Call(f"/sources/{w['source']}")),
-    "DELETE /api/v1/sources/{source_id}": (("-",), lambda w, v, r: Call(f"/sources/{w['source']}")),
+    # "own": uploaded by the caller (even a viewer may have uploaded before losing a role); "in": by someone else.
+    "DELETE /api/v1/sources/{source_id}": (("own", "in"), lambda w, v, r: Call(f"/sources/{w['source']}")),
 }
 # A selector names systems: out of the caller's environments they do not exist, so the job matches none.
 BODY_REFERENCES = {"POST /api/v1/hypervisors", "POST /api/v1/systems", "POST /api/v1/systems/import",
@@ -229,6 +234,10 @@ def expected(permission: str, role: str, variant: Variant, operation: str) -> in
         return "2xx"
     if permission == "admin":
         return 403
+    if permission == "deployer":  # holds a role that deploys somewhere
+        return "2xx" if role in ("operator", "user") else 403
+    if permission == "owner":  # what the caller created (an upload they own)
+        return "2xx" if variant == "own" else 403
     if variant == "out":
         return 422 if operation in BODY_REFERENCES else 404
     allowed = {
@@ -278,6 +287,8 @@ def test_access_by_role_and_place(server, operation: str) -> None:
             world["spare_token_id"] = _spare_token(db, name)
             if "{source_id}" in operation:
                 world["source"] = upload_source(base, token_for(db, "ada"))
+                if variant == "own":
+                    _give_source(db, world["source"], name)
             call = call_for(world, variant, role or "admin")
             headers = {**call.headers, **(bearer(token) if role else {})}
             response = httpx.request(method, base + call.path, json=call.json, params=call.params,
@@ -298,3 +309,12 @@ def _spare_token(db, name: str) -> int:
     token_for(db, name)
     with db.session() as s:
         return s.scalar(select(ApiToken.id).join(User).where(User.name == name).order_by(ApiToken.id.desc()))
+
+
+def _give_source(db, source_id: str, name: str) -> None:
+    """Make ``name`` the only owner of the uploaded source ``source_id``."""
+    from armillary.domain.uploads import SourceOwner
+
+    with db.session() as s:
+        user_id = s.scalar(select(User.id).where(User.name == name))
+        s.execute(update(SourceOwner).where(SourceOwner.source_id == source_id).values(user_id=user_id))

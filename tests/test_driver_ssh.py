@@ -22,7 +22,7 @@ from armillary.drivers.base import MachineRef, MachineSpec, PermanentDriverError
 from armillary.drivers.registry import get_driver
 from armillary.drivers.ssh import SshConfig, SshDriver, SshProps, Target, parse_facts
 from tests.support.jobs import act_and_wait
-from tests.support.sshhosts import SshHost, ssh_host
+from tests.support.sshhosts import SUBNETS, SshHost, ssh_host
 
 SYSTEM_ID = 41
 
@@ -34,7 +34,8 @@ def ssh_peer(tmp_path: Path) -> Iterator[SshHost]:
 
 
 def driver(host: SshHost | None = None, **config: Any) -> SshDriver:
-    settings: dict[str, Any] = {"connect_timeout": 5}
+    # The test hosts' addresses are all in sshhosts.SUBNETS: the hypervisor allows them.
+    settings: dict[str, Any] = {"connect_timeout": 5, "allowed_hosts": [str(SUBNETS)]}
     if host is not None:
         settings["private_key"] = host.private_key_pem
     settings.update(config)
@@ -76,6 +77,9 @@ def test_registered_and_described() -> None:
     assert described["implemented"] is True and described["transport"] == "ssh"
     assert {"private_key", "password", "private_key_passphrase"} <= set(described["secret_fields"])
     assert described["system_schema"]["required"] == ["host"]
+    # Where the credentials go, and what they run, only operators say (the API refuses users: 403).
+    assert described["operator_only_fields"] == ["host", "host_key", "port", "wipe_command"]
+    assert described["system_schema"]["properties"]["host"]["x-operator-only"] is True
 
 
 def test_create_records_facts_and_fingerprint(ssh_peer: SshHost) -> None:
@@ -106,6 +110,78 @@ def test_create_records_facts_and_fingerprint(ssh_peer: SshHost) -> None:
     assert pinned.provider_id == info.provider_id
     with pytest.raises(PermanentDriverError, match="host key changed.*possible MITM"):
         ssh.create(spec(host=ssh_peer.address, host_key="SHA256:" + "A" * 43))
+
+
+def test_credentials_only_go_to_allowed_or_known_hosts(ssh_peer: SshHost) -> None:
+    # Not allowed: refused before a connection is made, on every operation.
+    elsewhere = driver(ssh_peer, allowed_hosts=["192.0.2.0/24", "*.example.org"])
+    with pytest.raises(PermanentDriverError, match="not a host this hypervisor's credentials may be sent to"):
+        elsewhere.create(spec(host=ssh_peer.address))
+    recorded = MachineRef(
+        system_id=SYSTEM_ID, provider_id=f"ssh://root@{ssh_peer.address}:22#{ssh_peer.known_fingerprint}"
+    )
+    for call in (elsewhere.status, elsewhere.start):
+        with pytest.raises(PermanentDriverError, match="no connection was made"):
+            call(recorded)
+    with pytest.raises(PermanentDriverError, match="not a host"):
+        elsewhere.destroy(ref(recorded.provider_id, host=ssh_peer.address, wipe_command=["true"]))
+    with pytest.raises(PermanentDriverError, match="not a host"):
+        driver(ssh_peer, allowed_hosts=[]).create(spec(host=ssh_peer.address))
+
+    # In known_hosts (and nothing allowed): reached, and only with that key.
+    known = driver(ssh_peer, allowed_hosts=[], known_hosts={ssh_peer.address: ssh_peer.known_fingerprint})
+    info = known.create(spec(host=ssh_peer.address))
+    assert info.provider_id.endswith(ssh_peer.known_fingerprint) and known.status(recorded).state == "running"
+    wrong = driver(ssh_peer, allowed_hosts=[], known_hosts={ssh_peer.address: ["SHA256:" + "A" * 43]})
+    with pytest.raises(PermanentDriverError, match="host key changed"):
+        wrong.create(spec(host=ssh_peer.address))
+    with pytest.raises(PermanentDriverError, match="not one the hypervisor's known_hosts lists"):
+        wrong.status(recorded)  # the recorded key is not among the known ones: not even a connection
+
+    # A password alone is never offered to a host whose key is not pinned (no connection is made).
+    with pytest.raises(PermanentDriverError, match="a password is never sent to a host whose key is not pinned"):
+        driver(password="not-tried").create(spec(host=ssh_peer.address))
+
+
+def test_reach_settings_are_validated() -> None:
+    fingerprint = "SHA256:" + "a" * 43
+    config = SshConfig.model_validate(
+        {
+            "allowed_hosts": ["10.0.0.7/24", "Metal.Example.org.", "*.Lab.example.org", "fe80::0:1"],
+            "known_hosts": {"Box.example.org": fingerprint + "=", "10.0.0.9": [fingerprint, fingerprint]},
+        }
+    )
+    assert config.allowed_hosts == ["10.0.0.0/24", "metal.example.org", "*.lab.example.org", "fe80::1"]
+    assert config.known_hosts == {"box.example.org": [fingerprint], "10.0.0.9": [fingerprint]}
+    allowed = SshDriver(config, hypervisor_id=1)
+    for host, ok in (
+        ("10.0.0.200", True),
+        ("10.0.1.1", False),
+        ("metal.example.org", True),
+        ("x.lab.example.org", True),
+        ("lab.example.org", False),
+        ("fe80::1", True),
+        ("::ffff:10.0.0.5", False),
+        ("box.example.org", True),
+        ("evil.example.com", False),
+    ):
+        target = Target(host=host, port=22, user="root")
+        if ok:
+            allowed.trusted(target)
+        else:
+            with pytest.raises(PermanentDriverError, match="not a host"):
+                allowed.trusted(target)
+    assert allowed.trusted(Target(host="box.example.org", port=22, user="root")) == {fingerprint}
+    assert allowed.trusted(Target(host="10.0.0.1", port=22, user="root")) is None  # first contact
+    for bad in (
+        {"allowed_hosts": ["10.0.0.0/33"]},
+        {"allowed_hosts": ["not a host"]},
+        {"known_hosts": {"box": "MD5:aa"}},
+        {"known_hosts": {"box": []}},
+        {"known_hosts": {"a b": fingerprint}},
+    ):
+        with pytest.raises(ValidationError):
+            SshConfig.model_validate(bad)
 
 
 def test_user_comes_from_props_then_machine_then_config(ssh_peer: SshHost) -> None:
@@ -327,7 +403,7 @@ def test_api_lifecycle_on_an_existing_machine(api: httpx.Client, live_server, ss
             "name": "metal",
             "environment": "dev",
             "driver": "ssh",
-            "config": {"private_key": pem, "connect_timeout": 5},
+            "config": {"private_key": pem, "connect_timeout": 5, "allowed_hosts": [ssh_peer.address]},
         },
     )
     assert made.status_code == 201, made.text

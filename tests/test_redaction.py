@@ -459,7 +459,8 @@ def test_a_provisioning_job_never_shows_variables_or_hypervisor_secrets(api: htt
     assert made.status_code == 201, made.text
     made = api.post("/hypervisors", json={
         "name": "metal", "environment": "dev", "driver": "ssh",
-        "config": {"private_key": ssh_peer.private_key_pem, "password": hv_password, "connect_timeout": 5},
+        "config": {"private_key": ssh_peer.private_key_pem, "password": hv_password, "connect_timeout": 5,
+                   "allowed_hosts": [ssh_peer.address]},
     })
     assert made.status_code == 201, made.text
     made = api.post("/types", json={

@@ -37,8 +37,22 @@ class Settings:
     login_ttl_s: int = 12 * 3600
     # Mark session cookies Secure even when this process sees plain HTTP (behind a TLS-terminating proxy).
     cookie_secure: bool = False
+    # Login throttling (armillary.auth.throttle): failed logins allowed per account name and per client
+    # address (0: no limit) before lockouts start; the first lockout, doubled at each further failure up to
+    # the longest; failures are forgotten after a window without any (counted from the end of a lockout).
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 20
+    login_lockout_s: float = 1.0
+    login_max_lockout_s: float = 900.0
+    login_failure_window_s: float = 900.0
+    # Largest request body the API reads (source uploads have their own limit).
+    max_body_bytes: int = 8 * 1024 * 1024
     # armillary.auth.ldap.LdapSettings when ARMILLARY_LDAP_URL is set, else None (local accounts only).
     ldap: Any = None
+    # Uploaded deploy sources (POST /api/v1/sources): the largest tarball accepted, and how many bytes of
+    # uploads each non-admin user may keep stored.
+    source_max_bytes: int = 512 * 1024**2
+    source_quota_bytes: int = 2 * 1024**3
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,7 +75,15 @@ class Settings:
             lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
             login_ttl_s=int(env.get("ARMILLARY_LOGIN_TTL_SECONDS") or 12 * 3600),
             cookie_secure=_truthy(env.get("ARMILLARY_COOKIE_SECURE"), False),
+            login_max_failures=int(env.get("ARMILLARY_LOGIN_MAX_FAILURES") or 5),
+            login_max_failures_per_address=int(env.get("ARMILLARY_LOGIN_MAX_FAILURES_PER_ADDRESS") or 20),
+            login_lockout_s=float(env.get("ARMILLARY_LOGIN_LOCKOUT_SECONDS") or 1),
+            login_max_lockout_s=float(env.get("ARMILLARY_LOGIN_MAX_LOCKOUT_SECONDS") or 900),
+            login_failure_window_s=float(env.get("ARMILLARY_LOGIN_FAILURE_WINDOW_SECONDS") or 900),
+            max_body_bytes=int(env.get("ARMILLARY_MAX_BODY_BYTES") or 8 * 1024 * 1024),
             ldap=_ldap_settings(env),
+            source_max_bytes=int(env.get("ARMILLARY_SOURCE_MAX_BYTES") or 512 * 1024**2),
+            source_quota_bytes=int(env.get("ARMILLARY_SOURCE_QUOTA_BYTES") or 2 * 1024**3),
         )
 
 

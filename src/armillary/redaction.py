@@ -23,6 +23,14 @@ Limits, on purpose:
 * values shorter than ``MIN_SECRET_LENGTH`` (4) characters are not registered: a 3-character password
   would blank out ordinary words everywhere (``abc``, ``yes``, ``123``). Keys that look secret still
   mask such values in structured data (``redact_data``);
+* only secrets the server holds are registered (stored credentials, tokens it issued, secret
+  variables), never what a caller merely sends (a login's attempted password): otherwise anyone
+  could choose words to blank out of the logs and the audit trail;
+* structural fields (``STRUCTURAL_KEYS``: method, path, status, ids...) are never masked by value,
+  in structured data or log extras, and neither is the message of a record logged with
+  ``extra={"structural_message": True}`` (the access and audit lines): a registered value that
+  happens to equal a path must not hide which path was called. In a query string only the values
+  are masked (``redact_query``);
 * a secret is masked where it appears verbatim. An encoded form (base64, URL-quoted, JSON-escaped
   with ``\\n``) or a fragment of it is not recognised, except single lines of a multi-line secret
   (a PEM private key, printed one line at a time), which are registered on their own when they are
@@ -42,6 +50,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_plus
 
 __all__ = [
     "MASK",
@@ -56,6 +65,8 @@ __all__ = [
     "redact_text",
     "register",
     "register_secrets_in",
+    "redact_query",
+    "STRUCTURAL_KEYS",
 ]
 
 # Values shorter than this are not registered: masking every "abc" or "1234" in every log line would
@@ -82,6 +93,11 @@ SECRET_KEY_PATTERN = re.compile(
 NOT_SECRET_KEY_PATTERN = re.compile(
     r"(?:^|[^a-z0-9])(?:client|next|continuation|pagination|idempotency|page)[^a-z0-9]?token$", re.IGNORECASE
 )
+# Fields that say what happened, not what was carried: never masked by value (see the module docstring).
+STRUCTURAL_KEYS = frozenset({
+    "method", "path", "status", "request_id", "route", "action", "resource_type", "resource_id", "user_id",
+    "outcome", "source_address", "client", "duration_ms", "job_id", "step_id", "system_id",
+})
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # The password of a URL's user info: postgresql://user:PASSWORD@host/db
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@")
@@ -282,6 +298,8 @@ class SecretRegistry:
             for key, item in value.items():
                 if isinstance(key, str) and is_secret_key(key) and not _is_empty(item):
                     out[self.redact_text(key)] = MASK
+                elif key in STRUCTURAL_KEYS and isinstance(item, (str, int, float)):
+                    out[key] = item
                 else:
                     out[self.redact_text(key) if isinstance(key, str) else key] = self.redact_data(item)
             return out
@@ -338,6 +356,23 @@ def register_secrets_in(value: Any) -> None:
     _registry.register_secrets_in(value)
 
 
+def redact_query(path: str) -> str:
+    """``path?query`` safe to show: the path as it is (structural), the values of secret-looking query
+    parameters masked whole, other values with registered secrets masked; names are kept."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    parts = []
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        if eq and value and is_secret_key(unquote_plus(name)):
+            value = MASK
+        elif eq and value:
+            value = MASK if redact_text(unquote_plus(value)) != unquote_plus(value) else value
+        parts.append(f"{name}{eq}{value}")
+    return f"{base}?{'&'.join(parts)}"
+
+
 # ---------------------------------------------------------------- logging
 
 # The attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -364,10 +399,11 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not leak its arguments
             message = f"{record.msg} {record.args!r}"
-        record.msg = registry.redact_text(message)
+        structural = getattr(record, "structural_message", False) is True
+        record.msg = message if structural else registry.redact_text(message)
         record.args = None
         for name, value in list(vars(record).items()):
-            if name in _RECORD_ATTRIBUTES or name.startswith("_"):
+            if name in _RECORD_ATTRIBUTES or name.startswith("_") or name in STRUCTURAL_KEYS:
                 continue
             if is_secret_key(name) and not _is_empty(value):
                 setattr(record, name, MASK)

@@ -45,7 +45,11 @@ def setup_ssh_system(
             "name": "metal",
             "environment": "dev",
             "driver": "ssh",
-            "config": {"private_key": host.private_key_pem, "connect_timeout": 5},
+            "config": {
+                "private_key": host.private_key_pem,
+                "connect_timeout": 5,
+                "allowed_hosts": [host.address],
+            },
         },
     )
     assert made.status_code == 201, made.text

@@ -8,12 +8,13 @@ from sqlalchemy.orm import Session
 
 from armillary.api.audit import note
 from armillary.api.deps import SessionDep
-from armillary.api.jobs import IdempotencyKey, accepted, actor_kwargs, commit_idempotent, replay_or_conflict
+from armillary.api.jobs import IdempotencyKey, actor_kwargs, start_idempotent
 from armillary.api.security import Access, requires
 from armillary.api.systems import _check_hostname_free, get_system
 from armillary.auth.policy import Permission
 from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ActionRequest, JobOut
+from armillary.domain.jobs import Job
 from armillary.domain.models import System, SystemLabel
 from armillary.domain.states import TransitionRefused, check_action
 from armillary.engine.deploy import ConfigError as DeployConfigError
@@ -63,27 +64,28 @@ def run_action(
     owner's quota (403 naming the limit when it is spent)."""
     system = get_system(session, ref, access)
     note(request, action=f"system.{body.action}")
-    existing = replay_or_conflict(session, idempotency_key, body.action, None if body.action == "clone" else system.id)
-    if existing is not None:
-        return accepted(request, session, existing, existing=True)
-    params = dict(body.params)
-    target = system
-    if body.action == "clone":
-        if body.hostname is None:
-            raise InvalidInput("hostname", "clone needs the new system's hostname")
-        params.setdefault("provision", system.provisioned_at is not None)
-        params["cloned_from"] = system.id
-        target = _clone(session, system, body.hostname, access.principal.user_id)
-    elif body.action == "reload":
-        params.setdefault("provision", system.provisioned_at is not None)
-    elif body.action in {"deploy", "rollback"}:
-        # The project's configuration (a cyclic task graph included) is refused now, before anything runs.
-        try:
-            check_deploy_request(session, system, body.action, params)
-        except DeployConfigError as exc:
-            raise InvalidInput(exc.field, str(exc)) from None
-    job = start_system_action(
-        session, target, body.action, params=params, queue=queue, idempotency_key=idempotency_key,
-        request_id=request.state.request_id, **actor_kwargs(access),
-    )
-    return commit_idempotent(request, session, job, idempotency_key)
+
+    def start() -> Job:
+        params = dict(body.params)
+        target = system
+        if body.action == "clone":
+            if body.hostname is None:
+                raise InvalidInput("hostname", "clone needs the new system's hostname")
+            params.setdefault("provision", system.provisioned_at is not None)
+            params["cloned_from"] = system.id
+            target = _clone(session, system, body.hostname, access.principal.user_id)
+        elif body.action == "reload":
+            params.setdefault("provision", system.provisioned_at is not None)
+        elif body.action in {"deploy", "rollback"}:
+            # The project's configuration (a cyclic task graph included) is refused now, before anything runs.
+            try:
+                check_deploy_request(session, system, body.action, params)
+            except DeployConfigError as exc:
+                raise InvalidInput(exc.field, str(exc)) from None
+        return start_system_action(
+            session, target, body.action, params=params, queue=queue, idempotency_key=idempotency_key,
+            request_id=request.state.request_id, **actor_kwargs(access),
+        )
+
+    system_id = None if body.action == "clone" else system.id
+    return start_idempotent(request, session, idempotency_key, body.action, system_id, start)

@@ -32,8 +32,9 @@ from armillary.api import (
     variables,
 )
 from armillary.api.audit import AuditMiddleware
-from armillary.api.middleware import RequestIdMiddleware, YamlBodyMiddleware
-from armillary.api.security import current_principal, document_permissions
+from armillary.api.bodies import BodyGuardMiddleware
+from armillary.api.middleware import RequestIdMiddleware
+from armillary.api.security import credentials_refusal, current_principal, document_permissions
 from armillary.config import Settings
 from armillary.domain import migrate
 from armillary.domain.db import Database
@@ -99,7 +100,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return RedirectResponse("/docs")
 
     problems.install(app)
-    app.add_middleware(YamlBodyMiddleware)
+    app.add_middleware(
+        BodyGuardMiddleware, max_body=settings.max_body_bytes, api_prefix=API_PREFIX,
+        public=frozenset(API_PREFIX + route.path for route in auth.public_router.routes),
+        streamed=frozenset({API_PREFIX + sources.router.prefix}), authenticate=credentials_refusal,
+    )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AuditMiddleware)
     return app

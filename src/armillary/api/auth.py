@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from armillary.api.audit import note
-from armillary.api.deps import MAX_LIMIT, SessionDep
+from armillary.api.deps import MAX_LIMIT, IdPath, SessionDep
 from armillary.api.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -19,12 +20,13 @@ from armillary.api.security import (
     requires,
 )
 from armillary.api.users import user_out
-from armillary.auth import passwords, tokens
-from armillary.auth.login import authenticate
+from armillary.auth import passwords, throttle, tokens
+from armillary.auth.login import DirectoryUnavailable, authenticate
 from armillary.auth.policy import Permission
 from armillary.domain.account_schemas import (
     LoginOut,
     LoginRequest,
+    LoginThrottleOut,
     PasswordChange,
     SessionOut,
     TokenCreate,
@@ -33,7 +35,7 @@ from armillary.domain.account_schemas import (
     UserOut,
 )
 from armillary.domain.accounts import ApiToken, TokenKind, User
-from armillary.domain.errors import Forbidden, InvalidInput, NotFound
+from armillary.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from armillary.domain.models import utcnow
 
 router = APIRouter(prefix="/auth", tags=["auth"])  # authenticated
@@ -47,15 +49,41 @@ def token_out(row: ApiToken) -> TokenOut:
 
 
 def _login(request: Request, session: Session, body: LoginRequest) -> User:
+    """Check a login, throttled per name and per client address (see ``armillary.auth.throttle``).
+
+    The attempt is counted before the password is looked at; a locked-out name or address is a 429
+    with Retry-After, for names that exist and names that do not alike."""
     note(request, username=body.username.strip().lower()[:63])
     settings = request.app.state.settings
-    user = authenticate(session, body.username, body.password, settings.ldap)
+    engine = request.app.state.db.engine
+    address = request.client.host if request.client else None
+    limits = throttle.Limits.from_settings(settings)
+    try:
+        attempt = throttle.begin(engine, limits, body.username.strip().lower(), address)
+    except throttle.Throttled as exc:
+        note(request, throttled=exc.scope, retry_after=exc.retry_after)
+        raise
+    try:
+        user = authenticate(session, body.username, body.password, settings.ldap)
+    except Unauthorized:
+        note(request, failed_logins=attempt.failures,
+             **({"lockout_s": attempt.lockouts} if attempt.lockouts else {}))
+        raise
+    except DirectoryUnavailable:
+        throttle.cancel(engine, attempt)
+        raise
+    throttle.succeeded(session, attempt)
     note(request, user_id=user.id, username=user.name)
     return user
 
 
-@public_router.post("/login", response_model=LoginOut, openapi_extra=public(),
-                    responses={401: {"description": "Invalid username or password (never says which)"}})
+REFUSED = {
+    401: {"description": "Invalid username or password (never says which)"},
+    429: {"description": "Too many failed logins for this name or from this address: wait Retry-After seconds"},
+}
+
+
+@public_router.post("/login", response_model=LoginOut, openapi_extra=public(), responses=REFUSED)
 def login(body: LoginRequest, request: Request, session: Session = SessionDep) -> LoginOut:
     """Exchange a username and password (local or LDAP) for a short-lived bearer token."""
     user = _login(request, session, body)
@@ -64,8 +92,7 @@ def login(body: LoginRequest, request: Request, session: Session = SessionDep) -
     return LoginOut(token=plaintext, expires_at=row.expires_at, user=user.name)
 
 
-@public_router.post("/session", response_model=SessionOut, openapi_extra=public(),
-                    responses={401: {"description": "Invalid username or password (never says which)"}})
+@public_router.post("/session", response_model=SessionOut, openapi_extra=public(), responses=REFUSED)
 def open_session(body: LoginRequest, request: Request, response: Response, session: Session = SessionDep) -> SessionOut:
     """Log a browser in: an http-only session cookie, and a CSRF token to echo in X-CSRF-Token on writes."""
     user = _login(request, session, body)
@@ -100,9 +127,12 @@ def who_am_i(session: Session = SessionDep, access: Access = requires(Permission
 
 
 @router.post("/password", status_code=204)
-def change_password(body: PasswordChange, session: Session = SessionDep,
+def change_password(body: PasswordChange, request: Request, session: Session = SessionDep,
                     access: Access = requires(Permission.AUTHENTICATED)) -> Response:
-    """Change your own local password (LDAP users change theirs in the directory)."""
+    """Change your own local password (LDAP users change theirs in the directory).
+
+    Every other token and browser session of yours is revoked at once; the one making this request
+    stays valid (log out to end it too)."""
     user = session.get(User, access.principal.user_id)
     if user.source != "local":
         raise Forbidden("your account is managed by the directory; change the password there")
@@ -110,6 +140,7 @@ def change_password(body: PasswordChange, session: Session = SessionDep,
         raise InvalidInput("current_password", "does not match")
     passwords.check_strength(body.password)
     user.password_hash = passwords.hash_password(body.password)
+    note(request, tokens_revoked=tokens.revoke_all(session, user.id, keep=access.principal.token_id))
     return Response(status_code=204)
 
 
@@ -147,7 +178,7 @@ def create_token(body: TokenCreate, request: Request, response: Response, sessio
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, session: Session = SessionDep,
+def revoke_token(token_id: IdPath, session: Session = SessionDep,
                  access: Access = requires(Permission.AUTHENTICATED)) -> Response:
     """Revoke a token at once (yours; admins: anyone's). Revoking twice is fine."""
     row = session.get(ApiToken, token_id)
@@ -155,4 +186,28 @@ def revoke_token(token_id: int, session: Session = SessionDep,
         raise NotFound(f"no token {token_id}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- login throttling (admins)
+
+
+@router.get("/throttles", response_model=list[LoginThrottleOut])
+def list_throttles(limit: int = Query(100, ge=1, le=MAX_LIMIT), session: Session = SessionDep,
+                   access: Access = requires(Permission.ADMIN)) -> list[LoginThrottleOut]:
+    """Names and client addresses with failed logins not yet forgotten, locked-out ones first."""
+    return [LoginThrottleOut.model_validate(row) for row in throttle.current(session, limit)]
+
+
+@router.delete("/throttles/{scope}/{key}", status_code=204)
+def clear_throttle(
+    scope: Literal["user", "address"],
+    request: Request,
+    key: str = Path(max_length=255, description="The account name, or the client address"),
+    session: Session = SessionDep,
+    access: Access = requires(Permission.ADMIN),
+) -> Response:
+    """Forget the failed logins of a name (whether or not an account has it) or of a client address,
+    and lift its lockout at once. Clearing what is not there is fine."""
+    note(request, cleared=throttle.clear(session, scope, key))
     return Response(status_code=204)

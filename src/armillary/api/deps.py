@@ -6,20 +6,22 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Path, Query, Request, Response
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from armillary.domain.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from armillary.domain.models import Base
+from armillary.domain.schemas import MAX_ID
 
 M = TypeVar("M", bound=Base)
 
 MAX_LIMIT = 1000
-MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+# The one shape of a numeric id in a path or a query: ASCII digits within the ids' bounds, else 422.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Numeric id")]
 
 
 # Commits and rollbacks of request sessions run on their own threads. On the default pool they would
@@ -53,9 +55,24 @@ def _finish(session: Session, commit: bool) -> None:
 SessionDep = Depends(get_session, scope="function")  # commit before the response is sent
 
 
+def id_of(ref: int | str) -> int | None:
+    """The id a reference names, or None when it is a name.
+
+    Only ASCII digits make an id (``"²".isdigit()`` is true, ``int("²")`` fails); a number past
+    the ids' bounds names no row, so it becomes 0, which matches nothing: a 404, never an overflow."""
+    if isinstance(ref, int):
+        number = ref
+    elif ref.isascii() and ref.isdigit():
+        number = int(ref)
+    else:
+        return None
+    return number if 0 < number <= MAX_ID else 0
+
+
 def _by_ref(model: type[M], ref: int | str):
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        return model.id == int(ref)  # type: ignore[attr-defined]
+    ref_id = id_of(ref)
+    if ref_id is not None:
+        return model.id == ref_id  # type: ignore[attr-defined]
     return model.name == ref  # type: ignore[attr-defined]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -13,14 +14,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from armillary.api.deps import MAX_LIMIT, SessionDep, newest_first
+from armillary.api.deps import MAX_LIMIT, IdPath, SessionDep, newest_first
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
-from armillary.domain.errors import Conflict, Forbidden, NotFound
+from armillary.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from armillary.domain.job_schemas import JobOut, JobSpec, StepOut
 from armillary.domain.jobs import TERMINAL_JOB, Job
 from armillary.domain.models import System
-from armillary.domain.schemas import Page
+from armillary.domain.schemas import MAX_ID, Page
 from armillary.engine.events import event_dict, events_after
 from armillary.engine.jobs import find_by_idempotency_key
 from armillary.engine.selection import resolve_selector, start_from_spec
@@ -100,16 +101,39 @@ def replay_or_conflict(session: Session, key: str | None, action: str, system_id
     return job
 
 
-def commit_idempotent(request: Request, session: Session, job: Job, key: str | None) -> JSONResponse:
-    """Commit a new job; if a concurrent request with the same key won, answer with its job instead."""
+def start_idempotent(
+    request: Request, session: Session, key: str | None, action: str, system_id: int | None,
+    start: Callable[[], Job],
+) -> JSONResponse:
+    """Start a job with ``start()`` unless ``key`` was seen; answer 202 with the job (new or replayed).
+
+    Concurrent requests with one key race: all but one fail somewhere (the system's lock, a unique
+    index, the quota charge). Each loser looks the key up again and replays the winner's job, so every
+    retry of one request gets that request's job and never an error its first try did not get."""
+    existing = replay_or_conflict(session, key, action, system_id)
+    if existing is not None:
+        return accepted(request, session, existing, existing=True)
     try:
-        return accepted(request, session, job)
-    except IntegrityError:
-        session.rollback()
-        winner = find_by_idempotency_key(session, key)
-        if key is None or winner is None:
+        return accepted(request, session, start())
+    except (IntegrityError, Conflict, QuotaExceeded):  # what losing the race looks like
+        if key is None:
             raise
-        return accepted(request, session, winner, existing=True)
+        session.rollback()
+        winner = _winner(session, key)
+        if winner is None:
+            raise
+    return accepted(request, session, replay_or_conflict(session, key, action, system_id) or winner, existing=True)
+
+
+def _winner(session: Session, key: str) -> Job | None:
+    """The job of ``key``, waiting briefly for a concurrent request that is committing it."""
+    for delay in (0, 0.05, 0.1, 0.2):
+        time.sleep(delay)
+        job = find_by_idempotency_key(session, key)
+        if job is not None:
+            return job
+        session.rollback()  # a fresh snapshot for the next look
+    return None
 
 
 @router.post("", status_code=202, response_model=JobOut)
@@ -121,18 +145,18 @@ def start_bulk_job(
 
     The selector sees only the caller's environments; if it matches systems the caller may not act
     on (a viewer's, or other users' systems for a user), the whole job is refused (403)."""
-    existing = replay_or_conflict(session, idempotency_key, body.action, None)
-    if existing is not None:
-        return accepted(request, session, existing, existing=True)
-    visible = resolve_selector(session, body.selector, lambda q: access.visible(q, System.environment_id))
-    actable = resolve_selector(session, body.selector, _actable(access)) if not access.is_admin else visible
-    if len(actable) < len(visible):
-        raise Forbidden(f"the selector matches {len(visible) - len(actable)} systems you may not act on "
-                        f"(of {len(visible)}); narrow it to your own systems or ask an operator")
-    actor = {"user_id": access.principal.user_id, "name": access.principal.name, "admin": access.is_admin}
-    job = start_from_spec(session, body, request_id=request.state.request_id, idempotency_key=idempotency_key,
-                          actor=actor, system_ids=actable)
-    return commit_idempotent(request, session, job, idempotency_key)
+
+    def start() -> Job:
+        visible = resolve_selector(session, body.selector, lambda q: access.visible(q, System.environment_id))
+        actable = resolve_selector(session, body.selector, _actable(access)) if not access.is_admin else visible
+        if len(actable) < len(visible):
+            raise Forbidden(f"the selector matches {len(visible) - len(actable)} systems you may not act on "
+                            f"(of {len(visible)}); narrow it to your own systems or ask an operator")
+        actor = {"user_id": access.principal.user_id, "name": access.principal.name, "admin": access.is_admin}
+        return start_from_spec(session, body, request_id=request.state.request_id,
+                               idempotency_key=idempotency_key, actor=actor, system_ids=actable)
+
+    return start_idempotent(request, session, idempotency_key, body.action, None, start)
 
 
 @router.get("", response_model=Page[JobOut])
@@ -140,8 +164,8 @@ def list_jobs(
     request: Request,
     status: str | None = Query(None, max_length=15),
     action: str | None = Query(None, max_length=63),
-    system: int | None = Query(None, description="System id"),
-    parent: int | None = Query(None, description="Parent (bulk) job id"),
+    system: int | None = Query(None, ge=1, le=MAX_ID, description="System id"),
+    parent: int | None = Query(None, ge=1, le=MAX_ID, description="Parent (bulk) job id"),
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
     cursor: str | None = Query(None, max_length=200),
     session: Session = SessionDep,
@@ -159,13 +183,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def read_job(job_id: int, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)) -> JobOut:
+def read_job(job_id: IdPath, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)) -> JobOut:
     return to_out(get_job(session, job_id, access))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(
-    job_id: int, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ENV_OWN)
+    job_id: IdPath, request: Request, session: Session = SessionDep, access: Access = requires(Permission.ENV_OWN)
 ) -> JSONResponse:
     """Stop at the next step boundary; completed steps with a compensation are undone. Allowed to whoever
     may act on the job's system (also in a locked environment: stopping is always allowed), and to
@@ -182,9 +206,9 @@ def cancel_job(
 
 @router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(
-    job_id: int,
+    job_id: IdPath,
     request: Request,
-    after: int = Query(0, ge=0, description="Only events with a larger id"),
+    after: int = Query(0, ge=0, le=MAX_ID, description="Only events with a larger id"),
     limit: int = Query(500, ge=1, le=MAX_LIMIT),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
     access: Access = requires(Permission.ENV_READ),
@@ -192,8 +216,8 @@ async def job_events(
     """The job's events in order. With ``Accept: text/event-stream`` they stream live (SSE) until the
     job ends, resuming after ``Last-Event-ID``; otherwise one JSON page starting after ``after``."""
     db = request.app.state.db
-    if last_event_id and last_event_id.isdigit():
-        after = int(last_event_id)
+    if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
+        after = min(int(last_event_id), MAX_ID)
 
     def page(after_id: int) -> tuple[list[dict], str | None]:
         """A page of events, and the job's final status once it has ended (None while it runs)."""

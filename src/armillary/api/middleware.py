@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids and access logs, and YAML request bodies.
+"""ASGI middleware: request ids and access logs (request bodies: ``armillary.api.bodies``).
 
 Both are pure ASGI (not ``BaseHTTPMiddleware``) so they add no per-request task and do not
 buffer responses, which matters for the event streams of the job engine.
@@ -12,7 +12,6 @@ import re
 import time
 import uuid
 
-import yaml
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from armillary.api.problems import problem_type
@@ -22,8 +21,6 @@ access_log = logging.getLogger("armillary.access")
 error_log = logging.getLogger("armillary.api")
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
-MAX_BODY = 32 * 1024 * 1024
 
 
 class RequestIdMiddleware:
@@ -73,57 +70,14 @@ class RequestIdMiddleware:
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "client": (scope.get("client") or ("", 0))[0],
+                    "structural_message": True,  # method, path, status: never masked by value
                 },
             )
             request_id_var.reset(token)
 
 
-class YamlBodyMiddleware:
-    """Let clients send YAML: the body is parsed safely and handed on as JSON.
-
-    Every endpoint then validates one representation; the seed formats are YAML documents.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
-        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if content_type not in YAML_TYPES:
-            await self.app(scope, receive, send)
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                await plain_problem(send, scope, 413, "too-large", "Request body too large", f"limit is {MAX_BODY} bytes")
-                return
-            if not message.get("more_body"):
-                break
-        try:
-            document = yaml.safe_load(body.decode("utf-8")) if body.strip() else None
-            converted = json.dumps(document, default=str).encode()
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            await plain_problem(send, scope, 400, "malformed-body", "Malformed request body", f"invalid YAML: {exc}")
-            return
-        new_headers = [
-            (k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")
-        ] + [(b"content-type", b"application/json"), (b"content-length", str(len(converted)).encode())]
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": converted, "more_body": False}
-
-        await self.app({**scope, "headers": new_headers}, replay, send)
-
-
-async def plain_problem(send: Send, scope: Scope, status: int, slug: str, title: str, detail: str) -> None:
+async def plain_problem(send: Send, scope: Scope, status: int, slug: str, title: str, detail: str,
+                        headers: dict[str, str] | None = None) -> None:
     """A problem+json answer sent from middleware, where FastAPI's exception handlers do not reach."""
     body = json.dumps(
         {
@@ -139,7 +93,8 @@ async def plain_problem(send: Send, scope: Scope, status: int, slug: str, title:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+                        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -18,16 +18,18 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import ColumnElement, Select, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
 
 from armillary.api.deps import SessionDep
 from armillary.auth import tokens
-from armillary.auth.policy import Permission, Principal, check, require_admin
+from armillary.auth.policy import Permission, Principal, check, require_admin, require_deployer
 from armillary.domain.accounts import ApiToken, RoleGrant
 from armillary.domain.db import Database
 from armillary.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
@@ -40,6 +42,8 @@ CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per token
 PERMISSION_KEY = "x-armillary-permission"
+CREDENTIALS_REQUIRED = "credentials required: send 'Authorization: Bearer <token>' (see POST /api/v1/auth/login)"
+TOKEN_REFUSED = "the token is invalid, expired or revoked; log in again"
 
 bearer = HTTPBearer(auto_error=False, description="A token from POST /api/v1/auth/login or /auth/tokens")
 
@@ -56,6 +60,22 @@ def _presented_token(request: Request, credentials: HTTPAuthorizationCredentials
     return (cookie, True) if cookie else (None, False)
 
 
+async def credentials_refusal(conn: HTTPConnection) -> str | None:
+    """Why a request has no live token (the 401 detail), or None; for the body guard, which answers
+    before any body is read. ``current_principal`` still does the full check once the route runs."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    plaintext = value.strip() if scheme.lower() == "bearer" else conn.cookies.get(SESSION_COOKIE)
+    if not plaintext:
+        return CREDENTIALS_REQUIRED
+    db: Database = conn.app.state.db
+
+    def live() -> bool:
+        with db.sessionmaker() as session:
+            return tokens.find_valid(session, plaintext) is not None
+
+    return None if await anyio.to_thread.run_sync(live) else TOKEN_REFUSED
+
+
 def current_principal(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
@@ -64,11 +84,11 @@ def current_principal(
     """Who is calling, from their token; 401 without a live one. Kept on ``request.state`` for the audit."""
     plaintext, via_cookie = _presented_token(request, credentials)
     if not plaintext:
-        raise Unauthorized("credentials required: send 'Authorization: Bearer <token>' (see POST /api/v1/auth/login)")
+        raise Unauthorized(CREDENTIALS_REQUIRED)
     now = utcnow()
     row = tokens.find_valid(session, plaintext, now)
     if row is None:
-        raise Unauthorized("the token is invalid, expired or revoked; log in again")
+        raise Unauthorized(TOKEN_REFUSED)
     if via_cookie and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent, csrf_token_for(plaintext)):
@@ -135,6 +155,8 @@ def requires(permission: Permission) -> Any:
         # async: no database work here, so no trip to a worker thread
         if permission is Permission.ADMIN:
             require_admin(principal)
+        elif permission is Permission.DEPLOYER:
+            require_deployer(principal)
         return Access(principal, permission, request)
 
     access_dependency.permission = permission  # type: ignore[attr-defined]  (read by document_permissions)

@@ -20,6 +20,7 @@ from armillary.api.deps import (
     created,
     etag_matches,
     get_by_ref,
+    id_of,
     paginate,
     resolve_ref,
     set_etag,
@@ -79,8 +80,9 @@ def to_out(system: System) -> SystemOut:
 def get_system(session: Session, ref: str, access: Access) -> System:
     """By id, or by hostname when only one environment the caller can see has it; checked for the route's
     permission (404 alike for missing systems and systems in environments the caller has no role in)."""
-    if ref.isdigit():
-        system = session.get(System, int(ref))
+    ref_id = id_of(ref)
+    if ref_id is not None:
+        system = session.get(System, ref_id)
         if system is None:
             raise NotFound(f"no system {ref}")
     else:
@@ -92,7 +94,7 @@ def get_system(session: Session, ref: str, access: Access) -> System:
             envs = ", ".join(sorted(s.environment.name for s in matches))
             raise Conflict(f"hostname {ref!r} exists in several environments ({envs}); use the system id")
         system = matches[0]
-    access.check(system.environment, hidden=f"no system {ref if ref.isdigit() else repr(ref)}",
+    access.check(system.environment, hidden=f"no system {ref if ref_id is not None else repr(ref)}",
                  owner_id=system.owner_id)
     return system
 
@@ -146,6 +148,40 @@ def _check_driver_props(hypervisor: Hypervisor | None, props: dict[str, Any]) ->
     except ValidationError as exc:
         raise invalid_from_pydantic("driver", exc) from None
     return props
+
+
+def _check_operator_only(
+    access: Access, env: Environment, hypervisor: Hypervisor | None, props: dict[str, Any], before: dict[str, Any]
+) -> None:
+    """Refuse (403, naming each field) a caller who is neither an operator of ``env`` nor an admin and sets,
+    changes or removes a driver property the driver marks operator-only (``Driver.operator_only_fields``: where
+    the hypervisor's credentials are sent, or what they run). ``before``: the properties the system had on
+    the same hypervisor ({} for a new system, or one moved to another hypervisor)."""
+    if hypervisor is None or access.is_admin or access.principal.role_in(env.id) == "operator":
+        return
+    guarded = driver_for(hypervisor.driver).operator_only_fields()
+    changed = sorted(n for n in guarded if (n in props or n in before) and props.get(n) != before.get(n))
+    if changed:
+        raise Forbidden(
+            f"only an operator of environment {env.name!r} may set the {hypervisor.driver} driver properties "
+            f"{', '.join(changed)}: they decide where the hypervisor's credentials are sent or what they run",
+            errors=[{"field": f"driver.{name}", "message": "only an operator of the environment may set this"}
+                    for name in changed],
+        )
+
+
+def _check_addresses(access: Access, env: Environment, machine: MachineProps, before: list[str]) -> None:
+    """Addresses are connection targets too (transports reach the machine there with the hypervisor's
+    keys): only an operator of ``env`` or an admin may set or change them; drivers report the rest."""
+    if "addresses" not in machine.model_fields_set or list(machine.addresses) == list(before or []):
+        return
+    if access.is_admin or access.principal.role_in(env.id) == "operator":
+        return
+    raise Forbidden(
+        f"only an operator of environment {env.name!r} may set a system's addresses: the hypervisor's "
+        "credentials are used to reach them", errors=[{"field": "machine.addresses", "message":
+                                                       "only an operator of the environment may set this"}],
+    )
 
 
 def _set_machine(system: System, machine: MachineProps, only_given: bool) -> None:
@@ -205,6 +241,8 @@ def build_system(
         driver_props=_check_driver_props(hypervisor, body.driver),
         variables=body.variables,
     )
+    _check_operator_only(access, env, hypervisor, system.driver_props, {})
+    _check_addresses(access, env, body.machine, [])
     _set_machine(system, body.machine, only_given=False)
     _set_labels(system, body.labels)
     resolve_owner(session, system, body.owner, access)
@@ -380,22 +418,29 @@ def update_system(
     if changes.get("hostname") is not None:
         _check_hostname_free(session, system.environment_id, body.hostname, exclude_id=system.id)
         system.hostname = body.hostname
+    before = (system.hypervisor, dict(system.driver_props or {}))  # for _check_operator_only
     if "hypervisor" in changes:
         system.hypervisor = _pick_hypervisor(session, system.environment, body.hypervisor, None)
     if "type" in changes:
         system.type = resolve_ref(session, SystemType, body.type, "type", "type") if body.type is not None else None
     if body.machine is not None:
+        _check_addresses(access, system.environment, body.machine, system.addresses)
         _set_machine(system, body.machine, only_given=True)
     if body.driver is not None or "hypervisor" in changes:
         system.driver_props = _check_driver_props(
             system.hypervisor, body.driver if body.driver is not None else system.driver_props
         )
+        _check_operator_only(access, system.environment, system.hypervisor, system.driver_props,
+                             before[1] if system.hypervisor is before[0] else {})
     if body.labels is not None:
         _set_labels(system, body.labels)
     if body.variables is not None:
         system.variables = body.variables
     if body.owner is not None:
         resolve_owner(session, system, body.owner, access)
+    if body.machine is not None or body.owner is not None:
+        session.flush()
+        quotas.resize(session, system)  # a bigger machine is charged now, or refused (403)
     system.updated_at = utcnow()  # a change of labels alone must still bump the version (ETag)
     session.flush()
     set_etag(response, system.version)

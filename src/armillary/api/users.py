@@ -6,9 +6,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armillary.api.deps import PageParams, SessionDep, check_if_match, created, get_by_ref, paginate, set_etag
+from armillary.api.audit import note
+from armillary.api.deps import PageParams, SessionDep, check_if_match, created, get_by_ref, id_of, paginate, set_etag
 from armillary.api.security import Access, requires
-from armillary.auth import passwords
+from armillary.auth import passwords, throttle, tokens
 from armillary.auth.policy import Permission
 from armillary.domain.account_schemas import GrantIn, GrantOut, Quota, Usage, UserCreate, UserOut, UserUpdate
 from armillary.domain.accounts import RoleGrant, User
@@ -36,8 +37,9 @@ def user_out(user: User) -> UserOut:
 
 
 def get_user(session: Session, ref: str) -> User:
-    if ref.isdigit():
-        user = session.get(User, int(ref))
+    ref_id = id_of(ref)
+    if ref_id is not None:
+        user = session.get(User, ref_id)
     else:
         user = session.scalars(select(User).where(User.name == ref.lower())).first()
     if user is None:
@@ -94,16 +96,25 @@ def read_user(ref: str, response: Response, session: Session = SessionDep,
 @router.patch("/{ref}", response_model=UserOut)
 def update_user(ref: str, body: UserUpdate, request: Request, response: Response, session: Session = SessionDep,
                 access: Access = requires(Permission.ADMIN)) -> UserOut:
-    """Change an account; ``active: false`` or ``admin: false`` takes effect on the user's next request."""
+    """Change an account; ``active: false`` or ``admin: false`` takes effect on the user's next request.
+
+    A new ``password`` revokes every token and browser session the user had (and lifts a login
+    lockout of theirs); so does deactivating them, so reactivating revives none of their old tokens."""
     user = get_user(session, ref)
     check_if_match(request, user.version)
+    revoke = False
     if body.password is not None:
         if user.source != "local":
             raise InvalidInput("password", f"{user.name} is a directory (LDAP) user; set the password there")
         passwords.check_strength(body.password)
         user.password_hash = passwords.hash_password(body.password)
+        throttle.clear(session, throttle.USER, user.name)
+        revoke = True
     if user.id == access.principal.user_id and (body.admin is False or body.active is False):
         raise Conflict("you cannot take away your own admin rights or deactivate yourself; ask another admin")
+    revoke = revoke or (body.active is not None and body.active != user.active)
+    if revoke:  # an admin resetting their own password keeps the token they do it with
+        note(request, tokens_revoked=tokens.revoke_all(session, user.id, keep=access.principal.token_id))
     for field, column in (("display_name", "display_name"), ("email", "email"), ("admin", "is_admin"),
                           ("active", "active")):
         value = getattr(body, field)
@@ -112,6 +123,16 @@ def update_user(ref: str, body: UserUpdate, request: Request, response: Response
     session.flush()
     set_etag(response, user.version)
     return user_out(user)
+
+
+@router.post("/{ref}/unlock", status_code=204)
+def unlock_user(ref: str, request: Request, session: Session = SessionDep,
+                access: Access = requires(Permission.ADMIN)) -> Response:
+    """Forget the user's failed logins and lift their login lockout at once (their client addresses'
+    counts stay: see ``GET /auth/throttles``)."""
+    user = get_user(session, ref)
+    note(request, cleared=throttle.clear(session, throttle.USER, user.name))
+    return Response(status_code=204)
 
 
 @router.delete("/{ref}", status_code=204)

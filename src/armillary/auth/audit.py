@@ -29,8 +29,8 @@ def record(db: Database, **fields: Any) -> None:
     fields.setdefault("at", utcnow())
     fields.setdefault("outcome", outcome_of(fields["status"]))
     fields["detail"] = redaction.redact_data(fields.get("detail") or {})
-    fields["path"] = redaction.redact_text(fields["path"])[:1000]
+    fields["path"] = redaction.redact_query(fields["path"])[:1000]  # structural: masked by key only
     with db.engine.begin() as conn:
         conn.execute(_INSERT, fields)
     log.info("%s %s %s %s", fields.get("username") or "-", fields["method"], fields["path"], fields["status"],
-             extra={"audit": {k: v for k, v in fields.items() if k != "at"}})
+             extra={"audit": {k: v for k, v in fields.items() if k != "at"}, "structural_message": True})

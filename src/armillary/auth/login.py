@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from armillary import redaction
 from armillary.auth import passwords
 from armillary.domain.accounts import RoleGrant, User
 from armillary.domain.errors import DomainError, Unauthorized
@@ -28,7 +27,6 @@ class DirectoryUnavailable(DomainError):
 
 def authenticate(session: Session, username: str, password: str, ldap_settings: Any = None) -> User:
     """The active user these credentials prove, or ``Unauthorized``."""
-    redaction.register(password)
     name = username.strip().lower()
     user = session.scalars(select(User).where(User.name == name)).first()
     if user is not None and user.source == "local":

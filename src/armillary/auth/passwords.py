@@ -20,13 +20,16 @@ def check_strength(password: str, field: str = "password") -> None:
 
 
 def hash_password(password: str) -> str:
-    redaction.register(password)
+    redaction.register(password)  # a password being set is a credential the server now holds
     return _hasher.hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
-    """Whether ``password`` matches; always spends one argon2 verification, even without a hash."""
-    redaction.register(password)
+    """Whether ``password`` matches; always spends one argon2 verification, even without a hash.
+
+    The password tried is never registered for redaction by value (``hash_password`` registers the
+    ones being set): what a caller tries is theirs to choose, and registering it would let anyone
+    blank chosen words out of the logs. Values under password-like keys are masked by key anyway."""
     try:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):

@@ -10,6 +10,8 @@ against every role. The rules:
   on every system of the environment and may lock it.
 - Catalog-wide things (types, groups, global variables, users, schedules, audit) are changed by
   admins only; a locked environment refuses every change to what it holds, except from admins.
+- Deploy sources are uploaded by those who may deploy somewhere (``user`` or ``operator`` in at least
+  one environment, or admins) and deleted by the users who uploaded them, or by admins.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ class Permission(StrEnum):
     ENV_OWN = "env:own"  # operator, or a user acting on a system they own
     ENV_OPERATE = "env:operate"  # operator or more
     ENV_ADMIN = "env:admin"  # must see the environment (else 404), then be admin (else 403)
+    DEPLOYER = "deployer"  # admin, or user/operator in some environment; checked before anything is loaded
+    OWNER = "owner"  # who created the thing (e.g. uploaded a source), or an admin: checked by the handler
+
+
+# Roles that may deploy: run actions on (their own or every) system of their environment.
+DEPLOY_ROLES = frozenset({"user", "operator"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ def check(
         Permission.ENV_OWN: role == "operator" or (role == "user" and owner_id == principal.user_id),
         Permission.ENV_ADMIN: False,
         Permission.ADMIN: False,
+        Permission.DEPLOYER: role in DEPLOY_ROLES,
+        Permission.OWNER: owner_id == principal.user_id,
     }[permission]
     if not allowed:
         raise Forbidden(_refusal(permission, role, env))
@@ -84,6 +94,8 @@ def _refusal(permission: Permission, role: str, env: Environment) -> str:
         Permission.ENV_OWN: "the operator role, or the user role on a system you own",
         Permission.ENV_ADMIN: "an admin",
         Permission.ADMIN: "an admin",
+        Permission.DEPLOYER: "the user or operator role",
+        Permission.OWNER: "its owner, or an admin",
     }.get(permission, "more rights")
     return f"your role in environment {env.name!r} is {role}; this needs {needs}"
 
@@ -91,3 +103,12 @@ def _refusal(permission: Permission, role: str, env: Environment) -> str:
 def require_admin(principal: Principal) -> None:
     if not principal.is_admin:
         raise Forbidden("only admins may do this")
+
+
+def require_deployer(principal: Principal) -> None:
+    """Admins, or those holding a role that deploys (user, operator) in at least one environment."""
+    if principal.is_admin or any(role in DEPLOY_ROLES for role in principal.roles.values()):
+        return
+    held = "only the viewer role" if principal.roles else "no role in any environment"
+    raise Forbidden(f"you hold {held}: this needs the user or operator role in at least one environment "
+                    f"(someone who may deploy), or an admin")

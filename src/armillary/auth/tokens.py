@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from armillary import redaction
@@ -49,3 +49,16 @@ def find_valid(session: Session, plaintext: str, now: datetime | None = None) ->
     if row.expires_at is not None and row.expires_at <= now:
         return None
     return row
+
+
+def revoke_all(session: Session, user_id: int, *, keep: int | None = None,
+               now: datetime | None = None) -> int:
+    """Revoke every live token and browser session of a user (but ``keep``); how many were revoked.
+
+    For a changed or reset password and a deactivated account: what was handed out before must not
+    outlive it (reactivating an account revives none of its old tokens)."""
+    query = update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+    if keep is not None:
+        query = query.where(ApiToken.id != keep)
+    result = session.execute(query.values(revoked_at=now or utcnow()))
+    return result.rowcount

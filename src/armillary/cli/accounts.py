@@ -26,7 +26,7 @@ from armillary.cli.common import (
     list_pages,
     require_changes,
 )
-from armillary.cli.output import Column, OutputFormat, field, note, print_object
+from armillary.cli.output import Column, OutputFormat, field, note, print_items, print_object
 
 UserArg = Annotated[str, typer.Argument(help="Username (or id)", metavar="NAME")]
 EnvArg = Annotated[str, typer.Argument(help="Environment (id or name)", metavar="ENV")]
@@ -183,6 +183,43 @@ def user_revoke(ref: UserArg, environment: EnvArg, output: OutputOpt = None) -> 
     """Take a user's role in an environment away (their systems there stay theirs)."""
     client().delete(f"/users/{ref_path(ref)}/roles/{ref_path(environment)}")
     note(f"Revoked {ref}'s role in {environment}.", fmt(output))
+
+
+LOCKOUT_COLUMNS: list[Column] = [
+    ("SCOPE", field("scope")),
+    ("NAME OR ADDRESS", field("key")),
+    ("FAILURES", field("failures")),
+    ("LOCKED UNTIL", lambda t: when(t.get("locked_until"))),
+    ("FORGOTTEN AT", lambda t: when(t.get("reset_at"))),
+]
+
+
+@command(user_app, "lockouts")
+def user_lockouts(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many")] = 100,
+    output: OutputOpt = None,
+) -> None:
+    """Names and client addresses with failed logins not yet forgotten, locked-out ones first."""
+    items = client().get_json("/auth/throttles", params=[("limit", str(limit))])
+    print_items(items, LOCKOUT_COLUMNS, fmt(output), page=items, empty="No failed logins.")
+
+
+@command(user_app, "unlock")
+def user_unlock(
+    ref: Annotated[str | None, typer.Argument(help="Username (or id)", metavar="[NAME]", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", show_default=False,
+                                                help="A client address instead (see `user lockouts`)")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Forget a user's failed logins and lift their login lockout at once (or an address's: --address)."""
+    if (ref is None) == (address is None):
+        raise typer.BadParameter("give a user NAME or --address, one of them", param_hint="NAME")
+    if ref is not None:
+        client().request("POST", f"/users/{ref_path(ref)}/unlock")
+        note(f"Unlocked the logins of {ref}.", fmt(output))
+    else:
+        client().delete(f"/auth/throttles/address/{ref_path(address or '')}")
+        note(f"Unlocked the logins from {address}.", fmt(output))
 
 
 # ================================================================ audit

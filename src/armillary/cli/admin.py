@@ -48,7 +48,7 @@ def create_user(
         typer.Option(
             "--update-password",
             help="If the user exists, set this password (and reactivate them; with --admin, make them admin) "
-            "instead of failing: for a locked-out admin",
+            "instead of failing: for a locked-out admin (a new password revokes their old tokens)",
         ),
     ] = False,
 ) -> None:
@@ -57,7 +57,7 @@ def create_user(
     from sqlalchemy import select
 
     from armillary.api.users import create_user as create_account
-    from armillary.auth import passwords
+    from armillary.auth import passwords, throttle, tokens
     from armillary.domain import migrate as migrations
     from armillary.domain.account_schemas import UserCreate
     from armillary.domain.accounts import User
@@ -94,8 +94,13 @@ def create_user(
                 _fail(f"{body.name} is a directory (LDAP) user: set the password in the directory")
             else:
                 passwords.check_strength(body.password or "")
+                # A new password ends every token handed out under the old one; the same one (scripts
+                # making sure an admin exists) changes nothing.
+                changed = not passwords.verify_password(existing.password_hash, body.password or "")
                 existing.password_hash = passwords.hash_password(body.password or "")
-                also = []
+                revoked = tokens.revoke_all(session, existing.id) if changed else 0
+                throttle.clear(session, throttle.USER, existing.name)
+                also = [f"{revoked} token{'s' if revoked != 1 else ''} revoked"] if revoked else []
                 if not existing.active:
                     existing.active = True
                     also.append("reactivated")

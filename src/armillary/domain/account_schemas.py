@@ -137,3 +137,11 @@ class AuditOut(Output):
     detail: dict[str, Any]
 
 
+
+
+class LoginThrottleOut(Output):
+    scope: Literal["user", "address"] = Field(description="An account name, or a client address")
+    key: str = Field(description="The (lower-cased) name, or the address")
+    failures: int = Field(description="Failed logins counted (the limit-th starts the lockouts)")
+    locked_until: datetime | None = Field(description="Logins refused (429) until then; may be past")
+    reset_at: datetime = Field(description="When the count is forgotten if nothing more fails")

@@ -113,6 +113,24 @@ class ApiToken(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class LoginThrottle(Base):
+    """Failed logins of one account name or one client address, and the lockout they earned.
+
+    A row exists only while it matters: it is forgotten once ``reset_at`` has passed (the failure
+    window after the last attempt or the end of the lockout). Names are counted whether or not an
+    account has them, so a lockout says nothing about which names exist. See ``armillary.auth.throttle``.
+    """
+
+    __tablename__ = "login_throttles"
+    __table_args__ = (Index("ix_login_throttles_reset_at", "reset_at"),)
+
+    scope: Mapped[str] = mapped_column(String(15), primary_key=True)  # user | address
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)  # lower-cased username, or IP address
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reset_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class AuditEvent(Base):
     """One API request (or one notable act inside it, such as an environment lock). Never updated."""
 

@@ -66,6 +66,19 @@ class Unauthorized(DomainError):
     headers = {"WWW-Authenticate": 'Bearer realm="armillary"'}
 
 
+class TooManyRequests(DomainError):
+    """Refused before any work: too many failed attempts; ``retry_after`` seconds until the next is heard.
+
+    The answer carries ``Retry-After`` and ``retry_after`` (seconds) in its body."""
+
+    status, slug, title = 429, "too-many-attempts", "Too many attempts"
+
+    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class Forbidden(DomainError):
     """Known and visible to the caller, but their role does not allow this."""
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from armillary.domain.schemas import Hostname, Input, Labels, Name, Ref
+from armillary.domain.schemas import Hostname, Id, Input, JsonObject, Labels, Name, Ref
 from armillary.domain.states import ACTIONS
 
 Action = Literal["create", "provision", "deploy", "rollback", "destroy", "stage", "stop", "start", "reload", "clone"]
@@ -15,7 +15,7 @@ Action = Literal["create", "provision", "deploy", "rollback", "destroy", "stage"
 
 class ActionRequest(Input):
     action: Action
-    params: dict[str, Any] = Field(default_factory=dict, description="Action parameters, e.g. {'release': 'v2'}")
+    params: JsonObject = Field(default_factory=dict, description="Action parameters, e.g. {'release': 'v2'}")
     hostname: Hostname | None = Field(None, description="clone only: the new system's hostname")
 
 
@@ -24,7 +24,7 @@ class Selector(Input):
     environment: Ref | None = None
     type: Ref | None = None
     state: str | None = Field(None, max_length=31)
-    systems: list[int | Hostname] | None = Field(
+    systems: list[Id | Hostname] | None = Field(
         None, max_length=10000, description="Explicit system ids or hostnames"
     )
 
@@ -42,7 +42,7 @@ class JobSpec(Input):
     concurrency: int = Field(10, ge=1, le=500)
     batch_size: int | None = Field(None, ge=1, le=100000, description="Systems per batch; default all in one")
     on_failure: Literal["stop", "continue"] = "stop"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
 
     @field_validator("action")
     @classmethod

@@ -63,9 +63,40 @@ def reserve(session: Session, system: System) -> None:
     session.expire(grant)
 
 
-def _exceeded(grant: RoleGrant, system: System, cpu: int, memory: int) -> QuotaExceeded:
+def resize(session: Session, system: System) -> None:
+    """Re-charge ``system`` after its size or owner changed, in the caller's transaction.
+
+    Only a system that holds a charge (a machine, or a create accepted) is charged anew: a growth is
+    taken with one conditional UPDATE like ``reserve`` (403 naming the limit when it does not fit), a
+    shrink is given back; a new owner is charged in full and the old one given back."""
+    charge = session.execute(select(_charges).where(_charges.c.system_id == system.id)).first()
+    if charge is None:
+        return
+    grant = session.get(RoleGrant, charge.grant_id)
+    if grant is None or grant.user_id != system.owner_id:
+        release(session, system.id)
+        reserve(session, system)
+        return
+    cpu, memory = (system.cpu or 0) - charge.cpu, (system.memory_mb or 0) - charge.memory_mb
+    if cpu == 0 and memory == 0:
+        return
+    fits = [_within(_grants.c.max_cpu, _grants.c.used_cpu, cpu) if cpu > 0 else True,
+            _within(_grants.c.max_memory_mb, _grants.c.used_memory_mb, memory) if memory > 0 else True]
+    taken = session.execute(
+        update(_grants).where(_grants.c.id == grant.id, *fits).values(
+            used_cpu=_grants.c.used_cpu + cpu, used_memory_mb=_grants.c.used_memory_mb + memory)
+    ).rowcount
+    if taken != 1:
+        session.refresh(grant)
+        raise _exceeded(grant, system, max(cpu, 0), max(memory, 0), systems=0)
+    session.execute(update(_charges).where(_charges.c.system_id == system.id).values(
+        cpu=system.cpu or 0, memory_mb=system.memory_mb or 0))
+    session.expire(grant)
+
+
+def _exceeded(grant: RoleGrant, system: System, cpu: int, memory: int, systems: int = 1) -> QuotaExceeded:
     checks = [
-        ("systems", grant.max_systems, grant.used_systems, 1),
+        ("systems", grant.max_systems, grant.used_systems, systems),
         ("cpu", grant.max_cpu, grant.used_cpu, cpu),
         ("memory_mb", grant.max_memory_mb, grant.used_memory_mb, memory),
     ]

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from armillary.domain import seed_shapes
+from armillary.domain.json_bounds import bounded, check_variables
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
@@ -30,7 +31,9 @@ Description = Annotated[str, StringConstraints(max_length=1000)]
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00-\x1f]*$")]
 VariableKey = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
-Variables = dict[VariableKey, Any]
+Variables = Annotated[dict[VariableKey, Any], AfterValidator(check_variables)]
+# A free-form JSON object the API stores (driver properties, settings, specs, parameters): bounded.
+JsonObject = Annotated[dict[str, Any], AfterValidator(bounded())]
 Labels = dict[LabelKey, LabelValue]
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -46,14 +49,17 @@ def _check_hostname(value: str) -> str:
 
 
 def _ref(value: Any) -> Any:
-    """References are ids or names; a numeric string is an id (names start with a letter)."""
-    if isinstance(value, str) and value.isdigit():
+    """References are ids or names; a string of ASCII digits is an id (names start with a letter)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return value
 
 
 Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), AfterValidator(_check_hostname)]
-Ref = Annotated[int | Name, BeforeValidator(_ref)]
+# Ids are 32-bit on PostgreSQL; a larger number names nothing (422 on the field, never an overflow).
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Ref = Annotated[Id | Name, BeforeValidator(_ref)]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _FACTORS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -148,13 +154,13 @@ class HypervisorCreate(Input):
     environment: Ref
     driver: Name
     description: Description = ""
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
 
 
 class HypervisorUpdate(Input):
     name: Name | None = None
     description: Description | None = None
-    config: dict[str, Any] | None = Field(
+    config: JsonObject | None = Field(
         None,
         description="Settings to change, merged into the stored ones (secret or not); null removes a setting.",
     )
@@ -180,7 +186,7 @@ ProvisionerKind = Literal["none", "ansible", "puppet", "salt", "script"]
 
 class ProvisionerSpec(Input):
     kind: ProvisionerKind = "none"
-    spec: dict[str, Any] = Field(default_factory=dict)
+    spec: JsonObject = Field(default_factory=dict)
 
 
 class TypeCreate(Input):
@@ -240,7 +246,7 @@ class SystemCreate(Input):
     )
     type: Ref | None = None
     machine: MachineProps = Field(default_factory=MachineProps)
-    driver: dict[str, Any] = Field(default_factory=dict, description="Driver properties, checked by the driver")
+    driver: JsonObject = Field(default_factory=dict, description="Driver properties, checked by the driver")
     labels: Labels = Field(default_factory=dict, max_length=100)
     variables: Variables = Field(default_factory=dict)
     owner: Name | None = Field(None, description="User the system belongs to (default: the caller; only "
@@ -257,14 +263,14 @@ class SystemUpdate(Input):
     hypervisor: Ref | None = None
     type: Ref | None = None
     machine: MachineProps | None = Field(None, description="Replaces the machine properties that are given")
-    driver: dict[str, Any] | None = None
+    driver: JsonObject | None = None
     labels: Labels | None = Field(None, max_length=100)
     variables: Variables | None = None
     owner: Name | None = Field(None, description="Give the system to another user (operators and admins)")
 
 
 class SystemImport(Input):
-    items: list[dict[str, Any]] = Field(..., min_length=1, max_length=1000)
+    items: list[JsonObject] = Field(..., min_length=1, max_length=1000)
 
 
 class SystemOut(Output):

@@ -2,8 +2,11 @@
 
 A driver is a class registered under the ``armillary.drivers`` entry point group. It declares
 ``Config`` (the hypervisor's connection settings; fields marked ``secret`` are write-only and
-stored encrypted) and ``SystemProps`` (per-system properties, validated when a system is saved),
-and implements the few operations every workflow is written against once:
+stored encrypted) and ``SystemProps`` (per-system properties, validated when a system is saved;
+fields marked ``operator_only`` — whatever decides *where* the hypervisor's credentials are sent,
+such as a machine's host, or what they are used to run — may be set or changed only by an
+operator of the system's environment or an admin, never by the ``user`` role), and implements the few operations every workflow is written against
+once:
 
 * ``create(spec)`` — idempotent, keyed by ``spec.system_id``: the machine is named/tagged with it, so
   a retry after a crash finds and adopts what exists instead of making a twin;
@@ -31,6 +34,23 @@ def secret(description: str, **kwargs: Any) -> Any:
         json_schema_extra={"secret": True, "writeOnly": True},
         **kwargs,
     )
+
+
+OPERATOR_ONLY = "x-operator-only"
+
+
+def operator_only(description: str, default: Any = None, **kwargs: Any) -> Any:
+    """A system property only an operator (or an admin) may set or change: a connection target.
+
+    Use it for every property that decides where the hypervisor's credentials go (a host, a port, an
+    endpoint URL, a host key to trust) or what they are used to run: a ``user`` who could set it could
+    have the credentials sent to a machine of their choosing. The API answers 403 naming the field.
+    """
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra[OPERATOR_ONLY] = True
+    if "default_factory" in kwargs:
+        return Field(description=description, json_schema_extra=extra, **kwargs)
+    return Field(default, description=description, json_schema_extra=extra, **kwargs)
 
 
 class StrictModel(BaseModel):
@@ -175,6 +195,19 @@ class Driver:
         }
 
     @classmethod
+    def operator_only_fields(cls) -> set[str]:
+        """Names of the system properties only operators and admins may set (see ``operator_only``).
+
+        Both the field name and its alias (the key a system's ``driver`` document uses) are given."""
+        names: set[str] = set()
+        for name, info in cls.SystemProps.model_fields.items():
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(OPERATOR_ONLY):
+                names.add(name)
+                if info.alias:
+                    names.add(info.alias)
+        return names
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         return {
             "name": cls.name,
@@ -182,6 +215,7 @@ class Driver:
             "config_schema": cls.Config.model_json_schema(),
             "system_schema": cls.SystemProps.model_json_schema(),
             "secret_fields": sorted(cls.secret_fields()),
+            "operator_only_fields": sorted(cls.operator_only_fields()),
             "implemented": cls.implemented,
             "transport": cls.transport,
         }

@@ -1,13 +1,35 @@
 """The ``ssh`` driver: systems are machines that already exist, reached over SSH.
 
 Like salt-cloud's "saltify": the machine (a bare-metal server, a VM made by hand) is there before
-Armillary knows it, and stays there after. What each operation means here:
+Armillary knows it, and stays there after.
+
+Where the credentials may go. A system names its own host, so the hypervisor's credentials go where
+its driver properties say; those who say it are therefore trusted:
+
+* the properties that decide where the credentials go or what they run — ``host``, ``port``,
+  ``host_key`` and ``wipe_command`` — are *operator-only* (``operator_only`` in ``drivers.base``): the
+  API refuses (403, naming the field) a ``user`` who sets or changes them; an operator defines the
+  system and may give it to a user, who then acts on it. ``user`` (the login name) is not: the
+  machine's ``user`` says the same, and it only picks an account on a host already allowed;
+* the hypervisor (set by admins) lists where its credentials may go: ``allowed_hosts`` (addresses,
+  CIDR networks, names, ``*.domain``) and ``known_hosts`` (host -> SHA256 fingerprints). A host in
+  neither is refused before any connection is made (a permanent failure), on every operation and by
+  the ssh transport of provisioners alike (``SshDriver.trusted``). An empty ``allowed_hosts`` means
+  only the hosts of ``known_hosts``;
+* a password is only ever offered to a host whose key is pinned: listed in ``known_hosts``, set as the
+  system's ``host_key`` by an operator, or recorded in the provider id at create. A first contact
+  (trust on first use, for a host of ``allowed_hosts`` with neither) logs in with the private key only
+  — its signature is bound to that one session, worthless elsewhere — and a hypervisor with a
+  password alone cannot make one: such hosts must be pinned.
+
+What each operation means here:
 
 * ``create`` verifies the machine: it connects to the system's ``host`` with the user and the
   hypervisor's key (or password), reads its facts (``PRETTY_NAME`` of /etc/os-release, ``nproc``,
   ``MemTotal`` of /proc/meminfo, kernel, hostname) and records the SHA256 fingerprint of its host key
-  at this first contact (trust on first use, or checked against the driver property ``host_key``
-  when given). Nothing is changed on the machine, so a retry is harmless.
+  at this first contact (trust on first use, or checked against the driver property ``host_key``, or
+  the hypervisor's ``known_hosts``, when given). Nothing is changed on the machine, so a retry is
+  harmless.
 * The provider id carries what later calls need to find the machine again *and to trust it*:
   ``ssh://user@host:port#SHA256:<fingerprint>`` (IPv6 hosts in brackets). The engine stores the
   provider id the moment ``create`` returns, so the fingerprint is recorded there; a driver instance
@@ -40,8 +62,9 @@ key first offered, the other kinds of key the host has are tried before the key 
 so pinning (or having recorded) any one of a host's keys works.
 
 Failures: refused, reset, timed out, unreachable, lost connections are transient (the engine
-retries); refused credentials, a changed or unverifiable host key, an unreadable private key,
-invalid driver properties and a failing wipe command are permanent.
+retries); refused credentials, a changed or unverifiable host key, a host the hypervisor does not
+allow, a password with no pinned key, an unreadable private key, invalid driver properties and a
+failing wipe command are permanent.
 """
 
 from __future__ import annotations
@@ -66,6 +89,7 @@ from armillary.drivers.base import (
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
+    operator_only,
     secret,
 )
 from armillary.remote.ssh_connect import HostKeySeen, classify_ssh_error, connect_pinned, ssh_where
@@ -117,6 +141,47 @@ def _check_host(value: str) -> str:
     return value.rstrip(".").lower()
 
 
+def _check_allowed(value: str) -> str:
+    """One ``allowed_hosts`` entry, normalized: an IP address, a network (CIDR), a name or ``*.domain``."""
+    value = value.strip()
+    if "/" in value:
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError(f"not a network in CIDR notation (10.0.0.0/24): {value!r}") from None
+    if value.startswith("*."):
+        return "*." + _check_host(value[2:])
+    return _check_host(value)
+
+
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    """Whether ``host`` (normalized as a system's ``host`` is) matches an ``allowed_hosts`` entry.
+
+    An IP address matches an equal address or a network holding it; a name matches an equal name, or
+    ``*.domain`` when it ends in ``.domain``. A name is never resolved to be matched against addresses:
+    what it resolves to can change between the check and the connection.
+    """
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        address = None
+    for entry in allowed:
+        if address is not None:
+            if "/" in entry:
+                network = ipaddress.ip_network(entry)
+                if address.version == network.version and address in network:
+                    return True
+            elif entry == str(address) or entry == host:
+                return True
+        elif entry.startswith("*."):
+            if host.endswith(entry[1:]):
+                return True
+        elif entry == host:
+            return True
+    return False
+
+
 class SshConfig(StrictModel):
     default_user: str = Field(
         "root",
@@ -135,13 +200,63 @@ class SshConfig(StrictModel):
     connect_timeout: float = Field(
         10, gt=0, le=300, description="Seconds to connect and log in (TCP, key exchange, authentication)"
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Hosts these credentials may be sent to: IP addresses, networks in CIDR notation "
+        "(10.0.0.0/24), host names, or '*.example.org' for any name under a domain (a name is never "
+        "resolved to match an address). Empty: only the hosts in known_hosts. A system on any other host "
+        "is refused before a connection is made. The key seen at a first contact with an allowed host "
+        "is trusted and recorded only when a private key logs in: a password is never offered to a "
+        "host whose key is not pinned (in known_hosts, the system's host_key, or recorded at create)",
+    )
+    known_hosts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        max_length=4096,
+        description="Host keys known beforehand: host name or IP address -> SHA256 fingerprint "
+        "('SHA256:...', as `ssh-keygen -l` prints it), or a list of them (one per kind of key). A host "
+        "listed here may be reached (in allowed_hosts or not), only when it presents one of these keys",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        return [_check_allowed(entry) for entry in value]
+
+    @field_validator("known_hosts", mode="before")
+    @classmethod
+    def _known_hosts_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {host: [keys] if isinstance(keys, str) else keys for host, keys in value.items()}
+        return value
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _known_hosts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        known: dict[str, list[str]] = {}
+        for host, fingerprints in value.items():
+            if not fingerprints or len(fingerprints) > 8:
+                raise ValueError(f"{host!r}: give 1 to 8 fingerprints")
+            for fingerprint in fingerprints:
+                if not re.match(FINGERPRINT_PATTERN, fingerprint):
+                    raise ValueError(f"{host!r}: {fingerprint!r} is not a SHA256 fingerprint ('SHA256:...')")
+            name = _check_host(host)
+            known[name] = sorted({*known.get(name, []), *map(_normalize_fingerprint, fingerprints)})
+        return known
 
 
 class SshProps(StrictModel):
     """Where one existing machine is, and what to do to it when it is destroyed."""
 
-    host: str = Field(..., max_length=HOST_MAX, description="IP address or DNS name of the machine")
-    port: int | None = Field(None, ge=1, le=65535, description="SSH port (default: the hypervisor's port)")
+    host: str = operator_only(
+        "IP address or DNS name of the machine (operators only: it must be one of the hypervisor's "
+        "allowed_hosts or known_hosts)",
+        ...,
+        max_length=HOST_MAX,
+    )
+    port: int | None = operator_only(
+        "SSH port (default: the hypervisor's port; operators only)", None, ge=1, le=65535
+    )
     user: str | None = Field(
         None,
         max_length=32,
@@ -149,19 +264,21 @@ class SshProps(StrictModel):
         description="User to log in as "
         "(default: the system's machine user, else the hypervisor's default_user)",
     )
-    host_key: str | None = Field(
+    host_key: str | None = operator_only(
+        "Expected SHA256 fingerprint of the host key "
+        "('SHA256:...', as `ssh-keygen -l` prints it; operators only); "
+        "without it, the hypervisor's known_hosts entry for the host is expected, else (a host of "
+        "allowed_hosts, and a private key to log in with) the key seen at create is trusted and recorded",
         None,
         pattern=FINGERPRINT_PATTERN,
-        description="Expected SHA256 fingerprint of the host key "
-        "('SHA256:...', as `ssh-keygen -l` prints it); "
-        "without it the key seen at create is trusted and recorded",
     )
-    wipe_command: list[str] | None = Field(
+    wipe_command: list[str] | None = operator_only(
+        "Command run on the machine when the system is destroyed, as an argv list (each word is "
+        "quoted; no shell string is built); it must exit 0. Without it, destroy only forgets the machine "
+        "(operators only: it runs with the hypervisor's credentials)",
         None,
         min_length=1,
         max_length=256,
-        description="Command run on the machine when the system is destroyed, as an argv list (each word is "
-        "quoted; no shell string is built); it must exit 0. Without it, destroy only forgets the machine",
     )
     wipe_timeout: float = Field(600, gt=0, le=86400, description="Seconds the wipe command may take")
 
@@ -244,9 +361,14 @@ class SshDriver(Driver):
             how = "password"
         else:
             raise PermanentDriverError("no credentials: set private_key (PEM) or password")
+        reach = (
+            f"{len(config.allowed_hosts)} allowed_hosts entries, {len(config.known_hosts)} known_hosts"
+            if config.allowed_hosts or config.known_hosts
+            else "no allowed_hosts or known_hosts yet: no system can be reached"
+        )
         return (
             f"ssh credentials usable: {how}, default user {config.default_user}, port {config.port}; "
-            "no host contacted (each system names its own, checked when it is created)"
+            f"{reach}; no host contacted (each system names its own, checked when it is created)"
         )
 
     def create(self, spec: MachineSpec) -> MachineInfo:
@@ -395,20 +517,57 @@ class SshDriver(Driver):
             )
 
     async def _connect(self, target: Target) -> tuple[Any, HostKeySeen]:
-        """Connect and log in, trusting only a host key of the expected fingerprint (any at first contact)."""
+        """Connect and log in, trusting only a host key of the expected fingerprint(s).
+
+        Any key is trusted only at a first contact with a host of ``allowed_hosts``, and then only a
+        private key is offered (``connect_pinned`` never offers a password to an unpinned host)."""
+        expected = self.trusted(target)
         return await connect_pinned(
             target.host,
             target.port,
             target.user,
-            expected=target.fingerprint,
+            expected=expected,
             client_keys=[self._private_key()] if self._config.private_key else None,
             password=self._config.password,
+            pin_hint="add the host's fingerprint to the hypervisor's known_hosts, or set the system's driver "
+            "property host_key",
             connect_timeout=self._config.connect_timeout,
             keepalive_interval=30,
             permanent=PermanentDriverError,
             changed=lambda seen: self._changed(target, seen),
             failure=lambda exc: self._failure(exc, target, "connecting to"),
         )
+
+    # ------------------------------------------------------------ trust
+
+    def trusted(self, target: Target) -> frozenset[str] | None:
+        """The host key fingerprints ``target`` may present (None: any, a first contact), or refuse it.
+
+        Called before any connection is made (by this driver, and by the ssh transport of its systems):
+        the hypervisor's credentials only go to a host an admin listed in its ``allowed_hosts`` or its
+        ``known_hosts``. A host in ``known_hosts`` must present one of the keys listed there (and the
+        system's pinned or recorded key, when it has one, must be one of them); a host of
+        ``allowed_hosts`` the one pinned or recorded for the system, or any at first contact.
+        """
+        config = self._config
+        known = config.known_hosts.get(target.host)
+        if known is not None:
+            if target.fingerprint is not None and target.fingerprint not in known:
+                raise PermanentDriverError(
+                    f"the host key {target.fingerprint} expected for {target.where} is not one the "
+                    f"hypervisor's known_hosts lists for {target.host} ({', '.join(known)}): refusing to connect (no "
+                    "connection was made). If the host's key changed, an admin updates known_hosts and the "
+                    "system is created again"
+                )
+            return frozenset([target.fingerprint] if target.fingerprint else known)
+        if not host_allowed(target.host, config.allowed_hosts):
+            raise PermanentDriverError(
+                f"{target.host} is not a host this hypervisor's credentials may be sent to: it is in "
+                "neither its allowed_hosts nor its known_hosts. Refusing to connect to "
+                f"{target.where} (no connection was made); an admin may add the host to the "
+                "hypervisor's settings"
+            )
+        return frozenset([target.fingerprint]) if target.fingerprint else None
 
     # ------------------------------------------------------------ helpers
 

@@ -8,7 +8,9 @@ The system's driver names the transport (its ``transport`` class attribute: ``ss
     host, port and user from the provider id (``ssh://user@host:port#SHA256:...``), and the host key's
     fingerprint recorded there at create — a different key fails loudly (``HostKeyChanged``). The
     credentials are the hypervisor's secrets ``private_key`` (with ``private_key_passphrase``) or
-    ``password``, and its ``connect_timeout``.
+    ``password``, and its ``connect_timeout``. The driver's own rule decides first whether the host may be
+    reached at all (``SshDriver.trusted``: in the hypervisor's ``allowed_hosts`` or ``known_hosts``, with
+    the recorded key among the known ones): a host it refuses is a permanent failure, with no connection.
 
 ``ssh`` on a system of **another driver** (libvirt, and any driver whose ``transport`` is ``ssh``)
     * host: the system's first address (``addresses``, as its driver reported them);
@@ -42,7 +44,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from armillary.drivers.base import Driver
+from armillary.drivers.base import Driver, DriverError
 from armillary.engine.errors import PermanentStepError
 from armillary.remote.base import Transport, UnknownTransport, get_transport
 
@@ -89,7 +91,11 @@ def _ssh(ctx: Any, system: Any, driver: Driver) -> Transport:
 
         if not system.provider_id:
             raise PermanentStepError(f"no machine is recorded for {system.hostname}: create it first")
-        target = Target.parse(system.provider_id)
+        try:
+            target = Target.parse(system.provider_id)
+            driver.trusted(target)  # type: ignore[attr-defined]
+        except DriverError as exc:
+            raise PermanentStepError(str(exc)) from None
         return SshTransport(
             target.host,
             port=target.port,

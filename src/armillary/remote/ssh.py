@@ -11,7 +11,11 @@ Trust. The host key is checked on every connection, before any credential is sen
   attack"), a permanent failure;
 * without ``host_key``, the key is trusted at first contact *only* when ``on_first_contact`` is given: it
   is called (in the caller's thread) with the fingerprint and kind of key seen, to record it, before the
-  connection is used. With neither, nothing is trusted and the connection is refused.
+  connection is used. With neither, nothing is trusted and the connection is refused;
+* a password is offered only to a host whose key is pinned (``host_key``): at a first contact only the
+  private key logs in, and with a password alone no connection is made (``connect_pinned``). Which
+  hosts may be reached at all is the caller's decision, made before the transport is built (the ssh
+  driver's ``allowed_hosts`` and ``known_hosts``: ``SshDriver.trusted``).
 
 ``~/.ssh/known_hosts``, ``~/.ssh/config``, an ssh-agent and the keys under ``~/.ssh`` of the user
 Armillary runs as are never used: only the credentials given (a private key, or a password).
@@ -476,6 +480,7 @@ class SshTransport(Transport):
             permanent=PermanentTransportError,
             changed=self._changed,
             failure=lambda exc: self._failure(exc, "connecting to"),
+            pin_hint="its host key is recorded at the first contact, which needs a private key",
         )
         return seen
 

@@ -4,9 +4,13 @@ The ``ssh`` driver (``armillary.drivers.ssh``: verifying, reaching and wiping ex
 the ``ssh`` transport (``armillary.remote.ssh``: running commands on them) must trust hosts in exactly
 the same way, so the handshake lives here once:
 
-* only the fingerprint expected is trusted (any key when none is expected: first contact; the caller
+* only the fingerprints expected are trusted (any key when none is expected: first contact; the caller
   decides whether that is allowed before calling); ``~/.ssh/known_hosts``, ``~/.ssh/config``, an
   ssh-agent and the keys under ``~/.ssh`` are never used;
+* a password is never offered to a host whose key is not pinned: at a first contact only a private
+  key logs in (its signature is bound to that one session, so a host that is not the one meant gets
+  nothing it can use elsewhere; a password it would keep). With a password alone and nothing pinned,
+  no connection is made;
 * host key algorithms are offered by kind of key, ed25519 first, then ECDSA, then RSA (as OpenSSH
   does). When the key first offered does not match, the host's other kinds of key are asked for
   before the key is called changed, so pinning (or having recorded) any one of its keys works;
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +66,11 @@ def host_key_algorithms(exclude: set[str]) -> list[str]:
 class HostKeySeen:
     """What the host key check saw (filled in by the callback during the handshake)."""
 
-    expected: str | None
+    expected: str | None  # the fingerprints trusted, for messages ("A or B"); None: any (first contact)
     fingerprints: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     mismatch: bool = False
+    accepted: frozenset[str] | None = None
 
     def offered(self) -> str:
         """The keys the host offered, ``kind fingerprint`` each, for a "host key changed" message."""
@@ -77,7 +82,7 @@ async def connect_pinned(
     port: int,
     user: str,
     *,
-    expected: str | None,
+    expected: str | Collection[str] | None,
     client_keys: list[Any] | None,
     password: str | None,
     connect_timeout: float,
@@ -85,18 +90,35 @@ async def connect_pinned(
     permanent: type[DriverError],
     changed: Callable[[HostKeySeen], DriverError],
     failure: Callable[[BaseException], DriverError],
+    pin_hint: str = "pin its host key first",
 ) -> tuple[Any, HostKeySeen]:
-    """Connect and log in, trusting only a host key of fingerprint ``expected`` (any when None).
+    """Connect and log in, trusting only a host key of fingerprint ``expected`` (one, or any of several;
+    any key when None: a first contact).
 
-    ``permanent`` is the error class for a host key that cannot be verified; ``changed`` builds the
-    error for a key that is not the one expected; ``failure`` classifies any other exception of
-    ``asyncssh.connect`` (see :func:`classify_ssh_error`). Returns the connection and what was seen:
+    ``password`` is offered only when a key is expected: at a first contact only ``client_keys`` log in,
+    and without them nothing is attempted (``permanent`` is raised, with ``pin_hint`` saying how to pin
+    the key). ``permanent`` is also the error class for a host key that cannot be verified; ``changed``
+    builds the error for a key that is not the one expected; ``failure`` classifies any other exception
+    of ``asyncssh.connect`` (see :func:`classify_ssh_error`). Returns the connection and what was seen:
     ``seen.fingerprints[-1]`` and ``seen.kinds[-1]`` are the key trusted.
     """
     import asyncssh
 
-    seen = HostKeySeen(expected=expected)
+    accepted = None if expected is None else frozenset([expected] if isinstance(expected, str) else expected)
+    if accepted is not None and not accepted:
+        raise permanent(f"no host key is trusted for {ssh_where(user, host, port)}: refusing to connect")
+    seen = HostKeySeen(
+        expected=None if accepted is None else " or ".join(sorted(accepted)), accepted=accepted
+    )
     where = ssh_where(user, host, port)
+    if accepted is None:
+        password = None  # never to a host whose key is not pinned
+        if not client_keys:
+            raise permanent(
+                f"the host key of {where} is not pinned, and a password is never sent to a host whose key is "
+                f"not pinned (a first contact needs a private key): refusing to connect (no connection was "
+                f"made); {pin_hint}"
+            )
     tried: set[str] = set()
     while True:
         algorithms = host_key_algorithms(exclude=tried)
@@ -108,7 +130,7 @@ async def connect_pinned(
                 fingerprint = key.get_fingerprint("sha256")
                 seen.fingerprints.append(fingerprint)
                 seen.kinds.append(kind_of(key.get_algorithm()))
-                if seen.expected is not None and fingerprint != seen.expected:
+                if seen.accepted is not None and fingerprint not in seen.accepted:
                     seen.mismatch = True
                     return False
                 return True
