@@ -55,7 +55,7 @@ runs in 4 invocations, against the 1.10 target — direct 5.4–9.1 s, Armillary
   per operation. ``destroy_machine`` ≈ 0.55–0.65 s against 0.5–0.6 s: an inspect before the remove.
 * Per child job, ~40–50 ms around the driver step (the ``prepare`` step, claims, records, events).
 * Refilling a slot: the bulk parent looks for finished children every 100 ms
-  (``engine/bulk.py`` ``POLL_S``), then the dispatcher has to claim the new child — up to ~0.1–0.15 s
+  (``workflows/bulk.py`` ``POLL_S``), then the dispatcher has to claim the new child — up to ~0.1–0.15 s
   of an empty slot per child (estimated from the code and the unexplained remainder, not timed on
   its own), 4 refills per slot for 50 children at concurrency 10.
 * The parent's own start and end are small (≤ 10 ms to its batch step; 20–100 ms after the last child).

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from armillary.domain.models import Base
 from armillary.logs import JsonFormatter, install_redaction
 from tests.support.accounts import ADMIN, TEST_SECRETS, bearer, ensure_user, token_for
 from tests.support.databases import database
-from tests.support.server import running_app
+from tests.support.server import changed_settings, running_app
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -108,6 +109,14 @@ def api(live_server, admin_token) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url + "/api/v1", timeout=30, headers=bearer(admin_token)) as client:
         yield client
     assert_no_secrets_stored(db, audit_before)
+
+
+@pytest.fixture
+def server_settings(live_server) -> Iterator[Callable[..., object]]:
+    """``server_settings(scripts_dir=path, ...)``: the session server's settings (``config.Settings``)
+    changed for this test only, as an operator would configure the server (e.g. ARMILLARY_SCRIPTS_DIR)."""
+    with ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(changed_settings(live_server[0], **changes))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from armillary.engine.deploy import SOURCES_DIR_ENV
+from armillary.workflows.deploy import SOURCES_DIR_ENV
 from tests.support.databases import database
 from tests.support.jobs import act, act_and_wait, wait_job
 from tests.support.provisioning import events, setup_ssh
@@ -35,11 +35,11 @@ def ssh_peer(tmp_path: Path) -> Iterator[SshHost]:
 
 
 @pytest.fixture
-def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The server's sources directory (the in-process server reads the setting when a deploy runs)."""
+def sources(tmp_path: Path, server_settings) -> Path:
+    """The server's sources directory (ARMILLARY_DEPLOY_SOURCES_DIR of the in-process server, for this test)."""
     directory = tmp_path / "sources"
     directory.mkdir()
-    monkeypatch.setenv(SOURCES_DIR_ENV, str(directory))
+    server_settings(deploy_sources_dir=directory)
     return directory
 
 
@@ -193,6 +193,25 @@ def test_archive_rotation_keeps_n(api: httpx.Client, ssh_peer: SshHost, sources:
     archives = sorted(p.name for p in (project(ssh_peer) / "archives").iterdir())
     assert archives == sorted(done[-2:]), archives  # deploys 2-4 archived; the oldest archive rotated away
     assert current(ssh_peer) == f"releases/{done[-1]}"
+
+
+def test_keep_counts_releases_besides_current(api: httpx.Client, ssh_peer: SshHost, sources: Path) -> None:
+    """``keep: 1`` keeps one release besides ``current``: the one it replaced (so a rollback has somewhere
+    to go), not one more; and one archive."""
+    write_tree(sources / "app", APP)
+    ready_system(api, ssh_peer, base_config(ssh_peer, keep=1))
+    done = []
+    for _ in range(3):
+        job = deploy(api)
+        assert job["status"] == "succeeded", job
+        done.append(job["context"]["release"])
+    releases = sorted(p.name for p in (project(ssh_peer) / "releases").iterdir() if not p.name.startswith("."))
+    assert releases == sorted(done[-2:]), releases  # current and the release it replaced
+    assert current(ssh_peer) == f"releases/{done[-1]}"
+    archives = sorted(p.name for p in (project(ssh_peer) / "archives").iterdir())
+    assert archives == [done[-1]], archives
+    listing = api.get("/systems/web1/releases").json()
+    assert listing["current"] == done[-1] and [r["id"] for r in listing["releases"]] == [done[2], done[1]]
 
 
 def test_rollback_action_and_releases_listing(api: httpx.Client, ssh_peer: SshHost, sources: Path) -> None:
@@ -464,7 +483,7 @@ def test_install_runs_the_projects_playbook_and_a_failing_one_rolls_back(
 @contextmanager
 def deploy_variant(name: str, fn: Any, timeout_s: float, attempts: int) -> Iterator[None]:
     """The in-process server's ``deploy`` workflow with step ``name`` replaced (restored afterwards)."""
-    from armillary.engine.deploy import deploy_step_spec
+    from armillary.workflows.deploy import deploy_step_spec
     from armillary.engine.workflows import Workflow, get_workflow, register
 
     original = get_workflow("deploy")
@@ -482,7 +501,7 @@ def test_a_step_overrunning_its_timeout_on_its_last_attempt_is_rolled_back(
 ) -> None:
     import threading
 
-    from armillary.engine import deploy as engine_deploy
+    from armillary.workflows import deploy as engine_deploy
 
     write_tree(sources / "app", APP)
     marker = ssh_peer.scratch / "rollback.marker"

@@ -16,10 +16,11 @@ from armillary.domain.jobs import Job, Lock, Schedule, Step
 from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox
 from armillary.engine import leases
-from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.engine.jobs import create_job
 from armillary.engine.service import Engine
 from armillary.engine.workflows import CycleError, StepSpec, Workflow, check_acyclic, register
+from armillary.failures import PermanentFailure as PermanentStepError
+from armillary.failures import TransientFailure as TransientStepError
 from tests.support.databases import database
 
 CALLS: dict[str, int] = {}

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from armillary.engine.errors import PermanentStepError
+from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.provisioners.ansible import AnsibleProvisioner, build_extra_vars
 from tests.support.jobs import act_and_wait
 from tests.support.peers import missing_peer
@@ -81,13 +81,13 @@ def leftovers(job_id: int) -> list[str]:
 
 
 def test_stage_runs_the_playbook_and_again_changes_nothing(
-    api: httpx.Client, ssh_peer: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: httpx.Client, ssh_peer: SshHost, tmp_path: Path, server_settings
 ) -> None:
     playbooks = tmp_path / "playbooks"
     (playbooks / "web" / "templates").mkdir(parents=True)
     (playbooks / "web" / "site.yml").write_text(SITE)
     (playbooks / "web" / "templates" / "app.conf.j2").write_text(TEMPLATE)
-    monkeypatch.setenv("ARMILLARY_PLAYBOOKS_DIR", str(playbooks))
+    server_settings(playbooks_dir=playbooks)  # the server's ARMILLARY_PLAYBOOKS_DIR
     setup_ssh_system(
         api, ssh_peer, ansible_type(ssh_peer, playbook="web/site.yml", extra_vars={"release": "r1"})
     )

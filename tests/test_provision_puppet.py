@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from armillary.engine.errors import PermanentStepError
+from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.provisioners.puppet import (
     PuppetProvisioner,
     check_args,
@@ -36,6 +36,7 @@ from armillary.provisioners.puppet import (
     redact_url,
     short_name,
 )
+from armillary.sources import Roots
 from tests.support.httpfiles import FileServer, serve_files
 from tests.support.jobs import NOOP_SCRIPT, act, wait_job
 from tests.support.peers import missing_peer
@@ -341,9 +342,7 @@ def test_tarball_layouts_and_module_names() -> None:
             inspect_tarball(out.getvalue(), "m")
 
 
-def test_module_files_stay_inside_the_modules_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_module_files_stay_inside_the_modules_directory(tmp_path: Path) -> None:
     root = tmp_path / "modules"
     root.mkdir()
     data = tarball({"manifests/init.pp": "class m {}\n"})
@@ -352,12 +351,12 @@ def test_module_files_stay_inside_the_modules_directory(
     (root / "link.tgz").symlink_to(tmp_path / "secret.tgz")
     spec = PuppetProvisioner.validate_spec({"module": {"name": "m", "src": "m.tgz"}, "classes": ["m"]})
     with pytest.raises(PermanentStepError, match="no modules directory"):
-        fetch_module(spec.module, 5)
-    monkeypatch.setenv("ARMILLARY_PUPPET_MODULES_DIR", str(root))
-    assert fetch_module(spec.module, 5) == data
+        fetch_module(spec.module, 5, Roots())
+    roots = Roots(puppet_modules=root)  # the server's ARMILLARY_PUPPET_MODULES_DIR
+    assert fetch_module(spec.module, 5, roots) == data
     for src, words in [("link.tgz", "outside the modules directory"), ("gone.tgz", "no file gone.tgz")]:
         with pytest.raises(PermanentStepError, match=words):
-            fetch_module(spec.module.model_copy(update={"src": src}), 5)
+            fetch_module(spec.module.model_copy(update={"src": src}), 5, roots)
     wrong = spec.module.model_copy(update={"sha256": "0" * 64})
     with pytest.raises(PermanentStepError, match="SHA-256 is " + hashlib.sha256(data).hexdigest()):
-        fetch_module(wrong, 5)
+        fetch_module(wrong, 5, roots)

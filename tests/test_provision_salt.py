@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from armillary.engine.errors import PermanentStepError
+from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.provisioners.salt import (
     SaltProvisioner,
     merge_pillar,
@@ -26,6 +26,7 @@ from armillary.provisioners.salt import (
     state_results,
     states_tree,
 )
+from armillary.sources import Roots
 from tests.support import salt as salt_support
 from tests.support.jobs import act, wait_job
 from tests.support.provisioning import events, setup_ssh_system
@@ -54,10 +55,10 @@ def ssh_peer(tmp_path: Path) -> Iterator[SshHost]:
 
 
 @pytest.fixture
-def states_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def states_dir(tmp_path: Path, server_settings) -> Path:
     root = tmp_path / "salt-states"
     root.mkdir()
-    monkeypatch.setenv("ARMILLARY_SALT_STATES_DIR", str(root))
+    server_settings(salt_states_dir=root)  # the server's ARMILLARY_SALT_STATES_DIR
     return root
 
 
@@ -367,9 +368,7 @@ class _Ctx:
         self.lines.append(message)
 
 
-def test_states_trees_stay_inside_the_states_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_states_trees_stay_inside_the_states_directory(tmp_path: Path) -> None:
     import io
     import tarfile
 
@@ -378,10 +377,10 @@ def test_states_trees_stay_inside_the_states_directory(
     (tree / "shared.sls").symlink_to(tree / "init.sls")
     (tmp_path / "secret").write_text("not for states")
     source = SaltProvisioner.validate_spec({"states": {"path": "web"}}).states
-    with pytest.raises(PermanentStepError, match="no salt states directory"), states_tree(_Ctx(), source, 10):
+    with pytest.raises(PermanentStepError, match="no salt states directory"), states_tree(_Ctx(), source, 10, Roots()):
         pass
-    monkeypatch.setenv("ARMILLARY_SALT_STATES_DIR", str(root))
-    with states_tree(_Ctx(), source, 10) as found:
+    roots = Roots(salt_states=root)  # the server's ARMILLARY_SALT_STATES_DIR
+    with states_tree(_Ctx(), source, 10, roots) as found:
         archive, files = pack_tree(found)
     with tarfile.open(fileobj=io.BytesIO(archive)) as unpacked:
         members = {m.name: m for m in unpacked.getmembers()}
@@ -398,7 +397,7 @@ def test_states_trees_stay_inside_the_states_directory(
     escape = SaltProvisioner.validate_spec({"states": {"path": "escape"}}).states
     with (
         pytest.raises(PermanentStepError, match="outside the ARMILLARY_SALT_STATES_DIR"),
-        states_tree(_Ctx(), escape, 10),
+        states_tree(_Ctx(), escape, 10, roots),
     ):
         pass
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from armillary.engine.errors import PermanentStepError
+from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.provisioners.script import ScriptProvisioner, build_env, env_name
+from armillary.sources import Roots
 from tests.support import podman as podman_support
 from tests.support.jobs import act_and_wait
 from tests.support.podman import PodmanPeer
@@ -141,12 +142,12 @@ def test_changed_host_key_fails_provisioning_loudly(api: httpx.Client, ssh_peer:
 
 
 def test_scripts_from_the_scripts_directory_in_a_container(
-    api: httpx.Client, podman: PodmanPeer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: httpx.Client, podman: PodmanPeer, tmp_path: Path, server_settings
 ) -> None:
     scripts = tmp_path / "scripts"
     (scripts / "web").mkdir(parents=True)
     (scripts / "web" / "hello.sh").write_text('echo "hello $1 from $(hostname) colour=$colour"\n')
-    monkeypatch.setenv("ARMILLARY_SCRIPTS_DIR", str(scripts))
+    server_settings(scripts_dir=scripts)  # the server's ARMILLARY_SCRIPTS_DIR
     assert (
         api.post("/environments", json={"name": "dev", "variables": {"colour": "green"}}).status_code == 201
     )
@@ -227,9 +228,7 @@ def test_spec_is_checked_and_variables_become_environment() -> None:
     assert collisions == ["'a-b' and 'a_b' both become a_b"]
 
 
-def test_script_files_stay_inside_the_scripts_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_script_files_stay_inside_the_scripts_directory(tmp_path: Path) -> None:
     root = tmp_path / "scripts"
     root.mkdir()
     (root / "ok.sh").write_text("echo ok\n")
@@ -246,10 +245,10 @@ def test_script_files_stay_inside_the_scripts_directory(
     )
     ok, link, gone = spec.scripts
     with pytest.raises(PermanentStepError, match="no scripts directory"):
-        ScriptProvisioner._body(ok)
-    monkeypatch.setenv("ARMILLARY_SCRIPTS_DIR", str(root))
-    assert ScriptProvisioner._body(ok) == b"echo ok\n"
+        ScriptProvisioner._body(ok, Roots())
+    roots = Roots(scripts=root)  # the server's ARMILLARY_SCRIPTS_DIR
+    assert ScriptProvisioner._body(ok, roots) == b"echo ok\n"
     with pytest.raises(PermanentStepError, match="outside the scripts directory"):
-        ScriptProvisioner._body(link)
+        ScriptProvisioner._body(link, roots)
     with pytest.raises(PermanentStepError, match="no file missing.sh"):
-        ScriptProvisioner._body(gone)
+        ScriptProvisioner._body(gone, roots)

@@ -27,11 +27,11 @@ from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobEvent, Step
 from armillary.domain.secrets import SecretBox
-from armillary.engine.errors import PermanentStepError
 from armillary.engine.events import emit, insert_event
 from armillary.engine.jobs import create_job
 from armillary.engine.service import Engine
 from armillary.engine.workflows import StepSpec, Workflow, register
+from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.logs import JsonFormatter, TextFormatter, configure, install_redaction
 from armillary.redaction import (
     MASK,

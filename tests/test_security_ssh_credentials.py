@@ -31,8 +31,8 @@ import httpx
 import pytest
 
 from armillary.drivers.ssh import SshConfig, SshDriver
-from armillary.engine.errors import PermanentStepError
 from armillary.engine.transports import transport_for
+from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.remote.base import PermanentTransportError
 from armillary.remote.ssh import SshTransport
 from tests.support.accounts import bearer, ensure_user, grant, token_for

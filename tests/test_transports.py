@@ -284,8 +284,8 @@ def test_ssh_connection_failures_are_classified(ssh_peer: SshHost, tmp_path: Pat
 def test_transport_for_records_then_verifies_the_host_key(ssh_peer: SshHost) -> None:
     """A non-ssh driver reaching its machines over SSH: the key is recorded at first contact, then checked."""
     from armillary.drivers.libvirt import LibvirtConfig, LibvirtDriver
-    from armillary.engine.errors import PermanentStepError
     from armillary.engine.transports import transport_for
+    from armillary.failures import PermanentFailure as PermanentStepError
 
     driver = LibvirtDriver(
         LibvirtConfig(
@@ -468,6 +468,34 @@ def test_docker_exec_missing_container(podman: PodmanPeer) -> None:
             DockerExecTransport(client, "no-such-container").run(["true"])
     finally:
         client.close()
+
+
+def test_transport_for_a_docker_system_reaches_its_running_container(podman: PodmanPeer) -> None:
+    """The docker driver hands the builder its container (``container_target``): the one tagged with the
+    system's id, and only while it runs."""
+    from armillary.drivers.base import MachineRef, MachineSpec
+    from armillary.drivers.docker import DockerConfig, DockerDriver
+    from armillary.engine.transports import transport_for
+    from armillary.failures import PermanentFailure
+
+    driver = DockerDriver(DockerConfig(base_url=podman.base_url), hypervisor_id=1)
+    system = SimpleNamespace(id=434343, hostname="box9", provider_id=None, provider_info={}, driver_props={})
+    ctx = SimpleNamespace(driver=lambda _system: driver)
+    with pytest.raises(PermanentFailure, match=r"no container of box9 \(system 434343\)"):
+        transport_for(ctx, system)
+    made = driver.create(MachineSpec(system_id=system.id, hostname="box9", environment="dev",
+                                     props={"image": podman.image}))
+    ref = MachineRef(system.id, made.provider_id)
+    try:
+        system.provider_id = made.provider_id
+        with transport_for(ctx, system) as transport:
+            assert isinstance(transport, DockerExecTransport)
+            assert transport.run(["hostname"]).exit_code == 0
+        driver.stop(ref)
+        with pytest.raises(PermanentFailure, match="the container of box9 is (exited|stopped), not running"):
+            transport_for(ctx, system)
+    finally:
+        driver.destroy(ref)
 
 
 # ---------------------------------------------------------------- local

@@ -53,6 +53,15 @@ class Settings:
     # uploads each non-admin user may keep stored.
     source_max_bytes: int = 512 * 1024**2
     source_quota_bytes: int = 2 * 1024**3
+    # Directories of the control host that types and deploys may take content from by a relative path
+    # (None: such paths are refused): scripts of the script provisioner, Ansible playbooks (and roles/),
+    # Puppet module tarballs, Salt states trees, deploy sources (and local git repositories of deploys
+    # and Salt). Read by ``armillary.sources.Roots.from_settings``; nothing reads them from the environment.
+    scripts_dir: Path | None = None
+    playbooks_dir: Path | None = None
+    puppet_modules_dir: Path | None = None
+    salt_states_dir: Path | None = None
+    deploy_sources_dir: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -84,7 +93,16 @@ class Settings:
             ldap=_ldap_settings(env),
             source_max_bytes=int(env.get("ARMILLARY_SOURCE_MAX_BYTES") or 512 * 1024**2),
             source_quota_bytes=int(env.get("ARMILLARY_SOURCE_QUOTA_BYTES") or 2 * 1024**3),
+            scripts_dir=_path(env.get("ARMILLARY_SCRIPTS_DIR")),
+            playbooks_dir=_path(env.get("ARMILLARY_PLAYBOOKS_DIR")),
+            puppet_modules_dir=_path(env.get("ARMILLARY_PUPPET_MODULES_DIR")),
+            salt_states_dir=_path(env.get("ARMILLARY_SALT_STATES_DIR")),
+            deploy_sources_dir=_path(env.get("ARMILLARY_DEPLOY_SOURCES_DIR")),
         )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _ldap_settings(env: dict[str, str]) -> Any:

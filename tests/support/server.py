@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,6 +17,23 @@ from fastapi import FastAPI
 from armillary.api.app import create_app
 from armillary.config import Settings
 from armillary.domain.db import Database
+
+# The apps running_app serves, by base URL (for changed_settings).
+_APPS: dict[str, FastAPI] = {}
+
+
+@contextmanager
+def changed_settings(base_url: str, **changes: Any) -> Iterator[Settings]:
+    """The settings of the app served at ``base_url`` with ``changes`` (``scripts_dir=...``) for a while,
+    then as they were: what its routes read (``app.state.settings``) and its steps (``runtime.settings``)."""
+    app = _APPS[base_url]
+    before = app.state.settings
+    changed = dataclasses.replace(before, **changes)
+    app.state.settings = app.state.engine.runtime.settings = changed
+    try:
+        yield changed
+    finally:
+        app.state.settings = app.state.engine.runtime.settings = before
 
 
 def free_port() -> int:
@@ -46,8 +65,11 @@ def running_app(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
+    base_url = f"http://127.0.0.1:{port}"
+    _APPS[base_url] = app
     try:
-        yield f"http://127.0.0.1:{port}", db
+        yield base_url, db
     finally:
+        _APPS.pop(base_url, None)
         server.should_exit = True
         thread.join(timeout=10)

@@ -6,20 +6,20 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from armillary.api.audit import note
+from armillary.api.audit_trail import note
 from armillary.api.deps import SessionDep
-from armillary.api.jobs import IdempotencyKey, actor_kwargs, start_idempotent
+from armillary.api.job_start import IdempotencyKey, actor_kwargs, start_idempotent
+from armillary.api.lookups import check_hostname_free, get_system
 from armillary.api.security import Access, requires
-from armillary.api.systems import _check_hostname_free, get_system
 from armillary.auth.policy import Permission
 from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ActionRequest, JobOut
 from armillary.domain.jobs import Job
 from armillary.domain.models import System, SystemLabel
 from armillary.domain.states import TransitionRefused, check_action
-from armillary.engine.deploy import ConfigError as DeployConfigError
-from armillary.engine.deploy import check_request as check_deploy_request
 from armillary.engine.jobs import StateConflict, start_system_action
+from armillary.workflows.deploy import ConfigError as DeployConfigError
+from armillary.workflows.deploy import check_request as check_deploy_request
 
 router = APIRouter(prefix="/systems", tags=["actions"])
 
@@ -30,7 +30,7 @@ def _clone(session: Session, source: System, hostname: str, owner_id: int) -> Sy
         check_action("clone", source.state)
     except TransitionRefused as exc:
         raise StateConflict(str(exc), state=source.state) from None
-    _check_hostname_free(session, source.environment_id, hostname)
+    check_hostname_free(session, source.environment_id, hostname)
     clone = System(
         hostname=hostname, environment=source.environment, hypervisor=source.hypervisor, type=source.type,
         user=source.user, os=source.os, cpu=source.cpu, memory_mb=source.memory_mb, disk_gb=source.disk_gb,
@@ -56,7 +56,7 @@ def run_action(
     """Start ``create``, ``provision``, ``deploy``, ``rollback``, ``destroy``, ``stage``, ``stop``, ``start``,
     ``reload`` or ``clone`` (which needs ``hostname``: the copy's). Follow the job at its Location.
 
-    ``deploy`` and ``rollback`` are checked here (``armillary.engine.deploy``): an invalid project
+    ``deploy`` and ``rollback`` are checked here (``armillary.workflows.deploy``): an invalid project
     configuration, or a cycle in its task graph, is a 422 naming it, and no job is made.
 
     Operators act on every system of their environments, users on the systems they own; a locked

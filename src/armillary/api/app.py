@@ -1,4 +1,11 @@
-"""The FastAPI application: routers under /api/v1, problem+json errors, request ids, YAML bodies."""
+"""The FastAPI application: routers under /api/v1, problem+json errors, request ids, YAML bodies.
+
+Routers are peers, one module per resource: none imports another. What several need is apart, in
+modules that define no router: ``lookups`` (loading by reference with the access check), ``views``
+(rows as output models), ``job_start`` (Idempotency-Key, the 202), ``audit_trail`` (``note`` and the
+middleware), ``deps``, ``security``, ``problems``. A new router is a module with ``router``, added to
+``routers`` below (the order there is the order of the routes and of the OpenAPI document).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from armillary.api import (
     users,
     variables,
 )
-from armillary.api.audit import AuditMiddleware
+from armillary.api.audit_trail import AuditMiddleware
 from armillary.api.bodies import BodyGuardMiddleware
 from armillary.api.middleware import RequestIdMiddleware
 from armillary.api.security import credentials_refusal, current_principal, document_permissions
@@ -81,6 +88,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.secret_box = box_for(settings.secret_key, settings.secret_key_file)
     app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s)
     app.state.engine.runtime.data_dir = settings.data_dir
+    app.state.engine.runtime.settings = settings
 
     # Every route under the API router needs credentials; only the login routes are outside it.
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])

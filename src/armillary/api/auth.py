@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armillary.api.audit import note
+from armillary.api.audit_trail import note
 from armillary.api.deps import MAX_LIMIT, IdPath, SessionDep
 from armillary.api.security import (
     CSRF_COOKIE,
@@ -19,7 +19,7 @@ from armillary.api.security import (
     public,
     requires,
 )
-from armillary.api.users import user_out
+from armillary.api.views import user_out
 from armillary.auth import passwords, throttle, tokens
 from armillary.auth.login import DirectoryUnavailable, authenticate
 from armillary.auth.policy import Permission

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from armillary.api.audit import note
+from armillary.api.audit_trail import note
 from armillary.api.deps import (
     PageParams,
     SessionDep,
@@ -17,6 +17,7 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
+from armillary.api.lookups import get_environment_for
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.errors import Conflict, InUse
@@ -38,13 +39,6 @@ def _apply_lock(env: Environment, locked: bool | None, reason: str | None, who: 
     env.locked_by = who if locked else None
     note(request, action="environment.lock" if locked else "environment.unlock", environment=env.name,
          lock_reason=reason)
-
-
-def get_environment_for(session: Session, ref: str, access: Access) -> Environment:
-    """The environment, if the caller may see it (404 alike for missing and hidden ones)."""
-    env = get_by_ref(session, Environment, ref, "environment")
-    access.check(env, hidden=f"no environment {ref!r}", mutating=False)
-    return env
 
 
 @router.post("", status_code=201, response_model=EnvironmentOut)

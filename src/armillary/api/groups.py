@@ -16,9 +16,9 @@ from armillary.api.deps import (
     paginate,
     set_etag,
 )
+from armillary.api.lookups import system_page
 from armillary.api.security import Access, requires
-from armillary.api.systems import system_page
-from armillary.api.systems import to_out as system_out
+from armillary.api.views import system_out
 from armillary.auth.policy import Permission
 from armillary.domain.models import Group
 from armillary.domain.schemas import GroupCreate, GroupOut, GroupUpdate, Page, SystemOut

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from armillary.api.hypervisors import get_hypervisor_for
+from armillary.api.lookups import get_hypervisor_for
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.errors import DomainError

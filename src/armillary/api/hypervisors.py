@@ -19,29 +19,20 @@ from armillary.api.deps import (
     check_if_match,
     created,
     ensure_unique_name,
-    get_by_ref,
     paginate,
     resolve_ref,
     set_etag,
 )
-from armillary.api.environments import get_environment_for
+from armillary.api.lookups import driver_for, get_environment_for, get_hypervisor_for
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
-from armillary.domain.errors import InUse, InvalidInput, invalid_from_pydantic
+from armillary.domain.errors import InUse, invalid_from_pydantic
 from armillary.domain.models import Environment, Hypervisor, System
 from armillary.domain.schemas import HypervisorCreate, HypervisorOut, HypervisorUpdate, Page
 from armillary.domain.secrets import SecretBox
 from armillary.drivers.base import Driver
-from armillary.drivers.registry import UnknownDriver, get_driver
 
 router = APIRouter(prefix="/hypervisors", tags=["hypervisors"])
-
-
-def driver_for(name: str, field: str = "driver") -> type[Driver]:
-    try:
-        return get_driver(name)
-    except UnknownDriver as exc:
-        raise InvalidInput(field, str(exc)) from None
 
 
 def validated_config(driver: type[Driver], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -80,13 +71,6 @@ def _store_secrets(hypervisor: Hypervisor, box: SecretBox, secrets: dict[str, An
 def decrypted_config(hypervisor: Hypervisor, box: SecretBox) -> dict[str, Any]:
     """The full settings a driver needs to connect: plain and secret together."""
     return {**hypervisor.config, **box.decrypt(hypervisor.secret_config)}
-
-
-def get_hypervisor_for(session: Session, ref: str, access: Access) -> Hypervisor:
-    """The hypervisor, if the caller may see its environment (404 alike for missing and hidden ones)."""
-    hypervisor = get_by_ref(session, Hypervisor, ref, "hypervisor")
-    access.check(hypervisor.environment, hidden=f"no hypervisor {ref!r}")
-    return hypervisor
 
 
 @router.post("", status_code=201, response_model=HypervisorOut)

@@ -4,47 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import MAX_LIMIT, IdPath, SessionDep, newest_first
+from armillary.api.job_start import IdempotencyKey, accepted, start_idempotent
 from armillary.api.security import Access, requires
+from armillary.api.views import job_out
 from armillary.auth.policy import Permission
-from armillary.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
-from armillary.domain.job_schemas import JobOut, JobSpec, StepOut
+from armillary.domain.errors import Conflict, Forbidden, NotFound
+from armillary.domain.job_schemas import JobOut, JobSpec
 from armillary.domain.jobs import TERMINAL_JOB, Job
 from armillary.domain.models import System
 from armillary.domain.schemas import MAX_ID, Page
 from armillary.engine.events import event_dict, events_after
-from armillary.engine.jobs import find_by_idempotency_key
-from armillary.engine.selection import resolve_selector, start_from_spec
-from armillary.redaction import redact_data
+from armillary.workflows.bulk import start_from_spec
+from armillary.workflows.selection import resolve_selector
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 SSE_POLL_S = 0.1
 SSE_KEEPALIVE_S = 15.0
-IdempotencyKey = Header(None, alias="Idempotency-Key", max_length=255,
-                        description="Repeat a request safely: the same key returns the same job")
-
-
-def to_out(job: Job) -> JobOut:
-    return JobOut(
-        id=job.id, action=job.action, workflow=job.workflow, status=job.status, system_id=job.system_id,
-        parent_id=job.parent_id, params=redact_data(job.params), context=redact_data(job.context or {}), error=job.error, summary=job.summary,
-        cancel_requested=job.cancel_requested,
-        waiting_for_lock=job.status == "queued" and not job.holds_lock,
-        request_id=job.request_id, actor=job.actor, created_at=job.created_at, started_at=job.started_at,
-        finished_at=job.finished_at,
-        steps=[StepOut.model_validate(step, from_attributes=True) for step in job.steps],
-    )
 
 
 def get_job(session: Session, job_id: int, access: Access, permission: Permission | None = None) -> Job:
@@ -64,11 +49,6 @@ def get_job(session: Session, job_id: int, access: Access, permission: Permissio
     return job
 
 
-def actor_kwargs(access: Access) -> dict:
-    """Who a new job acts for: recorded on it; an admin's jobs pass environment locks."""
-    return {"user_id": access.principal.user_id, "actor": access.principal.name, "bypass_lock": access.is_admin}
-
-
 def _actable(access: Access):
     """Narrow a system query to what the caller may act on: operator environments, and own systems as user."""
     principal = access.principal
@@ -82,58 +62,6 @@ def _actable(access: Access):
                                and_(System.environment_id.in_(own), System.owner_id == principal.user_id)))
 
     return scope
-
-
-def accepted(request: Request, session: Session, job: Job, *, existing: bool = False) -> JSONResponse:
-    """Commit, wake the engine, answer 202 with the job and where to follow it."""
-    session.commit()
-    if not existing:
-        request.app.state.engine.wake()
-    body = to_out(job).model_dump(mode="json")
-    return JSONResponse(body, status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
-
-
-def replay_or_conflict(session: Session, key: str | None, action: str, system_id: int | None) -> Job | None:
-    """The job a repeated Idempotency-Key stands for; 409 if that key was used for something else."""
-    job = find_by_idempotency_key(session, key)
-    if job is not None and (job.action != action or (system_id is not None and job.system_id != system_id)):
-        raise Conflict(f"Idempotency-Key {key!r} was already used for job {job.id} ({job.action}); use a new key")
-    return job
-
-
-def start_idempotent(
-    request: Request, session: Session, key: str | None, action: str, system_id: int | None,
-    start: Callable[[], Job],
-) -> JSONResponse:
-    """Start a job with ``start()`` unless ``key`` was seen; answer 202 with the job (new or replayed).
-
-    Concurrent requests with one key race: all but one fail somewhere (the system's lock, a unique
-    index, the quota charge). Each loser looks the key up again and replays the winner's job, so every
-    retry of one request gets that request's job and never an error its first try did not get."""
-    existing = replay_or_conflict(session, key, action, system_id)
-    if existing is not None:
-        return accepted(request, session, existing, existing=True)
-    try:
-        return accepted(request, session, start())
-    except (IntegrityError, Conflict, QuotaExceeded):  # what losing the race looks like
-        if key is None:
-            raise
-        session.rollback()
-        winner = _winner(session, key)
-        if winner is None:
-            raise
-    return accepted(request, session, replay_or_conflict(session, key, action, system_id) or winner, existing=True)
-
-
-def _winner(session: Session, key: str) -> Job | None:
-    """The job of ``key``, waiting briefly for a concurrent request that is committing it."""
-    for delay in (0, 0.05, 0.1, 0.2):
-        time.sleep(delay)
-        job = find_by_idempotency_key(session, key)
-        if job is not None:
-            return job
-        session.rollback()  # a fresh snapshot for the next look
-    return None
 
 
 @router.post("", status_code=202, response_model=JobOut)
@@ -179,12 +107,12 @@ def list_jobs(
         query = query.where(or_(Job.system_id.in_(in_envs), Job.user_id == access.principal.user_id))
     filters = ((Job.status, status), (Job.action, action), (Job.system_id, system), (Job.parent_id, parent))
     rows, next_url = newest_first(session, query, Job, request, limit, cursor, filters)
-    return {"items": [to_out(j) for j in rows], "next": next_url}
+    return {"items": [job_out(j) for j in rows], "next": next_url}
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def read_job(job_id: IdPath, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)) -> JobOut:
-    return to_out(get_job(session, job_id, access))
+    return job_out(get_job(session, job_id, access))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)

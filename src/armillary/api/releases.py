@@ -1,7 +1,7 @@
 """GET /api/v1/systems/{ref}/releases: the releases of a system's project, read on the machine itself.
 
 The project (``project``, ``root``) comes from the system's ``deploy`` variable, as for a deploy
-(``armillary.engine.deploy``); the query parameters ``project`` and ``root`` override it. The listing is
+(``armillary.workflows.deploy``); the query parameters ``project`` and ``root`` override it. The listing is
 read through the system's transport (``<root>/<project>/releases``, ``current``, ``archives``), newest
 first; a simulated machine has none (``simulated: true``).
 """
@@ -17,15 +17,15 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import SessionDep
+from armillary.api.lookups import get_system
 from armillary.api.security import Access, requires
-from armillary.api.systems import get_system
 from armillary.auth.policy import Permission
 from armillary.domain.errors import Conflict, InvalidInput
 from armillary.domain.variables import plain_values, resolve_system
 from armillary.drivers.base import DriverError
-from armillary.engine import deploy
 from armillary.engine.context import StepContext
-from armillary.engine.errors import StepError
+from armillary.failures import Failure
+from armillary.workflows import deploy
 
 router = APIRouter(prefix="/systems", tags=["actions"])
 log = logging.getLogger("armillary.api.releases")
@@ -95,12 +95,9 @@ def list_releases(
         config = deploy.parse_config({"project": raw.get("project"), "root": raw.get("root")})
     except deploy.ConfigError as exc:
         raise InvalidInput(exc.field, str(exc)) from None
-    run = deploy._Run.__new__(deploy._Run)  # a listing needs no variables: skip the step's loading
-    run.ctx, run.system, run.simulated, run.variables, run.config = ctx, ctx.system(), False, {}, config
     try:
-        with run.transport() as transport:
-            found = deploy.list_releases(run, transport)
-    except (StepError, DriverError) as exc:
+        found = deploy.list_system_releases(ctx, ctx.system(), config)  # no variables needed for a listing
+    except Failure as exc:  # a step's, a driver's or a transport's
         raise Conflict(f"cannot read the releases of {system.hostname}: {exc}") from None
     return ReleasesOut(
         system_id=system.id, project=config.project, project_dir=config.project_dir, current=found["current"],

@@ -4,7 +4,7 @@
 ``application/octet-stream``), at most ``source_max_bytes`` (``ARMILLARY_SOURCE_MAX_BYTES``, default 512 MiB;
 a larger ``Content-Length`` is refused before anything is read, a body growing past it while it streams in
 too: 413). It is written to a private temporary file in the data directory while its sha256 is computed,
-then checked (``armillary.engine.deploy.check_source_tarball``: a gzip tarball of regular files and
+then checked (``armillary.sources.check_tarball``: a gzip tarball of regular files and
 directories only, relative paths without ``..``, no links, devices or setuid bits, a bounded unpacked
 size: otherwise 422) and only then renamed to ``<data_dir>/sources/<sha256>.tar.gz``. A deploy names it
 as ``source: {upload: "<sha256>"}``.
@@ -48,7 +48,7 @@ from armillary.domain import uploads
 from armillary.domain.errors import DomainError, Forbidden, InvalidInput, NotFound
 from armillary.domain.schemas import Page
 from armillary.domain.uploads import SourceOwner, UploadedSource
-from armillary.engine import deploy
+from armillary import sources
 
 router = APIRouter(prefix="/sources", tags=["sources"])
 
@@ -73,8 +73,8 @@ class SourceOut(BaseModel):
 
 def _path(request: Request, source_id: str) -> Path:
     try:
-        return deploy.uploaded_source_path(request.app.state.settings.data_dir, source_id)
-    except deploy.SourceRejected as exc:
+        return sources.upload_path(Path(request.app.state.settings.data_dir) / sources.UPLOADS_SUBDIR, source_id)
+    except sources.SourceRejected as exc:
         raise InvalidInput("id", str(exc)) from None
 
 
@@ -149,7 +149,7 @@ async def upload_source(request: Request, session: Session = SessionDep,
         if declared is not None and used + declared > quota and not maybe_owned:
             raise uploads.over_quota(access.principal.name, quota, used, declared)
         cap = max(quota - used, largest)
-    store = Path(request.app.state.settings.data_dir) / deploy.UPLOADS_SUBDIR
+    store = Path(request.app.state.settings.data_dir) / sources.UPLOADS_SUBDIR
     store.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".tar.gz", dir=store)  # 0600
     incoming = Path(name)
@@ -168,11 +168,11 @@ async def upload_source(request: Request, session: Session = SessionDep,
         if size == 0:
             raise InvalidInput("body", "the request body is empty: send the tarball")
         try:
-            await run_in_threadpool(deploy.check_source_tarball, incoming)
-        except deploy.SourceRejected as exc:
+            await run_in_threadpool(sources.check_tarball, incoming)
+        except sources.SourceRejected as exc:
             raise InvalidInput("body", str(exc)) from None
         source_id = digest.hexdigest()
-        final = deploy.uploaded_source_path(request.app.state.settings.data_dir, source_id)
+        final = sources.upload_path(Path(request.app.state.settings.data_dir) / sources.UPLOADS_SUBDIR, source_id)
         new, out = await run_in_threadpool(_record, session, access, quota, source_id, size, incoming, final)
     finally:
         incoming.unlink(missing_ok=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import exists, func, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from armillary.api.deps import (
     PageParams,
@@ -19,18 +19,14 @@ from armillary.api.deps import (
     check_if_match,
     created,
     etag_matches,
-    get_by_ref,
-    id_of,
-    paginate,
     resolve_ref,
     set_etag,
 )
-from armillary.api.environments import get_environment_for
-from armillary.api.hypervisors import driver_for
+from armillary.api.lookups import check_hostname_free, driver_for, get_system, resolve_owner, system_page
 from armillary.api.security import Access, requires
+from armillary.api.views import MACHINE_COLUMNS, system_out
 from armillary.auth.policy import Permission
 from armillary.domain import quotas
-from armillary.domain.accounts import User
 from armillary.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, invalid_from_pydantic
 from armillary.domain.models import Environment, Hypervisor, System, SystemLabel, SystemType, utcnow
 from armillary.domain.schemas import (
@@ -50,65 +46,6 @@ from armillary.drivers.registry import drivers
 
 router = APIRouter(prefix="/systems", tags=["systems"])
 labels_router = APIRouter(prefix="/labels", tags=["systems"])
-
-MACHINE_COLUMNS = {"user": "user", "os": "os", "cpu": "cpu", "memory": "memory_mb", "disk": "disk_gb",
-                   "addresses": "addresses"}
-
-
-def to_out(system: System) -> SystemOut:
-    return SystemOut(
-        id=system.id,
-        hostname=system.hostname,
-        environment={"id": system.environment.id, "name": system.environment.name},
-        hypervisor={"id": system.hypervisor.id, "name": system.hypervisor.name} if system.hypervisor else None,
-        driver_name=system.hypervisor.driver if system.hypervisor else None,
-        type={"id": system.type.id, "name": system.type.name} if system.type else None,
-        machine=MachineProps.model_construct(
-            **{field: getattr(system, column) for field, column in MACHINE_COLUMNS.items()}
-        ),
-        driver=system.driver_props,
-        labels={label.key: label.value for label in system.labels},
-        variables=system.variables,
-        state=system.state,
-        owner=system.owner.name if system.owner is not None else None,
-        created_at=system.created_at,
-        updated_at=system.updated_at,
-        version=system.version,
-    )
-
-
-def get_system(session: Session, ref: str, access: Access) -> System:
-    """By id, or by hostname when only one environment the caller can see has it; checked for the route's
-    permission (404 alike for missing systems and systems in environments the caller has no role in)."""
-    ref_id = id_of(ref)
-    if ref_id is not None:
-        system = session.get(System, ref_id)
-        if system is None:
-            raise NotFound(f"no system {ref}")
-    else:
-        query = access.visible(select(System).where(System.hostname == ref.lower()), System.environment_id)
-        matches = list(session.scalars(query.limit(10)).unique())
-        if not matches:
-            raise NotFound(f"no system {ref!r}")
-        if len(matches) > 1:
-            envs = ", ".join(sorted(s.environment.name for s in matches))
-            raise Conflict(f"hostname {ref!r} exists in several environments ({envs}); use the system id")
-        system = matches[0]
-    access.check(system.environment, hidden=f"no system {ref if ref_id is not None else repr(ref)}",
-                 owner_id=system.owner_id)
-    return system
-
-
-def resolve_owner(session: Session, system: System, owner: str | None, access: Access, field: str = "owner") -> None:
-    """Give ``system`` to ``owner`` (default: the caller). Naming someone else takes operator rights there."""
-    if owner is None or owner.lower() == access.principal.name:
-        system.owner_id = access.principal.user_id
-        return
-    access.check(system.environment, hidden="", permission=Permission.ENV_OPERATE)
-    user_id = session.scalar(select(User.id).where(User.name == owner.lower()))
-    if user_id is None:
-        raise InvalidInput(field, f"no user {owner!r}")
-    system.owner_id = user_id
 
 
 # ---------------------------------------------------------------- building and changing systems
@@ -195,17 +132,6 @@ def _set_labels(system: System, labels: dict[str, str]) -> None:
     system.labels = [SystemLabel(key=k, value=v) for k, v in sorted(labels.items())]
 
 
-def _check_hostname_free(session: Session, env_id: int, hostname: str, exclude_id: int | None = None) -> None:
-    query = select(System.id).where(System.environment_id == env_id, System.hostname == hostname)
-    if exclude_id is not None:
-        query = query.where(System.id != exclude_id)
-    if session.scalar(query) is not None:
-        raise Conflict(
-            f"hostname {hostname!r} is already used in this environment",
-            errors=[{"field": "hostname", "message": "taken"}],
-        )
-
-
 def _memo(memo: dict | None, key: tuple, load):
     """Look a reference up once per import batch instead of once per item."""
     if memo is None:
@@ -232,7 +158,7 @@ def build_system(
     if body.type is not None:
         system_type = _memo(memo, ("type", body.type), lambda: resolve_ref(session, SystemType, body.type, "type", "type"))
     if check_hostname:
-        _check_hostname_free(session, env.id, body.hostname)
+        check_hostname_free(session, env.id, body.hostname)
     system = System(
         hostname=body.hostname,
         environment=env,
@@ -250,58 +176,6 @@ def build_system(
 
 
 # ---------------------------------------------------------------- listing
-
-
-def system_page(
-    session: Session,
-    page: PageParams,
-    request: Request,
-    response: Response,
-    access: Access,
-    *,
-    environment: str | None = None,
-    hypervisor: str | None = None,
-    type: str | None = None,
-    state: str | None = None,
-    labels: dict[str, str] | None = None,
-    q: str | None = None,
-) -> tuple[list[System], str | None]:
-    # A page's systems share a few environments, hypervisors and types: load each of those once (selectin
-    # by the distinct ids) rather than join their full rows, JSON columns and all, onto every system row.
-    query = select(System).options(
-        selectinload(System.environment), selectinload(System.hypervisor), selectinload(System.type),
-        selectinload(System.owner),
-    )
-    query = access.visible(query, System.environment_id)
-    if environment is not None:
-        query = query.where(System.environment_id == get_environment_for(session, environment, access).id)
-    if hypervisor is not None:
-        query = query.where(System.hypervisor_id == get_by_ref(session, Hypervisor, hypervisor, "hypervisor").id)
-    if type is not None:
-        query = query.where(System.type_id == get_by_ref(session, SystemType, type, "type").id)
-    if state is not None:
-        query = query.where(System.state == state)
-    page_key = None
-    if labels:
-        # The first label drives the query: joined through the (key, value, system_id) index, its rows come
-        # in system id order, so a keyset page reads about `limit` index entries however deep it is. (With
-        # `System.id IN (SELECT system_id ...)` SQLite built the list of every matching id on each request:
-        # 2 ms on the first page, 9 ms on the last, at 100k systems.) Other labels are checked per row
-        # through the (system_id, key) primary key. (system_id, key) is unique, so no row is repeated.
-        (first_key, first_value), *more = labels.items()
-        driver = aliased(SystemLabel)
-        query = query.join(driver, driver.system_id == System.id).where(
-            driver.key == first_key, driver.value == first_value
-        )
-        for key, value in more:
-            other = aliased(SystemLabel)
-            query = query.where(
-                exists().where(other.system_id == driver.system_id, other.key == key, other.value == value)
-            )
-        page_key = driver.system_id
-    if q:
-        query = query.where(System.hostname.startswith(q.lower(), autoescape=True))
-    return paginate(session, query, System, page, request, response, key=page_key)
 
 
 def parse_label_filters(values: list[str]) -> dict[str, str]:
@@ -333,7 +207,7 @@ def list_systems(
         session, page, request, response, access, environment=environment, hypervisor=hypervisor, type=type, state=state,
         labels=parse_label_filters(label), q=q,
     )
-    return {"items": [to_out(s) for s in items], "next": next_url}
+    return {"items": [system_out(s) for s in items], "next": next_url}
 
 
 # ---------------------------------------------------------------- create, import, read, update, delete
@@ -350,7 +224,7 @@ def create_system(
     session.add(system)
     session.flush()
     created(response, request, system.id, system.version)
-    return to_out(system)
+    return system_out(system)
 
 
 @router.post("/import", status_code=201, response_model=ImportResult)
@@ -404,7 +278,7 @@ def read_system(
     set_etag(response, system.version)
     if etag_matches(request.headers.get("if-none-match") or "", system.version):
         return Response(status_code=304, headers={"ETag": response.headers["ETag"]})
-    return to_out(system)
+    return system_out(system)
 
 
 @router.patch("/{ref}", response_model=SystemOut)
@@ -416,7 +290,7 @@ def update_system(
     check_if_match(request, system.version)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("hostname") is not None:
-        _check_hostname_free(session, system.environment_id, body.hostname, exclude_id=system.id)
+        check_hostname_free(session, system.environment_id, body.hostname, exclude_id=system.id)
         system.hostname = body.hostname
     before = (system.hypervisor, dict(system.driver_props or {}))  # for _check_operator_only
     if "hypervisor" in changes:
@@ -444,7 +318,7 @@ def update_system(
     system.updated_at = utcnow()  # a change of labels alone must still bump the version (ETag)
     session.flush()
     set_etag(response, system.version)
-    return to_out(system)
+    return system_out(system)
 
 
 @router.delete("/{ref}", status_code=204)

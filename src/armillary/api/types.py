@@ -21,7 +21,7 @@ from armillary.auth.policy import Permission
 from armillary.domain.errors import InUse, InvalidInput
 from armillary.domain.models import System, SystemType
 from armillary.domain.schemas import Page, ProvisionerSpec, TypeCreate, TypeOut, TypeUpdate
-from armillary.engine.errors import StepError
+from armillary.failures import Failure
 from armillary.provisioners.base import provisioners
 
 router = APIRouter(prefix="/types", tags=["types"])
@@ -34,7 +34,7 @@ def check_spec(provisioner: ProvisionerSpec) -> None:
         return
     try:
         installed.validate_spec(provisioner.spec)
-    except StepError as exc:
+    except Failure as exc:
         raise InvalidInput("provisioner.spec", str(exc)) from None
 
 

@@ -6,34 +6,28 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armillary.api.audit import note
-from armillary.api.deps import PageParams, SessionDep, check_if_match, created, get_by_ref, id_of, paginate, set_etag
+from armillary.api.audit_trail import note
+from armillary.api.deps import (
+    PageParams,
+    SessionDep,
+    check_if_match,
+    created,
+    get_by_ref,
+    id_of,
+    paginate,
+    set_etag,
+)
 from armillary.api.security import Access, requires
+from armillary.api.views import grant_out, user_out
 from armillary.auth import passwords, throttle, tokens
 from armillary.auth.policy import Permission
-from armillary.domain.account_schemas import GrantIn, GrantOut, Quota, Usage, UserCreate, UserOut, UserUpdate
+from armillary.domain.account_schemas import GrantIn, GrantOut, UserCreate, UserOut, UserUpdate
 from armillary.domain.accounts import RoleGrant, User
 from armillary.domain.errors import Conflict, InvalidInput, NotFound
 from armillary.domain.models import Environment
 from armillary.domain.schemas import Page
 
 router = APIRouter(prefix="/users", tags=["users"])
-
-
-def grant_out(grant: RoleGrant) -> GrantOut:
-    return GrantOut(
-        environment=grant.environment.name, environment_id=grant.environment_id, role=grant.role, source=grant.source,
-        quota=Quota(max_systems=grant.max_systems, max_cpu=grant.max_cpu, max_memory_mb=grant.max_memory_mb),
-        usage=Usage(systems=grant.used_systems, cpu=grant.used_cpu, memory_mb=grant.used_memory_mb),
-    )
-
-
-def user_out(user: User) -> UserOut:
-    return UserOut(
-        id=user.id, name=user.name, display_name=user.display_name, email=user.email, source=user.source,
-        admin=user.is_admin, active=user.active, last_login_at=user.last_login_at, created_at=user.created_at,
-        roles=[grant_out(g) for g in sorted(user.grants, key=lambda g: g.environment.name)],
-    )
 
 
 def get_user(session: Session, ref: str) -> User:

@@ -239,7 +239,7 @@ class ApiClient:
             )
         except httpx.ConnectError as exc:
             raise CliError(
-                f"cannot connect to the Armillary server at {self.base_url}: {_reason(exc)}",
+                f"cannot connect to the Armillary server at {self.base_url}: {transport_reason(exc)}",
                 [
                     f"is `armillary serve` running there? Point the client elsewhere with --server URL or {URL_ENV}."
                 ],
@@ -250,10 +250,10 @@ class ApiClient:
             ) from None
         except httpx.TransportError as exc:
             raise CliError(
-                f"talking to the Armillary server at {self.base_url} failed: {_reason(exc)}"
+                f"talking to the Armillary server at {self.base_url} failed: {transport_reason(exc)}"
             ) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _problem_of(response), self.request_id, self.token_source)
+            raise ApiError(response.status_code, problem_of(response), self.request_id, self.token_source)
         return response
 
     def get(self, path: str, params: Any = None) -> httpx.Response:
@@ -301,14 +301,16 @@ class Document:
         return "application/json" if self.name.lower().endswith(".json") else "application/yaml"
 
 
-def _reason(exc: Exception) -> str:
+def transport_reason(exc: Exception) -> str:
+    """Why a request could not be made, in a few words (``connection refused``)."""
     text = str(exc) or type(exc).__name__
     if "refused" in text.lower() or "Errno 111" in text:
         return "connection refused"
     return text
 
 
-def _problem_of(response: httpx.Response) -> dict[str, Any]:
+def problem_of(response: httpx.Response) -> dict[str, Any]:
+    """The response's problem+json body, or a stand-in made of its status and text."""
     try:
         body = response.json()
     except ValueError:

@@ -1,5 +1,13 @@
 """Plumbing shared by the client commands: global options, error reporting, ``k=v`` flags, files,
-and the ``list``/``show``/``delete`` commands that every resource has."""
+the arguments and options several resources take, and the ``list``/``show``/``delete`` commands that
+every resource has.
+
+The commands themselves are one module per command group (environments.py, hypervisors.py,
+types.py, systems.py, groups.py, variables.py, drivers.py, labels.py, actions.py, jobs.py,
+schedules.py, auth.py, accounts.py; server.py, admin.py and doctor.py for the server side), each with a
+``register(app)`` that main.py calls; create/update helpers are in edits.py, following a job live
+in watch.py. A new command group goes in a module of its own, registered in main.py.
+"""
 
 from __future__ import annotations
 
@@ -79,6 +87,12 @@ REF_HELP = "Id or name"
 DescriptionOpt = Annotated[
     str | None, typer.Option("--description", "-d", help="Description", show_default=False)
 ]
+SYSTEM_REF_HELP = "Id or hostname"
+RefArg = Annotated[str, typer.Argument(help=REF_HELP, metavar="REF")]
+NameArg = Annotated[str | None, typer.Argument(help="Name", metavar="NAME", show_default=False)]
+RenameOpt = Annotated[str | None, typer.Option("--name", help="Rename it")]
+EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="Environment (id or name)")]
+EnvFilterOpt = Annotated[str | None, typer.Option("--env", "-e", help="Only this environment (id or name)")]
 
 
 @dataclass

@@ -136,6 +136,11 @@ def print_items(
     stdout.print(table)
 
 
+def value_cell(value: Any) -> str:
+    """A variable's value as JSON would spell it (true, null, [1, 2]), strings as they are."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def field(name: str) -> Callable[[dict[str, Any]], Any]:
     """A column getter for a dotted path (``machine.cpu``, ``environment``)."""
     parts = name.split(".")

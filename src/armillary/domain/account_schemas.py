@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints
 
-from armillary.domain.schemas import Input, Output, _size_in
+from armillary.domain.schemas import Input, Output, size_in
 
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.@-]{0,62}$", to_lower=True)]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024, strip_whitespace=False)]
@@ -35,7 +35,7 @@ class SessionOut(Output):
 class QuotaIn(Input):
     max_systems: int | None = Field(None, ge=0, le=1_000_000)
     max_cpu: int | None = Field(None, ge=0, le=10_000_000)
-    max_memory: Annotated[int, BeforeValidator(_size_in("MiB")), Field(ge=0, le=2**31 - 1)] | None = Field(
+    max_memory: Annotated[int, BeforeValidator(size_in("MiB")), Field(ge=0, le=2**31 - 1)] | None = Field(
         None, description="MiB, or a size such as '64G'"
     )
 

@@ -194,5 +194,3 @@ class GlobalVariable(Base):
     value: Mapped[Any] = mapped_column(JSONType)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
-
-import armillary.domain.accounts  # noqa: E402, F401  (registers the account tables; System.owner refers to User)

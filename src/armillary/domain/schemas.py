@@ -65,7 +65,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE
 _FACTORS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
-def _size_in(unit: str):
+def size_in(unit: str):
     """Accept an integer in ``unit`` or a string with a unit suffix ("4G", "512MiB")."""
 
     def parse(value: Any) -> Any:
@@ -226,10 +226,10 @@ class MachineProps(Input):
     user: Annotated[str, StringConstraints(max_length=63)] | None = None
     os: Annotated[str, StringConstraints(max_length=127)] | None = None
     cpu: Annotated[int, Field(ge=1, le=4096)] | None = None
-    memory: Annotated[int, BeforeValidator(_size_in("MiB")), Field(ge=1, le=64 * 1024 * 1024)] | None = Field(
+    memory: Annotated[int, BeforeValidator(size_in("MiB")), Field(ge=1, le=64 * 1024 * 1024)] | None = Field(
         None, description="MiB; strings with a unit are accepted ('4G', '512M')"
     )
-    disk: Annotated[int, BeforeValidator(_size_in("GiB")), Field(ge=1, le=1024 * 1024)] | None = Field(
+    disk: Annotated[int, BeforeValidator(size_in("GiB")), Field(ge=1, le=1024 * 1024)] | None = Field(
         None, description="GiB; strings with a unit are accepted ('20G', '1T')"
     )
     addresses: list[Annotated[str, AfterValidator(_check_address)]] = Field(default_factory=list, max_length=64)

@@ -118,6 +118,7 @@ from armillary.drivers.base import (
     MachineInfo,
     MachineRef,
     MachineSpec,
+    MachineState,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -136,13 +137,14 @@ USER_DATA_MAX_BYTES = 16 * 1024
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 GONE_STATES = ("shutting-down", "terminated")
-STATES = {  # EC2 instance states → the driver interface's words
-    "pending": "pending",
-    "running": "running",
-    "stopping": "stopping",
-    "stopped": "stopped",
-    "shutting-down": "terminated",
-    "terminated": "terminated",
+# EC2 instance states → the shared ones (EC2's own word is kept as details["ec2_state"]).
+STATE_MAP: dict[str, MachineState] = {
+    "pending": MachineState.PENDING,
+    "running": MachineState.RUNNING,
+    "stopping": MachineState.STOPPING,
+    "stopped": MachineState.STOPPED,
+    "shutting-down": MachineState.TERMINATED,
+    "terminated": MachineState.TERMINATED,
 }
 
 # Smallest size holding (vCPUs, GiB of memory), when a system names no instance-type.
@@ -559,6 +561,7 @@ class AwsDriver(Driver):
     SystemProps = AwsProps
     implemented = True
     transport = "ssh"
+    STATE_MAP = STATE_MAP
 
     @property
     def settings(self) -> AwsConfig:
@@ -774,7 +777,7 @@ class AwsDriver(Driver):
             details.update(extra)
         return MachineInfo(
             provider_id=instance["InstanceId"],
-            state=STATES.get(raw, raw or "unknown"),
+            state=STATE_MAP.get(raw, MachineState.UNKNOWN),
             system_id=self._ours(instance),
             hostname=tags.get(TAG_HOSTNAME) or tags.get("Name"),
             addresses=_addresses(instance),
@@ -1080,7 +1083,7 @@ class AwsDriver(Driver):
             instance = self._find(ec2, ref)
             if instance is None:
                 return MachineInfo(
-                    provider_id=ref.provider_id or "", state="missing", system_id=ref.system_id
+                    provider_id=ref.provider_id or "", state=MachineState.MISSING, system_id=ref.system_id
                 )
             return self._info(instance, region)
 

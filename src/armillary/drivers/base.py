@@ -14,16 +14,29 @@ once:
   succeeds; ``addresses(ref)``; ``list()`` — every machine the hypervisor holds, ours or not;
 * ``check()`` — test the connection and credentials.
 
-Failures raise ``DriverError`` saying whether they are ``transient`` (timeouts, 5xx, resets: the
-engine retries with backoff) or permanent (bad image, quota, auth: the job fails with the message).
+A machine's state is a :class:`MachineState` (the normalized words, like libcloud's ``NodeState``):
+each driver maps its provider's words through its ``STATE_MAP``.
+
+What the engine's transports need of a driver is public too (``engine.transports`` uses nothing else):
+``ssh_credentials()`` (how to log in to its machines over SSH), ``ssh_target(ref)`` (where a machine's
+sshd is, when the driver knows better than the system's address: the ssh driver) and
+``container_target(ref)`` (a machine's container and a client, for ``docker exec``: the docker driver).
+
+Failures raise ``DriverError`` (an ``armillary.failures.Failure``) saying whether they are ``transient``
+(timeouts, 5xx, resets: the engine retries with backoff) or permanent (bad image, quota, auth: the job
+fails with the message).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from armillary.failures import Failure, PermanentFailure, TransientFailure
 
 
 def secret(description: str, **kwargs: Any) -> Any:
@@ -65,22 +78,22 @@ class FreeFormProps(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class DriverError(Exception):
-    """A driver call failed; ``transient`` says whether retrying may help."""
+class DriverError(Failure):
+    """A driver call failed; ``transient`` says whether retrying may help.
+
+    A :class:`~armillary.failures.Failure`, so the engine classifies it without knowing drivers."""
 
     transient = False
 
     def __init__(self, message: str, *, transient: bool | None = None) -> None:
-        super().__init__(message)
-        if transient is not None:
-            self.transient = transient
+        super().__init__(message, transient=transient)
 
 
-class TransientDriverError(DriverError):
+class TransientDriverError(DriverError, TransientFailure):
     transient = True
 
 
-class PermanentDriverError(DriverError):
+class PermanentDriverError(DriverError, PermanentFailure):
     transient = False
 
 
@@ -104,21 +117,55 @@ class MachineSpec:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+class MachineState(StrEnum):
+    """A machine's state in the words every driver shares (like libcloud's ``NodeState``).
+
+    Each driver maps its provider's words through its ``STATE_MAP`` (provider word → ``MachineState``);
+    a word a driver does not know becomes ``UNKNOWN`` (the provider's own word stays in the machine's
+    details). A ``StrEnum``: a state compares equal to its word (``MachineState.RUNNING == "running"``)
+    and is written to JSON as that word.
+    """
+
+    PENDING = "pending"  # being made, or booting
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"  # being deleted, or deleted but still shown by the provider
+    ERROR = "error"  # crashed, or the provider lost track of it
+    MISSING = "missing"  # the hypervisor has no such machine
+    UNREACHABLE = "unreachable"  # may exist, but cannot be reached now (a machine the driver does not power)
+    UNKNOWN = "unknown"
+
+
 @dataclass
 class MachineInfo:
-    """What a hypervisor says about one machine."""
+    """What a hypervisor says about one machine.
+
+    ``state`` is a :class:`MachineState`; a plain word given instead is made one (a word that is not one
+    of them becomes ``UNKNOWN``, the word kept as ``details["provider_state"]``)."""
 
     provider_id: str
-    state: str  # "pending" | "running" | "stopped" | "missing" | driver-specific
+    state: MachineState
     system_id: int | None = None  # our tag on the machine; None means not ours (unmanaged)
     hostname: str | None = None
     addresses: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, MachineState):
+            word = self.state
+            try:
+                self.state = MachineState(word)
+            except ValueError:
+                self.state = MachineState.UNKNOWN
+                self.details = {**self.details, "provider_state": word}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "provider_id": self.provider_id,
-            "state": self.state,
+            "state": str(self.state),
             "system_id": self.system_id,
             "hostname": self.hostname,
             "addresses": list(self.addresses),
@@ -136,6 +183,46 @@ class MachineRef:
     props: dict[str, Any] | None = None
 
 
+# ---------------------------------------------------------------- what transports need from a driver
+
+
+@dataclass(frozen=True)
+class SshCredentials:
+    """How to log in to a driver's machines over SSH, from its hypervisor's settings (secrets decrypted).
+
+    ``user`` and ``port`` are the defaults for its machines (a system's own ``user`` comes first)."""
+
+    private_key: str | None = None
+    passphrase: str | None = None
+    password: str | None = None
+    user: str | None = None
+    port: int = 22
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where a machine's sshd is, as its driver knows it, and the host key it must present
+    (``host_key``: a ``SHA256:`` fingerprint; None: not known yet, recorded at the first contact)."""
+
+    host: str
+    port: int
+    user: str
+    host_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerTarget:
+    """A container to run commands in (the ``docker-exec`` transport): an open Docker SDK ``client``, the
+    container's id, its state in the provider's words (``"running"``, ``"exited"``...), and ``close`` to
+    call when done with the client."""
+
+    client: Any
+    container_id: str
+    state: str
+    close: Callable[[], None]
+
+
 class Driver:
     """Base class of every driver; subclasses set ``name``, ``Config`` and ``SystemProps``.
 
@@ -150,6 +237,8 @@ class Driver:
     SystemProps: ClassVar[type[BaseModel]] = FreeFormProps
     # Which transport reaches this driver's machines (used by provisioners): "ssh", "docker-exec", ...
     transport: ClassVar[str | None] = None
+    # The provider's words for a machine's state → the shared ones (see ``machine_state``).
+    STATE_MAP: ClassVar[Mapping[Any, MachineState]] = {}
     implemented: ClassVar[bool] = False
     # False only for the simulated driver: its machines exist in Armillary's database alone.
     real_machines: ClassVar[bool] = True
@@ -158,6 +247,12 @@ class Driver:
         self.config = config
         self.hypervisor_id = hypervisor_id
         self.runtime = runtime
+
+    @classmethod
+    def machine_state(cls, raw: Any) -> MachineState:
+        """The provider's word ``raw`` for a machine's state as a :class:`MachineState` (through
+        ``STATE_MAP``; ``UNKNOWN`` for a word it does not hold)."""
+        return cls.STATE_MAP.get(raw, MachineState.UNKNOWN)
 
     def _missing(self, operation: str) -> NotImplementedByDriver:
         return NotImplementedByDriver(f"the {self.name} driver cannot {operation} yet (its operations are not built)")
@@ -185,6 +280,39 @@ class Driver:
 
     def list(self) -> list[MachineInfo]:
         raise self._missing("list machines")
+
+    # ------------------------------------------------------------ for transports (``engine.transports``)
+
+    def ssh_credentials(self) -> SshCredentials | None:
+        """How to log in to this driver's machines over SSH; None when the hypervisor has no credentials.
+
+        The default reads the hypervisor settings ``ssh_private_key`` (with ``ssh_private_key_passphrase``)
+        and ``ssh_password``, and ``ssh_user``, ``ssh_port`` and ``ssh_connect_timeout``, for a driver whose
+        ``Config`` has such fields (libvirt's key reaches its host and its guests alike)."""
+        config = self.config
+        key = getattr(config, "ssh_private_key", None)
+        password = getattr(config, "ssh_password", None)
+        if not key and not password:
+            return None
+        return SshCredentials(
+            private_key=key,
+            passphrase=getattr(config, "ssh_private_key_passphrase", None),
+            password=password,
+            user=getattr(config, "ssh_user", None),
+            port=int(getattr(config, "ssh_port", None) or 22),
+            connect_timeout=float(getattr(config, "ssh_connect_timeout", None) or 10),
+        )
+
+    def ssh_target(self, ref: MachineRef) -> SshTarget | None:
+        """Where the ``ssh`` transport reaches ``ref``'s machine, when the driver itself knows (and has
+        checked that its credentials may go there: a refused host raises ``PermanentDriverError``, before
+        any connection). None (the default): at the system's first recorded address."""
+        return None
+
+    def container_target(self, ref: MachineRef) -> ContainerTarget | None:
+        """The container of ``ref``'s machine, with an open client, for the ``docker-exec`` transport; None
+        when the hypervisor holds no container of that system. Drivers of containers implement it."""
+        raise self._missing("hand out its containers")
 
     @classmethod
     def secret_fields(cls) -> set[str]:

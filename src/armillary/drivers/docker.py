@@ -48,11 +48,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from armillary.drivers.base import (
+    ContainerTarget,
     Driver,
     DriverError,
     MachineInfo,
     MachineRef,
     MachineSpec,
+    MachineState,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -68,18 +70,19 @@ LABEL_PREFIX = "armillary."
 SYSTEM_LABEL_PREFIX = "armillary.label."
 
 # Container states (Docker's, and podman's through its compatible API) in the driver interface's words.
-STATES = {
-    "running": "running",
-    "created": "pending",
-    "configured": "pending",
-    "initialized": "pending",
-    "restarting": "pending",
-    "paused": "paused",
-    "exited": "stopped",
-    "stopped": "stopped",
-    "stopping": "stopped",
-    "removing": "terminated",
-    "dead": "error",
+# A word not here (podman's "unknown") is UNKNOWN; the word itself is kept as details["container_state"].
+STATE_MAP: dict[str, MachineState] = {
+    "running": MachineState.RUNNING,
+    "created": MachineState.PENDING,
+    "configured": MachineState.PENDING,
+    "initialized": MachineState.PENDING,
+    "restarting": MachineState.PENDING,
+    "paused": MachineState.PAUSED,
+    "exited": MachineState.STOPPED,
+    "stopped": MachineState.STOPPED,
+    "stopping": MachineState.STOPPED,
+    "removing": MachineState.TERMINATED,
+    "dead": MachineState.ERROR,
 }
 
 # Daemon messages that no retry will fix, whatever the HTTP status (podman answers many with a 500).
@@ -327,6 +330,7 @@ class DockerDriver(Driver):
     SystemProps = DockerProps
     implemented = True
     transport = "docker-exec"
+    STATE_MAP = STATE_MAP
 
     @property
     def settings(self) -> DockerConfig:
@@ -532,7 +536,7 @@ class DockerDriver(Driver):
             container = self._find(client, ref)
             if container is None:
                 return MachineInfo(
-                    provider_id=ref.provider_id or "", state="missing", system_id=ref.system_id
+                    provider_id=ref.provider_id or "", state=MachineState.MISSING, system_id=ref.system_id
                 )
             return _info(container.attrs)
 
@@ -571,6 +575,20 @@ class DockerDriver(Driver):
     def list(self) -> list[MachineInfo]:
         with self._connect("list containers") as client:
             return [_summary_info(row) for row in client.api.containers(all=True)]
+
+    # ------------------------------------------------------------ for transports
+
+    def container_target(self, ref: MachineRef) -> ContainerTarget | None:
+        """The system's container (by provider id, else by name; only one tagged with the system's id) with
+        a client left open for ``docker exec``; None when there is none. Failures are classified as ever."""
+        with ExitStack() as stack:
+            client = stack.enter_context(self._connect(f"find container {container_name(ref.system_id)}"))
+            container = self._find(client, ref)
+            if container is None:
+                return None
+            state = ((container.attrs.get("State") or {}).get("Status") or "unknown").lower()
+            kept = stack.pop_all()  # the client outlives this call: the caller closes it
+        return ContainerTarget(client=client, container_id=container.id, state=state, close=kept.close)
 
     # ------------------------------------------------------------ helpers
 
@@ -773,7 +791,7 @@ def _info(attrs: dict[str, Any]) -> MachineInfo:
     networks = settings.get("Networks") or {}
     return MachineInfo(
         provider_id=attrs["Id"],
-        state=STATES.get(raw, raw or "unknown"),
+        state=STATE_MAP.get(raw, MachineState.UNKNOWN),
         system_id=_system_id(attrs),
         hostname=labels.get(LABEL_HOSTNAME) or config.get("Hostname"),
         addresses=_addresses(networks, settings),
@@ -797,7 +815,7 @@ def _summary_info(row: dict[str, Any]) -> MachineInfo:
     names = [n.lstrip("/") for n in row.get("Names") or []]
     return MachineInfo(
         provider_id=row["Id"],
-        state=STATES.get(raw, raw or "unknown"),
+        state=STATE_MAP.get(raw, MachineState.UNKNOWN),
         system_id=_system_id({"Labels": labels}),
         hostname=labels.get(LABEL_HOSTNAME),
         addresses=_addresses(networks),

@@ -95,6 +95,7 @@ from armillary.drivers.base import (
     MachineInfo,
     MachineRef,
     MachineSpec,
+    MachineState,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -556,15 +557,15 @@ def _volume_xml(name: str, capacity: int, fmt: str, backing: tuple[str, str] | N
 
 # ---------------------------------------------------------------- the driver
 
-_STATES = {  # virDomainState → Armillary's machine states
-    0: "pending",  # NOSTATE
-    1: "running",  # RUNNING
-    2: "running",  # BLOCKED (running, waiting on a resource)
-    3: "paused",  # PAUSED
-    4: "stopping",  # SHUTDOWN (being shut down)
-    5: "stopped",  # SHUTOFF
-    6: "error",  # CRASHED
-    7: "suspended",  # PMSUSPENDED
+STATE_MAP: dict[int, MachineState] = {  # virDomainState → the shared machine states
+    0: MachineState.PENDING,  # NOSTATE
+    1: MachineState.RUNNING,  # RUNNING
+    2: MachineState.RUNNING,  # BLOCKED (running, waiting on a resource)
+    3: MachineState.PAUSED,  # PAUSED
+    4: MachineState.STOPPING,  # SHUTDOWN (being shut down)
+    5: MachineState.STOPPED,  # SHUTOFF
+    6: MachineState.ERROR,  # CRASHED
+    7: MachineState.SUSPENDED,  # PMSUSPENDED
 }
 
 
@@ -575,6 +576,7 @@ class LibvirtDriver(Driver):
     SystemProps = LibvirtProps
     transport = "ssh"
     implemented = True
+    STATE_MAP = STATE_MAP
 
     # ------------------------------------------------------------ plumbing
 
@@ -671,7 +673,7 @@ class LibvirtDriver(Driver):
 
     def _info(self, domain: Any, root: ET.Element, *, quick: bool = False) -> MachineInfo:
         state_code = domain.state()[0]
-        state = _STATES.get(state_code, f"libvirt-state-{state_code}")
+        state = STATE_MAP.get(state_code, MachineState.UNKNOWN)
         tag = _tag(root)
         details: dict[str, Any] = {
             "name": domain.name(),
@@ -679,6 +681,8 @@ class LibvirtDriver(Driver):
             "domain_type": root.get("type"),
             "disks": [f"{pool}/{volume}" for pool, volume in _disk_volumes(root)],
         }
+        if state is MachineState.UNKNOWN:
+            details["libvirt_state"] = state_code  # a virDomainState newer than this driver
         if tag is not None and tag.get("environment"):
             details["environment"] = tag["environment"]
         return MachineInfo(
@@ -691,8 +695,8 @@ class LibvirtDriver(Driver):
         )
 
     def _gone(self, ref: MachineRef) -> MachineInfo:
-        return MachineInfo(provider_id=ref.provider_id or domain_name(ref.system_id), state="missing",
-                           system_id=ref.system_id)
+        return MachineInfo(provider_id=ref.provider_id or domain_name(ref.system_id),
+                           state=MachineState.MISSING, system_id=ref.system_id)
 
     # ------------------------------------------------------------ the interface
 

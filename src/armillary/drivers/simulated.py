@@ -29,6 +29,7 @@ from armillary.drivers.base import (
     MachineInfo,
     MachineRef,
     MachineSpec,
+    MachineState,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -71,6 +72,10 @@ class SimulatedDriver(Driver):
     implemented = True
     real_machines = False
     transport = None
+    # The words of the simulated_machines table's state column.
+    STATE_MAP = {
+        "pending": MachineState.PENDING, "running": MachineState.RUNNING, "stopped": MachineState.STOPPED,
+    }
 
     # ------------------------------------------------------------ behaviour knobs
 
@@ -103,7 +108,7 @@ class SimulatedDriver(Driver):
         """``machine``: a ``SimulatedMachine``, or a row or namespace with its columns."""
         return MachineInfo(
             provider_id=f"sim-{machine.id}",
-            state=machine.state,
+            state=self.machine_state(machine.state),
             system_id=machine.system_id,
             hostname=machine.hostname,
             addresses=[machine.address],
@@ -147,7 +152,8 @@ class SimulatedDriver(Driver):
         with self._session() as session:
             machine = self._find(session, ref)
             if machine is None:
-                return MachineInfo(provider_id=ref.provider_id or "", state="missing", system_id=ref.system_id)
+                return MachineInfo(provider_id=ref.provider_id or "", state=MachineState.MISSING,
+                                   system_id=ref.system_id)
             left = machine.spec.get("boot_calls_left", 0)
             if machine.state == "pending":
                 if left <= 1:

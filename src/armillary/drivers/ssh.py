@@ -76,7 +76,7 @@ import shlex
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -86,7 +86,10 @@ from armillary.drivers.base import (
     MachineInfo,
     MachineRef,
     MachineSpec,
+    MachineState,
     PermanentDriverError,
+    SshCredentials,
+    SshTarget,
     StrictModel,
     TransientDriverError,
     operator_only,
@@ -349,6 +352,9 @@ class SshDriver(Driver):
     SystemProps = SshProps
     implemented = True
     transport = "ssh"
+    # No provider words to map: a machine answers (RUNNING), cannot be reached now (UNREACHABLE), or none
+    # is recorded (MISSING).
+    STATE_MAP: ClassVar[dict[str, MachineState]] = {}
 
     # ------------------------------------------------------------ the interface
 
@@ -387,7 +393,7 @@ class SshDriver(Driver):
 
     def status(self, ref: MachineRef) -> MachineInfo:
         if not ref.provider_id:
-            return MachineInfo(provider_id="", state="missing", system_id=ref.system_id)
+            return MachineInfo(provider_id="", state=MachineState.MISSING, system_id=ref.system_id)
         target = Target.parse(ref.provider_id)
         try:
             return self._run(self._reach(ref, target))
@@ -397,7 +403,7 @@ class SshDriver(Driver):
             literal = target.literal_address()
             return MachineInfo(
                 provider_id=ref.provider_id,
-                state="unreachable",
+                state=MachineState.UNREACHABLE,
                 system_id=ref.system_id,
                 addresses=[literal] if literal else [],
                 details={**self._where(target), "unreachable": str(exc)},
@@ -444,6 +450,31 @@ class SshDriver(Driver):
         """Always empty: the hypervisor is credentials only, with no inventory of machines to read."""
         return []
 
+    # ------------------------------------------------------------ for transports
+
+    def ssh_credentials(self) -> SshCredentials | None:
+        """The hypervisor's ``private_key`` (with its passphrase) or ``password``; its default user, port."""
+        config = self._config
+        if not config.private_key and not config.password:
+            return None
+        return SshCredentials(
+            private_key=config.private_key,
+            passphrase=config.private_key_passphrase,
+            password=config.password,
+            user=config.default_user,
+            port=config.port,
+            connect_timeout=float(config.connect_timeout),
+        )
+
+    def ssh_target(self, ref: MachineRef) -> SshTarget:
+        """The machine recorded in the provider id, with the host key recorded there — once ``trusted``
+        has allowed the host (a refused one raises ``PermanentDriverError``; no connection is made)."""
+        if not ref.provider_id:
+            raise PermanentDriverError("no machine is recorded for this system: create it first")
+        target = Target.parse(ref.provider_id)
+        self.trusted(target)
+        return SshTarget(host=target.host, port=target.port, user=target.user, host_key=target.fingerprint)
+
     # ------------------------------------------------------------ operations (async)
 
     async def _create(self, spec: MachineSpec, target: Target) -> MachineInfo:
@@ -459,7 +490,7 @@ class SshDriver(Driver):
         facts = parse_facts(output)
         return MachineInfo(
             provider_id=target.provider_id(fingerprint),
-            state="running",
+            state=MachineState.RUNNING,
             system_id=spec.system_id,
             hostname=spec.hostname,
             addresses=[address] if address else [],
@@ -479,7 +510,7 @@ class SshDriver(Driver):
             address = self._peer_address(conn, target)
         return MachineInfo(
             provider_id=ref.provider_id or "",
-            state="running",
+            state=MachineState.RUNNING,
             system_id=ref.system_id,
             addresses=[address] if address else [],
             details={

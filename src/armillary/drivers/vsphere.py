@@ -115,6 +115,7 @@ from armillary.drivers.base import (
     MachineInfo,
     MachineRef,
     MachineSpec,
+    MachineState,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -672,17 +673,27 @@ _INFO_PATHS = [
 ]
 _LIST_PATHS = ["name", "config.template", "config.extraConfig", "config.instanceUuid", "runtime.powerState",
                "runtime.connectionState", "guest.ipAddress"]
-_POWER = {"poweredOn": "running", "poweredOff": "stopped", "suspended": "suspended"}
+# A VM's power state → the shared machine states (vCenter's word is kept as details["power_state"]).
+STATE_MAP: dict[str, MachineState] = {
+    "poweredOn": MachineState.RUNNING,
+    "poweredOff": MachineState.STOPPED,
+    "suspended": MachineState.SUSPENDED,
+}
+# A VM's connection state, when it says more than its power state does (the rest: "connected").
+CONNECTION_STATE_MAP: dict[str, MachineState] = {
+    "orphaned": MachineState.ERROR,
+    "inaccessible": MachineState.ERROR,
+    "invalid": MachineState.ERROR,
+    "disconnected": MachineState.UNKNOWN,
+    "notResponding": MachineState.UNKNOWN,
+}
 
 
-def _base_state(props: dict[str, Any]) -> str:
-    connection = props.get("runtime.connectionState")
-    if connection in ("orphaned", "inaccessible", "invalid"):
-        return "error"
-    if connection in ("disconnected", "notResponding"):
-        return "unknown"
-    power = str(props.get("runtime.powerState") or "")
-    return _POWER.get(power, f"vsphere-{power}" if power else "unknown")
+def _base_state(props: dict[str, Any]) -> MachineState:
+    connection = CONNECTION_STATE_MAP.get(str(props.get("runtime.connectionState") or ""))
+    if connection is not None:
+        return connection
+    return STATE_MAP.get(str(props.get("runtime.powerState") or ""), MachineState.UNKNOWN)
 
 
 def _moid(obj: Any) -> str:
@@ -698,6 +709,7 @@ class VsphereDriver(Driver):
     Config = VsphereConfig
     SystemProps = VsphereProps
     transport = "ssh"
+    STATE_MAP = STATE_MAP
     implemented = True
 
     # ------------------------------------------------------------ plumbing
@@ -971,7 +983,7 @@ class VsphereDriver(Driver):
         state = _base_state(props)
         addresses = _addresses(props) if state == "running" else []
         if state == "running" and not addresses and self._booting(si, props):
-            state = "pending"
+            state = MachineState.PENDING
         details: dict[str, Any] = {
             "name": props.get("name"),
             "moref": _moid(vm),
@@ -1008,8 +1020,8 @@ class VsphereDriver(Driver):
         return (now - boot).total_seconds() < self._config.guest_ip_timeout_s
 
     def _gone(self, ref: MachineRef) -> MachineInfo:
-        return MachineInfo(provider_id=ref.provider_id or vm_name(ref.system_id), state="missing",
-                           system_id=ref.system_id)
+        return MachineInfo(provider_id=ref.provider_id or vm_name(ref.system_id),
+                           state=MachineState.MISSING, system_id=ref.system_id)
 
     # ------------------------------------------------------------ making the VM the system's
 

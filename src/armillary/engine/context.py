@@ -1,4 +1,4 @@
-"""The view a step has of its job: the context (clipboard), its target, a log, and its driver."""
+"""The view a step has of its job: the context (clipboard), its target, a log, its driver and transport."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from armillary.drivers.base import Driver, MachineRef, MachineSpec, PermanentDri
 from armillary.drivers.registry import UnknownDriver, get_driver
 from armillary.engine.events import insert_event
 from armillary.engine.runtime import Runtime
+from armillary.engine.transports import transport_for
+from armillary.remote.base import Transport
 
 _systems = System.__table__
 # Statements built once (building and keying a statement costs more than SQLite takes to run it).
@@ -110,6 +112,11 @@ class StepContext:
         except ValidationError as exc:
             raise PermanentDriverError(f"hypervisor {hypervisor.name}: invalid settings: {exc}") from None
         return driver_cls(config, hypervisor_id=hypervisor.id, runtime=self.runtime)
+
+    def transport(self, system: System) -> Transport:
+        """The transport that reaches the system's machine (``engine.transports.transport_for``; close it
+        after use: it is a context manager)."""
+        return transport_for(self, system)
 
     @staticmethod
     def machine_spec(system: System) -> MachineSpec:

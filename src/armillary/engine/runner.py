@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
 from armillary.engine.context import StepContext
-from armillary.engine.errors import PermanentStepError, StepTimeout, is_transient
 from armillary.engine.events import insert_event
 from armillary.engine.leases import claim_step, release_step_lease
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import get_workflow
+from armillary.failures import PermanentFailure, TimedOut, is_transient
 from armillary.logs import request_id_var
 from armillary.redaction import redact_data, redact_text
 
@@ -149,7 +149,7 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
             json.dumps(result)
             box["result"] = result
         except TypeError as exc:
-            box["error"] = PermanentStepError(f"step returned data that is not JSON: {exc}")
+            box["error"] = PermanentFailure(f"step returned data that is not JSON: {exc}")
         except BaseException as exc:  # noqa: BLE001 - every failure becomes the step's outcome
             box["error"] = exc
 
@@ -157,7 +157,7 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        return {}, StepTimeout(f"{ctx.step} timed out after {timeout_s:g}s")
+        return {}, TimedOut(f"{ctx.step} timed out after {timeout_s:g}s")
     return box.get("result", {}), box.get("error")
 
 
@@ -232,12 +232,13 @@ def _expire_job(session: Session, job: Job) -> None:
             session.expire(obj)
 
 
-def _bulk_summary(context: dict[str, Any]) -> dict[str, Any]:
-    """Per-host ✔/✗ of a bulk job, from the results its batches put in the context."""
-    hosts = {host: result["status"] for key, batch in sorted(context.items()) if key.startswith("batch_")
-             for host, result in batch.items()}
-    failed = sum(1 for status in hosts.values() if status != JobStatus.SUCCEEDED.value)
-    return {"hosts": hosts, "succeeded": len(hosts) - failed, "failed": failed}
+def _workflow_summary(workflow: str, context: dict[str, Any]) -> dict[str, Any] | None:
+    """The workflow's own summary of a job without a system (a bulk job's per-host ✔/✗), if it makes one."""
+    try:
+        summarize = get_workflow(workflow).summarize
+    except LookupError:  # a workflow this process does not know: the summary stays as it was
+        return None
+    return summarize(context) if summarize is not None else None
 
 
 def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStatus, error: str | None = None) -> None:
@@ -257,8 +258,9 @@ def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStat
         if state:
             conn.execute(_SYSTEM_STATE, {"b_system_id": job.system_id, "b_state": state, "b_now": now})
         summary = {**(summary or {}), "hosts": {hostname: status.value}}
-    elif any(key.startswith("batch_") for key in context):
-        summary = _bulk_summary(context)
+    else:
+        made = _workflow_summary(job.workflow, context)
+        summary = summary if made is None else made
     error, summary = redact_text(error) if error else error, redact_data(summary) if summary else summary
     conn.execute(_JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
                               "b_summary": summary})

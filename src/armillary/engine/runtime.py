@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from armillary.config import Settings
 from armillary.domain.db import Database
 from armillary.domain.secrets import SecretBox
 
@@ -32,3 +33,7 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)
     # The server's data directory (uploaded deploy sources live in <data_dir>/sources); None: not known here.
     data_dir: Path | None = None
+    # The process's settings (``config.Settings``), set by whoever builds the engine (``api.app``); steps
+    # read what they need from here (e.g. ``armillary.sources.Roots.from_settings(ctx.runtime.settings)``),
+    # never from the environment. None: not known here (tests that build a bare engine).
+    settings: Settings | None = None

@@ -2,7 +2,9 @@
 
 * The dispatcher hands due, queued steps to the executor, gives locks to jobs queued behind
   other jobs, cancels jobs whose cancel was asked for, and fires due schedules. It runs on a short
-  poll and is woken at once when something changes in this process.
+  poll and is woken at once when something changes in this process. A schedule's job is started by
+  the installed workflow plugin that starts schedules' jobs (``scheduled_job_starter``: bulk's, a bulk
+  job over the schedule's selection); the engine itself knows no workflow.
 * The heartbeat renews the leases of the steps this process runs (and their jobs' locks).
 * The reaper finds steps whose lease expired — their worker died or stalled — and retries them
   (when attempts remain) or fails them. Nothing is wiped at start-up: queued work is recovered.
@@ -26,6 +28,7 @@ from armillary.engine.events import emit
 from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
 from armillary.engine.runner import finish_job
 from armillary.engine.runtime import Runtime
+from armillary.engine.workflows import load_workflows, scheduled_job_starter
 
 log = logging.getLogger("armillary.engine")
 
@@ -72,6 +75,9 @@ class Engine:
     # ------------------------------------------------------------ life
 
     def start(self) -> None:
+        load_workflows()  # the installed workflows (entry points of armillary.workflows), loaded once
+        if scheduled_job_starter() is None:
+            log.warning("no installed workflow starts the jobs of schedules: schedules will not fire")
         for name, target in (("dispatcher", self._dispatch_loop), ("heartbeat", self._heartbeat_loop)):
             thread = threading.Thread(target=target, name=f"armillary-{name}", daemon=True)
             thread.start()
@@ -135,7 +141,9 @@ class Engine:
             self.grant_waiting_locks()
             for job_id in cancel.cancellable_jobs(self.runtime):
                 cancel.cancel_now(self.runtime, job_id)
-            schedules.fire_due(self.runtime, _start_scheduled)
+            starter = scheduled_job_starter()
+            if starter is not None:  # none: no installed workflow starts schedules' jobs (said at start)
+                schedules.fire_due(self.runtime, starter)
         self.dispatch_due()
 
     def dispatch_due(self) -> int:
@@ -195,15 +203,6 @@ class Engine:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s}s")
             time.sleep(0.05)
-
-
-def _start_scheduled(session, spec: dict, request_id: str) -> Job:
-    from armillary.domain.job_schemas import JobSpec
-    from armillary.engine.selection import start_from_spec
-
-    # Schedules are made by admins; their jobs act with an admin's authority, as the schedule.
-    actor = {"user_id": None, "name": request_id, "admin": True}
-    return start_from_spec(session, JobSpec.model_validate(spec), request_id=request_id, actor=actor)
 
 
 __all__ = ["Engine"]

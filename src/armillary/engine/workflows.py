@@ -4,18 +4,54 @@ A step function receives a ``StepContext`` (the job's context, the "clipboard", 
 and returns a mapping it adds to that context. ``depends_on`` makes the graph; steps with no
 dependency between them may run in parallel. ``compensate`` undoes a completed step when its
 job is cancelled.
+
+This module is the machinery only; what jobs do lives in ``armillary.workflows`` (lifecycle, bulk,
+deploy) and in third-party packages. Workflows are plugins of the entry-point group
+``armillary.workflows`` (``armillary.plugins.Registry``), loaded once, on first use (``get_workflow``)
+or when the engine starts (``load_workflows``) — the engine never imports a workflow module. An entry
+point names a ``Workflow``, a ``WorkflowFamily``, or a list or tuple of them (one package, several
+workflows)::
+
+    [project.entry-points."armillary.workflows"]
+    lifecycle = "armillary.workflows.lifecycle:WORKFLOWS"
+
+``register(workflow)`` adds (or replaces) one by hand: tests, or a workflow made at run time.
+
+A ``WorkflowFamily`` makes workflows from their names on first use (``bulk-3``: a bulk job of three
+batches). The family whose ``start_scheduled`` is set starts the jobs of schedules
+(``scheduled_job_starter``; bulk's: a bulk job over the schedule's selection).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from armillary.plugins import Registry, UnknownPlugin
+
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from armillary.domain.jobs import Job
     from armillary.engine.context import StepContext
 
+log = logging.getLogger("armillary.engine")
+
+ENTRY_POINT_GROUP = "armillary.workflows"
+
 StepFn = Callable[["StepContext"], dict[str, Any] | None]
+# A job's context → its summary (per-host ✔/✗...), or None to leave the summary as it is.
+Summarizer = Callable[[dict[str, Any]], dict[str, Any] | None]
+# (session, a schedule's job spec, the schedule's request id) → the job it started, in that session.
+ScheduledStarter = Callable[["Session", dict[str, Any], str], "Job"]
+
+
+class WorkflowPlugin:
+    """What an entry point of ``armillary.workflows`` provides: a ``Workflow`` or a ``WorkflowFamily``."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -30,12 +66,14 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
-class Workflow:
+class Workflow(WorkflowPlugin):
     name: str
     steps: Sequence[StepSpec]
     # State a system is left in when the job fails (None: leave it as the steps left it).
     failure_state: str | None = "error"
     description: str = ""
+    # The summary of a job without a system when it ends, from its context (None: the engine's default).
+    summarize: Summarizer | None = field(default=None, compare=False)
     _by_name: dict[str, StepSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,28 +118,71 @@ def check_acyclic(graph: dict[str, list[str]]) -> None:
             visit(node)
 
 
-_REGISTRY: dict[str, Workflow] = {}
+@dataclass(frozen=True)
+class WorkflowFamily(WorkflowPlugin):
+    """Workflows made on first use from their names, ``<name>-<suffix>``: ``make(suffix)`` builds the
+    workflow of that name (None: no such member). ``start_scheduled``, when set, starts a schedule's job."""
+
+    name: str
+    make: Callable[[str], Workflow | None]
+    description: str = ""
+    start_scheduled: ScheduledStarter | None = field(default=None, compare=False)
+
+    def member(self, name: str) -> Workflow | None:
+        prefix = f"{self.name}-"
+        if not name.startswith(prefix):
+            return None
+        made = self.make(name[len(prefix):])
+        if made is not None and made.name != name:
+            raise ValueError(f"workflow family {self.name} made {made.name!r} for {name!r}")
+        return made
+
+
+_REGISTRY: Registry[WorkflowPlugin] = Registry("workflow", ENTRY_POINT_GROUP, WorkflowPlugin)
+
+
+def load_workflows() -> dict[str, WorkflowPlugin]:
+    """Load the installed workflows (once; later calls return them): the engine's start-up."""
+    plugins = _REGISTRY.all()
+    for name, why in _REGISTRY.broken().items():
+        log.warning("workflow plugin %s is not available: %s", name, why)
+    return plugins
+
+
+def broken_workflows() -> dict[str, str]:
+    """Workflow plugins that are installed but failed to load, with why."""
+    return _REGISTRY.broken()
 
 
 def register(workflow: Workflow) -> Workflow:
-    _REGISTRY[workflow.name] = workflow
+    """Add a workflow by hand (replacing one of that name): tests, or workflows made at run time."""
+    _REGISTRY.add(workflow.name, workflow)
     return workflow
 
 
 def get_workflow(name: str) -> Workflow:
-    if name not in _REGISTRY:
-        # Not "if the registry is empty": a bulk-N workflow registered first must not hide the built-ins.
-        _load_builtin()
-    if name not in _REGISTRY and name.startswith("bulk-") and name[5:].isdigit():
-        from armillary.engine.bulk import bulk_workflow
-
-        bulk_workflow(int(name[5:]))
-    return _REGISTRY[name]
+    """The workflow ``name``: registered, installed, or made by its family. ``UnknownPlugin`` (a
+    ``LookupError``) when there is none."""
+    plugins = _REGISTRY.all()
+    found = plugins.get(name)
+    if isinstance(found, Workflow):
+        return found
+    for plugin in list(plugins.values()):
+        if isinstance(plugin, WorkflowFamily):
+            made = plugin.member(name)
+            if made is not None:
+                return register(made)
+    known = [n for n, p in plugins.items() if isinstance(p, Workflow)]
+    raise UnknownPlugin("workflow", name, known, _REGISTRY.broken())
 
 
 def is_registered(name: str) -> bool:
-    return name in _REGISTRY
+    return isinstance(_REGISTRY.all().get(name), Workflow)
 
 
-def _load_builtin() -> None:
-    from armillary.engine import bulk, lifecycle  # noqa: F401  (their module bodies register workflows)
+def scheduled_job_starter() -> ScheduledStarter | None:
+    """What starts a schedule's job: the ``start_scheduled`` of the first family (by name) that has one."""
+    for plugin in load_workflows().values():
+        if isinstance(plugin, WorkflowFamily) and plugin.start_scheduled is not None:
+            return plugin.start_scheduled
+    return None

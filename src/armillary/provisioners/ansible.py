@@ -20,18 +20,20 @@ A type's provisioner spec (``provisioner: {kind: ansible, spec: ...}``)::
 At least one of ``playbook`` and ``roles``. A string ``playbook`` is short for ``{"path": ...}``.
 
 Where the playbook comes from
-    * ``path``: a file under the control host's playbooks directory (the environment variable
-      ``ARMILLARY_PLAYBOOKS_DIR`` of the server; without it, ``path`` playbooks are refused). A path
+    * ``path``: a file under the control host's playbooks directory (the server setting
+      ``ARMILLARY_PLAYBOOKS_DIR``, ``config.Settings.playbooks_dir``, handed down as
+      ``armillary.sources.Roots``; without it, ``path`` playbooks are refused). A path
       never escapes that directory, symlinks included (checked when the type is saved for ``..`` and
       absolute paths, and again at run time after resolving links);
     * ``inline``: the playbook's YAML text, written into the run's private directory;
     * ``git``: a repository URL (``https://``, ``http://``, ``ssh://``, ``git://``, ``file://`` or scp-like
       ``user@host:path``; git's other transports, such as ``ext::``, are refused) with an optional
-      ``ref`` (a branch or tag: ``git clone --depth 1 --branch <ref>``; a full 40-hex commit id:
-      ``git fetch --depth 1 origin <id>``, which the server must allow; none: the remote's default
-      branch) and the playbook's ``path`` inside the checkout (default ``site.yml``; never escaping it).
-      The clone is made in the run's private directory and removed with it. No credentials are
-      handed to git: a private repository needs access configured for the server's user.
+      ``ref`` (a branch or tag: ``git clone --depth 1 --branch <ref>``; a commit id: a full clone,
+      checked out detached; none: the remote's default branch) and the playbook's ``path`` inside the
+      checkout (default ``site.yml``; never escaping it), cloned by ``armillary.sources.clone``. A
+      ``file://`` repository may be anywhere on the control host (salt and deploy confine theirs to
+      their directory). The clone is made in the run's private directory and removed with it. No
+      credentials are handed to git: a private repository needs access configured for the server's user.
 
 ``roles`` are played, after the playbook when there is one, by one generated play
 (``hosts: all``, ``gather_facts`` as given, ``become`` as given). Roles are found (``ANSIBLE_ROLES_PATH``)
@@ -52,8 +54,8 @@ Variables (Ansible *extra vars*, the strongest precedence in Ansible)
     ``armillary_job_id`` are added.
 
 The inventory Armillary generates
-    one host, named by the system's hostname, reached as the system's transport would reach it
-    (``armillary.engine.transports``): for the ``ssh`` transport the same host, port, user and
+    one host, named by the system's hostname, reached as the system's transport (the one the caller's
+    ``connect`` opens) would reach it: for the ``ssh`` transport the same host, port, user and
     private key (decrypted with its passphrase when it has one; password-only credentials are refused,
     as Ansible would need ``sshpass``); the key is written to a 0600 file in a private (0700) per-run
     directory, removed afterwards whatever happens. The host key is **pinned**: before Ansible runs,
@@ -97,26 +99,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from armillary.engine.errors import PermanentStepError, TransientStepError
-from armillary.provisioners.base import Provisioner
+from armillary.failures import PermanentFailure, TransientFailure
+from armillary.provisioners.base import DEADLINE_MARGIN_S, Connect, LogLimit, Provisioner, Run
 from armillary.provisioners.script import env_name
+from armillary.remote.ssh import SshTransport
+from armillary.sources import GIT_TIMEOUT_S, Root, Roots, clone, safe_url
 
-PLAYBOOKS_DIR_ENV = "ARMILLARY_PLAYBOOKS_DIR"
+PLAYBOOKS_DIR_ENV = "ARMILLARY_PLAYBOOKS_DIR"  # the setting (config.Settings.playbooks_dir)
 PYTHON_INTERPRETER = "/usr/bin/python3"
 MAX_INLINE_BYTES = 4 * 1024 * 1024
-DEADLINE_MARGIN_S = 5.0
-GIT_TIMEOUT_S = 300.0
-MAX_LOGGED_LINES = 20000
 MAX_MSG_CHARS = 2000
 TAIL_LINES = 40
-ALLOWED_GIT_PROTOCOLS = "file:git:http:https:ssh"
 _GIT_URL = re.compile(r"^(?:(?:https?|ssh|git|file)://\S+|[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:\S+)$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REF = re.compile(r"^[A-Za-z0-9._/+-]+$")
 _ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _BECOME_KEY = re.compile(r"^ansible_become")
@@ -291,13 +291,33 @@ def build_extra_vars(
 # ---------------------------------------------------------------- the provisioner
 
 
+@dataclass
+class AnsibleRun(Run[AnsibleSpec]):
+    """A run, with the playbook given already on the control host (``run_playbook``) or to be found."""
+
+    given: tuple[Path, list[Path]] | None = None
+
+
+@dataclass
+class Prepared:
+    """What the run needs on the control host: the tools, the private directory, the playbook, the vars;
+    then (once connected) the inventory and Ansible's environment."""
+
+    binary: str
+    ansible_runner: Any
+    extra_vars: dict[str, Any]
+    work: Path
+    playbook: Path
+    roles_path: list[Path]
+    inventory: Path | None = None
+    envvars: dict[str, str] = field(default_factory=dict)
+
+
 class AnsibleProvisioner(Provisioner):
     name: ClassVar[str] = "ansible"
     Spec = AnsibleSpec
-
-    def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        parsed = self.validate_spec(spec)
-        return self._run(ctx, system, parsed, variables, lambda work: self._playbook(ctx, parsed, work))
+    # Ansible ships its modules itself (into its own remote_tmp): no per-job directory of ours.
+    remote_workdir: ClassVar[bool] = False
 
     def run_playbook(
         self,
@@ -306,6 +326,7 @@ class AnsibleProvisioner(Provisioner):
         playbook: Path,
         variables: dict[str, Any],
         *,
+        connect: Connect,
         extra_vars: dict[str, Any] | None = None,
         remote_tmp: str | None = None,
         timeout: float | None = None,
@@ -313,23 +334,39 @@ class AnsibleProvisioner(Provisioner):
         """Run a playbook file already on the control host (e.g. one shipped in a deployed release)
         against ``system``, exactly as ``run`` runs a spec's playbook: same inventory and pinned host
         key, generated configuration, extra vars (``variables``, then ``extra_vars`` on top), live log and
-        outcome. Roles are found in ``roles/`` next to the playbook."""
+        outcome. Roles are found in ``roles/`` next to the playbook. ``connect`` opens the transport
+        reaching the system (as for ``run``)."""
         parsed = self.validate_spec(
-            {"playbook": {"path": playbook.name}, "extra_vars": extra_vars or {}, "remote_tmp": remote_tmp,
-             "timeout": timeout}
+            {
+                "playbook": {"path": playbook.name},
+                "extra_vars": extra_vars or {},
+                "remote_tmp": remote_tmp,
+                "timeout": timeout,
+            }
         )
-        return self._run(ctx, system, parsed, variables, lambda work: (playbook, [playbook.parent / "roles"]))
+        return self.execute(
+            AnsibleRun(
+                ctx,
+                system,
+                parsed,
+                variables,
+                Roots(),
+                connect,
+                given=(playbook, [playbook.parent / "roles"]),
+            )
+        )
 
-    def _run(
-        self, ctx: Any, system: Any, parsed: AnsibleSpec, variables: dict[str, Any], resolve: Any
-    ) -> dict[str, Any]:
+    # ------------------------------------------------------------ the hooks of the run sequence
+
+    def prepare(self, run: Run[AnsibleSpec]) -> Prepared:
+        ctx, system, parsed = run.ctx, run.system, run.spec
         binary = _ansible_playbook()
         try:
             import ansible_runner  # type: ignore[import-untyped]
         except ImportError:
-            raise PermanentStepError("ansible-runner is not installed on the server") from None
+            raise PermanentFailure("ansible-runner is not installed on the server") from None
 
-        extra_vars, collisions, dropped = build_extra_vars(variables, parsed.extra_vars)
+        extra_vars, collisions, dropped = build_extra_vars(run.variables, parsed.extra_vars)
         for collision in collisions:
             ctx.log(f"variables {collision}; the later one is used", level="warning")
         if dropped:
@@ -345,43 +382,60 @@ class AnsibleProvisioner(Provisioner):
         )
 
         work = Path(tempfile.mkdtemp(prefix=f"armillary-ansible-job{ctx.job_id}-"))  # mode 0700
-        try:
-            playbook, roles_path = resolve(work)
-            host_vars = self._connection(ctx, system, work)
-            if parsed.remote_tmp:
-                host_vars["ansible_remote_tmp"] = parsed.remote_tmp
-            inventory = work / "inventory.json"
-            inventory.write_text(json.dumps({"all": {"hosts": {system.hostname: host_vars}}}))
-            config = work / "ansible.cfg"
-            config.write_text("[defaults]\nretry_files_enabled = False\n")
-            (work / "tmp").mkdir(mode=0o700)
-            (work / "cp").mkdir(mode=0o700)
-            envvars = {
-                "ANSIBLE_CONFIG": str(config),
-                "ANSIBLE_HOST_KEY_CHECKING": "True",
-                "ANSIBLE_PIPELINING": "True",
-                "ANSIBLE_RETRY_FILES_ENABLED": "False",
-                "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
-                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
-                "ANSIBLE_ROLES_PATH": ":".join(str(p) for p in roles_path),
-                "ANSIBLE_NOCOLOR": "1",
-                "ANSIBLE_FORCE_COLOR": "0",
-                # ansible-runner starts "ansible-playbook" by PATH (its ``binary`` would drop the playbook)
-                "PATH": os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", os.defpath)]),
-            }
-            return self._run_ansible(
-                ctx, system, parsed, ansible_runner, binary, work, playbook, inventory, extra_vars, envvars
-            )
-        finally:
-            _close_masters(work / "cp")
-            shutil.rmtree(work, ignore_errors=True)
+        run.scratch.callback(shutil.rmtree, work, ignore_errors=True)
+        run.scratch.callback(_close_masters, work / "cp")  # first: the masters, then the directory
+        given = getattr(run, "given", None)
+        playbook, roles_path = given if given is not None else self._playbook(ctx, parsed, work, run.roots)
+        return Prepared(binary, ansible_runner, extra_vars, work, playbook, roles_path)
+
+    def upload(self, run: Run[AnsibleSpec], prepared: Prepared) -> None:
+        """No upload: the inventory, key, known_hosts and configuration Ansible reads, on the control host."""
+        work, parsed = prepared.work, run.spec
+        host_vars = self._connection(run, work)
+        if parsed.remote_tmp:
+            host_vars["ansible_remote_tmp"] = parsed.remote_tmp
+        inventory = work / "inventory.json"
+        inventory.write_text(json.dumps({"all": {"hosts": {run.system.hostname: host_vars}}}))
+        config = work / "ansible.cfg"
+        config.write_text("[defaults]\nretry_files_enabled = False\n")
+        (work / "tmp").mkdir(mode=0o700)
+        (work / "cp").mkdir(mode=0o700)
+        prepared.inventory = inventory
+        prepared.envvars = {
+            "ANSIBLE_CONFIG": str(config),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
+            "ANSIBLE_ROLES_PATH": ":".join(str(p) for p in prepared.roles_path),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            # ansible-runner starts "ansible-playbook" by PATH (its ``binary`` would drop the playbook)
+            "PATH": os.pathsep.join([str(Path(prepared.binary).parent), os.environ.get("PATH", os.defpath)]),
+        }
+
+    def apply(self, run: Run[AnsibleSpec], prepared: Prepared) -> dict[str, Any]:
+        assert prepared.inventory is not None
+        return self._run_ansible(
+            run.ctx,
+            run.system,
+            run.spec,
+            prepared.ansible_runner,
+            prepared.binary,
+            prepared.work,
+            prepared.playbook,
+            prepared.inventory,
+            prepared.extra_vars,
+            prepared.envvars,
+        )
 
     # ------------------------------------------------------------ the playbook
 
-    def _playbook(self, ctx: Any, parsed: AnsibleSpec, work: Path) -> tuple[Path, list[Path]]:
+    def _playbook(self, ctx: Any, parsed: AnsibleSpec, work: Path, roots: Roots) -> tuple[Path, list[Path]]:
         """The playbook file to run (a generated one when there are roles) and the roles path."""
         roles_path: list[Path] = []
-        root_setting = os.environ.get(PLAYBOOKS_DIR_ENV)
+        playbooks = roots.root("playbooks")
         project = work / "project"
         project.mkdir()
         source = parsed.playbook
@@ -391,17 +445,14 @@ class AnsibleProvisioner(Provisioner):
             playbook.write_text(source.inline)
         elif source is not None and source.git is not None:
             checkout = self._clone(ctx, source, work / "git")
-            playbook = _under(checkout, source.path or "", "the git checkout")
+            playbook = Root(checkout, name="git checkout").locate(
+                source.path or "", label="playbook", kind="file"
+            )
             roles_path.append(checkout / "roles")
         elif source is not None:
-            if not root_setting:
-                raise PermanentStepError(
-                    f"the playbook is a file ({source.path}), but the server has no playbooks directory "
-                    f"(set {PLAYBOOKS_DIR_ENV})"
-                )
-            playbook = _under(Path(root_setting), source.path or "", "the playbooks directory")
-        if root_setting:
-            roles_path.append(Path(root_setting).resolve() / "roles")
+            playbook = playbooks.locate(source.path or "", label="playbook", kind="file")
+        if playbooks.path is not None:
+            roles_path.append(Path(playbooks.path).resolve() / "roles")
         if not parsed.roles:
             assert playbook is not None
             return playbook, roles_path
@@ -425,90 +476,44 @@ class AnsibleProvisioner(Provisioner):
         return generated, roles_path
 
     def _clone(self, ctx: Any, source: PlaybookSource, dest: Path) -> Path:
+        """The playbook's repository, cloned by ``armillary.sources.clone``. A ``file://`` repository may
+        be anywhere on the control host (this provisioner's rule, unlike salt's and deploy's)."""
         url, ref = source.git or "", source.ref
-        env = {
-            **os.environ,
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ALLOW_PROTOCOL": ALLOWED_GIT_PROTOCOLS,
-            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-        }
-        if ref and _COMMIT.match(ref):
-            commands = [
-                ["git", "init", "-q", str(dest)],
-                ["git", "-C", str(dest), "remote", "add", "origin", "--", url],
-                ["git", "-C", str(dest), "fetch", "-q", "--depth", "1", "origin", ref],
-                ["git", "-C", str(dest), "checkout", "-q", "FETCH_HEAD"],
-            ]
-        else:
-            branch = ["--branch", ref] if ref else []
-            commands = [["git", "clone", "-q", "--depth", "1", *branch, "--", url, str(dest)]]
-        ctx.log(f"cloning {_safe_url(url)}{f' at {ref}' if ref else ''}")
+        ctx.log(f"cloning {safe_url(url)}{f' at {ref}' if ref else ''}")
         started = time.monotonic()
-        for argv in commands:
-            try:
-                result = subprocess.run(
-                    argv,
-                    check=False,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=GIT_TIMEOUT_S,
-                    stdin=subprocess.DEVNULL,
-                )
-            except FileNotFoundError:
-                raise PermanentStepError("git is not installed on the server") from None
-            except subprocess.TimeoutExpired:
-                raise TransientStepError(
-                    f"git timed out after {GIT_TIMEOUT_S:g}s cloning {_safe_url(url)}"
-                ) from None
-            if result.returncode != 0:
-                raise PermanentStepError(
-                    f"cannot clone {_safe_url(url)}{f' at {ref}' if ref else ''}: "
-                    f"{_safe_url(result.stderr.strip())[-2000:] or f'git exited {result.returncode}'}"
-                )
-        head = subprocess.run(
-            ["git", "-C", str(dest), "rev-parse", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        ctx.log(f"cloned {_safe_url(url)} at {head or '?'} in {time.monotonic() - started:.1f}s")
+        head = clone(url, ref, dest, local_anywhere=True, timeout=GIT_TIMEOUT_S)
+        ctx.log(f"cloned {safe_url(url)} at {head or '?'} in {time.monotonic() - started:.1f}s")
         return dest
 
     # ------------------------------------------------------------ the connection
 
-    def _connection(self, ctx: Any, system: Any, work: Path) -> dict[str, Any]:
+    def _connection(self, run: Run[AnsibleSpec], work: Path) -> dict[str, Any]:
         """The inventory host's variables: how Ansible reaches the machine, as its transport does."""
-        from armillary.engine.transports import transport_for
-        from armillary.remote.ssh import SshTransport
-
-        with transport_for(ctx, system) as transport:
-            if transport.name == "local":
-                return {"ansible_connection": "local", "ansible_python_interpreter": PYTHON_INTERPRETER}
-            if not isinstance(transport, SshTransport):
-                raise PermanentStepError(
-                    f"{system.hostname} is reached through the {transport.name} transport: the ansible "
-                    "provisioner needs ssh (or local)"
-                )
-            private_key = getattr(transport, "_private_key", None)
-            if not private_key:
-                raise PermanentStepError(
-                    f"{system.hostname} has only a password to log in with: the ansible provisioner "
-                    "needs a private key (Ansible would need sshpass for a password)"
-                )
-            # Connect through the transport: it verifies (or at first contact records) the host key.
-            check = transport.run(["test", "-x", PYTHON_INTERPRETER], timeout=60)
-            if check.exit_code != 0:
-                raise PermanentStepError(
-                    f"{system.hostname} has no {PYTHON_INTERPRETER}, which Ansible's modules need"
-                )
-            known_hosts = _known_hosts_line(transport)
-            key_text = _unencrypted_key(private_key, getattr(transport, "_passphrase", None))
-            host, port, user = transport.host, transport.port, transport.user
-            ctx.log(
-                f"inventory: {system.hostname} at {transport.where}, host key {transport.seen_fingerprint}"
+        system, transport = run.system, run.transport
+        if transport.name == "local":
+            return {"ansible_connection": "local", "ansible_python_interpreter": PYTHON_INTERPRETER}
+        if not isinstance(transport, SshTransport):
+            raise PermanentFailure(
+                f"{system.hostname} is reached through the {transport.name} transport: the ansible "
+                "provisioner needs ssh (or local)"
             )
+        key_text = transport.private_key_text()
+        if not key_text:
+            raise PermanentFailure(
+                f"{system.hostname} has only a password to log in with: the ansible provisioner "
+                "needs a private key (Ansible would need sshpass for a password)"
+            )
+        # Connect through the transport: it verifies (or at first contact records) the host key.
+        check = transport.run(["test", "-x", PYTHON_INTERPRETER], timeout=60)
+        if check.exit_code != 0:
+            raise PermanentFailure(
+                f"{system.hostname} has no {PYTHON_INTERPRETER}, which Ansible's modules need"
+            )
+        known_hosts = _known_hosts_line(transport)
+        host, port, user = transport.host, transport.port, transport.user
+        run.ctx.log(
+            f"inventory: {system.hostname} at {transport.where}, host key {transport.seen_fingerprint}"
+        )
 
         key_file = work / "id_key"
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -552,23 +557,16 @@ class AnsibleProvisioner(Provisioner):
     ) -> dict[str, Any]:
         left = ctx.remaining() - DEADLINE_MARGIN_S
         if left <= 1:
-            raise TransientStepError("no time left in the step to run Ansible")
+            raise TransientFailure("no time left in the step to run Ansible")
         timeout = min(parsed.timeout, left) if parsed.timeout else left
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         stats: dict[str, dict[str, int]] = {}
         failures: list[str] = []
-        logged = 0
         stopping = getattr(getattr(ctx, "runtime", None), "stopping", None)
         why_cancelled: list[str] = []
         last_cancel_check = [time.monotonic()]
 
-        def log(message: str, level: str = "info", **data: Any) -> None:
-            nonlocal logged
-            logged += 1
-            if logged <= MAX_LOGGED_LINES:
-                ctx.log(message, level=level, **data)
-            elif logged == MAX_LOGGED_LINES + 1:
-                ctx.log(f"[ansible: over {MAX_LOGGED_LINES} lines; the rest is not logged]", level="warning")
+        log = LogLimit(ctx, "ansible")
 
         def on_event(event: dict[str, Any]) -> bool:
             for line in (event.get("stdout") or "").splitlines():
@@ -650,18 +648,16 @@ class AnsibleProvisioner(Provisioner):
         output_tail = "\n".join(tail) or "(no output)"
         if why_cancelled:
             if why_cancelled[0] == "stopping":
-                raise TransientStepError(
-                    "the server is stopping: the Ansible run was stopped; left to a retry"
-                )
-            raise PermanentStepError("the job was cancelled: the Ansible run was stopped")
+                raise TransientFailure("the server is stopping: the Ansible run was stopped; left to a retry")
+            raise PermanentFailure("the job was cancelled: the Ansible run was stopped")
         if runner.status == "timeout":
             ctx.log(f"✗ ansible-playbook timed out after {timeout:g}s", level="error")
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"ansible-playbook timed out after {timeout:g}s (killed); last output:\n{output_tail}"
             )
         if not stats:
             ctx.log(f"✗ ansible-playbook exited {runner.rc} without a play recap", level="error")
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"ansible-playbook exited {runner.rc} without running the play; last output:\n{output_tail}"
             )
 
@@ -683,8 +679,8 @@ class AnsibleProvisioner(Provisioner):
             ctx.log(f"✗ {system.hostname}: {summary} ({took:.1f}s)", level="error", counts=counts)
             if counts["failed"]:
                 first = failures[0] if failures else "a task failed"
-                raise PermanentStepError(f"ansible: {first}; last output:\n{output_tail}")
-            raise TransientStepError(
+                raise PermanentFailure(f"ansible: {first}; last output:\n{output_tail}")
+            raise TransientFailure(
                 f"ansible: {system.hostname} became unreachable; last output:\n{output_tail}"
             )
         if runner.rc not in (0, None):
@@ -706,50 +702,20 @@ def _ansible_playbook() -> str:
     beside = Path(sys.executable).parent / "ansible-playbook"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    raise PermanentStepError("ansible-playbook (ansible-core) is not installed on the server")
+    raise PermanentFailure("ansible-playbook (ansible-core) is not installed on the server")
 
 
-def _under(root: Path, relative: str, where: str) -> Path:
-    """``relative`` under ``root``, links resolved; never outside it."""
-    base = root.resolve()
-    candidate = (base / relative).resolve()
-    if not candidate.is_relative_to(base):
-        raise PermanentStepError(f"the playbook {relative} is outside {where}")
-    if not candidate.is_file():
-        raise PermanentStepError(f"no playbook {relative} in {where}")
-    return candidate
-
-
-def _safe_url(text: str) -> str:
-    """A URL (or git's message) without any user:password@ in it."""
-    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
-
-
-def _known_hosts_line(transport: Any) -> str:
+def _known_hosts_line(transport: SshTransport) -> str:
     """The host key the transport verified, as a known_hosts line for the address Ansible uses."""
-    conn = getattr(transport, "_conn", None)
-    key = conn.get_server_host_key() if conn is not None else None
+    key = transport.server_host_key()
     if key is None:
-        raise PermanentStepError(f"cannot read the host key of {transport.where}")
+        raise PermanentFailure(f"cannot read the host key of {transport.where}")
     fingerprint = key.get_fingerprint("sha256").rstrip("=")
     if transport.seen_fingerprint and fingerprint != transport.seen_fingerprint.rstrip("="):
-        raise PermanentStepError(f"the host key of {transport.where} is not the one verified")
+        raise PermanentFailure(f"the host key of {transport.where} is not the one verified")
     algorithm, data = key.export_public_key("openssh").decode().split()[:2]
     name = transport.host if transport.port == 22 else f"[{transport.host}]:{transport.port}"
     return f"{name} {algorithm} {data}\n"
-
-
-def _unencrypted_key(private_key: str, passphrase: str | None) -> str:
-    """The private key as OpenSSH text ssh can read without asking (decrypted with its passphrase)."""
-    if not passphrase:
-        return private_key if private_key.endswith("\n") else private_key + "\n"
-    import asyncssh
-
-    try:
-        key = asyncssh.import_private_key(private_key, passphrase)
-    except (asyncssh.KeyImportError, ValueError) as exc:
-        raise PermanentStepError(f"the private key cannot be used: {exc}") from None
-    return key.export_private_key("openssh").decode()
 
 
 def _result_line(kind: str, data: dict[str, Any]) -> tuple[str, str, str, str]:

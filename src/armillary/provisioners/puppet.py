@@ -19,9 +19,10 @@ machine (which may have no route to it):
 
 * an ``http://`` or ``https://`` URL, downloaded with httpx (redirects followed, at most 64 MiB; a
   4xx answer fails the job, a 5xx answer or a connection failure is transient and retried);
-* a relative path under the server's modules directory (the environment variable
-  ``ARMILLARY_PUPPET_MODULES_DIR``; without it, paths are refused, and a path never escapes that
-  directory, symlinks included).
+* a relative path under the server's modules directory (the server setting
+  ``ARMILLARY_PUPPET_MODULES_DIR``, ``config.Settings.puppet_modules_dir``, handed down as
+  ``armillary.sources.Roots``; without it, paths are refused, and a path never escapes that directory,
+  symlinks included).
 
 **What the tarball may hold** (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``), decided
 by reading its member list on the control host *before* anything is sent:
@@ -44,9 +45,10 @@ by reading its member list on the control host *before* anything is sent:
 
 Members must be plain files and directories under the archive's top (no absolute paths, no ``..``,
 no links, devices or fifos: the Forge refuses symlinks in modules too), at most 20,000 of them and
-256 MiB unpacked.
+256 MiB unpacked (``armillary.sources.check_members``).
 
-**How a run goes**, through the transport the system's driver names (``armillary.engine.transports``):
+**How a run goes** (the sequence of ``armillary.provisioners.base``), through the transport the caller
+opens for the system (the one its driver names):
 
 1. the spec is checked, the module fetched and its tarball inspected, before the machine is touched;
 2. a private per-job directory is made on the machine (``<remote_tmp>/armillary-job<id>-XXXXXXXX``,
@@ -109,24 +111,23 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import tarfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from armillary.engine.errors import PermanentStepError, TransientStepError
-from armillary.provisioners.base import Provisioner
+from armillary.failures import PermanentFailure, TransientFailure
+from armillary.provisioners.base import LogLimit, Provisioner, Run
 from armillary.provisioners.script import env_value
 from armillary.remote.base import CommandTimeout
+from armillary.sources import Roots, SourceRejected, check_members, member_name
 
-MODULES_DIR_ENV = "ARMILLARY_PUPPET_MODULES_DIR"
+MODULES_DIR_ENV = "ARMILLARY_PUPPET_MODULES_DIR"  # the setting (config.Settings.puppet_modules_dir)
 MAX_MODULE_BYTES = 64 * 1024 * 1024
 MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 MAX_MEMBERS = 20000
@@ -134,7 +135,6 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_VALUE_DEPTH = 32
 FETCH_TIMEOUT_S = 60.0
 DEADLINE_MARGIN_S = 5.0
-MAX_LOGGED_LINES = 20000
 # Exit codes of ``puppet apply --detailed-exitcodes``.
 EXIT_NO_CHANGES, EXIT_CHANGES = 0, 2
 
@@ -367,7 +367,7 @@ def manifest(classes: dict[str, dict[str, Any] | None] | list[str]) -> str:
         lines.append(f"class {{ {puppet_string(name)}:\n{body}}}\n")
     text = "".join(lines)
     if len(text.encode()) > MAX_MANIFEST_BYTES:
-        raise PermanentStepError("the classes' parameters make a manifest larger than 1 MiB")
+        raise PermanentFailure("the classes' parameters make a manifest larger than 1 MiB")
     return text
 
 
@@ -419,49 +419,24 @@ def short_name(release: str) -> str:
     return re.split(r"[-/]", base)[-1]
 
 
-def member_name(member: tarfile.TarInfo) -> str:
-    """A member's name without leading ``./`` nor trailing ``/``."""
-    name = member.name
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/")
-
-
 def inspect_tarball(data: bytes, release: str) -> Layout:
-    """Check a module tarball's members and find its layout (``PermanentStepError`` when unusable)."""
+    """Check a module tarball's members and find its layout (``PermanentFailure`` when unusable)."""
     compression = {b"\x1f\x8b": "-z", b"BZ": "-j", b"\xfd7": "-J"}.get(data[:2], "")
     try:
         archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 - closed below
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise PermanentStepError(f"module {release}: not a tar archive ({exc})") from None
+        raise PermanentFailure(f"module {release}: not a tar archive ({exc})") from None
     with archive:
-        names: list[str] = []
-        size = 0
         try:
-            for member in archive:
-                name = member_name(member)
-                if not name or name == ".":
-                    continue
-                parts = name.split("/")
-                if name.startswith("/") or ".." in parts or "\x00" in name or "" in parts:
-                    raise PermanentStepError(
-                        f"module {release}: member {member.name!r} is outside the archive"
-                    )
-                if not (member.isfile() or member.isdir()):
-                    raise PermanentStepError(
-                        f"module {release}: member {member.name!r} is a link or special file "
-                        "(a module holds only files and directories)"
-                    )
-                size += member.size
-                names.append(name + ("/" if member.isdir() else ""))
-                if len(names) > MAX_MEMBERS:
-                    raise PermanentStepError(f"module {release}: more than {MAX_MEMBERS} members")
-                if size > MAX_UNPACKED_BYTES:
-                    raise PermanentStepError(f"module {release}: larger than 256 MiB unpacked")
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise PermanentStepError(f"module {release}: the archive is damaged ({exc})") from None
+            members = check_members(
+                archive, max_members=MAX_MEMBERS, max_bytes=MAX_UNPACKED_BYTES, refuse_setid=False
+            )
+        except SourceRejected as exc:
+            raise PermanentFailure(f"module {release}: {exc}") from None
+        names = [member_name(m) + ("/" if m.isdir() else "") for m in members]
+        size = sum(m.size for m in members)
         if not names:
-            raise PermanentStepError(f"module {release}: the archive is empty")
+            raise PermanentFailure(f"module {release}: the archive is empty")
         tops = {name.split("/")[0] for name in names}
         paths = {name.rstrip("/") for name in names}
 
@@ -472,7 +447,7 @@ def inspect_tarball(data: bytes, release: str) -> Layout:
         for prefix in [""] + ([single + "/"] if single else []):
             if has_dir(prefix + "modules"):
                 if not SAFE_PATH.match(prefix + "modules"):
-                    raise PermanentStepError(
+                    raise PermanentFailure(
                         f"module {release}: the directory {prefix!r} needs a name of letters, digits, . _ + -"
                     )
                 return Layout(
@@ -484,7 +459,7 @@ def inspect_tarball(data: bytes, release: str) -> Layout:
                 return Layout(
                     "module", compression, strip=strip, module_dir=module, members=len(names), size=size
                 )
-    raise PermanentStepError(
+    raise PermanentFailure(
         f"module {release}: the archive holds neither a puppet module (a manifests/ directory) "
         "nor a sandbox (a modules/ directory), at its top or in its one top directory"
     )
@@ -504,7 +479,7 @@ def _module_name(archive: tarfile.TarFile, prefix: str, paths: set[str], release
         if isinstance(full, str) and full:
             name, source = short_name(full), f"metadata.json's name {full!r}"
     if not MODULE_SHORT_NAME.match(name):
-        raise PermanentStepError(
+        raise PermanentFailure(
             f"module {release}: {source} gives the module name {name!r}, which puppet cannot load "
             "(a lowercase letter, then lowercase letters, digits and _)"
         )
@@ -524,14 +499,16 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(query="***" if parts.query else ""))
 
 
-def fetch_module(module: PuppetModule, timeout: float) -> bytes:
-    """The tarball's bytes, from its URL or the modules directory (size and checksum checked)."""
+def fetch_module(module: PuppetModule, timeout: float, roots: Roots) -> bytes:
+    """The tarball's bytes, from its URL or the modules directory of ``roots`` (size and checksum checked)."""
     if "://" in module.src:
         data = _download(module.src, timeout)
     else:
-        data = _read_local(module.src)
+        data = roots.root("puppet_modules").read(
+            module.src, label=f"module {module.name}", max_bytes=MAX_MODULE_BYTES
+        )
     if module.sha256 and hashlib.sha256(data).hexdigest() != module.sha256.lower():
-        raise PermanentStepError(
+        raise PermanentFailure(
             f"module {module.name}: the tarball's SHA-256 is {hashlib.sha256(data).hexdigest()}, "
             f"not {module.sha256.lower()}"
         )
@@ -548,41 +525,21 @@ def _download(url: str, timeout: float) -> bytes:
             client.stream("GET", url) as response,
         ):
             if response.status_code >= 500:
-                raise TransientStepError(f"fetching the module from {shown}: HTTP {response.status_code}")
+                raise TransientFailure(f"fetching the module from {shown}: HTTP {response.status_code}")
             if response.status_code >= 400:
-                raise PermanentStepError(f"fetching the module from {shown}: HTTP {response.status_code}")
+                raise PermanentFailure(f"fetching the module from {shown}: HTTP {response.status_code}")
             chunks: list[bytes] = []
             got = 0
             for chunk in response.iter_bytes():
                 got += len(chunk)
                 if got > MAX_MODULE_BYTES:
-                    raise PermanentStepError(f"the module at {shown} is larger than 64 MiB")
+                    raise PermanentFailure(f"the module at {shown} is larger than 64 MiB")
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.HTTPError as exc:
-        raise TransientStepError(
+        raise TransientFailure(
             f"fetching the module from {shown} failed: {type(exc).__name__}: {exc}"
         ) from None
-
-
-def _read_local(path: str) -> bytes:
-    root_setting = os.environ.get(MODULES_DIR_ENV)
-    if not root_setting:
-        raise PermanentStepError(
-            f"the module source {path} is a path, but the server has no modules directory (set {MODULES_DIR_ENV})"
-        )
-    root = Path(root_setting).resolve()
-    candidate = (root / path).resolve()
-    if not candidate.is_relative_to(root):
-        raise PermanentStepError(f"the module source {path} is outside the modules directory")
-    try:
-        if not candidate.is_file():
-            raise PermanentStepError(f"no file {path} in the modules directory")
-        if candidate.stat().st_size > MAX_MODULE_BYTES:
-            raise PermanentStepError(f"the module {path} is larger than 64 MiB")
-        return candidate.read_bytes()
-    except OSError as exc:
-        raise PermanentStepError(f"cannot read the module {path}: {exc.strerror}") from None
 
 
 # ---------------------------------------------------------------- counts
@@ -613,19 +570,29 @@ def counts_from_summary(text: str) -> dict[str, int] | None:
 # ---------------------------------------------------------------- the provisioner
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The module fetched and inspected, the manifest and the facts, before the machine is touched."""
+
+    data: bytes
+    layout: Layout
+    manifest: str
+    args: list[str]
+    env: dict[str, str]
+
+
 class PuppetProvisioner(Provisioner):
     name: ClassVar[str] = "puppet"
     Spec = PuppetSpec
 
-    def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        from armillary.engine.transports import transport_for
-
-        parsed = self.validate_spec(spec)
-        module = parsed.module
-        args = check_args(parsed.args)
-        text = manifest(parsed.classes)
+    def prepare(self, run: Run[PuppetSpec]) -> Prepared:
+        ctx, system, module = run.ctx, run.system, run.spec.module
+        args = check_args(run.spec.args)
+        text = manifest(run.spec.classes)
         started = time.monotonic()
-        data = fetch_module(module, min(FETCH_TIMEOUT_S, max(ctx.remaining() - DEADLINE_MARGIN_S, 1.0)))
+        data = fetch_module(
+            module, min(FETCH_TIMEOUT_S, max(ctx.remaining() - DEADLINE_MARGIN_S, 1.0)), run.roots
+        )
         layout = inspect_tarball(data, module.name)
         ctx.log(
             f"module {module.name}: {len(data)} bytes from {redact_url(module.src)} "
@@ -638,7 +605,7 @@ class PuppetProvisioner(Provisioner):
             + f" ({time.monotonic() - started:.1f}s)"
         )
         env, collisions = fact_env(
-            variables,
+            run.variables,
             {
                 "armillary_system_id": str(system.id),
                 "armillary_hostname": system.hostname,
@@ -648,35 +615,38 @@ class PuppetProvisioner(Provisioner):
         )
         for collision in collisions:
             ctx.log(f"variables {collision}; the later one is used", level="warning")
-        with transport_for(ctx, system) as transport:
-            ctx.log(f"puppet apply on {system.hostname} through {transport.name} ({transport.where})")
-            workdir = transport.make_temp_dir(prefix=f"armillary-job{ctx.job_id}-", parent=parsed.remote_tmp)
-            try:
-                modulepath = self._unpack(transport, system, module, layout, data, workdir)
-                transport.put(text.encode("utf-8"), f"{workdir}/armillary.pp", mode=0o600)
-                return self._apply(ctx, system, transport, parsed, args, env, workdir, modulepath)
-            finally:
-                if parsed.keep_remote_dir:
-                    ctx.log(f"kept {workdir} on {system.hostname} (keep_remote_dir)")
-                else:
-                    try:
-                        transport.remove_tree(workdir)
-                    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the outcome
-                        ctx.log(f"could not remove {workdir} on {system.hostname}: {exc}", level="warning")
+        return Prepared(data, layout, text, args, env)
+
+    def opened(self, run: Run[PuppetSpec], prepared: Prepared) -> None:
+        transport = run.transport
+        run.ctx.log(f"puppet apply on {run.system.hostname} through {transport.name} ({transport.where})")
+
+    def upload(self, run: Run[PuppetSpec], prepared: Prepared) -> None:
+        self._unpack(run.transport, run.system, run.spec.module, prepared.layout, prepared.data, run.workdir)
+        run.transport.put(prepared.manifest.encode("utf-8"), f"{run.workdir}/armillary.pp", mode=0o600)
+
+    def apply(self, run: Run[PuppetSpec], prepared: Prepared) -> dict[str, Any]:
+        return self._apply(run, prepared.args, prepared.env, self._modulepath(run, prepared.layout))
+
+    @staticmethod
+    def _modulepath(run: Run[PuppetSpec], layout: Layout) -> str:
+        """Where the module(s) are on the machine, once unpacked into the per-job directory."""
+        if layout.kind == "sandbox":
+            return f"{run.workdir}/src/{layout.modules}"
+        return f"{run.workdir}/modules"
 
     # ------------------------------------------------------------ on the machine
 
     @staticmethod
     def _unpack(
         transport: Any, system: Any, module: PuppetModule, layout: Layout, data: bytes, workdir: str
-    ) -> str:
+    ) -> None:
         tarball = f"{workdir}/module.tar"
         transport.put(data, tarball, mode=0o600)
         if layout.kind == "sandbox":
-            target, modulepath = f"{workdir}/src", f"{workdir}/src/{layout.modules}"
+            target = f"{workdir}/src"
         else:
             target = f"{workdir}/modules/{layout.module_dir}"
-            modulepath = f"{workdir}/modules"
         for argv in (
             ["mkdir", "-p", "--", target],
             [
@@ -694,23 +664,14 @@ class PuppetProvisioner(Provisioner):
         ):
             result = transport.run(argv, cwd=workdir, timeout=300)
             if result.exit_code != 0:
-                raise PermanentStepError(
+                raise PermanentFailure(
                     f"module {module.name}: {argv[0]} on {system.hostname} exited {result.exit_code}: "
                     f"{result.output_tail.strip() or '(no output)'}"
                 )
-        return modulepath
 
     @staticmethod
-    def _apply(
-        ctx: Any,
-        system: Any,
-        transport: Any,
-        parsed: PuppetSpec,
-        args: list[str],
-        env: dict[str, str],
-        workdir: str,
-        modulepath: str,
-    ) -> dict[str, Any]:
+    def _apply(run: Run[PuppetSpec], args: list[str], env: dict[str, str], modulepath: str) -> dict[str, Any]:
+        ctx, system, transport, parsed, workdir = run.ctx, run.system, run.transport, run.spec, run.workdir
         summary_path = f"{workdir}/last_run_summary.yaml"
         argv = [
             parsed.executable,
@@ -722,26 +683,14 @@ class PuppetProvisioner(Provisioner):
             *args,
             f"{workdir}/armillary.pp",
         ]
-        left = ctx.remaining() - DEADLINE_MARGIN_S
-        if left <= 1:
-            raise TransientStepError(f"no time left in the step to run puppet apply on {system.hostname}")
-        timeout = min(parsed.timeout, left) if parsed.timeout else left
-        logged = 0
+        timeout = run.timeout(parsed.timeout, f"run puppet apply on {system.hostname}")
+        log = LogLimit(ctx, "puppet")
 
         def on_line(line: str, stream: str) -> None:
-            nonlocal logged
-            logged += 1
-            if logged <= MAX_LOGGED_LINES:
-                level = (
-                    "error"
-                    if line.startswith("Error:")
-                    else "warning"
-                    if line.startswith("Warning:")
-                    else "info"
-                )
-                ctx.log(line, level=level, stream=stream)
-            elif logged == MAX_LOGGED_LINES + 1:
-                ctx.log(f"[puppet: over {MAX_LOGGED_LINES} lines; the rest is not logged]", level="warning")
+            level = (
+                "error" if line.startswith("Error:") else "warning" if line.startswith("Warning:") else "info"
+            )
+            log(line, level=level, stream=stream)
 
         ctx.log(f"puppet apply of {', '.join(parsed.classes)}", stream="armillary")
         started = time.monotonic()
@@ -749,7 +698,7 @@ class PuppetProvisioner(Provisioner):
             result = transport.run(argv, env=env, cwd=workdir, timeout=timeout, on_line=on_line)
         except CommandTimeout as exc:
             ctx.log(f"✗ puppet apply timed out after {timeout:g}s", level="error")
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"puppet apply on {system.hostname} timed out after {timeout:g}s "
                 f"({'killed' if exc.killed else 'it may still be running'}); last output:\n"
                 f"{exc.output_tail or '(no output)'}"
@@ -757,7 +706,7 @@ class PuppetProvisioner(Provisioner):
         took = time.monotonic() - started
         code = result.exit_code
         if code == 127:
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"puppet is not installed on {system.hostname} ({parsed.executable!r} not found, exit 127); "
                 "install it (Debian: apt-get install puppet) or set the spec's executable"
             )
@@ -771,7 +720,7 @@ class PuppetProvisioner(Provisioner):
             ctx.log(
                 f"✗ puppet apply exited {code} after {took:.1f}s: {meaning}", level="error", exit_code=code
             )
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"puppet apply on {system.hostname} exited {code} ({meaning}"
                 + (f"; {counts['failed']} failed, {counts['changed']} changed" if counts else "")
                 + f"); last output:\n{result.output_tail or '(no output)'}"

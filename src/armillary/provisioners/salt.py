@@ -16,14 +16,15 @@ A type's provisioner spec (``provisioner: {kind: salt, spec: ...}``)::
 
 **The states tree** is read on the control host, never on the machine:
 
-* ``path``: a directory relative to the server's ``ARMILLARY_SALT_STATES_DIR`` (without that setting,
-  ``path`` trees are refused). The path never leaves that directory (``..`` is refused when the type is
+* ``path``: a directory relative to the server's ``ARMILLARY_SALT_STATES_DIR`` (the setting
+  ``config.Settings.salt_states_dir``, handed down as ``armillary.sources.Roots``; without it, ``path``
+  trees are refused). The path never leaves that directory (``..`` is refused when the type is
   saved; symbolic links are resolved when the job runs).
 * ``git``: ``url`` (``https``, ``http``, ``ssh``, ``git``, scp-like ``user@host:path``, or ``file://`` —
   a ``file://`` repository must lie under ``ARMILLARY_SALT_STATES_DIR`` too), ``ref`` (a branch, tag or
   commit; default: the remote's default branch) and ``subdir`` (where the tree is inside the repository).
-  It is cloned into a temporary directory of the control host with ``git`` (no prompts, the ``ext::``
-  transport disabled, no submodules) and removed afterwards.
+  It is cloned into a temporary directory of the control host by ``armillary.sources.clone`` (no
+  prompts, the ``ext::`` transport disabled, no submodules) and removed afterwards.
 
 Inside the tree, a symbolic link is followed only when it points inside the tree itself (its file goes
 up as a plain file); one pointing out of it fails the job. ``.git`` directories are left out. The tree
@@ -37,7 +38,8 @@ given for a group or a system override it — the more specific wins. The key ``
 and set by the provisioner: ``{"system_id", "hostname", "environment", "job_id"}`` (a variable or
 pillar key of that name is replaced, and the job log says so).
 
-How a run goes, through the transport the system's driver names (``armillary.engine.transports``):
+How a run goes (the sequence of ``armillary.provisioners.base``), through the transport the caller opens
+for the system (the one its driver names):
 
 1. the spec is checked, the tree read (or cloned) and packed into a tar archive on the control host
    *before* anything is done on the machine;
@@ -83,33 +85,27 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
-from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from armillary.engine.errors import PermanentStepError, TransientStepError
-from armillary.provisioners.base import Provisioner
+from armillary.failures import PermanentFailure, TransientFailure
+from armillary.provisioners.base import LogLimit, Provisioner, Run
 from armillary.remote.base import CommandTimeout
+from armillary.sources import GIT_TIMEOUT_S, Roots, clone, safe_url
 
-STATES_DIR_ENV = "ARMILLARY_SALT_STATES_DIR"
+STATES_DIR_ENV = "ARMILLARY_SALT_STATES_DIR"  # the setting (config.Settings.salt_states_dir)
 MAX_TREE_FILES = 20000
 MAX_TREE_BYTES = 256 * 1024 * 1024
 # What of salt-call's result file is read back (it lists every state, with its changes).
 MAX_RESULT_BYTES = 64 * 1024 * 1024
-# Seconds kept back from the step's deadline, so salt-call is killed (and says so) before the step is.
-DEADLINE_MARGIN_S = 5.0
-GIT_TIMEOUT_S = 300.0
-# Lines of salt's own log written into the job log; the rest only count (the output tail is kept anyway).
-MAX_LOGGED_LINES = 20000
 MAX_COMMENT_CHARS = 2000
 HIGHSTATE = "highstate"
 SLS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -288,25 +284,6 @@ def merge_pillar(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the states tree (control host)
 
 
-def _states_root() -> Path:
-    setting = os.environ.get(STATES_DIR_ENV)
-    if not setting:
-        raise PermanentStepError(
-            f"the salt states tree is given by path, but the server has no salt states directory "
-            f"(set {STATES_DIR_ENV})"
-        )
-    return Path(setting).resolve()
-
-
-def _inside(root: Path, relative: str, what: str) -> Path:
-    candidate = (root / relative).resolve()
-    if not candidate.is_relative_to(root):
-        raise PermanentStepError(f"salt states: {what} {relative} is outside the {STATES_DIR_ENV} directory")
-    if not candidate.is_dir():
-        raise PermanentStepError(f"salt states: {what} {relative} is not a directory")
-    return candidate
-
-
 def pack_tree(root: Path) -> tuple[bytes, int]:
     """A tar archive of the states tree at ``root`` (``.git`` left out, links inside followed); its file count."""
     root = root.resolve()
@@ -322,12 +299,12 @@ def pack_tree(root: Path) -> tuple[bytes, int]:
                 relative = path.relative_to(root).as_posix()
                 real = path.resolve()
                 if not real.is_relative_to(root):
-                    raise PermanentStepError(
+                    raise PermanentFailure(
                         f"salt states: {relative} is a link out of the states tree (to {os.readlink(path)})"
                     )
                 if real.is_dir():
                     if path.is_symlink():
-                        raise PermanentStepError(
+                        raise PermanentFailure(
                             f"salt states: {relative} is a link to a directory; copy it into the tree instead"
                         )
                     info = tarfile.TarInfo(relative)
@@ -341,7 +318,7 @@ def pack_tree(root: Path) -> tuple[bytes, int]:
                 files += 1
                 total += size
                 if files > MAX_TREE_FILES or total > MAX_TREE_BYTES:
-                    raise PermanentStepError(
+                    raise PermanentFailure(
                         f"salt states: the tree is larger than {MAX_TREE_FILES} files or "
                         f"{MAX_TREE_BYTES // (1024 * 1024)} MiB"
                     )
@@ -354,96 +331,39 @@ def pack_tree(root: Path) -> tuple[bytes, int]:
     return buffer.getvalue(), files
 
 
-def _git(
-    args: list[str], *, cwd: Path | None, timeout: float, allow: str
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_ALLOW_PROTOCOL": allow,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-    }
-    try:
-        return subprocess.run(
-            ["git", "-c", "protocol.ext.allow=never", "-c", "core.symlinks=true", *args],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise TransientStepError(f"git {args[0]} took longer than {timeout:g}s") from None
-
-
 @contextmanager
-def checked_out(ctx: Any, source: GitSource, timeout: float) -> Iterator[Path]:
-    """The repository cloned and checked out at ``source.ref`` in a temporary directory (removed after)."""
-    if shutil.which("git") is None:
-        raise PermanentStepError("salt states from git need git on the control host, and it is not installed")
-    allow = "https:http:ssh:git"
-    if source.url.lower().startswith("file://"):
-        local = Path(unquote(urlsplit(source.url).path)).resolve()
-        if not local.is_relative_to(_states_root()):
-            raise PermanentStepError(
-                f"salt states: the file:// repository {local} is outside the {STATES_DIR_ENV} directory"
-            )
-        allow = "file"
-    shown = re.sub(r"//[^/@]*@", "//***@", source.url)  # no credentials of a URL in the log
+def checked_out(ctx: Any, source: GitSource, timeout: float, roots: Roots) -> Iterator[Path]:
+    """The repository cloned and checked out at ``source.ref`` in a temporary directory (removed after).
+
+    A ``file://`` repository must lie under the salt states directory (``armillary.sources.clone``)."""
+    shown = safe_url(source.url)  # no credentials of a URL in the log
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="armillary-salt-") as scratch:
-        clone = Path(scratch) / "repo"
-        done = _git(
-            ["clone", "--quiet", "--no-checkout", "--", source.url, str(clone)],
-            cwd=None,
-            timeout=timeout,
-            allow=allow,
+        commit = clone(
+            source.url, source.ref, Path(scratch) / "repo", root=roots.root("salt_states"), timeout=timeout
         )
-        if done.returncode != 0:
-            raise PermanentStepError(
-                f"salt states: git clone of {shown} failed: {done.stderr.strip()[-2000:]}"
-            )
-        ref = source.ref or "HEAD"
-        commit = ""
-        for candidate in [ref, f"origin/{ref}"]:
-            found = _git(
-                ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
-                cwd=clone,
-                timeout=60,
-                allow=allow,
-            )
-            if found.returncode == 0:
-                commit = found.stdout.strip()
-                break
-        if not commit:
-            raise PermanentStepError(f"salt states: {shown} has no branch, tag or commit {ref!r}")
-        done = _git(["checkout", "--quiet", "--detach", commit], cwd=clone, timeout=timeout, allow=allow)
-        if done.returncode != 0:
-            raise PermanentStepError(
-                f"salt states: git checkout of {ref} failed: {done.stderr.strip()[-2000:]}"
-            )
-        ctx.log(f"salt states: {shown} at {ref} ({commit[:12]}) cloned in {time.monotonic() - started:.1f}s")
-        yield clone
+        ctx.log(
+            f"salt states: {shown} at {source.ref or 'HEAD'} ({commit[:12]}) cloned in "
+            f"{time.monotonic() - started:.1f}s"
+        )
+        yield Path(scratch) / "repo"
 
 
 @contextmanager
-def states_tree(ctx: Any, source: StatesSource, timeout: float) -> Iterator[Path]:
+def states_tree(ctx: Any, source: StatesSource, timeout: float, roots: Roots) -> Iterator[Path]:
     """The directory holding the states tree on the control host, for as long as it is needed."""
     if source.path is not None:
-        yield _inside(_states_root(), source.path, "directory")
+        yield roots.root("salt_states").locate(source.path, label="salt states", kind="directory")
         return
     assert source.git is not None
-    with checked_out(ctx, source.git, timeout) as clone:
+    with checked_out(ctx, source.git, timeout, roots) as clone_dir:
         if source.git.subdir:
-            resolved = (clone / source.git.subdir).resolve()
-            if not resolved.is_relative_to(clone.resolve()) or not resolved.is_dir():
-                raise PermanentStepError(f"salt states: the repository has no directory {source.git.subdir}")
+            resolved = (clone_dir / source.git.subdir).resolve()
+            if not resolved.is_relative_to(clone_dir.resolve()) or not resolved.is_dir():
+                raise PermanentFailure(f"salt states: the repository has no directory {source.git.subdir}")
             yield resolved
         else:
-            yield clone
+            yield clone_dir
 
 
 # ---------------------------------------------------------------- results
@@ -452,18 +372,18 @@ def states_tree(ctx: Any, source: StatesSource, timeout: float) -> Iterator[Path
 def state_results(payload: Any) -> list[dict[str, Any]]:
     """The states of a ``state.apply`` JSON result, in the order Salt ran them.
 
-    Raises ``PermanentStepError`` when the result is Salt's list of render/compile errors instead.
+    Raises ``PermanentFailure`` when the result is Salt's list of render/compile errors instead.
     """
     local = payload.get("local") if isinstance(payload, dict) else None
     if isinstance(local, (list, str)):
         errors = [local] if isinstance(local, str) else [str(e) for e in local]
-        raise PermanentStepError("salt could not render or compile the states:\n" + "\n".join(errors)[-4000:])
+        raise PermanentFailure("salt could not render or compile the states:\n" + "\n".join(errors)[-4000:])
     if not isinstance(local, dict):
-        raise PermanentStepError(f"salt-call returned an unexpected result: {json.dumps(payload)[:2000]}")
+        raise PermanentFailure(f"salt-call returned an unexpected result: {json.dumps(payload)[:2000]}")
     states = []
     for key, value in local.items():
         if not isinstance(value, dict):
-            raise PermanentStepError(f"salt-call returned an unexpected result for {key}: {value!r}"[:2000])
+            raise PermanentFailure(f"salt-call returned an unexpected result for {key}: {value!r}"[:2000])
         parts = key.split("_|-")
         function = f"{parts[0]}.{parts[-1]}" if len(parts) >= 4 else key
         states.append(
@@ -507,40 +427,46 @@ def _failure_detail(state: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the provisioner
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The pillar and the states tree packed, before the machine is touched."""
+
+    pillar: dict[str, Any]
+    archive: bytes
+    files: int
+
+
 class SaltProvisioner(Provisioner):
     name: ClassVar[str] = "salt"
     Spec = SaltSpec
 
-    def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        from armillary.engine.transports import transport_for
-
-        parsed = self.validate_spec(spec)
-        pillar = self._pillar(ctx, system, parsed, variables)
-        with states_tree(ctx, parsed.states, min(GIT_TIMEOUT_S, max(ctx.remaining() - 60, 10))) as tree:
+    def prepare(self, run: Run[SaltSpec]) -> Prepared:
+        ctx, parsed = run.ctx, run.spec
+        pillar = self._pillar(ctx, run.system, parsed, run.variables)
+        with states_tree(
+            ctx, parsed.states, min(GIT_TIMEOUT_S, max(ctx.remaining() - 60, 10)), run.roots
+        ) as tree:
             if not parsed.sls_names and not (tree / "top.sls").is_file():
-                raise PermanentStepError(
+                raise PermanentFailure(
                     "salt: a highstate needs a top.sls at the root of the states tree (there is none); "
                     "name the states to apply in the spec's 'state' instead"
                 )
             archive, files = pack_tree(tree)
-        with transport_for(ctx, system) as transport:
-            what = ", ".join(parsed.sls_names) or HIGHSTATE
-            ctx.log(
-                f"applying salt states ({what}{', test mode' if parsed.test else ''}) on {system.hostname} "
-                f"through {transport.name} ({transport.where}): {files} file(s) in the tree"
-            )
-            workdir = transport.make_temp_dir(prefix=f"armillary-job{ctx.job_id}-", parent=parsed.remote_tmp)
-            try:
-                self._upload(transport, system, workdir, archive, pillar)
-                return self._apply(ctx, system, transport, parsed, workdir)
-            finally:
-                if parsed.keep_remote_dir:
-                    ctx.log(f"kept {workdir} on {system.hostname} (keep_remote_dir)")
-                else:
-                    try:
-                        transport.remove_tree(workdir)
-                    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the outcome
-                        ctx.log(f"could not remove {workdir} on {system.hostname}: {exc}", level="warning")
+        return Prepared(pillar, archive, files)
+
+    def opened(self, run: Run[SaltSpec], prepared: Prepared) -> None:
+        parsed, transport = run.spec, run.transport
+        what = ", ".join(parsed.sls_names) or HIGHSTATE
+        run.ctx.log(
+            f"applying salt states ({what}{', test mode' if parsed.test else ''}) on {run.system.hostname} "
+            f"through {transport.name} ({transport.where}): {prepared.files} file(s) in the tree"
+        )
+
+    def upload(self, run: Run[SaltSpec], prepared: Prepared) -> None:
+        self._upload(run.transport, run.system, run.workdir, prepared.archive, prepared.pillar)
+
+    def apply(self, run: Run[SaltSpec], prepared: Prepared) -> dict[str, Any]:
+        return self._apply(run)
 
     # ------------------------------------------------------------ preparing
 
@@ -565,7 +491,7 @@ class SaltProvisioner(Provisioner):
         for sub in ("states", "pillar", "conf"):
             made = transport.run(["mkdir", "-m", "700", "--", f"{workdir}/{sub}"], timeout=60)
             if made.exit_code != 0:
-                raise PermanentStepError(
+                raise PermanentFailure(
                     f"cannot make {workdir}/{sub} on {system.hostname}: {made.output_tail}"
                 )
         transport.put(archive, f"{workdir}/states.tar", mode=0o600)
@@ -573,7 +499,7 @@ class SaltProvisioner(Provisioner):
             ["tar", "-x", "-o", "-f", f"{workdir}/states.tar", "-C", f"{workdir}/states"], timeout=300
         )
         if unpacked.exit_code != 0:
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"cannot unpack the salt states on {system.hostname} (tar exited {unpacked.exit_code}): "
                 f"{unpacked.output_tail.strip() or '(no output)'}"
             )
@@ -603,14 +529,11 @@ class SaltProvisioner(Provisioner):
 
     # ------------------------------------------------------------ applying
 
-    def _apply(self, ctx: Any, system: Any, transport: Any, parsed: SaltSpec, workdir: str) -> dict[str, Any]:
-        stopping = getattr(getattr(ctx, "runtime", None), "stopping", None)
-        if stopping is not None and stopping.is_set():
-            raise TransientStepError("the server is stopping: salt states left to a retry")
-        left = ctx.remaining() - DEADLINE_MARGIN_S
-        if left <= 1:
-            raise TransientStepError("no time left in the step to apply the salt states")
-        timeout = min(parsed.timeout, left) if parsed.timeout else left
+    def _apply(self, run: Run[SaltSpec]) -> dict[str, Any]:
+        ctx, system, transport, parsed, workdir = run.ctx, run.system, run.transport, run.spec, run.workdir
+        if run.stopping():
+            raise TransientFailure("the server is stopping: salt states left to a retry")
+        timeout = run.timeout(parsed.timeout, "apply the salt states")
         result_file = f"{workdir}/result.json"
         argv = [
             *parsed.salt_call_argv,
@@ -631,22 +554,17 @@ class SaltProvisioner(Provisioner):
             argv.append(",".join(parsed.sls_names))
         if parsed.test:
             argv.append("test=True")
-        logged = 0
+        log = LogLimit(ctx, "salt")
 
         def on_line(line: str, stream: str) -> None:
-            nonlocal logged
-            logged += 1
-            if logged <= MAX_LOGGED_LINES:
-                ctx.log(line, stream=stream)
-            elif logged == MAX_LOGGED_LINES + 1:
-                ctx.log(f"[salt: over {MAX_LOGGED_LINES} lines; the rest is not logged]", level="warning")
+            log(line, stream=stream)
 
         started = time.monotonic()
         try:
             result = transport.run(argv, cwd=workdir, timeout=timeout, on_line=on_line)
         except CommandTimeout as exc:
             ctx.log(f"✗ salt-call timed out after {timeout:g}s", level="error")
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"salt-call on {system.hostname} timed out after {timeout:g}s "
                 f"({'killed' if exc.killed else 'it may still be running'}); last output:\n"
                 f"{exc.output_tail or '(no output)'}"
@@ -655,13 +573,13 @@ class SaltProvisioner(Provisioner):
         payload = self._read_result(transport, result_file)
         if payload is None:
             ctx.log(f"✗ salt-call exited {result.exit_code} after {took:.1f}s with no result", level="error")
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"salt-call on {system.hostname} exited {result.exit_code} and left no result; last output:\n"
                 f"{result.output_tail or '(no output)'}"
             )
         try:
             states = state_results(payload)
-        except PermanentStepError:
+        except PermanentFailure:
             ctx.log(f"✗ salt could not render or compile the states (exit {result.exit_code})", level="error")
             raise
         counts = self._report(ctx, states, parsed.test)
@@ -674,7 +592,7 @@ class SaltProvisioner(Provisioner):
                 exit_code=result.exit_code,
             )
             details = "\n".join(f"- {_failure_detail(s)}" for s in failed)
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"salt: {len(failed)} of {len(states)} state(s) failed on {system.hostname}:\n{details}"[
                     :8000
                 ],
@@ -682,7 +600,7 @@ class SaltProvisioner(Provisioner):
             )
         if result.exit_code != 0:
             ctx.log(f"✗ salt-call exited {result.exit_code} after {took:.1f}s", level="error")
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"salt-call on {system.hostname} exited {result.exit_code} though no state failed; "
                 f"last output:\n{result.output_tail or '(no output)'}",
                 result={"counts": counts},

@@ -15,11 +15,13 @@ A type's provisioner spec (``provisioner: {kind: script, spec: ...}``)::
     }
 
 Each script is ``inline`` text or a ``path`` relative to the control host's scripts directory (the
-environment variable ``ARMILLARY_SCRIPTS_DIR`` of the server; without it, ``path`` scripts are
-refused, and a path never escapes that directory, symlinks included). Its ``interpreter`` is an argv
+server setting ``ARMILLARY_SCRIPTS_DIR``, ``config.Settings.scripts_dir``, handed down as
+``armillary.sources.Roots``; without it, ``path`` scripts are refused, and a path never escapes that
+directory, symlinks included). Its ``interpreter`` is an argv
 prefix (default ``["/bin/sh"]``; ``null`` or ``[]`` runs the file itself, by its ``#!`` line).
 
-How a run goes, through the transport the system's driver names (``armillary.engine.transports``):
+How a run goes (the sequence of ``armillary.provisioners.base``), through the transport the caller
+opens for the system (the one its driver names):
 
 1. every script is read and the spec checked *before* anything is done on the machine;
 2. a private per-job directory is made on the machine (``<remote_tmp>/armillary-job<id>-XXXXXXXX``,
@@ -63,24 +65,21 @@ The spec can be checked without running anything: ``ScriptProvisioner.validate_s
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from armillary.engine.errors import PermanentStepError, TransientStepError
-from armillary.provisioners.base import Provisioner
+from armillary.failures import PermanentFailure, TransientFailure
+from armillary.provisioners.base import LogLimit, Provisioner, Run
 from armillary.remote.base import CommandTimeout
+from armillary.sources import Roots
 
-SCRIPTS_DIR_ENV = "ARMILLARY_SCRIPTS_DIR"
+SCRIPTS_DIR_ENV = "ARMILLARY_SCRIPTS_DIR"  # the setting (config.Settings.scripts_dir) path scripts are under
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
-# Seconds kept back from the step's deadline, so a script is killed (and says so) before the step is.
-DEADLINE_MARGIN_S = 5.0
-# Lines of one script written into the job log; the rest only count (the output tail is kept anyway).
-MAX_LOGGED_LINES = 20000
 DEFAULT_INTERPRETER = ["/bin/sh"]
 
 
@@ -205,55 +204,53 @@ def build_env(variables: dict[str, Any], *layers: dict[str, Any]) -> tuple[dict[
 # ---------------------------------------------------------------- the provisioner
 
 
+@dataclass
+class Prepared:
+    """The scripts read and the environment built, before the machine is touched."""
+
+    bodies: list[bytes]
+    env: dict[str, str]
+
+
 class ScriptProvisioner(Provisioner):
     name: ClassVar[str] = "script"
     Spec = ScriptSpec
 
-    def run(self, ctx: Any, system: Any, spec: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        from armillary.engine.transports import transport_for
-
-        parsed = self.validate_spec(spec)
-        bodies = [self._body(script) for script in parsed.scripts]
-        env, collisions = build_env(variables, parsed.env)
+    def prepare(self, run: Run[ScriptSpec]) -> Prepared:
+        bodies = [self._body(script, run.roots) for script in run.spec.scripts]
+        env, collisions = build_env(run.variables, run.spec.env)
         for collision in collisions:
-            ctx.log(f"variables {collision}; the later one is used", level="warning")
-        total = len(parsed.scripts)
-        with transport_for(ctx, system) as transport:
-            ctx.log(
-                f"running {total} script(s) on {system.hostname} through {transport.name} ({transport.where})"
-            )
-            workdir = transport.make_temp_dir(prefix=f"armillary-job{ctx.job_id}-", parent=parsed.remote_tmp)
-            try:
-                for index, (script, body) in enumerate(zip(parsed.scripts, bodies), start=1):
-                    self._run_one(ctx, system, transport, parsed, script, body, index, total, workdir, env)
-            finally:
-                if parsed.keep_remote_dir:
-                    ctx.log(f"kept {workdir} on {system.hostname} (keep_remote_dir)")
-                else:
-                    try:
-                        transport.remove_tree(workdir)
-                    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the outcome
-                        ctx.log(f"could not remove {workdir} on {system.hostname}: {exc}", level="warning")
+            run.ctx.log(f"variables {collision}; the later one is used", level="warning")
+        return Prepared(bodies, env)
+
+    def opened(self, run: Run[ScriptSpec], prepared: Prepared) -> None:
+        transport = run.transport
+        run.ctx.log(
+            f"running {len(run.spec.scripts)} script(s) on {run.system.hostname} through {transport.name} "
+            f"({transport.where})"
+        )
+
+    def apply(self, run: Run[ScriptSpec], prepared: Prepared) -> dict[str, Any]:
+        """Each script uploaded just before it runs; the first failure stops the rest."""
+        total = len(run.spec.scripts)
+        for index, (script, body) in enumerate(zip(run.spec.scripts, prepared.bodies), start=1):
+            self._run_one(run, script, body, index, total, prepared.env)
         return {"ok": total, "changed": total, "failed": 0}
 
     # ------------------------------------------------------------ one script
 
     def _run_one(
         self,
-        ctx: Any,
-        system: Any,
-        transport: Any,
-        parsed: ScriptSpec,
+        run: Run[ScriptSpec],
         script: ScriptStep,
         body: bytes,
         index: int,
         total: int,
-        workdir: str,
         base_env: dict[str, str],
     ) -> None:
-        stopping = getattr(getattr(ctx, "runtime", None), "stopping", None)
-        if stopping is not None and stopping.is_set():
-            raise TransientStepError(
+        ctx, system, transport, workdir = run.ctx, run.system, run.transport, run.workdir
+        if run.stopping():
+            raise TransientFailure(
                 f"the server is stopping: script {script.name!r} and the rest left to a retry"
             )
         remote = f"{workdir}/{index:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', script.name)[:60]}"
@@ -270,24 +267,11 @@ class ScriptProvisioner(Provisioner):
             "ARMILLARY_JOB_DIR": workdir,
             "ARMILLARY_SCRIPT": script.name,
         }
-        wanted = script.timeout or parsed.timeout
-        left = ctx.remaining() - DEADLINE_MARGIN_S
-        if left <= 1:
-            raise TransientStepError(f"no time left in the step to run script {script.name!r}")
-        timeout = min(wanted, left) if wanted else left
-        logged = 0
+        timeout = run.timeout(script.timeout or run.spec.timeout, f"run script {script.name!r}")
+        log = LogLimit(ctx, f"script {script.name}", script=script.name)
 
         def on_line(line: str, stream: str) -> None:
-            nonlocal logged
-            logged += 1
-            if logged <= MAX_LOGGED_LINES:
-                ctx.log(line, script=script.name, stream=stream)
-            elif logged == MAX_LOGGED_LINES + 1:
-                ctx.log(
-                    f"[script {script.name}: over {MAX_LOGGED_LINES} lines; the rest is not logged]",
-                    level="warning",
-                    script=script.name,
-                )
+            log(line, script=script.name, stream=stream)
 
         ctx.log(f"script {script.name} ({index}/{total}) starting", script=script.name, stream="armillary")
         started = time.monotonic()
@@ -295,7 +279,7 @@ class ScriptProvisioner(Provisioner):
             result = transport.run(argv, env=env, cwd=script.cwd or workdir, timeout=timeout, on_line=on_line)
         except CommandTimeout as exc:
             ctx.log(f"✗ script {script.name} timed out after {timeout:g}s", level="error", script=script.name)
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"script {script.name!r} timed out after {timeout:g}s "
                 f"({'killed' if exc.killed else 'it may still be running'}); last output:\n"
                 f"{exc.output_tail or '(no output)'}"
@@ -308,7 +292,7 @@ class ScriptProvisioner(Provisioner):
                 script=script.name,
                 exit_code=result.exit_code,
             )
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"script {script.name!r} exited {result.exit_code}; last output:\n"
                 f"{result.output_tail or '(no output)'}"
             )
@@ -317,30 +301,10 @@ class ScriptProvisioner(Provisioner):
     # ------------------------------------------------------------ reading scripts
 
     @staticmethod
-    def _body(script: ScriptStep) -> bytes:
+    def _body(script: ScriptStep, roots: Roots) -> bytes:
+        """The script's text: inline, or a file under the server's scripts directory (never outside it)."""
         if script.inline is not None:
             return script.inline.encode("utf-8")
-        root_setting = os.environ.get(SCRIPTS_DIR_ENV)
-        if not root_setting:
-            raise PermanentStepError(
-                f"script {script.name!r} names a file ({script.path}), but the server has no scripts "
-                f"directory (set {SCRIPTS_DIR_ENV})"
-            )
-        root = Path(root_setting).resolve()
-        candidate = (root / (script.path or "")).resolve()
-        if not candidate.is_relative_to(root):
-            raise PermanentStepError(
-                f"script {script.name!r}: {script.path} is outside the scripts directory"
-            )
-        try:
-            if not candidate.is_file():
-                raise PermanentStepError(
-                    f"script {script.name!r}: no file {script.path} in the scripts directory"
-                )
-            if candidate.stat().st_size > MAX_SCRIPT_BYTES:
-                raise PermanentStepError(f"script {script.name!r}: {script.path} is larger than 4 MiB")
-            return candidate.read_bytes()
-        except OSError as exc:
-            raise PermanentStepError(
-                f"script {script.name!r}: cannot read {script.path}: {exc.strerror}"
-            ) from None
+        return roots.root("scripts").read(
+            script.path or "", label=f"script {script.name!r}", max_bytes=MAX_SCRIPT_BYTES
+        )

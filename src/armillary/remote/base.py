@@ -17,7 +17,7 @@ One interface, several ways in (ARCHITECTURE.md, ``remote/``):
   (for uploads such as scripts), and its removal.
 * ``close()`` ends the connection; transports are context managers.
 
-Failures raise :class:`TransportError`, a :class:`~armillary.drivers.base.DriverError` so the engine
+Failures raise :class:`TransportError`, a :class:`~armillary.failures.Failure` so the engine
 classifies it like any driver failure: ``transient`` ones (refused, reset, timed out connecting) are
 retried with backoff, permanent ones (refused credentials, a changed host key, a missing file) fail
 the job with their message. A host key that changed raises :class:`HostKeyChanged`, loudly.
@@ -36,12 +36,11 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from armillary.drivers.base import DriverError
+from armillary.failures import Failure, PermanentFailure, TransientFailure
+from armillary.plugins import Registry, UnknownPlugin
 
 ENTRY_POINT_GROUP = "armillary.transports"
 
@@ -89,15 +88,18 @@ alive && echo alive || echo gone
 # ---------------------------------------------------------------- errors
 
 
-class TransportError(DriverError):
+class TransportError(Failure):
     """Reaching into a machine failed; ``transient`` says whether retrying may help."""
 
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
+        super().__init__(message, transient=transient)
 
-class TransientTransportError(TransportError):
+
+class TransientTransportError(TransportError, TransientFailure):
     transient = True
 
 
-class PermanentTransportError(TransportError):
+class PermanentTransportError(TransportError, PermanentFailure):
     transient = False
 
 
@@ -114,11 +116,11 @@ class CommandTimeout(PermanentTransportError):
         self.killed = killed
 
 
-class UnknownTransport(LookupError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown transport {name!r}; installed transports: {', '.join(known) or 'none'}")
-        self.name = name
-        self.known = known
+class UnknownTransport(UnknownPlugin):
+    """No installed transport has that name (the message lists the installed ones, and why it is broken)."""
+
+    def __init__(self, name: str, known: list[str], broken: dict[str, str] | None = None) -> None:
+        super().__init__("transport", name, known, broken)
 
 
 # ---------------------------------------------------------------- results and output
@@ -384,18 +386,21 @@ def unique_name(prefix: str = "armillary-") -> str:
 # ---------------------------------------------------------------- the registry
 
 
-@cache
+REGISTRY: Registry[Transport] = Registry("transport", ENTRY_POINT_GROUP, Transport)
+
+
 def transports() -> dict[str, type[Transport]]:
-    """All installed transports by name (loaded once per process)."""
-    found: dict[str, type[Transport]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        found[getattr(cls, "name", ep.name)] = cls
-    return dict(sorted(found.items()))
+    """All installed transports by name (loaded once per process); broken ones are left out."""
+    return REGISTRY.all()
+
+
+def broken_transports() -> dict[str, str]:
+    """Transports that are registered but failed to load, with why."""
+    return REGISTRY.broken()
 
 
 def get_transport(name: str) -> type[Transport]:
     try:
-        return transports()[name]
-    except KeyError:
-        raise UnknownTransport(name, list(transports())) from None
+        return REGISTRY.get(name)
+    except UnknownPlugin:
+        raise UnknownTransport(name, list(REGISTRY.all()), REGISTRY.broken()) from None

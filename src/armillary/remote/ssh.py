@@ -63,7 +63,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from armillary.drivers.base import DriverError
+from armillary.failures import Failure
 from armillary.remote.base import (
     DEFAULT_TIMEOUT_S,
     REAP_SCRIPT,
@@ -197,6 +197,27 @@ class SshTransport(Transport):
     @property
     def where(self) -> str:
         return ssh_where(self.user, self.host, self.port)
+
+    # ------------------------------------------------------------ for tools that log in by themselves
+
+    def private_key_text(self) -> str | None:
+        """The client key as OpenSSH text a tool logging in by itself (ssh, Ansible) reads without asking
+        (decrypted with its passphrase when it has one); ``None`` when there is only a password."""
+        if not self._private_key:
+            return None
+        if not self._passphrase:
+            return self._private_key if self._private_key.endswith("\n") else self._private_key + "\n"
+        import asyncssh
+
+        try:
+            key = asyncssh.import_private_key(self._private_key, self._passphrase)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise PermanentTransportError(f"the private key cannot be used: {exc}") from None
+        return key.export_private_key("openssh").decode()
+
+    def server_host_key(self) -> Any:
+        """The host key the open connection verified (an ``asyncssh.SSHKey``); ``None`` before connecting."""
+        return self._conn.get_server_host_key() if self._conn is not None else None
 
     # ------------------------------------------------------------ the interface
 
@@ -494,7 +515,7 @@ class SshTransport(Transport):
             "connect again"
         )
 
-    def _failure(self, exc: BaseException, doing: str) -> DriverError:
+    def _failure(self, exc: BaseException, doing: str) -> Failure:
         """A connection failure as a transient or permanent ``TransportError`` (or a bug re-raised).
 
         A failure that means the connection is gone forgets it, so the next call connects again.

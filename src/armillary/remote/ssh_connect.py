@@ -17,7 +17,8 @@ the same way, so the handshake lives here once:
 * the check happens in the handshake, before any credential is sent.
 
 Callers keep their own error classes and wording (a driver raises ``DriverError``\\ s, a transport
-``TransportError``\\ s, and their "host key changed" advice differs), so those are passed in.
+``TransportError``\\ s — both ``armillary.failures.Failure``\\ s — and their "host key changed" advice
+differs), so those are passed in.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from armillary.drivers.base import DriverError
+from armillary.failures import Failure
 
 # Host key algorithms in order of preference, by kind of key (a host has at most one key of each).
 KEY_KINDS: list[tuple[str, tuple[str, ...]]] = [
@@ -87,9 +88,9 @@ async def connect_pinned(
     password: str | None,
     connect_timeout: float,
     keepalive_interval: float,
-    permanent: type[DriverError],
-    changed: Callable[[HostKeySeen], DriverError],
-    failure: Callable[[BaseException], DriverError],
+    permanent: type[Failure],
+    changed: Callable[[HostKeySeen], Failure],
+    failure: Callable[[BaseException], Failure],
     pin_hint: str = "pin its host key first",
 ) -> tuple[Any, HostKeySeen]:
     """Connect and log in, trusting only a host key of fingerprint ``expected`` (one, or any of several;
@@ -183,12 +184,12 @@ def classify_ssh_error(
     host: str,
     port: int,
     where: str,
-    transient: type[DriverError],
-    permanent: type[DriverError],
+    transient: type[Failure],
+    permanent: type[Failure],
     credentials: str = "the credentials",
     on_lost: Callable[[], None] | None = None,
-) -> DriverError:
-    """An SSH failure as a ``transient`` or ``permanent`` error (a ``DriverError`` as it is; a bug re-raised).
+) -> Failure:
+    """An SSH failure as a ``transient`` or ``permanent`` error (a ``Failure`` as it is; a bug re-raised).
 
     Refused, reset, timed out, unreachable and lost connections are transient (retrying may help);
     refused credentials, protocol and key exchange failures and unknown host names are permanent.
@@ -198,7 +199,7 @@ def classify_ssh_error(
     """
     import asyncssh
 
-    if isinstance(exc, DriverError):
+    if isinstance(exc, Failure):
         return exc
     if isinstance(exc, asyncssh.PermissionDenied):
         return permanent(

@@ -1,4 +1,4 @@
-"""Selections: which systems a bulk job or a schedule acts on, and starting such a job."""
+"""Selections: which systems a bulk job or a schedule acts on (the job: ``armillary.workflows.bulk``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from armillary.domain.errors import InvalidInput
-from armillary.domain.job_schemas import JobSpec, Selector
-from armillary.domain.jobs import Job
+from armillary.domain.job_schemas import Selector
 from armillary.domain.models import Environment, System, SystemLabel, SystemType
-from armillary.engine.bulk import submit_selection
 
 MAX_SELECTION = 100_000
 
@@ -51,32 +49,3 @@ def resolve_selector(
     if len(found) > MAX_SELECTION:
         raise InvalidInput("selector", f"matches more than {MAX_SELECTION} systems; narrow it")
     return found
-
-
-def start_from_spec(
-    session: Session,
-    spec: JobSpec,
-    *,
-    request_id: str | None = None,
-    idempotency_key: str | None = None,
-    actor: dict[str, Any] | None = None,
-    system_ids: list[int] | None = None,
-) -> Job:
-    """A bulk job over the selection (or over ``system_ids`` already resolved and checked by the caller)."""
-    if system_ids is None:
-        system_ids = resolve_selector(session, spec.selector)
-    if not system_ids:
-        raise InvalidInput("selector", "matches no systems")
-    return submit_selection(
-        session,
-        action=spec.action,
-        system_ids=system_ids,
-        batch_size=spec.batch_size,
-        concurrency=spec.concurrency,
-        on_failure=spec.on_failure,
-        action_params=spec.params,
-        idempotency_key=idempotency_key,
-        request_id=request_id,
-        selector=spec.selector.model_dump(mode="json", exclude_none=True),
-        actor=actor,
-    )

@@ -2,6 +2,9 @@
 
 ``defined → creating → created → provisioning → ready → (deploying → ready)* → destroying → destroyed``,
 ``error`` from any active state (recoverable by retrying the action), and ``stopped`` in between.
+
+``WORKFLOWS`` (create, provision, stage, stop, start, destroy, reload, clone) is this module's entry point
+of ``armillary.workflows``; ``prepare`` is the first step of every action, deploy's and rollback's too.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from typing import Any
 from armillary.domain.models import utcnow
 from armillary.domain.states import SystemState, TransitionRefused, check_action
 from armillary.domain.variables import plain_values, resolve_system
-from armillary.drivers.base import MachineInfo, PermanentDriverError
+from armillary.drivers.base import MachineInfo, MachineState, PermanentDriverError
 from armillary.engine.context import StepContext
-from armillary.engine.errors import PermanentStepError, TransientStepError
-from armillary.engine.workflows import StepSpec, Workflow, register
+from armillary.engine.transports import transport_for
+from armillary.engine.workflows import StepSpec, Workflow
+from armillary.failures import PermanentFailure, TransientFailure
 from armillary.provisioners.base import provisioners
 from armillary.redaction import register_secrets_in
+from armillary.sources import Roots
 
 BOOT_POLL_MAX_S = 10.0
+# A machine in one of these states while we wait for it to run will not run: fail at once.
+NOT_BOOTING = frozenset({MachineState.MISSING, MachineState.ERROR, MachineState.TERMINATED,
+                         MachineState.STOPPED})
 
 
 # ---------------------------------------------------------------- prepare
@@ -35,7 +43,7 @@ def prepare(action: str, transitional: SystemState | None):
         try:
             check_action(action, system.state, has_machine=system.provider_id is not None)
         except TransitionRefused as exc:
-            raise PermanentStepError(str(exc)) from None
+            raise PermanentFailure(str(exc)) from None
         if transitional is not None:
             ctx.update_system(state=transitional.value)
         ctx.log(f"{action} {system.hostname}: {system.state} → {transitional or 'unchanged'}")
@@ -51,11 +59,11 @@ def prepare(action: str, transitional: SystemState | None):
 def _wait_running(ctx: StepContext, driver, system, info: MachineInfo) -> MachineInfo:
     """Poll until the machine runs; one that stopped or vanished while booting fails at once."""
     delay = 0.05
-    while info.state != "running":
-        if info.state in {"missing", "error", "terminated", "stopped", "exited", "dead"}:
+    while info.state != MachineState.RUNNING:
+        if info.state in NOT_BOOTING:
             raise PermanentDriverError(f"machine {info.provider_id} is {info.state} while waiting for it to run")
         if ctx.remaining() < delay:
-            raise TransientStepError(f"machine {info.provider_id} still {info.state}")
+            raise TransientFailure(f"machine {info.provider_id} still {info.state}")
         time.sleep(delay)
         delay = min(delay * 2, BOOT_POLL_MAX_S)
         info = driver.status(ctx.machine_ref(system))
@@ -150,7 +158,7 @@ def provision(ctx: StepContext) -> dict[str, Any]:
     else:
         installed = provisioners()
         if kind not in installed:
-            raise PermanentStepError(
+            raise PermanentFailure(
                 f"no {kind!r} provisioner is installed (installed: {', '.join(installed) or 'none'})"
             )
         with ctx.runtime.db.session() as session:
@@ -158,7 +166,11 @@ def provision(ctx: StepContext) -> dict[str, Any]:
 
             variables = plain_values(resolve_system(session, session.get(System, system.id)))
         register_secrets_in(variables)  # db_password & co. are masked in whatever the run prints
-        counts = installed[kind]().run(ctx, system, system.type.provisioner_spec, variables)
+        counts = installed[kind]().run(
+            ctx, system, system.type.provisioner_spec, variables,
+            connect=lambda: transport_for(ctx, system),  # the transport the system's driver names
+            roots=Roots.from_settings(ctx.runtime.settings),  # the server's content directories
+        )
     ctx.update_system(state=SystemState.READY.value, provisioned_at=utcnow())
     return {"provisioner": kind, "counts": counts}
 
@@ -184,7 +196,7 @@ def _after(spec: StepSpec, previous: str) -> StepSpec:
 _PROVISION = StepSpec("provision", provision, ("prepare",), timeout_s=3600, max_attempts=2)
 _DESTROY = StepSpec("destroy_machine", destroy_machine, ("prepare",), timeout_s=1800, max_attempts=5, retry_base_s=2.0)
 
-for workflow in (
+WORKFLOWS = (
     Workflow("create", _steps("create", SystemState.CREATING, _CREATE), description="Create the machine"),
     Workflow("provision", _steps("provision", SystemState.PROVISIONING, _PROVISION),
              description="Configure the machine with its type's provisioner"),
@@ -200,10 +212,4 @@ for workflow in (
              description="Recreate the machine (destroy + create, provision again if it was provisioned)"),
     Workflow("clone", _steps("create", SystemState.CREATING, _CREATE, _after(_PROVISION, "create_machine")),
              description="Create a copy of a system (a new system record), provisioned if its source was"),
-):
-    register(workflow)
-
-# deploy and rollback: the release procedure of armillary.engine.deploy, one step per stage.
-from armillary.engine import deploy as _deploy  # imported last: it is given prepare, defined above
-
-_deploy.register_workflows(prepare)
+)

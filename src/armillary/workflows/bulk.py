@@ -4,7 +4,11 @@ The selection is resolved when the job is submitted and stored in its params, cu
 each batch is a step (batches run one after the other), and within a batch at most
 ``concurrency`` children run at once. ``on_failure="stop"`` ends the parent after the first batch
 with a failure (later batches are not started); ``"continue"`` runs every batch. The parent's
-context and summary list every host with ✔/✗ and, for failures, why.
+context and summary list every host with ✔/✗ and, for failures, why (``summarize``).
+
+The workflows are the family ``bulk`` (``bulk-<batches>``, made on first use), this module's entry point
+of ``armillary.workflows``; it also starts the jobs of schedules (``start_scheduled``: a schedule's spec
+is a ``JobSpec``, a bulk job over a selection).
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ import time
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from armillary.domain.errors import Conflict, Forbidden
+from armillary.domain.errors import Conflict, Forbidden, InvalidInput
+from armillary.domain.job_schemas import JobSpec
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
 from armillary.domain.models import System
 from armillary.engine.context import StepContext
-from armillary.engine.errors import PermanentStepError, TransientStepError
 from armillary.engine.jobs import create_job, start_system_action
-from armillary.engine.workflows import StepSpec, Workflow, is_registered, register
+from armillary.engine.workflows import StepSpec, Workflow, WorkflowFamily
+from armillary.failures import PermanentFailure, TransientFailure
+from armillary.workflows.selection import resolve_selector
 
 POLL_S = 0.025  # how often a batch looks for finished children: a free slot waits at most this long
 
@@ -36,7 +43,7 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     cancelled = False
     while pending or running:
         if ctx.runtime.stopping.is_set():
-            raise TransientStepError("this server is stopping; the batch resumes where it was on the next attempt")
+            raise TransientFailure("this server is stopping; the batch resumes where it was on the next attempt")
         if not cancelled and ctx.cancel_requested():
             cancelled = True
             pending.clear()
@@ -62,8 +69,8 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     failed = {h: r for h, r in results.items() if r["status"] != JobStatus.SUCCEEDED.value}
     outcome = {f"batch_{index}": results}
     if failed and ctx.params.get("on_failure", "stop") == "stop":
-        raise PermanentStepError(f"{len(failed)} of {len(results)} systems failed in batch {index}: "
-                                 + ", ".join(sorted(failed)) + "; stopping (on_failure=stop)", result=outcome)
+        raise PermanentFailure(f"{len(failed)} of {len(results)} systems failed in batch {index}: "
+                               + ", ".join(sorted(failed)) + "; stopping (on_failure=stop)", result=outcome)
     return outcome
 
 
@@ -111,19 +118,36 @@ def batch_step_names(count: int) -> list[str]:
     return [f"batch-{i}" for i in range(1, count + 1)]
 
 
+def summarize(context: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-host ✔/✗ of a bulk job, from the results its batches put in the context (None: no batch ran)."""
+    if not any(key.startswith("batch_") for key in context):
+        return None
+    hosts = {host: result["status"] for key, batch in sorted(context.items()) if key.startswith("batch_")
+             for host, result in batch.items()}
+    failed = sum(1 for status in hosts.values() if status != JobStatus.SUCCEEDED.value)
+    return {"hosts": hosts, "succeeded": len(hosts) - failed, "failed": failed}
+
+
+def make_bulk_workflow(batches: int) -> Workflow:
+    """The workflow ``bulk-<batches>``: ``batches`` sequential batch steps."""
+    names = batch_step_names(batches)
+    steps = [StepSpec(n, run_batch, (names[i - 1],) if i else (), timeout_s=86400, max_attempts=5)
+             for i, n in enumerate(names)]
+    return Workflow(f"bulk-{batches}", steps, failure_state=None,
+                    description=f"{batches} batches of child jobs", summarize=summarize)
+
+
+def _member(suffix: str) -> Workflow | None:
+    return make_bulk_workflow(int(suffix)) if suffix.isdigit() else None
+
+
 def bulk_workflow(batches: int) -> str:
-    """The workflow name for ``batches`` sequential batch steps (registered on first use)."""
-    name = f"bulk-{batches}"
-    if not is_registered(name):
-        names = batch_step_names(batches)
-        steps = [StepSpec(n, run_batch, (names[i - 1],) if i else (), timeout_s=86400, max_attempts=5)
-                 for i, n in enumerate(names)]
-        register(Workflow(name, steps, failure_state=None, description=f"{batches} batches of child jobs"))
-    return name
+    """The workflow name for ``batches`` sequential batch steps (made by the ``bulk`` family on first use)."""
+    return f"bulk-{batches}"
 
 
 def submit_selection(
-    session,
+    session: Session,
     *,
     action: str,
     system_ids: list[int],
@@ -151,3 +175,44 @@ def submit_selection(
         user_id=(actor or {}).get("user_id"),
         actor=(actor or {}).get("name"),
     )
+
+
+def start_from_spec(
+    session: Session,
+    spec: JobSpec,
+    *,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+    actor: dict[str, Any] | None = None,
+    system_ids: list[int] | None = None,
+) -> Job:
+    """A bulk job over the selection (or over ``system_ids`` already resolved and checked by the caller)."""
+    if system_ids is None:
+        system_ids = resolve_selector(session, spec.selector)
+    if not system_ids:
+        raise InvalidInput("selector", "matches no systems")
+    return submit_selection(
+        session,
+        action=spec.action,
+        system_ids=system_ids,
+        batch_size=spec.batch_size,
+        concurrency=spec.concurrency,
+        on_failure=spec.on_failure,
+        action_params=spec.params,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        selector=spec.selector.model_dump(mode="json", exclude_none=True),
+        actor=actor,
+    )
+
+
+def start_scheduled(session: Session, spec: dict[str, Any], request_id: str) -> Job:
+    """A schedule's job: a bulk job over its selection (resolved now)."""
+    # Schedules are made by admins; their jobs act with an admin's authority, as the schedule.
+    actor = {"user_id": None, "name": request_id, "admin": True}
+    return start_from_spec(session, JobSpec.model_validate(spec), request_id=request_id, actor=actor)
+
+
+BULK = WorkflowFamily("bulk", _member, description="Child jobs over a selection of systems, in batches",
+                      start_scheduled=start_scheduled)
+WORKFLOWS = (BULK,)
