@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,20 +61,43 @@ def _presented_token(request: Request, credentials: HTTPAuthorizationCredentials
     return (cookie, True) if cookie else (None, False)
 
 
+@dataclass(frozen=True)
+class LiveToken:
+    """What a request's token proved, looked up once per request (by the body guard, or the route)."""
+
+    plaintext: str
+    id: int
+    user_id: int
+    name: str
+    is_admin: bool
+    last_used_at: datetime | None
+
+    @classmethod
+    def lookup(cls, session: Session, plaintext: str, now: datetime | None = None) -> LiveToken | None:
+        row = tokens.find_valid(session, plaintext, now)
+        if row is None:
+            return None
+        return cls(plaintext, row.id, row.user_id, row.user.name, row.user.is_admin, row.last_used_at)
+
+
 async def credentials_refusal(conn: HTTPConnection) -> str | None:
     """Why a request has no live token (the 401 detail), or None; for the body guard, which answers
-    before any body is read. ``current_principal`` still does the full check once the route runs."""
+    before any body is read. What it found is kept on the request, so the route does not look again."""
     scheme, _, value = conn.headers.get("authorization", "").partition(" ")
     plaintext = value.strip() if scheme.lower() == "bearer" else conn.cookies.get(SESSION_COOKIE)
     if not plaintext:
         return CREDENTIALS_REQUIRED
     db: Database = conn.app.state.db
 
-    def live() -> bool:
+    def live() -> LiveToken | None:
         with db.sessionmaker() as session:
-            return tokens.find_valid(session, plaintext) is not None
+            return LiveToken.lookup(session, plaintext)
 
-    return None if await anyio.to_thread.run_sync(live) else TOKEN_REFUSED
+    found = await anyio.to_thread.run_sync(live)
+    if found is None:
+        return TOKEN_REFUSED
+    conn.scope.setdefault("state", {})["live_token"] = found
+    return None
 
 
 def current_principal(
@@ -86,22 +110,24 @@ def current_principal(
     if not plaintext:
         raise Unauthorized(CREDENTIALS_REQUIRED)
     now = utcnow()
-    row = tokens.find_valid(session, plaintext, now)
-    if row is None:
+    token = getattr(request.state, "live_token", None)
+    if token is None or token.plaintext != plaintext:
+        token = LiveToken.lookup(session, plaintext, now)
+    if token is None:
         raise Unauthorized(TOKEN_REFUSED)
     if via_cookie and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent, csrf_token_for(plaintext)):
             raise Forbidden("a write with the session cookie needs the X-CSRF-Token header (CSRF protection)")
-    grants = session.execute(select(RoleGrant.environment_id, RoleGrant.role).where(RoleGrant.user_id == row.user_id))
+    grants = session.execute(select(RoleGrant.environment_id, RoleGrant.role).where(RoleGrant.user_id == token.user_id))
     roles = {env_id: role for env_id, role in grants}
     principal = Principal(
-        user_id=row.user_id, name=row.user.name, is_admin=row.user.is_admin, roles=roles, token_id=row.id,
+        user_id=token.user_id, name=token.name, is_admin=token.is_admin, roles=roles, token_id=token.id,
         via_cookie=via_cookie,
     )
     request.state.principal = principal
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        _touch(request.app.state.db, row.id, now)
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        _touch(request.app.state.db, token.id, now)
     return principal
 
 
