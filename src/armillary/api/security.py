@@ -54,10 +54,13 @@ def csrf_token_for(session_token: str) -> str:
     return hmac.new(session_token.encode(), b"armillary-csrf", hashlib.sha256).hexdigest()
 
 
-def _presented_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> tuple[str | None, bool]:
-    if credentials is not None:
-        return credentials.credentials, False
-    cookie = request.cookies.get(SESSION_COOKIE)
+def presented_token(conn: HTTPConnection) -> tuple[str | None, bool]:
+    """The token a request carries (``Authorization: Bearer``, else the session cookie) and whether it
+    came as the cookie; read the same way by the body guard and by ``current_principal``."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), False
+    cookie = conn.cookies.get(SESSION_COOKIE)
     return (cookie, True) if cookie else (None, False)
 
 
@@ -83,8 +86,7 @@ class LiveToken:
 async def credentials_refusal(conn: HTTPConnection) -> str | None:
     """Why a request has no live token (the 401 detail), or None; for the body guard, which answers
     before any body is read. What it found is kept on the request, so the route does not look again."""
-    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
-    plaintext = value.strip() if scheme.lower() == "bearer" else conn.cookies.get(SESSION_COOKIE)
+    plaintext, _ = presented_token(conn)
     if not plaintext:
         return CREDENTIALS_REQUIRED
     db: Database = conn.app.state.db
@@ -106,7 +108,7 @@ def current_principal(
     session: Session = SessionDep,
 ) -> Principal:
     """Who is calling, from their token; 401 without a live one. Kept on ``request.state`` for the audit."""
-    plaintext, via_cookie = _presented_token(request, credentials)
+    plaintext, via_cookie = presented_token(request)  # ``credentials``: declares the scheme in OpenAPI
     if not plaintext:
         raise Unauthorized(CREDENTIALS_REQUIRED)
     now = utcnow()

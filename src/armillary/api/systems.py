@@ -87,38 +87,37 @@ def _check_driver_props(hypervisor: Hypervisor | None, props: dict[str, Any]) ->
     return props
 
 
+def _refuse_unless_operator(access: Access, env: Environment, fields: list[str], what: str) -> None:
+    """403 naming each of ``fields`` when the caller set or changed them without operating ``env``
+    (an operator there, or an admin): they decide where the hypervisor's credentials go or what they run."""
+    if not fields or access.principal.operates(env.id):
+        return
+    raise Forbidden(
+        f"only an operator of environment {env.name!r} may set {what}: they decide where the hypervisor's "
+        "credentials are sent or what they run",
+        errors=[{"field": name, "message": "only an operator of the environment may set this"} for name in fields],
+    )
+
+
 def _check_operator_only(
     access: Access, env: Environment, hypervisor: Hypervisor | None, props: dict[str, Any], before: dict[str, Any]
 ) -> None:
-    """Refuse (403, naming each field) a caller who is neither an operator of ``env`` nor an admin and sets,
-    changes or removes a driver property the driver marks operator-only (``Driver.operator_only_fields``: where
-    the hypervisor's credentials are sent, or what they run). ``before``: the properties the system had on
-    the same hypervisor ({} for a new system, or one moved to another hypervisor)."""
-    if hypervisor is None or access.is_admin or access.principal.role_in(env.id) == "operator":
+    """Refuse driver properties the driver marks operator-only (``Driver.operator_only_fields``) set, changed
+    or removed by a non-operator. ``before``: the properties the system had on the same hypervisor ({} for a
+    new system, or one moved to another hypervisor)."""
+    if hypervisor is None:
         return
     guarded = driver_for(hypervisor.driver).operator_only_fields()
     changed = sorted(n for n in guarded if (n in props or n in before) and props.get(n) != before.get(n))
-    if changed:
-        raise Forbidden(
-            f"only an operator of environment {env.name!r} may set the {hypervisor.driver} driver properties "
-            f"{', '.join(changed)}: they decide where the hypervisor's credentials are sent or what they run",
-            errors=[{"field": f"driver.{name}", "message": "only an operator of the environment may set this"}
-                    for name in changed],
-        )
+    _refuse_unless_operator(access, env, [f"driver.{name}" for name in changed],
+                            f"the {hypervisor.driver} driver properties {', '.join(changed)}")
 
 
 def _check_addresses(access: Access, env: Environment, machine: MachineProps, before: list[str]) -> None:
     """Addresses are connection targets too (transports reach the machine there with the hypervisor's
     keys): only an operator of ``env`` or an admin may set or change them; drivers report the rest."""
-    if "addresses" not in machine.model_fields_set or list(machine.addresses) == list(before or []):
-        return
-    if access.is_admin or access.principal.role_in(env.id) == "operator":
-        return
-    raise Forbidden(
-        f"only an operator of environment {env.name!r} may set a system's addresses: the hypervisor's "
-        "credentials are used to reach them", errors=[{"field": "machine.addresses", "message":
-                                                       "only an operator of the environment may set this"}],
-    )
+    if "addresses" in machine.model_fields_set and list(machine.addresses) != list(before or []):
+        _refuse_unless_operator(access, env, ["machine.addresses"], "a system's addresses")
 
 
 def _set_machine(system: System, machine: MachineProps, only_given: bool) -> None:

@@ -52,6 +52,10 @@ class Principal:
     def role_in(self, env_id: int) -> str | None:
         return self.roles.get(env_id)
 
+    def operates(self, env_id: int) -> bool:
+        """Whether this caller acts on everything in the environment: an operator there, or an admin."""
+        return self.is_admin or self.roles.get(env_id) == "operator"
+
     def visible_env_ids(self) -> set[int] | None:
         """Environments this caller may see; None means all (admin)."""
         return None if self.is_admin else set(self.roles)

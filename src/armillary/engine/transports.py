@@ -103,8 +103,6 @@ def _machine_ref(system: Any) -> MachineRef:
 
 
 def _ssh(ctx: Any, system: Any, driver: Driver) -> Transport:
-    from armillary.remote.ssh import SshTransport
-
     try:
         target = driver.ssh_target(_machine_ref(system))
     except DriverError as exc:
@@ -112,19 +110,8 @@ def _ssh(ctx: Any, system: Any, driver: Driver) -> Transport:
     credentials = driver.ssh_credentials()
     recorded = (system.provider_info or {}).get(HOST_KEY_FIELD)
     if target is not None:  # the driver says where (and has checked its credentials may go there)
-        login = credentials or SshCredentials()
-        host_key = target.host_key or recorded
-        return SshTransport(
-            target.host,
-            port=target.port,
-            user=target.user,
-            private_key=login.private_key,
-            passphrase=login.passphrase,
-            password=login.password,
-            host_key=host_key,
-            on_first_contact=None if host_key else _recorder(ctx, system),
-            connect_timeout=login.connect_timeout,
-        )
+        return _ssh_transport(ctx, system, target.host, target.port, target.user, credentials or SshCredentials(),
+                              target.host_key or recorded)
 
     if credentials is None:
         raise PermanentFailure(
@@ -134,16 +121,19 @@ def _ssh(ctx: Any, system: Any, driver: Driver) -> Transport:
     addresses = list(system.addresses or [])
     if not addresses:
         raise PermanentFailure(f"{system.hostname} has no address to reach it at over SSH")
+    return _ssh_transport(ctx, system, addresses[0], credentials.port or DEFAULT_SSH_PORT,
+                          system.user or credentials.user or DEFAULT_SSH_USER, credentials, recorded)
+
+
+def _ssh_transport(ctx: Any, system: Any, host: str, port: int, user: str, login: SshCredentials,
+                   host_key: str | None) -> Transport:
+    """An SSH transport with the hypervisor's credentials; with no pinned key, the first contact's is recorded."""
+    from armillary.remote.ssh import SshTransport  # asyncssh only where SSH is used
+
     return SshTransport(
-        addresses[0],
-        port=credentials.port or DEFAULT_SSH_PORT,
-        user=system.user or credentials.user or DEFAULT_SSH_USER,
-        private_key=credentials.private_key,
-        passphrase=credentials.passphrase,
-        password=credentials.password,
-        host_key=recorded,
-        on_first_contact=None if recorded else _recorder(ctx, system),
-        connect_timeout=credentials.connect_timeout,
+        host, port=port, user=user, private_key=login.private_key, passphrase=login.passphrase,
+        password=login.password, host_key=host_key,
+        on_first_contact=None if host_key else _recorder(ctx, system), connect_timeout=login.connect_timeout,
     )
 
 
