@@ -47,9 +47,12 @@ def test_kill_mid_create_then_restart_adopts_the_machine(db_url: str, tmp_path) 
                                                 "hypervisor": "sim"}).json()
             job = api.post(f"/systems/{system['id']}/actions", json={"action": "create"}).json()
         deadline = time.monotonic() + 30
-        while not rows(db_url, "SELECT id FROM simulated_machines WHERE system_id = :s", s=system["id"]):
+        # The machine exists and its id is recorded (the step stores it the moment the driver returns; a
+        # kill in the few ms between would leave a machine the retry adopts without knowing it did).
+        while not rows(db_url, "SELECT id FROM systems WHERE id = :s AND provider_id IS NOT NULL", s=system["id"]):
             assert time.monotonic() < deadline, "the driver never created the machine"
             time.sleep(0.05)
+        assert rows(db_url, "SELECT id FROM simulated_machines WHERE system_id = :s", s=system["id"])
         step = rows(db_url, "SELECT status FROM steps WHERE job_id = :j AND name = 'create_machine'", j=job["id"])
         assert step[0][0] == "running"
     finally:
