@@ -34,6 +34,9 @@ from armillary.domain.models import (
 )
 from armillary.engine.jobs import create_job
 from tests.support.accounts import TEST_PASSWORDS, bearer, ensure_user, token_for
+from armillary.domain.secrets import box_for
+from armillary.network.models import DnsZone, IpAddress, IpPool
+from tests.support.bind9 import Named, running_named
 from tests.support.databases import database
 from tests.support.server import running_app
 
@@ -61,10 +64,35 @@ class Call:
 def server(tmp_path_factory) -> Iterator[tuple[str, Any]]:
     """The app with its job engine off: jobs stay queued, so a case never races a running job."""
     data_dir = tmp_path_factory.mktemp("matrix")
-    with database("sqlite", data_dir) as url, running_app(url, data_dir, engine="off") as (base_url, db):
+    with database("sqlite", data_dir) as url, running_app(url, data_dir, engine="off") as (base_url, db), \
+            running_named(data_dir) as named:
+        NAMED.append(named)  # the DNS zones' server, for the zone check
         for role, name in ACCOUNTS.items():
             ensure_user(db, name, admin=role == "admin", password=PASSWORDS[role])
         yield base_url + "/api/v1", db
+
+
+NAMED: list[Named] = []
+
+
+def _network(s, envs: dict[str, Environment]) -> None:
+    """Per environment: an IP pool with a reservation, a spare pool (to delete), a DNS zone on bind9."""
+    box = box_for("test-secret-key", None)  # the key running_app gives the server
+    named = NAMED[-1]
+    for name in ("in", "out"):
+        pool = IpPool(name=f"pool-{name}", environment=envs[name], cidr=f"10.{len(name)}.0.0/24", ip_version=4,
+                      first_offset=1, last_offset=254, dns_servers=[])
+        s.add_all([pool, IpPool(name=f"pool-spare-{name}", environment=envs[name], cidr=f"10.{len(name)}.1.0/24",
+                                ip_version=4, first_offset=1, last_offset=254, dns_servers=[])])
+        s.flush()
+        s.add(IpAddress(pool_id=pool.id, ordinal=9, address=f"10.{len(name)}.0.9", kind="reserved", note="router"))
+        config = named.backend_config(named.reverse_zone if name == "out" else named.zone)
+        zone = DnsZone(name=named.reverse_zone if name == "out" else named.zone, environment=envs[name],
+                       backend="rfc2136", config={k: v for k, v in config.items() if k not in ("zone", "tsig_secret")},
+                       secret_config=box.encrypt({"tsig_secret": config["tsig_secret"]}),
+                       secret_fields=["tsig_secret"])
+        s.add_all([zone, DnsZone(name=f"spare-{name}.test.", environment=envs[name], backend="rfc2136",
+                                 config={"server": "127.0.0.1", "tsig_key_name": "k."})])
 
 
 def build_world(db) -> dict[str, Any]:
@@ -92,6 +120,7 @@ def build_world(db) -> dict[str, Any]:
                                  ("j-own", "in", "own"), ("j-other", "in", "other"), ("j-out", "out", "other")):
             s.add(System(hostname=host, environment=envs[env], hypervisor=hvs[f"hv-{env}"], owner_id=owners[owner]))
         s.add(SystemType(name="web"))
+        _network(s, envs)
         s.add(Group(name="grp", selector={"team": "a"}))
         s.add(GlobalVariable(key="dns", value="10.0.0.1"))
         s.add(Schedule(name="nightly", cron="0 3 * * *", timezone="UTC", next_run_at=utcnow(),
@@ -104,6 +133,12 @@ def build_world(db) -> dict[str, Any]:
             job = create_job(s, action="create", workflow="create", system=system, user_id=users[starter].id,
                              actor=starter)
             world[host] = job.id
+        for name in ("in", "out"):
+            world[f"zone-{name}"] = s.scalar(select(DnsZone.id).join(Environment).where(
+                Environment.name == name, ~DnsZone.name.startswith("spare")))
+            world[f"spare-zone-{name}"] = s.scalar(select(DnsZone.id).join(Environment).where(
+                Environment.name == name, DnsZone.name.startswith("spare")))
+            world[f"address-{name}"] = s.scalar(select(IpAddress.id).join(IpPool).where(IpPool.name == f"pool-{name}"))
     return world
 
 
@@ -222,10 +257,27 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "GET /api/v1/sources/{source_id}": (("-",), lambda w, v, r: Call(f"/sources/{w['source']}")),
     # "own": uploaded by the caller (even a viewer may have uploaded before losing a role); "in": by someone else.
     "DELETE /api/v1/sources/{source_id}": (("own", "in"), lambda w, v, r: Call(f"/sources/{w['source']}")),
+    "GET /api/v1/ip-pools": (("in", "out"), lambda w, v, r: Call("/ip-pools", params={"environment": env_ref(v)})),
+    "POST /api/v1/ip-pools": (("in", "out"), lambda w, v, r: Call("/ip-pools", {"name": "pool-new", "environment": env_ref(v), "cidr": "10.99.0.0/24"})),
+    "GET /api/v1/ip-pools/{ref}": (("in", "out"), lambda w, v, r: Call(f"/ip-pools/pool-{env_ref(v)}")),
+    "GET /api/v1/ip-pools/{ref}/free": (("in", "out"), lambda w, v, r: Call(f"/ip-pools/pool-{env_ref(v)}/free")),
+    "PATCH /api/v1/ip-pools/{ref}": (("in", "out"), lambda w, v, r: Call(f"/ip-pools/pool-{env_ref(v)}", {"description": "d"})),
+    "DELETE /api/v1/ip-pools/{ref}": (("in", "out"), lambda w, v, r: Call(f"/ip-pools/pool-spare-{env_ref(v)}")),
+    "GET /api/v1/ip-addresses": (("in", "out"), lambda w, v, r: Call("/ip-addresses", params={"pool": f"pool-{env_ref(v)}"})),
+    "POST /api/v1/ip-addresses": (("in", "out"), lambda w, v, r: Call("/ip-addresses", {"pool": f"pool-{env_ref(v)}", "note": "printer"})),
+    "GET /api/v1/ip-addresses/{address_id}": (("in", "out"), lambda w, v, r: Call(f"/ip-addresses/{w['address-' + env_ref(v)]}")),
+    "DELETE /api/v1/ip-addresses/{address_id}": (("in", "out"), lambda w, v, r: Call(f"/ip-addresses/{w['address-' + env_ref(v)]}")),
+    "GET /api/v1/dns-zones": (("in", "out"), lambda w, v, r: Call("/dns-zones", params={"environment": env_ref(v)})),
+    "POST /api/v1/dns-zones": (("in", "out"), lambda w, v, r: Call("/dns-zones", {"name": "new.test", "environment": env_ref(v), "backend": "rfc2136", "config": {"server": "127.0.0.1", "tsig_key_name": "k.", "tsig_secret": "c2VjcmV0"}})),
+    "GET /api/v1/dns-zones/{ref}": (("in", "out"), lambda w, v, r: Call(f"/dns-zones/{w['zone-' + env_ref(v)]}")),
+    "PATCH /api/v1/dns-zones/{ref}": (("in", "out"), lambda w, v, r: Call(f"/dns-zones/{w['zone-' + env_ref(v)]}", {"ttl": 120})),
+    "DELETE /api/v1/dns-zones/{ref}": (("in", "out"), lambda w, v, r: Call(f"/dns-zones/{w['spare-zone-' + env_ref(v)]}")),
+    "GET /api/v1/dns-zones/{ref}/check": (("in", "out"), lambda w, v, r: Call(f"/dns-zones/{w['zone-' + env_ref(v)]}/check")),
+    "GET /api/v1/dns-records": (("in", "out"), lambda w, v, r: Call("/dns-records", params={"zone": w['zone-' + env_ref(v)]})),
 }
 # A selector names systems: out of the caller's environments they do not exist, so the job matches none.
 BODY_REFERENCES = {"POST /api/v1/hypervisors", "POST /api/v1/systems", "POST /api/v1/systems/import",
-                   "POST /api/v1/jobs"}
+                   "POST /api/v1/jobs", "POST /api/v1/ip-pools", "POST /api/v1/ip-addresses", "POST /api/v1/dns-zones"}
 
 
 def expected(permission: str, role: str, variant: Variant, operation: str) -> int | str:

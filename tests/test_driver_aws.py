@@ -36,7 +36,13 @@ from armillary.drivers.aws import (
     forget_clients,
     instance_type_for,
 )
-from armillary.drivers.base import MachineRef, MachineSpec, PermanentDriverError, TransientDriverError
+from armillary.drivers.base import (
+    AddressAssignment,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    TransientDriverError,
+)
 from tests.support import moto as moto_support
 from tests.support.databases import database
 from tests.support.jobs import act_and_wait, wait_job
@@ -59,7 +65,7 @@ def make_driver(endpoint: MotoPeer | str, **config: Any) -> AwsDriver:
 
 
 def spec(moto: MotoPeer, system_id: int = SYSTEM_ID, **props: Any) -> MachineSpec:
-    machine = {k: props.pop(k) for k in ("cpu", "memory_mb", "disk_gb") if k in props}
+    machine = {k: props.pop(k) for k in ("cpu", "memory_mb", "disk_gb", "addresses") if k in props}
     return MachineSpec(
         system_id=system_id,
         hostname=props.pop("hostname", f"web-{system_id}"),
@@ -406,6 +412,85 @@ def test_a_create_failing_after_launch_removes_what_it_made(moto: MotoPeer, driv
     retried = driver.create(spec(moto, **{"elastic-ip": True}))  # corrected: a fresh start
     assert retried.provider_id not in {i["InstanceId"] for i in dead}
     assert retried.details["client_token"].endswith("-2")
+
+
+# ---------------------------------------------------------------- static addresses (IP pools)
+
+
+def a_subnet(moto: MotoPeer) -> dict:
+    return moto.client().describe_subnets()["Subnets"][0]
+
+
+def host_in(subnet: dict, index: int) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_network(subnet["CidrBlock"])[index])
+
+
+def test_a_static_address_is_the_instances_private_address(moto: MotoPeer, driver: AwsDriver) -> None:
+    subnet = a_subnet(moto)
+    address = host_in(subnet, 10)
+    assignment = AddressAssignment(address, 20, network=subnet["SubnetId"])
+    info = driver.create(spec(moto, addresses=(assignment,)))
+    [instance] = moto.live(SYSTEM_ID)
+    assert instance["PrivateIpAddress"] == address and instance["SubnetId"] == subnet["SubnetId"]
+    assert address in info.addresses and info.details["subnet_id"] == subnet["SubnetId"]
+    again = driver.create(spec(moto, addresses=(assignment,)))  # a retry adopts it, address checked
+    assert again.provider_id == info.provider_id
+    other = AddressAssignment(host_in(subnet, 11), 20, network=subnet["SubnetId"])
+    with pytest.raises(PermanentDriverError, match=f"has private address {address}, not its static address"):
+        driver.create(spec(moto, addresses=(other,)))
+    assert [i["InstanceId"] for i in moto.live(SYSTEM_ID)] == [info.provider_id]
+
+
+def test_a_static_address_goes_in_the_systems_or_default_subnet(moto: MotoPeer) -> None:
+    subnet = a_subnet(moto)
+    driver = make_driver(moto, default_subnet=subnet["SubnetId"])
+    address = host_in(subnet, 12)
+    driver.create(spec(moto, addresses=(AddressAssignment(address, 20),)))
+    assert [i["PrivateIpAddress"] for i in moto.live(SYSTEM_ID)] == [address]
+
+
+def test_an_address_outside_the_subnet_is_refused_before_the_launch(moto: MotoPeer, driver: AwsDriver) -> None:
+    subnet = a_subnet(moto)
+    outside = AddressAssignment("203.0.113.7", 24, network=subnet["SubnetId"])
+    with pytest.raises(PermanentDriverError, match=rf"203\.0\.113\.7 is outside subnet {subnet['SubnetId']} "
+                                                   rf"\({subnet['CidrBlock']}\)"):
+        driver.create(spec(moto, addresses=(outside,)))
+    reserved = AddressAssignment(host_in(subnet, 1), 20, network=subnet["SubnetId"])
+    with pytest.raises(PermanentDriverError, match="one of the five addresses AWS reserves"):
+        driver.create(spec(moto, addresses=(reserved,)))
+    assert moto.instances(SYSTEM_ID) == []  # nothing was launched
+
+
+def test_an_address_another_interface_holds_is_permanent_and_named(moto: MotoPeer, driver: AwsDriver) -> None:
+    """Stand-in: moto answers a second launch with a taken private address with a broken response, so EC2's
+    own answer (InvalidIPAddress.InUse, transient when releasing an Elastic IP) is played by Stubber."""
+    client = moto.client()
+    params = {"ImageId": moto.image_id, "InstanceType": "t3.micro", "MinCount": 1, "MaxCount": 1,
+              "SubnetId": "subnet-0a", "PrivateIpAddress": "10.0.0.9"}
+    with Stubber(client) as stub:
+        stub.add_client_error("run_instances", "InvalidIPAddress.InUse", "Address 10.0.0.9 is in use.", 400,
+                              expected_params={**params, "ClientToken": "armillary-78-0"})
+        with pytest.raises(PermanentDriverError, match=r"static address 10\.0\.0\.9 is already used in subnet"):
+            driver._launch(client, 78, params, gone=[])
+
+
+@pytest.mark.parametrize(
+    ("addresses", "props", "message"),
+    [
+        ((AddressAssignment("10.0.0.9", 24),), {}, "needs a subnet"),
+        ((AddressAssignment("2001:db8::9", 64),), {}, "IPv6"),
+        ((AddressAssignment("10.0.0.9", 24), AddressAssignment("10.0.0.10", 24)), {}, "one private address"),
+        ((AddressAssignment("10.0.0.9", 24, network="subnet-0a"),), {"subnet": "subnet-0b"}, "subnet property"),
+    ],
+)
+def test_static_addresses_the_driver_cannot_give_are_refused(
+    moto: MotoPeer, driver: AwsDriver, addresses: tuple, props: dict, message: str
+) -> None:
+    with pytest.raises(PermanentDriverError, match=message):
+        driver.create(spec(moto, addresses=addresses, **props))
+    assert moto.instances(SYSTEM_ID) == []
 
 
 def test_list_shows_ours_tagged_and_others_unmanaged(moto: MotoPeer, driver: AwsDriver) -> None:

@@ -23,7 +23,13 @@ import requests
 from docker import errors as docker_errors
 from pydantic import ValidationError
 
-from armillary.drivers.base import MachineRef, MachineSpec, PermanentDriverError, TransientDriverError
+from armillary.drivers.base import (
+    AddressAssignment,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    TransientDriverError,
+)
 from armillary.drivers.docker import DockerConfig, DockerDriver, DockerProps, container_name
 from tests.support import podman as podman_support
 from tests.support.jobs import act_and_wait
@@ -41,8 +47,11 @@ def make_driver(base_url: str, **config) -> DockerDriver:
     return DockerDriver(DockerConfig(base_url=base_url, **config), hypervisor_id=1)
 
 
-def spec(system_id: int = SYSTEM_ID, image: str | None = None, **props) -> MachineSpec:
+def spec(
+    system_id: int = SYSTEM_ID, image: str | None = None, addresses: tuple[AddressAssignment, ...] = (), **props
+) -> MachineSpec:
     return MachineSpec(
+        addresses=addresses,
         system_id=system_id,
         hostname=f"web-{system_id}",
         environment="dev",
@@ -276,6 +285,93 @@ def test_a_command_that_cannot_start_is_permanent_and_leaves_nothing(
 def test_a_network_that_does_not_exist_is_permanent(podman: PodmanPeer, driver: DockerDriver) -> None:
     with pytest.raises(PermanentDriverError, match="no-such-net"):
         driver.create(spec(image=podman.image, network="no-such-net"))
+
+
+# ---------------------------------------------------------------- static addresses (IP pools)
+# Documentation ranges (RFC 5737, RFC 3849; not 192.0.2.0/24, which this test host uses): bridges on this
+# host only, no traffic is sent to them.
+
+
+@pytest.fixture
+def network_name(podman: PodmanPeer) -> Iterator[str]:
+    """A network name for one test; the network (made by the driver or the test) is removed after it."""
+    name = f"armillary-pool-{os.getpid()}"
+    yield name
+    podman.remove_all_containers()
+    for network in podman.client().networks.list(names=[name]):
+        network.remove()
+
+
+def inspected_addresses(podman: PodmanPeer, container_id: str, network: str) -> tuple[str, str]:
+    settings = podman.client().containers.get(container_id).attrs["NetworkSettings"]["Networks"][network]
+    return settings["IPAddress"], settings["GlobalIPv6Address"]
+
+
+def test_static_ipv4_on_a_network_the_driver_creates(
+    podman: PodmanPeer, driver: DockerDriver, network_name: str
+) -> None:
+    assignment = AddressAssignment("203.0.113.17", 24, gateway="203.0.113.1", network=network_name)
+    info = driver.create(spec(image=podman.image, addresses=(assignment,)))
+    assert info.state == "running" and "203.0.113.17" in info.addresses
+    assert inspected_addresses(podman, info.provider_id, network_name)[0] == "203.0.113.17"
+    ipam = podman.client().networks.get(network_name).attrs["IPAM"]["Config"]
+    assert [(c["Subnet"], c["Gateway"]) for c in ipam] == [("203.0.113.0/24", "203.0.113.1")]
+    assert "203.0.113.17" in driver.status(MachineRef(SYSTEM_ID, info.provider_id)).addresses
+    # The retry adopts the container after checking it has the address.
+    assert driver.create(spec(image=podman.image, addresses=(assignment,))).provider_id == info.provider_id
+
+
+def test_static_ipv4_and_ipv6_on_the_hypervisors_network(podman: PodmanPeer, network_name: str) -> None:
+    driver = make_driver(podman.base_url, network=network_name)
+    addresses = (AddressAssignment("198.51.100.9", 24), AddressAssignment("2001:db8:77::9", 64))
+    info = driver.create(spec(image=podman.image, addresses=addresses))
+    assert inspected_addresses(podman, info.provider_id, network_name) == ("198.51.100.9", "2001:db8:77::9")
+    assert {"198.51.100.9", "2001:db8:77::9"} <= set(info.addresses)
+    assert podman.client().networks.get(network_name).attrs["EnableIPv6"] is True
+
+
+def test_an_address_outside_the_networks_subnet_is_permanent(
+    podman: PodmanPeer, driver: DockerDriver, network_name: str
+) -> None:
+    podman.client().networks.create(
+        network_name, ipam={"Driver": "default", "Config": [{"Subnet": "203.0.113.0/24"}]}
+    )
+    outside = AddressAssignment("198.51.100.5", 24, network=network_name)
+    with pytest.raises(PermanentDriverError, match=r"198\.51\.100\.5 is outside network .*203\.0\.113\.0/24"):
+        driver.create(spec(image=podman.image, addresses=(outside,)))
+    assert containers_named(podman, container_name(SYSTEM_ID)) == []
+
+
+def test_an_address_another_container_holds_is_permanent_and_named(
+    podman: PodmanPeer, driver: DockerDriver, network_name: str
+) -> None:
+    assignment = AddressAssignment("203.0.113.30", 24, network=network_name)
+    driver.create(spec(image=podman.image, addresses=(assignment,)))
+    with pytest.raises(PermanentDriverError, match=r"203\.0\.113\.30 is already used"):
+        driver.create(spec(SYSTEM_ID + 1, image=podman.image, addresses=(assignment,)))
+    assert containers_named(podman, container_name(SYSTEM_ID + 1)) == []  # nothing left for a retry to adopt
+
+
+def test_an_adopted_container_without_the_address_is_refused(
+    podman: PodmanPeer, driver: DockerDriver, network_name: str
+) -> None:
+    driver.create(spec(image=podman.image, addresses=(AddressAssignment("203.0.113.40", 24, network=network_name),)))
+    other = AddressAssignment("203.0.113.41", 24, network=network_name)
+    with pytest.raises(PermanentDriverError, match=r"does not have its static address 203\.0\.113\.41"):
+        driver.create(spec(image=podman.image, addresses=(other,)))
+    assert len(containers_named(podman, container_name(SYSTEM_ID))) == 1  # ours, not removed
+
+
+def test_static_addresses_need_one_network(podman: PodmanPeer, driver: DockerDriver) -> None:
+    with pytest.raises(PermanentDriverError, match="needs a user-defined network"):
+        driver.create(spec(image=podman.image, addresses=(AddressAssignment("203.0.113.5", 24),)))
+    two = (AddressAssignment("203.0.113.5", 24, network="a"), AddressAssignment("203.0.113.6", 24, network="b"))
+    with pytest.raises(PermanentDriverError, match="one IPv4 and one IPv6"):
+        driver.create(spec(image=podman.image, addresses=two))
+    clash = (AddressAssignment("203.0.113.5", 24, network="a"),)
+    with pytest.raises(PermanentDriverError, match="'a' but the system's network property says 'b'"):
+        driver.create(spec(image=podman.image, addresses=clash, network="b"))
+    assert containers_named(podman, container_name(SYSTEM_ID)) == []
 
 
 # ---------------------------------------------------------------- reaching the daemon

@@ -20,7 +20,13 @@ import httpx
 import pytest
 
 from armillary.drivers import libvirt as driver_module
-from armillary.drivers.base import MachineRef, MachineSpec, PermanentDriverError, TransientDriverError
+from armillary.drivers.base import (
+    AddressAssignment,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    TransientDriverError,
+)
 from armillary.drivers.libvirt import (
     NAMESPACE,
     LibvirtConfig,
@@ -289,6 +295,131 @@ def test_copy_clone_makes_an_independent_volume(lv: Any) -> None:
     make_driver().create(spec_for(system_id, base, props={"clone": "copy"}))
     volume = lv.storagePoolLookupByName(POOL).storageVolLookupByName(f"armillary-{system_id}.qcow2")
     assert ET.fromstring(volume.XMLDesc(0)).find("backingStore") is None
+
+
+# ---------------------------------------------------------------- static addresses (IP pools)
+
+
+def dhcp_hosts(conn: Any, network: str = "default") -> set[tuple[str, str]]:
+    root = ET.fromstring(conn.networkLookupByName(network).XMLDesc(0))
+    return {(h.get("mac"), h.get("ip")) for h in root.findall("ip/dhcp/host")}
+
+
+@pytest.fixture
+def network(lv: Any) -> Iterator[Any]:
+    """The test hypervisor's "default" network (192.168.122.0/24); DHCP host entries a failed test left
+    behind are removed after it (it lives as long as the process's connection)."""
+    libvirt = _libvirt()
+    before = dhcp_hosts(lv)
+    yield lv
+    handle = lv.networkLookupByName("default")
+    for mac, ip in dhcp_hosts(lv) - before:
+        handle.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                      f"<host mac='{mac}' ip='{ip}'/>", 0)
+
+
+def mac_of(conn: Any, name: str) -> str:
+    return ET.fromstring(conn.lookupByName(name).XMLDesc(0)).find("devices/interface/mac").get("address")
+
+
+def recorded(conn: Any, name: str) -> list[dict[str, str]]:
+    return [dict(a.attrib) for a in tag_of(conn, name).findall("address")]  # libvirt strips the namespace
+
+
+def test_a_static_address_on_a_libvirt_network_is_a_dhcp_host_entry(network: Any) -> None:
+    base = make_base(network)
+    system_id = next(_ids)
+    assignment = AddressAssignment("192.168.122.201", 24, gateway="192.168.122.1", dns_servers=("192.168.122.1",))
+    info = make_driver().create(spec_for(system_id, base, addresses=(assignment,)))
+    name = f"armillary-{system_id}"
+    mac = mac_of(network, name)
+    assert (mac, "192.168.122.201") in dhcp_hosts(network)  # the network's DHCP server gives the domain it
+    assert recorded(network, name) == [
+        {"ip": "192.168.122.201", "prefix": "24", "gateway": "192.168.122.1", "dns": "192.168.122.1"}
+    ]
+    assert info.addresses[0] == "192.168.122.201"
+    assert make_driver().status(MachineRef(system_id)).addresses[0] == "192.168.122.201"
+    again = make_driver().create(spec_for(system_id, base, addresses=(assignment,)))  # a retry adopts it
+    assert again.details["uuid"] == info.details["uuid"]
+    assert [h for h in dhcp_hosts(network) if h[1] == "192.168.122.201"] == [(mac, "192.168.122.201")]
+    make_driver().destroy(MachineRef(system_id))
+    assert not [h for h in dhcp_hosts(network) if h[1] == "192.168.122.201"]  # released with the domain
+
+
+def test_a_static_address_on_a_bridge_is_recorded_for_the_guest(network: Any) -> None:
+    base = make_base(network)
+    system_id = next(_ids)
+    before = dhcp_hosts(network)
+    v6 = AddressAssignment("2001:db8::20", 64, network="br-pool")
+    v4 = AddressAssignment("203.0.113.20", 24, network="br-pool")
+    info = make_driver().create(spec_for(system_id, base, addresses=(v4, v6), props={"bridge": "br-pool"}))
+    root = ET.fromstring(network.lookupByName(f"armillary-{system_id}").XMLDesc(0))
+    assert root.find("devices/interface/source").get("bridge") == "br-pool"
+    assert [a["ip"] for a in recorded(network, f"armillary-{system_id}")] == ["203.0.113.20", "2001:db8::20"]
+    assert info.addresses[:2] == ["203.0.113.20", "2001:db8::20"] and dhcp_hosts(network) == before
+
+
+def test_the_assignments_network_is_the_domains(network: Any) -> None:
+    base = make_base(network)
+    system_id = next(_ids)
+    assignment = AddressAssignment("192.168.122.202", 24, network="default")
+    make_driver(network=None).create(spec_for(system_id, base, addresses=(assignment,)))
+    root = ET.fromstring(network.lookupByName(f"armillary-{system_id}").XMLDesc(0))
+    assert root.find("devices/interface/source").get("network") == "default"
+    make_driver().destroy(MachineRef(system_id))
+
+
+def test_an_address_outside_the_network_is_permanent_and_leaves_nothing(network: Any) -> None:
+    base = make_base(network)
+    system_id = next(_ids)
+    before = dhcp_hosts(network)
+    outside = AddressAssignment("203.0.113.9", 24)
+    with pytest.raises(PermanentDriverError, match=r"203\.0\.113\.9 is outside libvirt network 'default' "
+                                                   r"\(its subnets: 192\.168\.122\.0/24\)"):
+        make_driver().create(spec_for(system_id, base, addresses=(outside,)))
+    assert f"armillary-{system_id}" not in {d.name() for d in network.listAllDomains(0)}
+    assert dhcp_hosts(network) == before
+
+
+def test_an_address_the_network_gives_another_mac_is_permanent(network: Any) -> None:
+    base = make_base(network)
+    first, second = next(_ids), next(_ids)
+    assignment = AddressAssignment("192.168.122.203", 24)
+    make_driver().create(spec_for(first, base, addresses=(assignment,)))
+    held = mac_of(network, f"armillary-{first}")
+    with pytest.raises(PermanentDriverError, match=f"already has a DHCP host entry giving 192.168.122.203 to MAC {held}"):
+        make_driver().create(spec_for(second, base, addresses=(assignment,)))
+    assert f"armillary-{second}" not in {d.name() for d in network.listAllDomains(0)}
+    assert (held, "192.168.122.203") in dhcp_hosts(network)  # the first domain's entry is untouched
+    make_driver().destroy(MachineRef(first))
+
+
+def test_a_domain_made_with_other_addresses_is_not_adopted(network: Any) -> None:
+    base = make_base(network)
+    system_id = next(_ids)
+    make_driver().create(spec_for(system_id, base, addresses=(AddressAssignment("192.168.122.204", 24),)))
+    with pytest.raises(PermanentDriverError, match=r"made with static addresses 192\.168\.122\.204, not 192\.168\.122\.205"):
+        make_driver().create(spec_for(system_id, base, addresses=(AddressAssignment("192.168.122.205", 24),)))
+    make_driver().destroy(MachineRef(system_id))
+
+
+@pytest.mark.parametrize(
+    ("addresses", "props", "message"),
+    [
+        ((AddressAssignment("2001:db8::5", 64),), {}, "IPv6 address on libvirt network 'default' is not supported"),
+        ((AddressAssignment("192.168.122.5", 24), AddressAssignment("192.168.122.6", 24)), {}, "gets one address"),
+        ((AddressAssignment("192.168.122.5", 24, network="other"),), {"bridge": "br0"}, "on bridge 'br0'"),
+        ((AddressAssignment("192.168.122.5", 24),), {"network": None}, None),
+    ],
+)
+def test_static_addresses_the_driver_cannot_give_are_refused_before_any_call(
+    addresses: tuple[AddressAssignment, ...], props: dict[str, Any], message: str | None
+) -> None:
+    driver = make_driver(network=None) if message is None else make_driver()
+    spec = spec_for(next(_ids), "no-such-image.qcow2", addresses=addresses,
+                    props={k: v for k, v in props.items() if v is not None})
+    with pytest.raises(PermanentDriverError, match=message or "needs an interface"):
+        driver.create(spec)  # no libvirt call: the image does not exist, and that is not what is said
 
 
 def test_unreachable_uri_check_fails_transiently_with_libvirts_message() -> None:

@@ -28,7 +28,13 @@ import httpx
 import pytest
 
 from armillary.drivers import vsphere as driver_module
-from armillary.drivers.base import MachineRef, MachineSpec, PermanentDriverError, TransientDriverError
+from armillary.drivers.base import (
+    AddressAssignment,
+    MachineRef,
+    MachineSpec,
+    PermanentDriverError,
+    TransientDriverError,
+)
 from armillary.drivers.vsphere import (
     KEY_SYSTEM_ID,
     VsphereConfig,
@@ -266,6 +272,47 @@ def test_create_again_adopts_instead_of_making_a_twin(vc: tuple[Vcsim, Any]) -> 
     assert again.provider_id == first.provider_id and again.state == "running"
     assert again.addresses == ["10.0.0.6"]
     assert len(tagged(si, system_id)) == 1
+
+
+def test_a_static_address_is_given_by_guest_customisation(vc: tuple[Vcsim, Any]) -> None:
+    from pyVmomi import vim
+
+    peer, si = vc
+    system_id = next(_ids)
+    assignment = AddressAssignment("10.0.0.21", 24, gateway="10.0.0.1", dns_servers=("10.0.0.2",),
+                                   network=NETWORK)
+    info = make_driver(peer).create(spec_for(system_id, addresses=(assignment,)))
+    assert info.addresses == ["10.0.0.21"], "the customisation's fixed IP, as the guest's Tools report it"
+    vm = vm_named(si, f"armillary-{system_id}")
+    nic = next(d for d in read(si, vm, "config.hardware.device")["config.hardware.device"]
+               if isinstance(d, vim.vm.device.VirtualEthernetCard))
+    assert nic.backing.deviceName == NETWORK
+    again = make_driver(peer).create(spec_for(system_id, addresses=(assignment,)))  # a retry adopts it
+    assert again.provider_id == info.provider_id and again.addresses == ["10.0.0.21"]
+    other = AddressAssignment("10.0.0.22", 24)
+    with pytest.raises(PermanentDriverError, match=r"runs with 10\.0\.0\.21, not its static address 10\.0\.0\.22"):
+        make_driver(peer).create(spec_for(system_id, addresses=(other,)))
+    assert len(tagged(si, system_id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("addresses", "props", "message"),
+    [
+        ((AddressAssignment("10.0.0.23", 24),), {"customize": False}, "needs customize: true"),
+        ((AddressAssignment("10.0.0.23", 24),), {"ip": "10.0.0.24/24"}, "the system's ip property says 10.0.0.24/24"),
+        ((AddressAssignment("2001:db8::23", 64),), {}, "IPv6 is not built"),
+        ((AddressAssignment("10.0.0.23", 24, gateway="10.9.9.1"),), {}, "gateway 10.9.9.1 is not in the network"),
+        ((AddressAssignment("10.0.0.23", 24, network="other-pg"),), {"network": NETWORK}, "port group 'other-pg'"),
+    ],
+)
+def test_static_addresses_the_driver_cannot_give_are_refused_before_a_clone(
+    vc: tuple[Vcsim, Any], addresses: tuple, props: dict, message: str
+) -> None:
+    peer, si = vc
+    system_id = next(_ids)
+    with pytest.raises(PermanentDriverError, match=message):
+        make_driver(peer).create(spec_for(system_id, addresses=addresses, props=props))
+    assert tagged(si, system_id) == []
 
 
 class Killed(BaseException):

@@ -17,7 +17,8 @@ from armillary.domain.job_schemas import ActionRequest, JobOut
 from armillary.domain.jobs import Job
 from armillary.domain.models import System, SystemLabel
 from armillary.domain.states import TransitionRefused, check_action
-from armillary.engine.jobs import StateConflict, start_system_action
+from armillary.engine.jobs import MACHINE_CREATING_ACTIONS, StateConflict, start_system_action
+from armillary.network import machines as network
 from armillary.workflows.deploy import ConfigError as DeployConfigError
 from armillary.workflows.deploy import check_request as check_deploy_request
 
@@ -82,6 +83,8 @@ def run_action(
                 check_deploy_request(session, system, body.action, params)
             except DeployConfigError as exc:
                 raise InvalidInput(exc.field, str(exc)) from None
+        if body.action in MACHINE_CREATING_ACTIONS:
+            network.check_create(session, target)  # 409 now when its addresses can't be had
         return start_system_action(
             session, target, body.action, params=params, queue=queue, idempotency_key=idempotency_key,
             request_id=request.state.request_id, **actor_kwargs(access),

@@ -22,12 +22,15 @@ from armillary.api import (
     actions,
     audit,
     auth,
+    dns_zones,
     drivers,
     environments,
     groups,
     health,
     hypervisor_checks,
     hypervisors,
+    ip_addresses,
+    ip_pools,
     jobs,
     problems,
     releases,
@@ -93,12 +96,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     # Every route under the API router needs credentials; only the login routes are outside it.
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
-               jobs, schedules, releases, sources, auth, users, audit)
-    for router in [*(module.router for module in routers), systems.labels_router, auth.public_router]:
+               jobs, schedules, releases, sources, auth, users, audit, ip_pools, ip_addresses, dns_zones)
+    for router in [*(module.router for module in routers), systems.labels_router, dns_zones.records_router,
+                   auth.public_router]:
         document_permissions(router)
     for module in routers:
         api.include_router(module.router)
     api.include_router(systems.labels_router)
+    api.include_router(dns_zones.records_router)
     app.include_router(api)
     app.include_router(auth.public_router, prefix=API_PREFIX)
     app.include_router(health.router)

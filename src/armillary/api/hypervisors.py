@@ -6,10 +6,7 @@ encrypted with the server's key and never returned (``secrets_set`` lists which 
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import ValidationError
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
@@ -24,28 +21,15 @@ from armillary.api.deps import (
     set_etag,
 )
 from armillary.api.lookups import driver_for, get_environment_for, get_hypervisor_for
+from armillary.api.secret_settings import merged_config, store_secrets, validated_config
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
-from armillary.domain.errors import InUse, invalid_from_pydantic
+from armillary.domain.errors import InUse
 from armillary.domain.models import Environment, Hypervisor, System
 from armillary.domain.schemas import HypervisorCreate, HypervisorOut, HypervisorUpdate, Page
 from armillary.domain.secrets import SecretBox
-from armillary.drivers.base import Driver
 
 router = APIRouter(prefix="/hypervisors", tags=["hypervisors"])
-
-
-def validated_config(driver: type[Driver], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate against the driver; return (plain settings, secret settings)."""
-    try:
-        model = driver.Config.model_validate(config)
-    except ValidationError as exc:
-        raise invalid_from_pydantic("config", exc) from None
-    given = model.model_dump(mode="json", exclude_unset=True)
-    secret_names = driver.secret_fields()
-    plain = {k: v for k, v in given.items() if k not in secret_names}
-    secrets = {k: v for k, v in given.items() if k in secret_names and v is not None}
-    return plain, secrets
 
 
 def to_out(hypervisor: Hypervisor) -> HypervisorOut:
@@ -63,16 +47,6 @@ def to_out(hypervisor: Hypervisor) -> HypervisorOut:
     )
 
 
-def _store_secrets(hypervisor: Hypervisor, box: SecretBox, secrets: dict[str, Any]) -> None:
-    hypervisor.secret_config = box.encrypt(secrets) if secrets else None
-    hypervisor.secret_fields = sorted(secrets)
-
-
-def decrypted_config(hypervisor: Hypervisor, box: SecretBox) -> dict[str, Any]:
-    """The full settings a driver needs to connect: plain and secret together."""
-    return {**hypervisor.config, **box.decrypt(hypervisor.secret_config)}
-
-
 @router.post("", status_code=201, response_model=HypervisorOut)
 def create_hypervisor(
     body: HypervisorCreate, request: Request, response: Response, session: Session = SessionDep,
@@ -81,12 +55,12 @@ def create_hypervisor(
     env = resolve_ref(session, Environment, body.environment, "environment", "environment")
     access.check_ref(env, "environment", body.environment)
     driver = driver_for(body.driver)
-    plain, secrets = validated_config(driver, body.config)
+    plain, secrets = validated_config(driver.Config, body.config)
     ensure_unique_name(session, Hypervisor, body.name, "hypervisor")
     hypervisor = Hypervisor(
         name=body.name, environment=env, driver=driver.name, description=body.description, config=plain
     )
-    _store_secrets(hypervisor, request.app.state.secret_box, secrets)
+    store_secrets(hypervisor, request.app.state.secret_box, secrets)
     session.add(hypervisor)
     session.flush()
     created(response, request, hypervisor.id, hypervisor.version)
@@ -138,11 +112,9 @@ def update_hypervisor(
     if body.config is not None:
         box: SecretBox = request.app.state.secret_box
         driver = driver_for(hypervisor.driver)
-        merged = {**hypervisor.config, **box.decrypt(hypervisor.secret_config), **body.config}
-        merged = {k: v for k, v in merged.items() if v is not None}  # null removes a setting
-        plain, secrets = validated_config(driver, merged)
+        plain, secrets = validated_config(driver.Config, merged_config(hypervisor, box, body.config))
         hypervisor.config = plain
-        _store_secrets(hypervisor, box, secrets)
+        store_secrets(hypervisor, box, secrets)
     session.flush()
     set_etag(response, hypervisor.version)
     return to_out(hypervisor)

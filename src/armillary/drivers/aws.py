@@ -71,6 +71,15 @@ Volumes and addresses not tagged by us (attached or associated by hand) are neve
 released. A system already gone is a success, and a destroy interrupted at any point is finished by
 its retry (everything is found by tag, not by what the previous attempt remembered).
 
+**Static addresses** (``MachineSpec.addresses``, reserved by Armillary's IP pools; capability
+``static_address``): one IPv4 address, launched as the instance's primary private address
+(``PrivateIpAddress``) in the subnet the assignment's ``network`` names (a ``subnet-…`` id), else the
+system's ``subnet``, else the hypervisor's ``default_subnet``. Checked before RunInstances: the address
+must lie in the subnet's CIDR block and not be one of the five each subnet reserves (the first four and
+the last), or the create fails naming both. An address another interface holds
+(``InvalidIPAddress.InUse``) fails permanently naming it. A retry adopts an instance only if its
+private address is the one asked for. IPv6 assignments are not built (refused, saying so).
+
 **Addresses**: the public address (the Elastic IP once associated) first, then the private one, then
 IPv6 addresses. ``list()`` reports every non-terminated instance of the hypervisor's region; those
 without our tag (or of another namespace) have ``system_id`` None (unmanaged). Instances of systems
@@ -113,6 +122,8 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from armillary.drivers.base import (
+    AddressAssignment,
+    Capability,
     Driver,
     DriverError,
     MachineInfo,
@@ -556,7 +567,10 @@ def _state(instance: dict[str, Any]) -> str:
 
 class AwsDriver(Driver):
     name = "aws"
+    extra = "aws"
     summary = "Amazon EC2 instances (or an EC2-compatible endpoint)"
+    # list() shows every instance of the region, untagged ones as unmanaged. No resize/snapshot methods yet.
+    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START, Capability.ADOPT})
     Config = AwsConfig
     SystemProps = AwsProps
     implemented = True
@@ -833,9 +847,11 @@ class AwsDriver(Driver):
         key_name = props.key_name or (cfg.default_key_name if home else None)
         if key_name:
             params["KeyName"] = key_name
-        subnet = props.subnet or (cfg.default_subnet if home else None)
+        subnet = self._subnet(spec, props, home)
         if subnet:
             params["SubnetId"] = subnet
+        if spec.addresses:
+            params["PrivateIpAddress"] = self._static_address(ec2, spec.addresses[0], subnet)
         groups = (
             props.security_groups
             if props.security_groups is not None
@@ -857,6 +873,50 @@ class AwsDriver(Driver):
         if mappings:
             params["BlockDeviceMappings"] = mappings
         return params
+
+    def _subnet(self, spec: MachineSpec, props: AwsProps, home: bool) -> str | None:
+        """The subnet to launch in: the static address's (its ``network``), else the system's, else the
+        hypervisor's default (in its own region only)."""
+        named = spec.addresses[0].network if spec.addresses else None
+        if named and props.subnet and named != props.subnet:
+            raise PermanentDriverError(
+                f"the static address {spec.addresses[0].address} is in subnet {named} but the system's "
+                f"subnet property says {props.subnet}"
+            )
+        return named or props.subnet or (self.settings.default_subnet if home else None)
+
+    def _static_address(self, ec2: Any, assignment: AddressAssignment, subnet: str | None) -> str:
+        """The private address to launch with, once EC2's subnet is known to hold it (before RunInstances)."""
+        if subnet is None:
+            raise PermanentDriverError(
+                f"static address {assignment.address} needs a subnet: the IP pool names none, and neither the "
+                "system's subnet property nor the hypervisor's default_subnet is set"
+            )
+        found = ec2.describe_subnets(SubnetIds=[subnet]).get("Subnets") or []
+        if not found:
+            raise PermanentDriverError(f"subnet {subnet} does not exist (or is not visible to this account)")
+        cidr = ipaddress.ip_network(found[0]["CidrBlock"])
+        address = ipaddress.ip_address(assignment.address)
+        if address not in cidr:
+            raise PermanentDriverError(
+                f"static address {address} is outside subnet {subnet} ({cidr}): the IP pool and the subnet disagree"
+            )
+        reserved = {cidr.network_address + i for i in range(4)} | {cidr.broadcast_address}
+        if address in reserved:
+            raise PermanentDriverError(
+                f"static address {address} is one of the five addresses AWS reserves in subnet {subnet} ({cidr}: "
+                "the first four and the last)"
+            )
+        return str(address)
+
+    def _check_static(self, spec: MachineSpec, instance: dict[str, Any]) -> None:
+        """An adopted instance must have the static private address asked for: never another."""
+        if spec.addresses and instance.get("PrivateIpAddress") != spec.addresses[0].address:
+            raise PermanentDriverError(
+                f"instance {instance['InstanceId']} of system {spec.system_id} has private address "
+                f"{instance.get('PrivateIpAddress')}, not its static address {spec.addresses[0].address}: it is "
+                "not adopted (destroy it, or give the system its address back)"
+            )
 
     def _root_device(self, ec2: Any, image_id: str) -> str | None:
         images = ec2.describe_images(ImageIds=[image_id]).get("Images") or []
@@ -882,6 +942,11 @@ class AwsDriver(Driver):
             except ClientError as exc:
                 if error_code(exc) == "IdempotentParameterMismatch":
                     continue  # spent by an earlier creation with other arguments
+                if error_code(exc) == "InvalidIPAddress.InUse" and "PrivateIpAddress" in params:
+                    raise PermanentDriverError(
+                        f"static address {params['PrivateIpAddress']} is already used in subnet "
+                        f"{params.get('SubnetId')}: {_error_parts(exc)[1]}"
+                    ) from None  # (transient elsewhere: an Elastic IP being released)
                 raise
             if not instances:
                 raise TransientDriverError(
@@ -1043,12 +1108,14 @@ class AwsDriver(Driver):
         props = self._props(spec)
         region = props.region or self.settings.region
         operation = f"creating the instance of system {spec.system_id} ({spec.hostname})"
+        _check_assignments(spec.addresses)
         with self._calls(operation, region) as ec2:
             every = self._tagged(ec2, spec.system_id, LIVE_STATES + GONE_STATES)  # one call for both
             found = [i for i in every if _state(i) in LIVE_STATES]
             made = not found
             if found:
                 instance = found[0]  # a live instance of the system: adopted, never a twin
+                self._check_static(spec, instance)
             else:
                 params = self._launch_params(ec2, spec, props, region)
                 gone = [i for i in every if _state(i) in GONE_STATES]
@@ -1132,6 +1199,17 @@ class AwsDriver(Driver):
             states = {"Name": "instance-state-name", "Values": list(LIVE_STATES)}
             machines = [self._info(i, region) for i in self._describe(ec2, Filters=[states])]
             return sorted(machines, key=lambda m: m.provider_id)
+
+
+def _check_assignments(addresses: tuple[AddressAssignment, ...]) -> None:
+    """What this driver can give an instance: one IPv4 private address (checked before any call)."""
+    if any(a.version == 6 for a in addresses):
+        raise PermanentDriverError("static IPv6 addresses are not supported by the aws driver yet")
+    if len(addresses) > 1:
+        raise PermanentDriverError(
+            f"static addresses {', '.join(a.address for a in addresses)}: the aws driver gives an instance one "
+            "private address"
+        )
 
 
 @contextmanager

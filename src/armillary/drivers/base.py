@@ -20,7 +20,8 @@ each driver maps its provider's words through its ``STATE_MAP``.
 What the engine's transports need of a driver is public too (``engine.transports`` uses nothing else):
 ``ssh_credentials()`` (how to log in to its machines over SSH), ``ssh_target(ref)`` (where a machine's
 sshd is, when the driver knows better than the system's address: the ssh driver) and
-``container_target(ref)`` (a machine's container and a client, for ``docker exec``: the docker driver).
+``container_target(ref)`` (a machine's container and a client, for ``docker exec``: the docker driver) and
+``lxc_target(ref)`` (a machine's LXC container and lxcpath, for ``lxc-attach``: the lxc driver).
 
 Failures raise ``DriverError`` (an ``armillary.failures.Failure``) saying whether they are ``transient``
 (timeouts, 5xx, resets: the engine retries with backoff) or permanent (bad image, quota, auth: the job
@@ -102,8 +103,45 @@ class NotImplementedByDriver(PermanentDriverError):
 
 
 @dataclass(frozen=True)
+class AddressAssignment:
+    """An address Armillary's IP pools gave a machine before its create, for the driver to configure.
+
+    A driver with the ``static_address`` capability must give the machine exactly ``address`` (or fail
+    with a permanent error saying why); the engine never hands assignments to a driver without it."""
+
+    address: str  # "10.1.2.7" or "fd00::7"
+    prefix_length: int  # of the pool's network: 24, 64...
+    gateway: str | None = None
+    dns_servers: tuple[str, ...] = ()
+    network: str | None = None  # the pool's network name for the driver: docker network, bridge, subnet id...
+    vlan: int | None = None
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    @property
+    def cidr(self) -> str:
+        """The address with its prefix length: ``10.1.2.7/24``."""
+        return f"{self.address}/{self.prefix_length}"
+
+
+class Capability(StrEnum):
+    """What a driver can do beyond the operations every driver has (``Driver.capabilities``)."""
+
+    STATIC_ADDRESS = "static_address"  # gives the machine the address of an ``AddressAssignment``
+    STOP_START = "stop_start"
+    RESIZE = "resize"
+    SNAPSHOTS = "snapshots"
+    CONSOLE = "console"
+    ADOPT = "adopt"  # lists unmanaged machines that can be adopted as systems
+
+
+@dataclass(frozen=True)
 class MachineSpec:
-    """What to create: the generic system spec, translated by each driver to its own arguments."""
+    """What to create: the generic system spec, translated by each driver to its own arguments.
+
+    ``addresses``: the static addresses the IP pools reserved for it (empty: the provider chooses)."""
 
     system_id: int
     hostname: str
@@ -115,6 +153,7 @@ class MachineSpec:
     disk_gb: int | None = None
     props: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    addresses: tuple[AddressAssignment, ...] = ()
 
 
 class MachineState(StrEnum):
@@ -223,6 +262,16 @@ class ContainerTarget:
     close: Callable[[], None]
 
 
+@dataclass(frozen=True)
+class LxcTarget:
+    """A system container to run commands in (the ``lxc-attach`` transport): its name, the ``lxcpath`` that
+    holds it, and its state in LXC's words (``"RUNNING"``, ``"STOPPED"``...)."""
+
+    name: str
+    lxcpath: str
+    state: str
+
+
 class Driver:
     """Base class of every driver; subclasses set ``name``, ``Config`` and ``SystemProps``.
 
@@ -240,6 +289,10 @@ class Driver:
     # The provider's words for a machine's state → the shared ones (see ``machine_state``).
     STATE_MAP: ClassVar[Mapping[Any, MachineState]] = {}
     implemented: ClassVar[bool] = False
+    # What it can do beyond the common operations (``Capability`` words), shown by ``GET /drivers/{name}``.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # The pip extra that installs its client library: ``pip install 'armillary[<extra>]'`` (None: nothing).
+    extra: ClassVar[str | None] = None
     # False only for the simulated driver: its machines exist in Armillary's database alone.
     real_machines: ClassVar[bool] = True
 
@@ -314,6 +367,11 @@ class Driver:
         when the hypervisor holds no container of that system. Drivers of containers implement it."""
         raise self._missing("hand out its containers")
 
+    def lxc_target(self, ref: MachineRef) -> LxcTarget | None:
+        """The LXC container of ``ref``'s machine, for the ``lxc-attach`` transport; None when the hypervisor
+        holds no container of that system. The lxc driver implements it."""
+        raise self._missing("hand out LXC containers")
+
     @classmethod
     def secret_fields(cls) -> set[str]:
         return {
@@ -346,4 +404,6 @@ class Driver:
             "operator_only_fields": sorted(cls.operator_only_fields()),
             "implemented": cls.implemented,
             "transport": cls.transport,
+            "capabilities": sorted(str(c) for c in cls.capabilities),
+            "extra": cls.extra,
         }

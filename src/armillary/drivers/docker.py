@@ -21,6 +21,16 @@ A system becomes one container:
   unless the hypervisor allows them (``allow_host_paths``): they hand the daemon's host to whoever
   may create systems. Named volumes are kept when the container is destroyed (only anonymous ones go).
 * its addresses are the container's IP addresses on its networks, read back after it starts.
+* **static addresses** (``MachineSpec.addresses``, reserved by Armillary's IP pools; capability
+  ``static_address``): the container joins one user-defined network — the assignments' ``network``,
+  else the system's ``network`` property, else the hypervisor's ``network`` setting — with that IPv4
+  and/or IPv6 address (at most one of each). A network that does not exist is created (bridge driver,
+  the pool's subnet derived from address and prefix length, the assignment's gateway, IPv6 enabled when
+  an IPv6 address is asked for, labelled ``armillary.managed``) and kept when containers go: others may
+  use it. A network that exists must have a subnet holding the address, or the create fails naming both.
+  The address is read back after the start — on a new container and on an adopted one alike — and a
+  container without it fails permanently: never another address. An address another container holds is
+  a permanent failure naming it.
 
 Errors are classified for the engine: timeouts, refused/reset connections and 5xx answers are
 transient (retried with backoff); 4xx answers, missing images, unknown networks, refused
@@ -48,6 +58,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from armillary.drivers.base import (
+    AddressAssignment,
+    Capability,
     ContainerTarget,
     Driver,
     DriverError,
@@ -67,6 +79,7 @@ LABEL_HOSTNAME = "armillary.hostname"
 LABEL_ENVIRONMENT = "armillary.environment"
 LABEL_STOP_TIMEOUT = "armillary.stop-timeout"
 LABEL_PREFIX = "armillary."
+LABEL_MANAGED_NETWORK = "armillary.managed"  # on networks made for static addresses
 SYSTEM_LABEL_PREFIX = "armillary.label."
 
 # Container states (Docker's, and podman's through its compatible API) in the driver interface's words.
@@ -265,7 +278,10 @@ class DockerProps(StrictModel):
         None, gt=0, le=1024, description="CPU limit in CPUs; default: the machine's cpu"
     )
     network: str | None = Field(
-        None, max_length=255, description="Network (default: the hypervisor's network)"
+        None,
+        max_length=255,
+        description="Network (default: the hypervisor's network); with a static address from an IP pool "
+        "whose network names none, the user-defined network the address is on (created if missing)",
     )
     hostname: str | None = Field(
         None, max_length=253, description="Container hostname (default: the system's)"
@@ -325,12 +341,15 @@ class DockerProps(StrictModel):
 
 class DockerDriver(Driver):
     name = "docker"
+    extra = "docker"
     summary = "Containers on a Docker API endpoint (Docker Engine or podman)"
     Config = DockerConfig
     SystemProps = DockerProps
     implemented = True
     transport = "docker-exec"
     STATE_MAP = STATE_MAP
+    # No ADOPT of the list: list() shows every container, untagged ones as unmanaged. No resize/console.
+    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START, Capability.ADOPT})
 
     @property
     def settings(self) -> DockerConfig:
@@ -515,20 +534,28 @@ class DockerDriver(Driver):
 
         props = self._props(spec)
         name = container_name(spec.system_id)
+        network = self._static_network_name(spec, props)
         with self._connect(f"create container {name}") as client:
             for _ in range(3):
                 container = self._named_for_create(client, spec.system_id)
                 made = False
                 if container is None:
                     self._ensure_image(client, props)
+                    args = self._create_args(spec, props)
+                    if network is not None:
+                        self._ensure_network(client, network, spec.addresses)
+                        args["network"] = network
+                        args["networking_config"] = {network: _endpoint_config(client, spec.addresses)}
                     try:
-                        container = client.containers.create(**self._create_args(spec, props))
+                        container = client.containers.create(**args)
                         made = True
                     except docker_errors.APIError as exc:
                         if _is_name_conflict(exc):
                             continue  # another attempt made it meanwhile: adopt it on the next turn
-                        raise
-                return self._run(client, container, made)
+                        raise _address_taken(exc, spec.addresses, network) or exc
+                info = self._run(client, container, made, spec.addresses, network)
+                self._check_addresses(container, info, spec.addresses, made)
+                return info
             raise TransientDriverError(f"create container {name}: its name is taken and released repeatedly")
 
     def status(self, ref: MachineRef) -> MachineInfo:
@@ -615,11 +642,18 @@ class DockerDriver(Driver):
             )
         return container
 
-    def _run(self, client: Any, container: Any, made: bool) -> MachineInfo:
+    def _run(
+        self,
+        client: Any,
+        container: Any,
+        made: bool,
+        addresses: tuple[AddressAssignment, ...] = (),
+        network: str | None = None,
+    ) -> MachineInfo:
         """Make ``container`` run; a container we just made that cannot start is removed again.
 
         Removing it means a retry with corrected properties makes a new container instead of adopting
-        the broken one.
+        the broken one. The daemon may refuse a static address only now (podman allocates at start).
         """
         try:
             status = container.status
@@ -629,7 +663,9 @@ class DockerDriver(Driver):
                 container.start()
             container.reload()
         except Exception as exc:
-            error = self._classify(exc, f"start container {container.name}")
+            error = _address_taken(exc, addresses, network) or self._classify(
+                exc, f"start container {container.name}"
+            )
             if made and not error.transient:
                 _remove_quietly(container)
             raise error from exc
@@ -646,6 +682,94 @@ class DockerDriver(Driver):
                 + (f"; its last output: {tail}" if tail else "")
             )
         return info
+
+    # ------------------------------------------------------------ static addresses
+
+    def _static_network_name(self, spec: MachineSpec, props: DockerProps) -> str | None:
+        """The user-defined network the static addresses go on (None: no static address asked for).
+
+        Checked before any call: at most one IPv4 and one IPv6 address, all on one network."""
+        if not spec.addresses:
+            return None
+        versions = [a.version for a in spec.addresses]
+        if len(versions) != len(set(versions)):
+            shown = ", ".join(a.address for a in spec.addresses)
+            raise PermanentDriverError(
+                f"static addresses {shown}: a container takes at most one IPv4 and one IPv6 address"
+            )
+        named = {a.network for a in spec.addresses if a.network}
+        if len(named) > 1:
+            raise PermanentDriverError(
+                f"static addresses on networks {', '.join(sorted(named))}: the docker driver puts a "
+                "container on one network"
+            )
+        network = next(iter(named), None)
+        if network and props.network and props.network != network:
+            raise PermanentDriverError(
+                f"the static address is on network {network!r} but the system's network property says "
+                f"{props.network!r}: a container cannot be on both"
+            )
+        network = network or props.network or self.settings.network
+        if not network:
+            raise PermanentDriverError(
+                "a static address needs a user-defined network: the IP pool names none, and neither "
+                "the system's network property nor the hypervisor's network setting is set"
+            )
+        return network
+
+    def _ensure_network(self, client: Any, name: str, addresses: tuple[AddressAssignment, ...]) -> None:
+        """Make sure network ``name`` exists with a subnet holding each address (created when missing)."""
+        from docker import errors as docker_errors
+
+        try:
+            network = client.networks.get(name)
+        except docker_errors.NotFound:
+            network = self._create_network(client, name, addresses)
+        subnets = [c.get("Subnet") for c in (network.attrs.get("IPAM") or {}).get("Config") or []]
+        for assignment in addresses:
+            if not any(_holds(subnet, assignment.address) for subnet in subnets if subnet):
+                raise PermanentDriverError(
+                    f"static address {assignment.address} is outside network {name!r} "
+                    f"(its subnets: {', '.join(s for s in subnets if s) or 'none'}): the IP pool and the "
+                    "docker network disagree"
+                )
+
+    def _create_network(self, client: Any, name: str, addresses: tuple[AddressAssignment, ...]) -> Any:
+        """A bridge network with the pools' subnets and gateways; one made meanwhile by another is used."""
+        from docker import errors as docker_errors
+        from docker.types import IPAMConfig, IPAMPool
+
+        pools = [
+            IPAMPool(subnet=str(ipaddress.ip_interface(a.cidr).network), gateway=a.gateway)
+            for a in addresses
+        ]
+        try:
+            return client.networks.create(
+                name,
+                driver="bridge",
+                ipam=IPAMConfig(pool_configs=pools),
+                enable_ipv6=any(a.version == 6 for a in addresses),
+                labels={LABEL_MANAGED_NETWORK: "true"},
+            )
+        except docker_errors.APIError as exc:
+            if "already exists" not in _explanation(exc).lower():  # made meanwhile by another attempt
+                raise  # e.g. podman's "subnet … is already used on the host": permanent, the daemon's words
+            return client.networks.get(name)
+
+    def _check_addresses(
+        self, container: Any, info: MachineInfo, addresses: tuple[AddressAssignment, ...], made: bool
+    ) -> None:
+        """The container has every static address (read back from inspect), or the create fails."""
+        missing = [a.address for a in addresses if a.address not in _normalized(info.addresses)]
+        if not missing:
+            return
+        if made:
+            _remove_quietly(container)
+        raise PermanentDriverError(
+            f"container {container.name} does not have its static address {', '.join(missing)} "
+            f"(it has {', '.join(info.addresses) or 'none'})"
+            + ("" if made else ": it was made before with other addresses; remove it, or give it back its address")
+        )
 
     def _wait_gone(self, client: Any, ref: MachineRef, name: str) -> None:
         deadline = time.monotonic() + self.settings.timeout_s
@@ -826,6 +950,51 @@ def _summary_info(row: dict[str, Any]) -> MachineInfo:
             "status": row.get("Status"),
             "networks": sorted(networks),
         },
+    )
+
+
+def _endpoint_config(client: Any, addresses: tuple[AddressAssignment, ...]) -> Any:
+    """The docker SDK's endpoint config asking for the static addresses (one per IP version)."""
+    by_version = {a.version: a.address for a in addresses}
+    return client.api.create_endpoint_config(ipv4_address=by_version.get(4), ipv6_address=by_version.get(6))
+
+
+def _holds(subnet: str, address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        return False
+
+
+def _normalized(addresses: list[str]) -> set[str]:
+    """Addresses in one spelling (``fd00:0::7`` and ``fd00::7`` are one address), to compare them."""
+    found = set(addresses)
+    for value in addresses:
+        with contextlib.suppress(ValueError):
+            found.add(str(ipaddress.ip_address(value)))
+    return found
+
+
+def _address_taken(
+    exc: BaseException, addresses: tuple[AddressAssignment, ...], network: str | None
+) -> PermanentDriverError | None:
+    """A permanent error naming the address when the daemon says a static address is already in use.
+
+    podman: "requested ip address 10.1.2.7 is already allocated to container ID …" (a 500, which would
+    otherwise read as transient); Docker Engine: "Address already in use". A port conflict is not this.
+    """
+    if not addresses:
+        return None
+    text = _explanation(exc)
+    lowered = text.lower()
+    named = [a.address for a in addresses if a.address in text]
+    taken = named and ("already allocated" in lowered or "in use" in lowered)
+    engine = "address already in use" in lowered and "port" not in lowered and "bind" not in lowered
+    if not (taken or engine):
+        return None
+    which = ", ".join(named or [a.address for a in addresses])
+    return PermanentDriverError(
+        f"static address {which} is already used by another container on network {network!r}: {text}"
     )
 
 

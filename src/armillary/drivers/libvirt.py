@@ -37,6 +37,19 @@ managed save and snapshot metadata where the backend supports those flags). A mi
 success. **Stop** asks the guest to shut down (ACPI) and powers it off after
 ``shutdown_timeout_s``.
 
+**Static addresses** (``MachineSpec.addresses``, reserved by Armillary's IP pools; capability
+``static_address``) are recorded in the domain's metadata (``<armillary:address ip=… prefix=…
+gateway=… network=…/>`` under our element) either way, and reported first among its addresses while it
+runs. An assignment's ``network`` names the libvirt network (or the system's ``bridge``). On a libvirt
+network the address is given by its DHCP server: a static host entry (``ip-dhcp-host``: the domain's
+MAC → the address) is added to the network (live and persistent) after the domain is defined and before
+it starts, and removed when the domain is destroyed (only an entry with the domain's MAC). One IPv4
+address per domain there (libvirt's DHCPv6 host entries are by DUID, not MAC: not built); the address
+must be in one of the network's ``<ip>`` subnets, and an entry giving it to another MAC fails the
+create naming that MAC. On a bridge the guest's own network configuration (cloud-init, the image's)
+must set the address: that is the operator's, the driver only records it. A retry adopts a domain
+only if its recorded addresses are the ones asked for.
+
 **Addresses** come from libvirt's ``interfaceAddresses``: the DHCP leases of libvirt-managed
 networks first, then the QEMU guest agent (the domain has its channel), then the host's ARP table.
 With a bridge and no guest agent there may be none: then none are reported, never guessed.
@@ -76,6 +89,7 @@ import atexit
 import contextlib
 import hashlib
 import importlib
+import ipaddress
 import os
 import re
 import shutil
@@ -90,6 +104,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from armillary.drivers.base import (
+    AddressAssignment,
+    Capability,
     Driver,
     DriverError,
     MachineInfo,
@@ -429,6 +445,84 @@ def _tag(root: ET.Element) -> dict[str, Any] | None:
             "environment": element.get("environment")}
 
 
+def _recorded_addresses(root: ET.Element) -> list[str]:
+    """The static addresses recorded in our metadata (see ``build_domain_xml``)."""
+    return [a.get("ip", "") for a in root.findall(f"metadata/{{{NAMESPACE}}}system/{{{NAMESPACE}}}address")]
+
+
+def _network_mac(root: ET.Element, network: str) -> str | None:
+    """The MAC of the domain's interface on libvirt network ``network`` (libvirt fills one in at define)."""
+    for interface in root.findall("devices/interface[@type='network']"):
+        source = interface.find("source")
+        mac = interface.find("mac")
+        if source is not None and source.get("network") == network and mac is not None:
+            return (mac.get("address") or "").lower() or None
+    return None
+
+
+def _dhcp_hosts(network_xml: str) -> list[tuple[str, str]]:
+    """(mac, ip) of every static DHCP host entry of a libvirt network."""
+    root = ET.fromstring(network_xml)
+    return [((h.get("mac") or "").lower(), h.get("ip") or "") for h in root.findall("ip/dhcp/host")]
+
+
+def _subnets(network_xml: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The subnets of a libvirt network's ``<ip>`` elements (netmask or prefix)."""
+    found = []
+    for ip in ET.fromstring(network_xml).findall("ip"):
+        address = ip.get("address")
+        if not address:
+            continue
+        prefix = ip.get("prefix") or ip.get("netmask") or ("64" if ":" in address else "24")
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.ip_interface(f"{address}/{prefix}").network)
+    return found
+
+
+def attachment(spec: MachineSpec, props: LibvirtProps, default_network: str | None) -> str | None:
+    """The libvirt network of the domain's interface (None: a bridge, or none), given the static addresses'.
+
+    An assignment's ``network`` names the libvirt network (or the system's bridge); it may not contradict
+    the system's own ``network``/``bridge``. Checked before any call."""
+    named = sorted({a.network for a in spec.addresses if a.network})
+    if len(named) > 1:
+        raise PermanentDriverError(
+            f"static addresses on networks {', '.join(named)}: the libvirt driver gives a domain one interface"
+        )
+    wanted = named[0] if named else None
+    if props.bridge:
+        if wanted and wanted != props.bridge:
+            raise PermanentDriverError(
+                f"the static address is on network {wanted!r} but the system is on bridge {props.bridge!r}"
+            )
+        return None
+    if wanted and props.network and wanted != props.network:
+        raise PermanentDriverError(
+            f"the static address is on network {wanted!r} but the system's network property says "
+            f"{props.network!r}"
+        )
+    network = wanted or props.network or default_network
+    if spec.addresses and network is None:
+        raise PermanentDriverError("a static address needs an interface: give the system a network or bridge")
+    if network and spec.addresses:
+        _check_dhcp_assignable(spec.addresses, network)
+    return network
+
+
+def _check_dhcp_assignable(addresses: tuple[AddressAssignment, ...], network: str) -> None:
+    """What a libvirt network's DHCP server can hand one interface: one IPv4 address."""
+    if any(a.version == 6 for a in addresses):
+        raise PermanentDriverError(
+            f"a static IPv6 address on libvirt network {network!r} is not supported (libvirt's DHCPv6 host "
+            "entries are by DUID, not MAC): attach the system to a bridge and configure the guest"
+        )
+    if len(addresses) > 1:
+        raise PermanentDriverError(
+            f"static addresses {', '.join(a.address for a in addresses)}: a domain's interface on libvirt "
+            f"network {network!r} gets one address by DHCP"
+        )
+
+
 def _disk_volumes(root: ET.Element) -> list[tuple[str, str]]:
     """(pool, volume) of every disk of the domain that is a pool volume."""
     found = []
@@ -490,12 +584,20 @@ def build_domain_xml(spec: MachineSpec, props: LibvirtProps, *, kind: str, arch:
         f"Managed by Armillary: system {spec.system_id} ({spec.hostname}) in environment {spec.environment}"
     )
     metadata = ET.SubElement(domain, "metadata")
-    ET.SubElement(metadata, f"{NS_PREFIX}:system", {
+    system = ET.SubElement(metadata, f"{NS_PREFIX}:system", {
         f"xmlns:{NS_PREFIX}": NAMESPACE,
         "id": str(spec.system_id),
         "hostname": spec.hostname,
         "environment": spec.environment,
     })
+    for assignment in spec.addresses:
+        recorded = {"ip": assignment.address, "prefix": str(assignment.prefix_length)}
+        for key, value in (("gateway", assignment.gateway), ("network", assignment.network)):
+            if value:
+                recorded[key] = value
+        if assignment.dns_servers:
+            recorded["dns"] = " ".join(assignment.dns_servers)
+        ET.SubElement(system, f"{NS_PREFIX}:address", recorded)
     ET.SubElement(domain, "memory", unit="MiB").text = str(spec.memory_mb or 1024)
     ET.SubElement(domain, "vcpu").text = str(spec.cpu or 1)
     os_element = ET.SubElement(domain, "os")
@@ -555,6 +657,14 @@ def _volume_xml(name: str, capacity: int, fmt: str, backing: tuple[str, str] | N
     return ET.tostring(volume, encoding="unicode")
 
 
+def _update_flags(lv: Any, network: Any) -> int:
+    """Change a network now if it runs and in its stored definition if it has one."""
+    flags = lv.VIR_NETWORK_UPDATE_AFFECT_LIVE if network.isActive() else 0
+    if network.isPersistent():
+        flags |= lv.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    return flags
+
+
 # ---------------------------------------------------------------- the driver
 
 STATE_MAP: dict[int, MachineState] = {  # virDomainState → the shared machine states
@@ -571,12 +681,15 @@ STATE_MAP: dict[int, MachineState] = {  # virDomainState → the shared machine 
 
 class LibvirtDriver(Driver):
     name = "libvirt"
+    extra = "libvirt"
     summary = "Domains on a libvirt host (KVM/QEMU), disks cloned from a base volume"
     Config = LibvirtConfig
     SystemProps = LibvirtProps
     transport = "ssh"
     implemented = True
     STATE_MAP = STATE_MAP
+    # list() shows every domain, untagged ones as unmanaged. No resize, snapshot or console methods yet.
+    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START, Capability.ADOPT})
 
     # ------------------------------------------------------------ plumbing
 
@@ -690,9 +803,65 @@ class LibvirtDriver(Driver):
             state=state,
             system_id=tag["system_id"] if tag else None,
             hostname=tag["hostname"] if tag else None,
-            addresses=self._addresses(domain, quick=quick) if state == "running" else [],
+            addresses=self._running_addresses(domain, root, quick) if state == "running" else [],
             details=details,
         )
+
+    def _running_addresses(self, domain: Any, root: ET.Element, quick: bool) -> list[str]:
+        """The recorded static addresses first (on a bridge libvirt may not see them), then libvirt's."""
+        found = [a for a in _recorded_addresses(root) if a]
+        return found + [a for a in self._addresses(domain, quick=quick) if a not in found]
+
+    def _reserve(self, conn: Any, network_name: str, root: ET.Element, spec: MachineSpec) -> None:
+        """The static DHCP host entry (MAC → address) in the libvirt network, added unless already there."""
+        lv = _libvirt()
+        address = spec.addresses[0].address
+        mac = _network_mac(root, network_name)
+        if mac is None:
+            raise PermanentDriverError(f"domain {domain_name(spec.system_id)} has no interface with a MAC on "
+                                       f"network {network_name!r} for static address {address}")
+        network = conn.networkLookupByName(network_name)
+        xml = network.XMLDesc(0)
+        subnets = _subnets(xml)
+        if not any(ipaddress.ip_address(address) in subnet for subnet in subnets):
+            raise PermanentDriverError(
+                f"static address {address} is outside libvirt network {network_name!r} (its subnets: "
+                f"{', '.join(map(str, subnets)) or 'none'}): the IP pool and the network disagree"
+            )
+        for host_mac, host_ip in _dhcp_hosts(xml):
+            if host_ip == address and host_mac == mac:
+                return  # added by an earlier attempt
+            if host_ip == address or host_mac == mac:
+                raise PermanentDriverError(
+                    f"static address {address} for MAC {mac}: libvirt network {network_name!r} already has "
+                    f"a DHCP host entry giving {host_ip} to MAC {host_mac}"
+                )
+        entry = ET.tostring(ET.Element("host", mac=mac, ip=address), encoding="unicode")
+        network.update(lv.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, lv.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                       entry, _update_flags(lv, network))
+
+    def _release(self, conn: Any, root: ET.Element) -> None:
+        """Remove the DHCP host entries of the domain's recorded addresses (only entries with its MAC)."""
+        lv = _libvirt()
+        recorded = set(_recorded_addresses(root))
+        if not recorded:
+            return
+        for interface in root.findall("devices/interface[@type='network']"):
+            source, mac_element = interface.find("source"), interface.find("mac")
+            if source is None or mac_element is None or not source.get("network"):
+                continue
+            mac = (mac_element.get("address") or "").lower()
+            try:
+                network = conn.networkLookupByName(source.get("network"))
+            except lv.libvirtError as exc:
+                if _code(exc) == lv.VIR_ERR_NO_NETWORK:
+                    continue  # the network is gone, and its entries with it
+                raise
+            for host_mac, host_ip in _dhcp_hosts(network.XMLDesc(0)):
+                if host_mac == mac and host_ip in recorded:
+                    entry = ET.tostring(ET.Element("host", mac=mac, ip=host_ip), encoding="unicode")
+                    network.update(lv.VIR_NETWORK_UPDATE_COMMAND_DELETE, lv.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                                   -1, entry, _update_flags(lv, network))
 
     def _gone(self, ref: MachineRef) -> MachineInfo:
         return MachineInfo(provider_id=ref.provider_id or domain_name(ref.system_id),
@@ -734,7 +903,7 @@ class LibvirtDriver(Driver):
             raise PermanentDriverError(f"invalid libvirt driver properties: {exc}") from None
         config = self._config
         pool_name = props.pool or config.storage_pool
-        network = None if props.bridge else (props.network or config.network)
+        network = attachment(spec, props, config.network)
         name = domain_name(spec.system_id)
 
         def base_volume(conn: Any) -> tuple[Any, Any, str]:
@@ -833,7 +1002,16 @@ class LibvirtDriver(Driver):
                         raise _fail(lv, exc, f"defining domain {name!r}") from None
                     made = False
             domain, root = found
+            wanted = sorted(a.address for a in spec.addresses)
+            if not made and sorted(_recorded_addresses(root)) != wanted:
+                raise PermanentDriverError(
+                    f"domain {name!r} was made with static addresses "
+                    f"{', '.join(_recorded_addresses(root)) or 'none'}, not {', '.join(wanted) or 'none'}: "
+                    "it is not adopted (destroy it, or give the system its addresses back)"
+                )
             try:
+                if spec.addresses and network:
+                    self._reserve(conn, network, root, spec)
                 ensure_disk(conn, root)
                 if made and props.autostart:
                     domain.setAutostart(1)
@@ -921,6 +1099,7 @@ class LibvirtDriver(Driver):
             except lv.libvirtError as exc:
                 if not (_code(exc) == lv.VIR_ERR_OPERATION_INVALID and not domain.isActive()):
                     raise
+        self._release(conn, root)
         for pool_name, volume in _disk_volumes(root):
             if not _owned_volume(system_id, volume):
                 continue

@@ -6,7 +6,9 @@ against them. It behaves like a real driver where it matters to the engine: ``cr
 idempotent by system id (a retry adopts the machine a crashed attempt made), calls take
 ``latency_ms``, fail transiently at ``failure_rate``, and always fail permanently for the
 operations named in ``fail_at``. Addresses come from 198.18.0.0/15, the range reserved for
-benchmarking (RFC 2544), and nothing is ever sent to them.
+benchmarking (RFC 2544), and nothing is ever sent to them — unless the IP pools assigned static
+addresses (``MachineSpec.addresses``, capability ``static_address``): those are then the machine's
+addresses, exactly (kept in its row's ``spec``), so lifecycle tests see what a real driver would give.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy import bindparam, func, select
 from armillary.domain.jobs import SimulatedMachine
 from armillary.domain.models import utcnow
 from armillary.drivers.base import (
+    Capability,
     Driver,
     MachineInfo,
     MachineRef,
@@ -72,6 +75,8 @@ class SimulatedDriver(Driver):
     implemented = True
     real_machines = False
     transport = None
+    # Its list() holds only machines it made: nothing to adopt.
+    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START})
     # The words of the simulated_machines table's state column.
     STATE_MAP = {
         "pending": MachineState.PENDING, "running": MachineState.RUNNING, "stopped": MachineState.STOPPED,
@@ -111,7 +116,7 @@ class SimulatedDriver(Driver):
             state=self.machine_state(machine.state),
             system_id=machine.system_id,
             hostname=machine.hostname,
-            addresses=[machine.address],
+            addresses=list(machine.spec.get("addresses") or [machine.address]),
             details={"simulated": True, "image": machine.spec.get("image")},
         )
 
@@ -130,22 +135,35 @@ class SimulatedDriver(Driver):
                 _FIND, {"b_hypervisor_id": self.hypervisor_id, "b_system_id": spec.system_id}
             ).first()
             if existing is not None:
-                return self._info(existing)  # adopt: a retry never makes a twin
+                return self._adopted(existing, spec)  # a retry never makes a twin
             if config.capacity is not None:
                 held = conn.execute(_HELD, {"b_hypervisor_id": self.hypervisor_id}).scalar_one()
                 if held >= config.capacity:
                     raise PermanentDriverError(f"hypervisor full: capacity {config.capacity} machines")
+            assigned = [a.address for a in spec.addresses]
             machine = {
                 "hypervisor_id": self.hypervisor_id,
                 "system_id": spec.system_id,
                 "hostname": spec.hostname,
                 "state": "pending" if config.boot_calls else "running",
-                "address": str(ADDRESS_BASE + spec.system_id % (2**17)),
-                "spec": {"image": spec.props.get("image", "simulated-image"), "boot_calls_left": config.boot_calls},
+                "address": assigned[0] if assigned else str(ADDRESS_BASE + spec.system_id % (2**17)),
+                "spec": {"image": spec.props.get("image", "simulated-image"), "boot_calls_left": config.boot_calls,
+                         "addresses": assigned},
                 "created_at": utcnow(),
             }
             machine["id"] = conn.execute(_INSERT, machine).inserted_primary_key[0]
             return self._info(SimpleNamespace(**machine))
+
+    def _adopted(self, machine: Any, spec: MachineSpec) -> MachineInfo:
+        """The machine a crashed attempt made, if it has the addresses asked for (as a real driver checks)."""
+        info = self._info(machine)
+        missing = [a.address for a in spec.addresses if a.address not in info.addresses]
+        if missing:
+            raise PermanentDriverError(
+                f"simulated machine of system {spec.system_id} exists without its static address "
+                f"{', '.join(missing)} (it has {', '.join(info.addresses)})"
+            )
+        return info
 
     def status(self, ref: MachineRef) -> MachineInfo:
         self._call("status")

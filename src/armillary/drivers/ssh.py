@@ -347,6 +347,9 @@ class Target:
 
 class SshDriver(Driver):
     name = "ssh"
+    extra = "ssh"
+    # None: no power control (stop is refused), list() is empty, and a machine's address is its host's own.
+    capabilities = frozenset()
     summary = "Existing machines or bare metal reached over SSH"
     Config = SshConfig
     SystemProps = SshProps

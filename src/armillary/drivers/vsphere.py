@@ -39,6 +39,13 @@ vSphere can customise; Windows templates need Sysprep, which this driver does no
 and says so — set ``customize: false``). The customisation runs in the guest at its first power-on.
 Then the VM is **powered on**.
 
+**Static addresses** (``MachineSpec.addresses``, reserved by Armillary's IP pools; capability
+``static_address``) are given by that same customisation: one IPv4 assignment becomes the first adapter's
+fixed ``ip`` (address/prefix length), ``gateway`` and ``dns_servers``, and its ``network`` (a port group)
+the first adapter's ``network``. It needs ``customize: true``; a system whose own ``ip`` or ``network``
+says otherwise fails permanently, as do IPv6 (not built) and more than one assignment. A retry adopts a
+running VM only if the addresses its Tools report (when they report any) include the assigned one.
+
 **Create is idempotent.** It looks for the system's VM (by the stored provider id — the VM's managed object
 id, e.g. ``vm-42`` —, then by instance UUID, then by name in the folder) and adopts it: a powered-off VM
 is converged, customised unless a customisation is already pending (``config.tools.pendingCustomization``;
@@ -110,6 +117,7 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from armillary.drivers.base import (
+    Capability,
     Driver,
     DriverError,
     MachineInfo,
@@ -705,6 +713,9 @@ def _moid(obj: Any) -> str:
 
 class VsphereDriver(Driver):
     name = "vsphere"
+    extra = "vsphere"
+    # list() shows every VM, untagged ones as unmanaged. No resize, snapshot or console methods yet.
+    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START, Capability.ADOPT})
     summary = "VMware vSphere virtual machines cloned from templates by vCenter"
     Config = VsphereConfig
     SystemProps = VsphereProps
@@ -776,6 +787,46 @@ class VsphereDriver(Driver):
             raise PermanentDriverError(
                 f"invalid driver properties for the vsphere driver: {problems}"
             ) from None
+
+    def _with_static_address(self, spec: MachineSpec, props: VsphereProps) -> VsphereProps:
+        """The properties with the IP pool's assignment as the customisation's fixed IPv4 address.
+
+        Checked before any call; the properties' own validators check the result (a host address, a
+        gateway in its network, at most three DNS servers)."""
+        if not spec.addresses:
+            return props
+        if any(a.version == 6 for a in spec.addresses) or len(spec.addresses) > 1:
+            shown = ", ".join(a.address for a in spec.addresses)
+            raise PermanentDriverError(
+                f"static addresses {shown}: the vsphere driver gives one IPv4 address (IPv6 is not built)"
+            )
+        assignment = spec.addresses[0]
+        if not props.customize:
+            raise PermanentDriverError(
+                f"static address {assignment.address} is applied by guest customisation: it needs customize: true"
+            )
+        wanted = str(ipaddress.ip_interface(assignment.cidr))
+        if props.ip and props.ip != wanted:
+            raise PermanentDriverError(
+                f"the IP pool assigned {wanted} but the system's ip property says {props.ip}"
+            )
+        if assignment.network and props.network and assignment.network != props.network:
+            raise PermanentDriverError(
+                f"the static address is on port group {assignment.network!r} but the system's network "
+                f"property says {props.network!r}"
+            )
+        changed = {
+            **props.model_dump(),
+            "ip": wanted,
+            "gateway": assignment.gateway or props.gateway,
+            "dns_servers": list(assignment.dns_servers) or props.dns_servers,
+            "network": assignment.network or props.network,
+        }
+        try:
+            return VsphereProps.model_validate(changed)
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"] for e in exc.errors())
+            raise PermanentDriverError(f"static address {assignment.cidr}: {problems}") from None
 
     # ------------------------------------------------------------ the inventory
 
@@ -1197,7 +1248,7 @@ class VsphereDriver(Driver):
         return self._run(f"checking vCenter at {config.url}", probe)
 
     def create(self, spec: MachineSpec) -> MachineInfo:
-        props = self._props(spec)
+        props = self._with_static_address(spec, self._props(spec))
         name = vm_name(spec.system_id)
 
         def make(si: Any) -> MachineInfo:
@@ -1234,6 +1285,8 @@ class VsphereDriver(Driver):
                     self._power_on(si, vm)
                 elif power == "suspended":
                     self._power_on(si, vm)
+                elif not made:
+                    _check_adopted_address(spec, current)
             except Exception as exc:  # classified; a clone we made and cannot use is removed
                 error = classify(exc, f"creating {name}", f"vCenter at {self._config.url}")
                 failure = exc.fault if isinstance(exc, _TaskFailed) else exc
@@ -1329,6 +1382,18 @@ class VsphereDriver(Driver):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _check_adopted_address(spec: MachineSpec, props: dict[str, Any]) -> None:
+    """A running VM adopted by a retry has its static address, when its Tools report addresses at all
+    (a guest still booting reports none yet: the customisation given at its clone stands)."""
+    reported = _addresses(props)
+    missing = [a.address for a in spec.addresses if a.address not in reported]
+    if reported and missing:
+        raise PermanentDriverError(
+            f"the VM of system {spec.system_id} runs with {', '.join(reported)}, not its static address "
+            f"{', '.join(missing)}: it is not adopted (destroy it, or give the system its address back)"
+        )
 
 
 def _annotation(spec: MachineSpec) -> str:

@@ -10,6 +10,7 @@ of ``armillary.workflows``; ``prepare`` is the first step of every action, deplo
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from armillary.domain.models import utcnow
@@ -19,7 +20,8 @@ from armillary.drivers.base import MachineInfo, MachineState, PermanentDriverErr
 from armillary.engine.context import StepContext
 from armillary.engine.transports import transport_for
 from armillary.engine.workflows import StepSpec, Workflow
-from armillary.failures import PermanentFailure, TransientFailure
+from armillary.failures import PermanentFailure, TransientFailure, is_transient
+from armillary.network import machines as network
 from armillary.provisioners.base import provisioners
 from armillary.redaction import register_secrets_in
 from armillary.sources import Roots
@@ -84,38 +86,52 @@ def _keep_host_key(system, info: MachineInfo) -> dict[str, Any]:
 
 
 def create_machine(ctx: StepContext) -> dict[str, Any]:
-    """Driver create (idempotent by system id), store the provider id at once, wait until running."""
+    """Take the system's addresses, driver create (idempotent by system id), store the provider id at once,
+    wait until running, register its names."""
     system = ctx.system()
     if system.state != SystemState.CREATING:
         ctx.update_system(state=SystemState.CREATING.value)
     driver = ctx.driver(system)
     ctx.log(f"creating {system.hostname} with the {driver.name} driver" + ("" if driver.real_machines else
             " (simulated: no real machine)"))
-    info = driver.create(ctx.machine_spec(system))
+    spec = replace(ctx.machine_spec(system), addresses=network.addresses_for_create(ctx, driver))
+    try:
+        info = driver.create(spec)
+    except Exception as exc:
+        if system.provider_id is None and not is_transient(exc):  # no machine made, none will be: free them
+            network.release_addresses(ctx)
+        raise
     ctx.update_system(provider_id=info.provider_id, provider_info=info.as_dict())
     adopted = system.provider_id == info.provider_id
     ctx.log(f"{'adopted existing' if adopted else 'created'} machine {info.provider_id} ({info.state})")
     info = _wait_running(ctx, driver, system, info)
     ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
     ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
+    network.after_create(ctx, driver, info.addresses)
     return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}
 
 
 def undo_create_machine(ctx: StepContext) -> None:
     system = ctx.system()
+    network.before_destroy(ctx)
     ctx.driver(system).destroy(ctx.machine_ref(system))
     ctx.update_system(provider_id=None, provider_info={}, addresses=[], release_quota=True)
+    network.release_addresses(ctx)
     ctx.log(f"destroyed the machine of {system.hostname} (compensation)")
 
 
 def destroy_machine(ctx: StepContext) -> dict[str, Any]:
-    """Driver destroy; a machine that is already gone counts as destroyed."""
+    """Remove its names, driver destroy (a machine already gone counts as destroyed), give back its addresses
+    (a reload keeps them for the create that follows)."""
     system = ctx.system()
     driver = ctx.driver(system)
+    network.before_destroy(ctx)
     driver.destroy(ctx.machine_ref(system))
     final = SystemState.DESTROYING if ctx.action == "reload" else SystemState.DESTROYED  # reload goes on
     ctx.update_system(state=final.value, provider_id=None, provider_info={}, addresses=[], provisioned_at=None,
                       release_quota=final is SystemState.DESTROYED)
+    if final is SystemState.DESTROYED:
+        network.release_addresses(ctx)
     ctx.log(f"destroyed machine of {system.hostname}")
     return {"destroyed": True}
 
@@ -135,6 +151,8 @@ def start_machine(ctx: StepContext) -> dict[str, Any]:
     state = SystemState.READY if system.provisioned_at else SystemState.CREATED
     ctx.update_system(state=state.value, addresses=info.addresses, provider_info=_keep_host_key(system, info))
     ctx.log(f"started {system.hostname}")
+    if list(info.addresses) != list(system.addresses or []):
+        network.register_names(ctx)  # a new address: its names follow
     return {"machine_state": info.state, "addresses": info.addresses}
 
 
