@@ -69,6 +69,25 @@ images) and is inflated by the CPU contention here.
     .venv/bin/python bench/drivers.py --only docker --rounds 2
     .venv/bin/python bench/drivers.py --only aws --systems 200 --concurrency 20 --json
 
+**proxmox** (``--only proxmox``; not in the default run) — control-plane overhead per create against the
+fake Proxmox API of the tests (``tests/support/fake_proxmox.py``: HTTPS on loopback, zero task delay), one
+at a time: N lxc creates + destroys by the driver, against raw proxmoxer making the same 11 requests
+(``bench/contracts/proxmox.json``), in alternating rounds (``--rounds``, at least 3; the median counts);
+the driver's time minus the fake's own handling time is printed too. Target ≤ 10 ms per create.
+
+    .venv/bin/python bench/drivers.py --only proxmox --systems 200
+
+**libcloud-ec2** (``--only libcloud-ec2``; not in the default run) — the ``libcloud`` driver (provider
+``ec2``) against boto3 by hand on one moto server: N creates then N destroys from C threads, the driver
+making one instance per call as the engine does, against ``run_instances`` then ``terminate_instances``.
+Both go through the loopback relay libcloud needs in front of moto (``tests/support/ec2_namespace_proxy.py``),
+so its hop is in both. Rounds alternate direct, driver, direct… (``--rounds``), moto reset before each;
+ratio = mean driver wall ÷ mean direct wall. What it contains: per create the driver lists the nodes
+(DescribeInstances + DescribeAddresses, libcloud's list_nodes) before RunInstances, per destroy it lists
+them again before TerminateInstances — 3 calls where boto3 makes 1 — and libcloud's XML parsing.
+
+    .venv/bin/python bench/drivers.py --only libcloud-ec2 --systems 100 --rounds 2
+
 This is not part of the test suite.
 """
 
@@ -591,9 +610,203 @@ def print_docker(result: dict[str, Any], machine: str) -> None:
     )
 
 
+# ---------------------------------------------------------------- proxmox (control-plane overhead)
+
+PROXMOX_TARGET_MS = 10.0
+
+
+def proxmox_raw(api: Any, n: int, ostemplate: str) -> None:
+    """One create + destroy written by hand with proxmoxer: the very requests the driver makes
+    (bench/contracts/proxmox.json, "create lxc" and "destroy lxc"), none of its logic."""
+    api.cluster.resources.get(type="vm")
+    node = min(
+        (r for r in api.cluster.resources.get(type="node") if r.get("status") == "online"),
+        key=lambda r: r["mem"] / r["maxmem"],
+    )["node"]
+    vmid = int(api.cluster.nextid.get())
+    params = {"vmid": vmid, "ostemplate": ostemplate, "hostname": f"raw{n}", "cores": 1, "memory": 512,
+              "rootfs": "local-lvm:8", "net0": "name=eth0,bridge=vmbr0,ip=dhcp", "unprivileged": 1,
+              "tags": f"armillary-{n}", "description": f"armillary-system-id: {n}", "start": 1}
+    api.nodes(node).tasks(api.nodes(node).lxc.post(**params)).status.get()
+    api.nodes(node).lxc(vmid).config.get()
+    api.cluster.resources.get(type="vm")
+    api.nodes(node).tasks(api.nodes(node).lxc(vmid).status.stop.post()).status.get()
+    upid = api.nodes(node).lxc(vmid).delete(**{"purge": 1, "destroy-unreferenced-disks": 1})
+    api.nodes(node).tasks(upid).status.get()
+
+
+def run_proxmox(systems: int, rounds: int, work: Path) -> dict[str, Any]:
+    """Per create + destroy of an lxc guest against the fake Proxmox API (zero task delay): the driver's
+    time minus raw proxmoxer making the same 11 requests, in alternating rounds on one fake (the
+    median round counts); and the driver's time minus the fake's own handling time."""
+    from proxmoxer import ProxmoxAPI
+
+    from armillary.drivers.base import MachineRef, MachineSpec
+    from armillary.drivers.proxmox import ProxmoxConfig, ProxmoxDriver
+    from tests.support.fake_proxmox import running
+
+    ostemplate = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
+    with running(work / "proxmox-tls") as (fake, url):
+        fake.task_delay = 0.0
+        token_id, secret = next(iter(fake.tokens.items()))
+        config = ProxmoxConfig(url=url, token_id=token_id, token_secret=secret, ca_file=fake.ca_file)
+        driver = ProxmoxDriver(config, hypervisor_id=0)
+        user, name = token_id.split("!")
+        api = ProxmoxAPI("127.0.0.1", port=int(url.rsplit(":", 1)[1]), user=user, token_name=name,
+                         token_value=secret, verify_ssl=fake.ca_file)
+
+        def driver_once(n: int) -> None:
+            spec = MachineSpec(system_id=n, hostname=f"ct{n}", environment="bench",
+                               props={"kind": "lxc", "ostemplate": ostemplate})
+            driver.create(spec)
+            driver.destroy(MachineRef(n))
+
+        for warm in (driver_once, lambda n: proxmox_raw(api, n, ostemplate)):
+            warm(1)
+        per_round = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for n in range(systems):
+                proxmox_raw(api, 1000 + n, ostemplate)
+            raw_s = time.perf_counter() - started
+            busy_before = fake.busy_s
+            started = time.perf_counter()
+            for n in range(systems):
+                driver_once(1000 + n)
+            driver_s = time.perf_counter() - started
+            per_round.append({"raw_ms": raw_s / systems * 1000, "driver_ms": driver_s / systems * 1000,
+                              "fake_ms": (fake.busy_s - busy_before) / systems * 1000})
+    per_round.sort(key=lambda r: r["driver_ms"] - r["raw_ms"])
+    median = per_round[len(per_round) // 2]
+    return {"driver": "proxmox", "peer": "tests/support/fake_proxmox.py (HTTPS, loopback, zero task delay)",
+            "systems": systems, "rounds": per_round, "overhead_ms": median["driver_ms"] - median["raw_ms"],
+            "beyond_fake_ms": median["driver_ms"] - median["fake_ms"], "target_ms": PROXMOX_TARGET_MS}
+
+
+def print_proxmox(result: dict[str, Any], machine: str) -> None:
+    print(f"proxmox driver, {result['systems']} lxc creates + destroys, one at a time, against {result['peer']}"
+          f" ({machine})")
+    for r in result["rounds"]:
+        print(f"  per create+destroy: driver {r['driver_ms']:6.2f} ms, raw proxmoxer {r['raw_ms']:6.2f} ms, "
+              f"fake's own handling {r['fake_ms']:5.2f} ms")
+    met = "met" if result["overhead_ms"] <= result["target_ms"] else "NOT met"
+    print(f"  control-plane overhead per create (driver − raw proxmoxer, median round): "
+          f"{result['overhead_ms']:.2f} ms (target ≤ {result['target_ms']:.0f} ms: {met}); "
+          f"driver − fake's handling: {result['beyond_fake_ms']:.2f} ms")
+
+
+# ---------------------------------------------------------------- libcloud-ec2 (libcloud driver vs boto3)
+
+
+def libcloud_ec2_direct(proxy_url: str, image: str, systems: int, concurrency: int) -> float:
+    """N run_instances then N terminate_instances by hand with boto3, from C threads sharing one client."""
+    ec2 = ec2_client(proxy_url, concurrency)
+
+    def launch(n: int) -> str:
+        tags = [{"Key": "Name", "Value": f"direct{n}"}, {"Key": "armillary-system-id", "Value": str(n)}]
+        return ec2.run_instances(
+            ImageId=image, InstanceType=INSTANCE_TYPE, MinCount=1, MaxCount=1,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )["Instances"][0]["InstanceId"]
+
+    def terminate(instance_id: str) -> None:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+
+    terminate(launch(-1))  # warm-up, outside the timing
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        ids = list(pool.map(launch, range(systems)))
+        list(pool.map(terminate, ids))
+    return time.perf_counter() - started
+
+
+def libcloud_ec2_driver(proxy: Any, image: str, systems: int, concurrency: int) -> float:
+    """N creates then N destroys by the libcloud driver (provider ec2), one driver instance per call as the
+    engine makes them, from C threads."""
+    from armillary.drivers.base import MachineRef, MachineSpec
+    from armillary.drivers.libcloud import LibcloudConfig, LibcloudDriver
+
+    config = LibcloudConfig(
+        provider="ec2", key="bench", secret="bench", region=REGION, host=proxy.host, port=proxy.port,
+        secure=False, options={"signature_version": "4"},
+    )
+
+    def driver() -> Any:
+        return LibcloudDriver(config, hypervisor_id=1)
+
+    def create(n: int) -> str:
+        spec = MachineSpec(system_id=200_000 + n, hostname=f"node{n}", environment="bench",
+                           props={"image": image, "size": INSTANCE_TYPE})
+        return driver().create(spec).provider_id
+
+    def destroy(item: tuple[int, str]) -> None:
+        driver().destroy(MachineRef(200_000 + item[0], item[1]))
+
+    destroy((-1, create(-1)))  # warm-up, outside the timing
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        ids = list(pool.map(create, range(systems)))
+        list(pool.map(destroy, enumerate(ids)))
+    wall = time.perf_counter() - started
+    if len(set(ids)) != systems:
+        raise SystemExit(f"libcloud-ec2: {len(set(ids))} instances made for {systems} creates")
+    return wall
+
+
+def run_libcloud_ec2(systems: int, concurrency: int, rounds: int, work: Path) -> dict[str, Any]:
+    """The libcloud driver (ec2 provider) against direct boto3 on one moto server, both through the
+    namespace relay libcloud needs in front of moto (tests/support/ec2_namespace_proxy.py); rounds
+    alternate direct, driver, direct…, moto reset before each; the ratio is the mean driver wall ÷ the
+    mean direct wall."""
+    from tests.support.ec2_namespace_proxy import Ec2NamespaceProxy
+
+    moto_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+    moto_env.update({"MOTO_ENABLE_AMI_VALIDATION": "true"})
+    with process(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        moto_env,
+        work / "moto-libcloud.log",
+        r"Running on (http://127\.0\.0\.1:\d+)",
+    ) as moto_url, Ec2NamespaceProxy(moto_url) as proxy:
+        wait_until(lambda: urllib.request.urlopen(moto_url + "/moto-api/", timeout=2).status == 200, "moto")
+        images = ec2_client(moto_url, 1).describe_images(
+            Owners=["amazon"],
+            Filters=[{"Name": "name", "Values": ["ubuntu/images/hvm-ssd/ubuntu-xenial-*"]}],
+        )["Images"]
+        image = min(images, key=lambda i: i["ImageId"])["ImageId"]
+        direct: list[float] = []
+        driver: list[float] = []
+        for r in range(rounds + 1):
+            moto_reset(moto_url)
+            direct.append(libcloud_ec2_direct(proxy.url, image, systems, concurrency))
+            if r < rounds:
+                moto_reset(moto_url)
+                driver.append(libcloud_ec2_driver(proxy, image, systems, concurrency))
+    mean_direct = sum(direct) / len(direct)
+    return {
+        "driver": "libcloud-ec2",
+        "peer": "moto server (loopback) behind the EC2 namespace relay",
+        "systems": systems,
+        "concurrency": concurrency,
+        "direct_s": direct,
+        "driver_s": driver,
+        "ratio": sum(driver) / len(driver) / mean_direct,
+    }
+
+
+def print_libcloud_ec2(result: dict[str, Any], machine: str) -> None:
+    print(
+        f"libcloud driver (ec2), {result['systems']} creates + destroys at concurrency {result['concurrency']} "
+        f"against {result['peer']} ({machine})"
+    )
+    print("  direct boto3  : " + ", ".join(f"{s:.2f} s" for s in result["direct_s"]))
+    print("  libcloud driver: " + ", ".join(f"{s:.2f} s" for s in result["driver_s"]))
+    print(f"  ratio libcloud driver ÷ mean direct: {result['ratio']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["docker", "aws"], default=None, help="one driver (default: both)")
+    parser.add_argument("--only", choices=["docker", "aws", "proxmox", "libcloud-ec2"], default=None, help="one driver (default: both)")
     parser.add_argument("--systems", type=int, default=None, help="systems (default: aws 100, docker 50)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument(
@@ -614,12 +827,22 @@ def main() -> None:
             results["aws"] = run_aws(args.systems or 100, args.concurrency, work)
         if "docker" in drivers:
             results["docker"] = run_docker(args.systems or 50, args.concurrency, args.rounds, work, say)
+        if "proxmox" in drivers:
+            results["proxmox"] = run_proxmox(args.systems or 200, max(args.rounds, 3), work)
+        if "libcloud-ec2" in drivers:
+            results["libcloud-ec2"] = run_libcloud_ec2(args.systems or 100, args.concurrency, args.rounds, work)
     if args.json:
         print(json.dumps({"machine": machine, **results}, indent=2))
         return
     for i, driver in enumerate(results):
         if i:
             print()
+        if driver == "proxmox":
+            print_proxmox(results[driver], machine)
+            continue
+        if driver == "libcloud-ec2":
+            print_libcloud_ec2(results[driver], machine)
+            continue
         (print_aws if driver == "aws" else print_docker)(results[driver], machine)
 
 

@@ -59,8 +59,8 @@ def test_a_migrated_database_with_every_extra_is_in_order(migrated: tuple[dict[s
     code, output = run_doctor(env)
     assert code == 0, output
     assert "reachable" in output and "schema current" in output
-    assert "drivers: aws, docker, libvirt, proxmox, simulated, ssh, vsphere" in output
-    assert "transports: docker-exec, local, ssh" in output
+    assert "drivers: aws, docker, libcloud, libvirt, lxc, proxmox, simulated, ssh, vsphere" in output
+    assert "transports: docker-exec, local, lxc-attach, ssh" in output
     assert "provisioners: ansible, puppet, salt, script" in output
     assert "✔ aws: boto3" in output and "✔ docker: docker" in output and "✗" not in output
 
@@ -143,7 +143,7 @@ def test_a_broken_plugin_is_reported_by_the_doctor_and_the_drivers_api(
         "✗ driver brokenhv is installed but failed to load: ImportError: needs libbroken.so.1"
         in doctor.stdout
     )
-    assert "drivers: aws, docker, libvirt, proxmox, simulated, ssh, vsphere" in doctor.stdout  # the rest load
+    assert "drivers: aws, docker, libcloud, libvirt, lxc, proxmox, simulated, ssh, vsphere" in doctor.stdout  # the rest load
 
     listing = subprocess.run(
         [
@@ -162,7 +162,9 @@ def test_a_broken_plugin_is_reported_by_the_doctor_and_the_drivers_api(
     assert [e["name"] for e in entries if not e.get("broken")] == [
         "aws",
         "docker",
+        "libcloud",
         "libvirt",
+        "lxc",
         "proxmox",
         "simulated",
         "ssh",

@@ -30,6 +30,7 @@ from armillary.remote.base import (
 )
 from armillary.remote.docker_exec import DockerExecTransport
 from armillary.remote.local import LocalTransport
+from armillary.remote.lxc_attach import LxcAttachTransport
 from armillary.remote.ssh import WRAPPER, SshTransport, encode_env
 from tests.support import podman as podman_support
 from tests.support.peers import missing_peer
@@ -95,9 +96,10 @@ def _runs_here(pid: str) -> bool:
 
 
 def test_registered_transports() -> None:
-    assert transports() == {"docker-exec": DockerExecTransport, "local": LocalTransport, "ssh": SshTransport}
+    assert transports() == {"docker-exec": DockerExecTransport, "local": LocalTransport, "ssh": SshTransport,
+                            "lxc-attach": LxcAttachTransport}
     assert get_transport("ssh") is SshTransport
-    with pytest.raises(UnknownTransport, match="installed transports: docker-exec, local, ssh"):
+    with pytest.raises(UnknownTransport, match="installed transports: docker-exec, local, lxc-attach, ssh"):
         get_transport("telnet")
 
 

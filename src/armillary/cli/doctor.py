@@ -72,6 +72,8 @@ EXTRAS = (
     ),
     Extra("aws", ("boto3",), "the aws driver", drivers=("aws",)),
     Extra("vsphere", ("pyVmomi",), "the vsphere driver", drivers=("vsphere",)),
+    Extra("proxmox", ("proxmoxer", "requests"), "the proxmox driver", drivers=("proxmox",)),
+    Extra("libcloud", ("libcloud",), "the libcloud driver", drivers=("libcloud",)),
     Extra("ansible", ("ansible_runner", "ansible"), "the ansible provisioner", provisioners=("ansible",)),
     Extra("postgres", ("psycopg",), "a PostgreSQL database"),
 )

@@ -3,8 +3,8 @@
 The system's driver names the transport (its ``transport`` class attribute: ``ssh``, ``docker-exec``,
 ``local``, or ``None`` when its machines cannot be reached at all); the transport class comes from the
 ``armillary.transports`` entry points. What it is given comes from the driver's public methods for
-transports (``Driver.ssh_credentials``, ``Driver.ssh_target``, ``Driver.container_target``) and from the
-system's record:
+transports (``Driver.ssh_credentials``, ``Driver.ssh_target``, ``Driver.container_target``,
+``Driver.lxc_target``) and from the system's record:
 
 ``ssh`` on a system whose driver knows where its machine is (``driver.ssh_target(ref)``: the **ssh driver**)
     host, port, user and the host key's fingerprint from the driver: the ssh driver reads them from the
@@ -33,6 +33,11 @@ system's record:
     else the name ``armillary-<system id>``, and only a container labelled with the system's id), with the
     Docker client the driver made from the hypervisor's settings (URL, TLS); the container must be running.
 
+``lxc-attach``
+    the LXC container of the system on the control host (``driver.lxc_target(ref)``: for the lxc driver the
+    container ``armillary-<system id>`` in the hypervisor's ``lxcpath``, only one tagged with the system's
+    id); the container must be RUNNING.
+
 ``local``
     the control host itself (no settings).
 
@@ -52,6 +57,7 @@ from armillary.drivers.base import (
     ContainerTarget,
     Driver,
     DriverError,
+    LxcTarget,
     MachineRef,
     NotImplementedByDriver,
     SshCredentials,
@@ -172,6 +178,29 @@ def _docker_exec(ctx: Any, system: Any, driver: Driver) -> Transport:
     return DockerExecTransport(found.client, found.container_id, on_close=found.close)
 
 
+# ---------------------------------------------------------------- lxc-attach
+
+
+def _lxc_attach(ctx: Any, system: Any, driver: Driver) -> Transport:
+    from armillary.remote.lxc_attach import LxcAttachTransport
+
+    try:
+        found = driver.lxc_target(_machine_ref(system))
+    except NotImplementedByDriver:
+        raise PermanentFailure(f"the {driver.name} driver cannot hand out LXC containers") from None
+    if found is None:
+        raise PermanentFailure(
+            f"no container of {system.hostname} (system {system.id}) on the hypervisor: create it first"
+        )
+    if not isinstance(found, LxcTarget):
+        raise PermanentFailure(f"the {driver.name} driver's lxc_target gave no LxcTarget")
+    if found.state != "RUNNING":
+        raise PermanentFailure(
+            f"the container of {system.hostname} is {found.state}, not RUNNING: start it first"
+        )
+    return LxcAttachTransport(found.name, found.lxcpath)
+
+
 # ---------------------------------------------------------------- local
 
 
@@ -184,5 +213,6 @@ def _local(ctx: Any, system: Any, driver: Driver) -> Transport:
 _BUILDERS: dict[str, Callable[[Any, Any, Driver], Transport]] = {
     "ssh": _ssh,
     "docker-exec": _docker_exec,
+    "lxc-attach": _lxc_attach,
     "local": _local,
 }
