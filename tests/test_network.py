@@ -8,6 +8,7 @@ the names; the docker test runs the same lifecycle on real containers (podman) w
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import ipaddress
 import uuid
 from collections.abc import Iterator
@@ -274,3 +275,19 @@ def test_docker_container_gets_the_pool_address_and_its_name_resolves(
             c.remove(force=True)
         for n in client.networks.list(names=[network]):
             n.remove()
+
+
+def test_a_new_hostname_moves_the_names(api: httpx.Client, named: Named) -> None:
+    _env(api)
+    _pool(api, cidr="10.1.2.0/24", range_start="10.1.2.120")
+    _zones(api, named)
+    _system(api, "old1")
+    assert act_and_wait(api, "old1", "create")["status"] == "succeeded"
+    assert _ask(named, "old1." + named.zone, "A") == ["10.1.2.120"]
+    assert api.patch("/systems/old1", json={"hostname": "new1"}).status_code == 200
+    deadline = time.monotonic() + 10
+    while _ask(named, "new1." + named.zone, "A") != ["10.1.2.120"] or _ask(named, "old1." + named.zone, "A"):
+        assert time.monotonic() < deadline, "the names never moved"
+        time.sleep(0.05)
+    assert _ask(named, "120." + named.reverse_zone, "PTR") == ["new1." + named.zone]
+    assert act_and_wait(api, "new1", "destroy")["status"] == "succeeded"

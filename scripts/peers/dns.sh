@@ -4,7 +4,8 @@
 # 127.0.0.1 with their own configuration, keys, zones and databases under the test's tmp_path.
 # Needs named (bind9; named-checkconf, tsig-keygen come with it), bind9-dnsutils (dig, nsupdate: handy when
 # a test fails), pdns_server + pdnsutil (pdns-server) and the gsqlite3 backend with its schema
-# (pdns-backend-sqlite3), plus sqlite3 to load that schema.
+# (pdns-backend-sqlite3; the fixture loads the schema with Python's sqlite3), plus the sqlite3 shell
+# to look into a test's database when a test fails.
 # Idempotent: installs only what is missing, and runs `apt-get update` only when something is
 # (and not at all when scripts/test-peers already did, which it says with APT_UPDATED=1).
 # The packages' own configuration (/etc/bind, /etc/powerdns) is left as it is; the tests never use it.
@@ -22,14 +23,14 @@ for service in named pdns; do
   fi
 done
 # Whatever started them (an init system, an earlier install without the policy above): the system's own
-# servers run as their service users (bind, pdns); the tests' own run as the test's user.
+# servers run as their service users (bind, pdns) and must not hold port 53; the tests run their own.
 if pgrep -x named -u bind >/dev/null 2>&1; then
   echo "dns peer: stopping the system's named service" >&2
-  as_root service named stop >/dev/null 2>&1 || as_root pkill -x -u bind named || true
+  as_root service named stop >/dev/null 2>&1 || true
 fi
 if pgrep -x pdns_server -u pdns >/dev/null 2>&1; then
   echo "dns peer: stopping the system's pdns service" >&2
-  as_root service pdns stop >/dev/null 2>&1 || as_root pkill -x -u pdns pdns_server || true
+  as_root service pdns stop >/dev/null 2>&1 || true
 fi
 
 schema=""

@@ -6,9 +6,10 @@ Its lifecycle ``state`` is read-only here: only jobs move it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -43,7 +44,9 @@ from armillary.domain.schemas import (
 from armillary.domain.states import DELETABLE_STATES
 from armillary.domain.variables import resolve_system
 from armillary.drivers.registry import drivers
+from armillary.network import dns_registration
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/systems", tags=["systems"])
 labels_router = APIRouter(prefix="/labels", tags=["systems"])
 
@@ -282,9 +285,12 @@ def read_system(
 
 @router.patch("/{ref}", response_model=SystemOut)
 def update_system(
-    ref: str, body: SystemUpdate, request: Request, response: Response, session: Session = SessionDep,
-    access: Access = requires(Permission.ENV_OWN),
+    ref: str, body: SystemUpdate, request: Request, response: Response, background: BackgroundTasks,
+    session: Session = SessionDep, access: Access = requires(Permission.ENV_OWN),
 ) -> SystemOut:
+    """Change a system's record. A new hostname (or new ``dns_*`` variables) of a system with a machine
+    re-registers its DNS names once the change is committed (``GET /dns-zones/{id}/check`` shows any
+    that could not be)."""
     system = get_system(session, ref, access)
     check_if_match(request, system.version)
     changes = body.model_dump(exclude_unset=True)
@@ -316,8 +322,19 @@ def update_system(
         quotas.resize(session, system)  # a bigger machine is charged now, or refused (403)
     system.updated_at = utcnow()  # a change of labels alone must still bump the version (ETag)
     session.flush()
+    if system.provider_id is not None and ("hostname" in changes or "variables" in changes):
+        background.add_task(reregister_names, request.app.state.engine.runtime, system.id)
     set_etag(response, system.version)
     return system_out(system)
+
+
+def reregister_names(runtime: Any, system_id: int) -> None:
+    """After the response (the change is committed): the zones follow the new name; a failure is logged."""
+    try:
+        for line in dns_registration.register(runtime, system_id):
+            log.info("system %s: %s", system_id, line)
+    except Exception:  # noqa: BLE001 - the record change stands; the zone check shows what is stale
+        log.exception("DNS names of system %s not updated", system_id)
 
 
 @router.delete("/{ref}", status_code=204)

@@ -29,6 +29,7 @@ from armillary.cli import (
     hypervisors,
     jobs,
     labels,
+    network,
     schedules,
     server,
     systems,
@@ -57,4 +58,5 @@ drivers.register(app)
 labels.register(app)
 jobs.register(app)
 schedules.register(app)
+network.register(app)
 accounts.register(app)

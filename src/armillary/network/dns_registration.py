@@ -134,6 +134,16 @@ def register(runtime: Any, system_id: int) -> list[str]:
         return []
     owner, changes = owner_of(system_id), []
     backends = {zid: backend_of(zone, runtime.secret_box) for zid, zone in plan.zones.items()}
+    try:
+        _apply(runtime, system_id, plan, backends, owner, changes)
+    finally:
+        for backend in backends.values():
+            backend.close()
+    return changes
+
+
+def _apply(runtime: Any, system_id: int, plan: _Plan, backends: dict[int, DnsBackend], owner: str,
+           changes: list[str]) -> None:
     for zone_id, records in plan.wanted.items():
         for record in records:
             if backends[zone_id].ensure(record, owner):
@@ -143,7 +153,6 @@ def register(runtime: Any, system_id: int) -> list[str]:
     for row in plan.existing:
         if (row.zone_id, row.name, row.rtype) not in keep:
             changes += _remove(runtime, row, backends.get(row.zone_id), owner)
-    return changes
 
 
 def unregister(runtime: Any, system_id: int) -> list[str]:
@@ -154,7 +163,11 @@ def unregister(runtime: Any, system_id: int) -> list[str]:
             session.expunge(row)
     owner, changes = owner_of(system_id), []
     for row in rows:
-        changes += _remove(runtime, row, backend_of(row.zone, runtime.secret_box), owner)
+        backend = backend_of(row.zone, runtime.secret_box)
+        try:
+            changes += _remove(runtime, row, backend, owner)
+        finally:
+            backend.close()
     return changes
 
 

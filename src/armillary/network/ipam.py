@@ -14,10 +14,13 @@ the machine is gone (destroy, a create undone or failed before it made a machine
 from __future__ import annotations
 
 import ipaddress
+import random
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, select
+from sqlalchemy import and_, delete, event, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,6 +34,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_ORDINAL = 2**63 - 1  # ordinals are BIGINT
 ATTEMPTS = 64  # racing allocations looked again before giving up (each loss means another got an address)
+SPREAD = 16  # how far past the highest address an allocation that lost a race looks (fewer repeats)
 
 _addresses = IpAddress.__table__
 
@@ -147,38 +151,82 @@ def take(session: Session, pool: IpPool, address: IpAddr, *, kind: str, system_i
 
 def allocate(session: Session, pool: IpPool, system_id: int | None, *, kind: str = AddressKind.ALLOCATED,
              note: str = "", actor: str | None = None) -> IpAddress:
-    """The next free address of ``pool`` for ``system_id`` (409 ``pool-exhausted`` when there is none)."""
+    """The next free address of ``pool`` for ``system_id`` (409 ``pool-exhausted`` when there is none).
+
+    First the address after the highest one handed out, inserted blind (the common case: one query to
+    find it, one to take it); when that one is taken, a search for the lowest free one."""
+    _lock_pool(session, pool.id)
+    values = {"pool_id": pool.id, "kind": kind, "system_id": system_id, "note": note, "created_by": actor}
+    ordinal, searched = _after_highest(session, pool), False
     for attempt in range(ATTEMPTS):
-        ordinal = _candidate(session, pool)
+        if ordinal is not None:
+            row_id = session.execute(_insert_unless_taken(session).values(
+                ordinal=ordinal, address=address_at(pool, ordinal), created_at=utcnow(), **values)).scalar()
+            if row_id is not None:
+                return session.get(IpAddress, row_id)
+            if searched:  # what the search found free was taken since: a race; step away from the others
+                ordinal = _after_highest(session, pool, random.randrange(1, SPREAD))
+                if ordinal is not None:
+                    continue
+        ordinal, searched = _candidate(session, pool), True
         if ordinal is None and attempt == 0 and release_stale(session, pool.id):
             ordinal = _candidate(session, pool)
         if ordinal is None:
             raise PoolExhausted(f"pool exhausted: {pool.name} ({pool.cidr}) has no free address", pool=pool.name)
-        try:
-            with session.begin_nested():
-                session.execute(insert(_addresses).values(
-                    pool_id=pool.id, ordinal=ordinal, address=address_at(pool, ordinal),
-                    kind=kind, system_id=system_id, note=note, created_by=actor, created_at=utcnow()))
-        except IntegrityError:
-            continue  # another create took it between our look and our insert: look again
-        return session.scalars(select(IpAddress).where(IpAddress.pool_id == pool.id, IpAddress.ordinal == ordinal)).one()
     raise PoolExhausted(f"pool {pool.name} is too contended: no free address found in {ATTEMPTS} tries",
                         pool=pool.name)
+
+
+def _insert_unless_taken(session: Session) -> Any:
+    """INSERT … ON CONFLICT (pool, ordinal) DO NOTHING RETURNING id: a taken address answers no row,
+    with no error to roll back (no savepoint round trips)."""
+    dialect = session.get_bind().dialect.name
+    statement = (postgresql.insert(_addresses) if dialect == "postgresql" else sqlite.insert(_addresses))
+    return statement.on_conflict_do_nothing(index_elements=["pool_id", "ordinal"]).returning(_addresses.c.id)
+
+
+_SQLITE_TURN = threading.Lock()
+
+
+def _lock_pool(session: Session, pool_id: int) -> None:
+    """Allocations take turns until their transaction ends, so the search sees every address given so far.
+
+    SQLite (one process by design): a lock in this process, released when the session's transaction ends;
+    without it the writers would queue in SQLite's busy handler, which sleeps up to 100 ms between tries.
+    PostgreSQL: none; the unique key settles a collision (the loser's insert answers no row) and the
+    loser looks again a random step (< ``SPREAD``) past the highest address, away from the others."""
+    if session.get_bind().dialect.name != "sqlite" or session.info.get("ipam_turn"):
+        return
+    if not _SQLITE_TURN.acquire(timeout=30):
+        raise PoolExhausted("IP allocation is busy: no turn within 30 s")
+    session.info["ipam_turn"] = True
+
+    def release(session: Session, transaction: Any) -> None:
+        if transaction.parent is None and session.info.pop("ipam_turn", False):
+            _SQLITE_TURN.release()
+
+    event.listen(session, "after_transaction_end", release)
 
 
 def _taken(pool_id: int, ordinal: Any) -> Any:
     return exists().where(_addresses.c.pool_id == pool_id, _addresses.c.ordinal == ordinal)
 
 
-def _candidate(session: Session, pool: IpPool) -> int | None:
-    """After the highest address handed to a system; at the end of the range, the lowest free one."""
+def _after_highest(session: Session, pool: IpPool, spread: int = 0) -> int | None:
+    """The address after the highest one handed to a system, ``spread`` further (None past the range)."""
     highest = session.scalar(
         select(func.max(_addresses.c.ordinal)).where(
             _addresses.c.pool_id == pool.id, _addresses.c.kind != AddressKind.RESERVED,
             _addresses.c.ordinal.between(pool.first_offset, pool.last_offset)))
-    start = pool.first_offset if highest is None or highest >= pool.last_offset else highest + 1
-    found = _free_from(session, pool, start)
-    if found is None and start > pool.first_offset:
+    start = pool.first_offset if highest is None else highest + 1
+    return start + spread if start + spread <= pool.last_offset else None
+
+
+def _candidate(session: Session, pool: IpPool) -> int | None:
+    """A free address: after the highest one handed out; at the end of the range, the lowest free one."""
+    start = _after_highest(session, pool)
+    found = _free_from(session, pool, start) if start is not None else None
+    if found is None and start != pool.first_offset:
         found = _free_from(session, pool, pool.first_offset)
     return found
 

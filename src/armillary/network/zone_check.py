@@ -22,7 +22,11 @@ def _out(record: DnsRecord | DnsRecordRow) -> dict[str, Any]:
 
 
 def check_zone(session: Session, zone: DnsZone, box: Any) -> dict[str, Any]:
-    actual = {(r.name, r.type): r for r in backend_of(zone, box).records()}
+    backend = backend_of(zone, box)
+    try:
+        actual = {(r.name, r.type): r for r in backend.records()}
+    finally:
+        backend.close()
     expected = list(session.scalars(select(DnsRecordRow).where(DnsRecordRow.zone_id == zone.id,
                                                                DnsRecordRow.system_id.is_not(None))))
     missing, ok = [], 0

@@ -97,6 +97,7 @@ def _parse_name(name: str) -> dns.name.Name:
     return dns.name.from_text(name, origin=dns.name.root).canonicalize()
 
 
+@functools.lru_cache(maxsize=4096)
 def absolute_name(name: str) -> str:
     """``Web1.Example.test`` → ``web1.example.test.``: names compare case-insensitively, always absolute."""
     return parse_name(name).to_text()
@@ -131,9 +132,10 @@ def txt_value(text: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def parse_value(rdtype: dns.rdatatype.RdataType, value: str) -> dns.rdata.Rdata:
-    """One value in presentation format, parsed (names in it absolute). Cached: rdata are immutable, and a
+    """One value in presentation format, parsed, names in it absolute (``relativize=False``: relative ones
+    would be completed with the zone's name when an update is sent). Cached: rdata are immutable, and a
     registration parses its values and its marker more than once."""
-    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root)
+    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False)
 
 
 def _canonical_value(rdtype: dns.rdatatype.RdataType, value: str) -> str:
@@ -212,6 +214,11 @@ def txt_strings(value: str) -> str:
     return b"".join(parse_value(dns.rdatatype.TXT, value).strings).decode(errors="replace")
 
 
+def _marker_type(value: str) -> str | None:
+    parsed = parse_marker(txt_strings(value))
+    return parsed[0] if parsed else None
+
+
 @dataclass
 class NameState:
     """What a backend read at one name: its rrsets by type, and the marker TXT values beside it.
@@ -235,7 +242,7 @@ class NameState:
 
     def with_marker(self, type: str, owner: str | None) -> tuple[str, ...]:
         """The marker values after setting (or, with ``owner=None``, dropping) ``type``'s string."""
-        kept = [v for v in self.marker_values if (parse_marker(txt_strings(v)) or ("", ""))[0] != type]
+        kept = [value for value in self.marker_values if _marker_type(value) != type]
         if owner is not None:
             kept.append(txt_value(marker_string(owner, type)))
         return tuple(kept)
@@ -322,8 +329,7 @@ class DnsBackend:
             self._refuse_cname_mix(state, record.type)
             if current == record and holder == owner:
                 return False
-            ttl = min(record.ttl, state.marker_ttl or record.ttl)
-            if self._write(state, record, record.type, state.with_marker(record.type, owner), ttl):
+            if self._write(state, record, record.type, state.with_marker(record.type, owner), record.ttl):
                 return True
             state = None
         raise DnsUnavailable(f"{record.name} {record.type} kept changing while Armillary was writing it")

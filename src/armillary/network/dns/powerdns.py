@@ -1,7 +1,7 @@
 """The ``powerdns`` DNS backend: the PowerDNS Authoritative server's HTTP API.
 
-Reads are ``GET /api/v1/servers/{server_id}/zones/{zone}`` (the whole zone, filtered here: PowerDNS 4.7
-has no per-name filter); a change is ONE ``PATCH`` of the zone's rrsets (``REPLACE``/``DELETE``) holding
+Reads are ``GET /api/v1/servers/{server_id}/zones/{zone}`` (with ``rrset_name=`` for one name, the whole
+zone for :meth:`records`); a change is ONE ``PATCH`` of the zone's rrsets (``REPLACE``/``DELETE``) holding
 both the record and its ownership marker, which PowerDNS applies in one transaction. The API has no
 prerequisites, so unlike the ``rfc2136`` backend a concurrent writer between the read and the PATCH is
 not detected; Armillary serializes its own writes to a name, so this only matters for hand edits made in
@@ -71,22 +71,20 @@ class PowerDnsBackend(DnsBackend):
         if response.status_code in (401, 403):
             raise DnsRefused(f"PowerDNS API refused the API key ({response.status_code}): {what}")
         if response.status_code == 404:
-            raise DnsRefused(f"PowerDNS has no zone {self.zone} on server {self.config.server_id!r}: {detail}")
-        if response.status_code == 422 and "conflict" in detail.lower():
-            raise DnsConflict(self.zone, "?", None, detail)
+            raise DnsRefused(f"PowerDNS found no such server or zone ({what}): {detail}; "
+                             f"check server_id {self.config.server_id!r} and zone {self.zone}")
         if response.status_code in (400, 422):
             raise InvalidRecord(f"PowerDNS rejected the change: {detail}")
         if response.status_code >= 500 or response.status_code == 429:
             raise DnsUnavailable(f"PowerDNS API failed ({response.status_code}): {what}: {detail}")
         raise DnsRefused(f"PowerDNS API answered {response.status_code}: {what}: {detail}")
 
-    def _zone(self) -> dict[str, Any]:
-        return self._request("GET", self._zone_path).json()
-
     # -- the primitives
 
     def check(self) -> str:
-        """The server and the zone through the API; a secondary zone cannot be changed there."""
+        """The server and the zone through the API; a secondary zone cannot be changed there. PowerDNS API
+        keys may do everything, so reading the zone proves the key may change it too (a PATCH that changes
+        nothing would still move the zone's serial)."""
         server = self._request("GET", f"/api/v1/servers/{quote(self.config.server_id, safe='')}").json()
         zone = self._request("GET", self._zone_path, params={"rrsets": "false"}).json()
         kind = str(zone.get("kind", "?"))
@@ -95,17 +93,20 @@ class PowerDnsBackend(DnsBackend):
         return (f"PowerDNS {server.get('version', '?')} at {self.config.api_url} serves {self.zone} "
                 f"({kind}, serial {zone.get('serial', '?')}); the API key may update it")
 
+    def _rrsets_at(self, name: str) -> list[dict[str, Any]]:
+        """The rrsets at one name (``rrset_name``: the server filters; the check here keeps an older
+        server that ignores the parameter correct), without those holding only comments."""
+        zone = self._request("GET", self._zone_path, params={"rrset_name": name}).json()
+        return [rrset for rrset in zone.get("rrsets", [])
+                if rrset["name"].lower() == name and rrset.get("records")]
+
     def _read_name(self, name: str) -> NameState:
         state = NameState(name)
-        marker = marker_name(name)
-        for rrset in self._zone().get("rrsets", []):
-            if not rrset.get("records"):
-                continue  # comments only
-            rrset_name = rrset["name"].lower()
-            if rrset_name == name:
-                record = _record(rrset)
-                state.rrsets[record.type] = record
-            elif rrset_name == marker and rrset["type"] == "TXT":
+        for rrset in self._rrsets_at(name):
+            record = _record(rrset)
+            state.rrsets[record.type] = record
+        for rrset in self._rrsets_at(marker_name(name)):
+            if rrset["type"] == "TXT":
                 state.marker_values = tuple(r["content"] for r in rrset["records"])
                 state.marker_ttl = rrset["ttl"]
         return state
@@ -119,12 +120,16 @@ class PowerDnsBackend(DnsBackend):
                        else {"name": marker, "type": "TXT", "changetype": "DELETE"})
         try:
             self._request("PATCH", self._zone_path, json={"rrsets": changes})
-        except DnsConflict as exc:
+        except InvalidRecord as exc:
+            if "conflicts with" not in str(exc).lower():
+                raise
+            # PowerDNS's word for CNAME-beside-other-data that appeared since the read.
             raise DnsConflict(state.name, type, None, str(exc)) from exc
         return True
 
     def _zone_rrsets(self) -> list[DnsRecord]:
-        records = [_record(rrset) for rrset in self._zone().get("rrsets", []) if rrset.get("records")]
+        zone = self._request("GET", self._zone_path).json()
+        records = [_record(rrset) for rrset in zone.get("rrsets", []) if rrset.get("records")]
         return sorted(records, key=lambda r: (r.name, r.type))
 
 

@@ -5,9 +5,10 @@ Windows DNS (with a TSIG key, not GSS-TSIG). The server must allow the key to up
 transfer it (AXFR, for :meth:`records`); reads are plain queries to the same server over TCP.
 
 Every change is ONE update message whose prerequisites say the name is still as it was read (the marker
-rrset has exactly the values read, or does not exist; the rrset being written did not exist, or is ours;
-no CNAME appeared beside it): a concurrent writer makes the server refuse it (YXRRSET, NXRRSET...)
-instead of one overwriting the other, and Armillary reads again and decides again. A registration of a
+rrset has exactly the values read, or does not exist; a name that was empty still is; else the rrset being
+written did not exist, or is ours, and no CNAME appeared beside it): a concurrent writer makes the server
+refuse it (YXRRSET, NXRRSET...) instead of one overwriting the other, and Armillary reads again and
+decides again. A registration of a
 new name is sent right away with the prerequisites of an empty name, so it costs one round trip; the
 name is read only when the server says it is not empty.
 """
@@ -39,6 +40,7 @@ from pydantic import Field, field_validator
 
 from armillary.drivers.base import secret
 from armillary.network.dns.base import (
+    MARKER_LABEL,
     BackendConfig,
     DnsBackend,
     DnsRecord,
@@ -187,31 +189,37 @@ class Rfc2136Backend(DnsBackend):
 
     def _write(self, state: NameState, record: DnsRecord | None, type: str,
                marker_values: tuple[str, ...], ttl: int) -> bool:
-        name, marker = parse_name(state.name), parse_name(marker_name(state.name))
+        name = parse_name(state.name)
+        marker = dns.name.Name((MARKER_LABEL.encode(), *name.labels))
         update = self._update()
         # Prerequisites: the name is still as read.
         if state.marker_values:
             update.present(marker, *_rdatas("TXT", state.marker_values))
         else:
             update.absent(marker, dns.rdatatype.TXT)
-        if record is not None:
+        if record is not None and not state.rrsets:
+            update.absent(name)  # nothing at the name: no record of the type, no CNAME, no other data
+        elif record is not None:
             if type not in state.rrsets:  # else it is ours, whatever its values
                 update.absent(name, type)
             if type != "CNAME":
                 update.absent(name, dns.rdatatype.CNAME)
-            elif state.rrsets:
-                update.present(name, dns.rdatatype.CNAME)  # ours alone: a CNAME excludes other data
             else:
-                update.absent(name)
-        # The change: the record and its marker together.
+                update.present(name, dns.rdatatype.CNAME)  # ours, alone: a CNAME excludes other data
+        # The change: the record and its marker together. What the prerequisites say is absent is only
+        # added (a smaller message: a registration's usual case), the rest replaced.
         if record is None:
             update.delete(name, type)
-        else:
+        elif type in state.rrsets:
             update.replace(name, record.ttl, *_rdatas(type, record.values))
-        if marker_values:
+        else:
+            update.add(name, record.ttl, *_rdatas(type, record.values))
+        if not marker_values:
+            update.delete(marker, dns.rdatatype.TXT)
+        elif state.marker_values:
             update.replace(marker, ttl, *_rdatas("TXT", marker_values))
         else:
-            update.delete(marker, dns.rdatatype.TXT)
+            update.add(marker, ttl, *_rdatas("TXT", marker_values))
         response = self._send(update)
         if response.rcode() in PREREQUISITE_FAILED:
             return False
@@ -250,7 +258,7 @@ class Rfc2136Backend(DnsBackend):
 
 def _rdatas(type: str, values: tuple[str, ...]) -> list[dns.rdata.Rdata]:
     rdtype = dns.rdatatype.from_text(type)
-    return [dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False) for value in values]
+    return [parse_value(rdtype, value) for value in values]
 
 
 def _record(rrset: dns.rrset.RRset) -> DnsRecord:
