@@ -22,6 +22,7 @@ import pytest
 from tests.support import podman as podman_support
 from tests.support.bind9 import Named, running_named
 from tests.support.jobs import act, act_and_wait, wait_job
+from tests.support.powerdns import Pdns, running_pdns
 from tests.support.podman import PodmanPeer
 
 
@@ -188,7 +189,7 @@ def named(tmp_path_factory) -> Iterator[Named]:
         yield server
 
 
-def _ask(named: Named, name: str, rtype: str) -> list[str]:
+def _ask(named: Named | Pdns, name: str, rtype: str) -> list[str]:
     query = dns.message.make_query(name, rtype)
     answer = dns.query.udp(query, named.host, port=named.port, timeout=3)
     return sorted(rd.to_text() for rrset in answer.answer for rd in rrset if rrset.rdtype == dns.rdatatype.from_text(rtype))
@@ -291,3 +292,29 @@ def test_a_new_hostname_moves_the_names(api: httpx.Client, named: Named) -> None
         time.sleep(0.05)
     assert _ask(named, "120." + named.reverse_zone, "PTR") == ["new1." + named.zone]
     assert act_and_wait(api, "new1", "destroy")["status"] == "succeeded"
+
+
+@pytest.fixture(scope="module")
+def pdns(tmp_path_factory) -> Iterator[Pdns]:
+    with running_pdns(tmp_path_factory.mktemp("pdns")) as server:
+        yield server
+
+
+def test_the_powerdns_api_backend_in_the_lifecycle(api: httpx.Client, pdns: Pdns) -> None:
+    """The same lifecycle with the zones on PowerDNS through its HTTP API (the API key write-only)."""
+    _env(api)
+    _pool(api, cidr="10.1.2.0/24", range_start="10.1.2.180")
+    for zone in (pdns.zone, pdns.reverse_zone):
+        config = {k: v for k, v in pdns.backend_config(zone).items() if k != "zone"}
+        made = api.post("/dns-zones", json={"name": zone, "environment": "dev", "backend": "powerdns",
+                                            "config": config, "ttl": 60})
+        assert made.status_code == 201, made.text
+        assert made.json()["secrets_set"] == ["api_key"] and pdns.api_key not in made.text
+    _system(api, "db9", variables={"dns_txt": ["role=database"]})
+    assert act_and_wait(api, "db9", "create")["status"] == "succeeded"
+    fqdn = "db9." + pdns.zone
+    assert _ask(pdns, fqdn, "A") == ["10.1.2.180"]
+    assert _ask(pdns, fqdn, "TXT") == ['"role=database"']
+    assert _ask(pdns, "180." + pdns.reverse_zone, "PTR") == [fqdn]
+    assert act_and_wait(api, "db9", "destroy")["status"] == "succeeded"
+    assert _ask(pdns, fqdn, "A") == [] and _ask(pdns, "180." + pdns.reverse_zone, "PTR") == []
