@@ -936,3 +936,34 @@ def test_a_server_killed_mid_create_adopts_on_restart(moto: MotoPeer, backend: s
             assert moto.live(system["id"]) == [] and moto.addresses(system["id"]) == []
         finally:
             restarted.stop()
+
+
+# ---------------------------------------------------------------- adopting an instance made elsewhere
+
+
+def test_adopt_tags_a_strangers_instance_so_every_operation_finds_it(moto: MotoPeer, driver: AwsDriver) -> None:
+    ec2 = moto.client()
+    stranger = ec2.run_instances(ImageId=moto.image_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ref = MachineRef(SYSTEM_ID, stranger)
+    assert driver.status(ref).state == "missing"  # untagged: not the system's yet
+    info = driver.adopt(stranger, SYSTEM_ID)
+    assert info.system_id == SYSTEM_ID and info.provider_id == stranger
+    assert tags(ec2.describe_instances(InstanceIds=[stranger])["Reservations"][0]["Instances"][0])[
+        "armillary:system-id"] == str(SYSTEM_ID)
+    assert driver.status(ref).state == "running"
+    assert driver.stop(ref).state == "stopped"
+    with pytest.raises(PermanentDriverError, match=f"tag of system {SYSTEM_ID}"):
+        driver.adopt(stranger, SYSTEM_ID + 1)
+    assert driver.adopt(stranger, SYSTEM_ID + 1, force=True).system_id == SYSTEM_ID + 1
+    assert driver.status(ref).state == "missing"  # the old system no longer finds it
+    driver.destroy(MachineRef(SYSTEM_ID + 1, stranger))
+    assert moto.live(SYSTEM_ID + 1) == [] and stranger not in {i["InstanceId"] for i in moto.live()}
+    with pytest.raises(PermanentDriverError, match="no live EC2 instance i-0123456789abcdef0"):
+        driver.adopt("i-0123456789abcdef0", SYSTEM_ID)
+
+
+def test_adopt_refuses_another_namespaces_instance(moto: MotoPeer, driver: AwsDriver) -> None:
+    theirs = make_driver(moto, namespace="prod").create(spec(moto))
+    with pytest.raises(PermanentDriverError, match="namespace 'prod'"):
+        driver.adopt(theirs.provider_id, SYSTEM_ID)
+    make_driver(moto, namespace="prod").destroy(MachineRef(SYSTEM_ID, theirs.provider_id))

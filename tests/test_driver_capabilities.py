@@ -28,7 +28,7 @@ podman = podman_support.podman
 
 # What each of these drivers implements today (extra: the pip extra that installs its client library).
 EXPECTED = {
-    "docker": ({"static_address", "stop_start", "adopt"}, "docker"),
+    "docker": ({"static_address", "stop_start"}, "docker"),  # cannot relabel a container: no adopt
     "libvirt": ({"static_address", "stop_start", "adopt"}, "libvirt"),
     "aws": ({"static_address", "stop_start", "adopt"}, "aws"),
     "vsphere": ({"static_address", "stop_start", "adopt"}, "vsphere"),

@@ -425,3 +425,29 @@ def test_create_and_destroy_through_the_api(
     failed = act_and_wait(api, "web2", "create")
     assert failed["status"] == "failed" and "create_node takes no ex_colour" in failed["error"], failed
     assert next(s for s in failed["steps"] if s["name"] == "create_machine")["attempts"] == 1
+
+
+# ---------------------------------------------------------------- adopting a node made elsewhere
+
+
+def test_adopt_tags_a_strangers_ec2_node_so_every_operation_finds_it(moto: MotoPeer, driver: LibcloudDriver) -> None:
+    stranger = moto.client().run_instances(ImageId=moto.image_id, MinCount=1, MaxCount=1)["Instances"][0]
+    node_id = stranger["InstanceId"]
+    info = driver.adopt(node_id, SYSTEM_ID)
+    assert info.system_id == SYSTEM_ID and [i["InstanceId"] for i in live(moto, SYSTEM_ID)] == [node_id]
+    ref = MachineRef(SYSTEM_ID, node_id)
+    assert driver.stop(ref).state == MachineState.STOPPED
+    assert driver.start(ref).state in (MachineState.PENDING, MachineState.RUNNING)
+    with pytest.raises(PermanentDriverError, match=f"tag of system {SYSTEM_ID}"):
+        driver.adopt(node_id, SYSTEM_ID + 1)
+    assert driver.adopt(node_id, SYSTEM_ID + 1, force=True).system_id == SYSTEM_ID + 1
+    assert live(moto, SYSTEM_ID) == []  # the old system's tag is replaced
+    driver.destroy(MachineRef(SYSTEM_ID + 1, node_id))
+    assert node_id not in {i["InstanceId"] for i in moto.live()}
+
+
+def test_adopt_is_refused_for_providers_other_than_ec2() -> None:
+    driver = make_driver({"provider": "dummy", "key": "anything"})
+    node = driver.provider.list_nodes()[0]
+    with pytest.raises(PermanentDriverError, match="cannot adopt nodes of provider 'dummy'"):
+        driver.adopt(str(node.id), SYSTEM_ID)

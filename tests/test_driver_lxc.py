@@ -506,3 +506,27 @@ def test_an_ip_pool_address_through_the_api(lxc_env: httpx.Client, lxc: LxcPeer)
     assert lxc.names() == []
     held = api.get("/ip-addresses", params={"pool": "lan", "kind": "allocated"}).json()["items"]
     assert held == []
+
+
+# ---------------------------------------------------------------- adopting a container made elsewhere
+
+
+def test_adopt_tags_a_handmade_container_so_every_operation_finds_it(lxc: LxcPeer) -> None:
+    driver = make_driver(lxc)
+    lxc.make_foreign("hand-made")
+    ref = MachineRef(SYSTEM_ID, "hand-made")
+    assert driver.status(ref).state == MachineState.MISSING  # untagged: not the system's yet
+    info = driver.adopt("hand-made", SYSTEM_ID)
+    assert info.system_id == SYSTEM_ID and info.state == MachineState.RUNNING  # left running
+    assert config_of(lxc, "hand-made").count("ARMILLARY_SYSTEM_ID=") == 1
+    assert driver.stop(ref).state == MachineState.STOPPED
+    assert driver.start(ref).state == MachineState.RUNNING
+    with pytest.raises(PermanentDriverError, match=f"tagged ARMILLARY_SYSTEM_ID={SYSTEM_ID}"):
+        driver.adopt("hand-made", SYSTEM_ID + 1)
+    assert driver.adopt("hand-made", SYSTEM_ID + 1, force=True).system_id == SYSTEM_ID + 1
+    assert config_of(lxc, "hand-made").count("ARMILLARY_SYSTEM_ID=") == 1
+    assert driver.status(ref).state == MachineState.MISSING  # the old system no longer finds it
+    driver.destroy(MachineRef(SYSTEM_ID + 1, "hand-made"))
+    assert lxc.names() == []
+    with pytest.raises(PermanentDriverError, match="no container 'nothing-here'"):
+        driver.adopt("nothing-here", SYSTEM_ID)

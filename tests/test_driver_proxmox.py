@@ -547,3 +547,29 @@ def test_create_and_destroy_through_the_api(api: httpx.Client, pve) -> None:
     job = act_and_wait(api, "ct1", "destroy")
     assert job["status"] == "succeeded", job
     assert guest.vmid not in fake.guests and api.get("/systems/ct1").json()["state"] == "destroyed"
+
+
+# ---------------------------------------------------------------- adopting a guest made elsewhere
+
+
+def test_adopt_tags_a_handmade_vm_so_every_operation_finds_it(pve) -> None:
+    """A qemu VM (the fake changes only qemu configs; the driver sends a container the same request)."""
+    fake, _ = pve
+    driver = driver_for(pve)
+    fake.add_guest(500, "qemu", "pve1", {"name": "legacy-db", "tags": "db"}, status="running")
+    ref = MachineRef(43, "500")
+    assert driver.status(ref).state == MachineState.MISSING  # untagged: not the system's yet
+    info = driver.adopt("500", 43)
+    assert info.system_id == 43 and fake.guests[500].config["tags"] == "db;armillary-43"
+    assert driver.status(ref).state == MachineState.RUNNING
+    assert driver.stop(ref).state == MachineState.STOPPED and fake.guests[500].status == "stopped"
+    assert driver.start(ref).state == MachineState.RUNNING
+    with pytest.raises(PermanentDriverError, match="tag of system 43"):
+        driver.adopt("500", 44)
+    assert driver.adopt("500", 44, force=True).system_id == 44
+    assert fake.guests[500].config["tags"] == "db;armillary-44"
+    assert driver.status(ref).state == MachineState.MISSING  # the old system no longer finds it
+    driver.destroy(MachineRef(44, "500"))
+    assert 500 not in fake.guests
+    with pytest.raises(PermanentDriverError, match="no Proxmox guest with VMID 9000"):
+        driver.adopt("9000", 45)  # a template

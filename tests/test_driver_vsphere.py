@@ -821,3 +821,29 @@ def test_vsphere_lifecycle_through_the_api(api: httpx.Client, vc: tuple[Vcsim, A
     check = api.get("/hypervisors/vc-bad/check").json()
     assert check["ok"] is False and check["transient"] is False
     assert "wrong user name or password" in check["message"] and "wrong-password" not in check["message"]
+
+
+# ---------------------------------------------------------------- adopting a VM made elsewhere
+
+
+def test_adopt_tags_a_handmade_vm_so_every_operation_finds_it(vc: tuple[Vcsim, Any]) -> None:
+    peer, si = vc
+    system_id = next(_ids)
+    driver = make_driver(peer)
+    vm = clone_raw(si, f"handmade-{system_id}")
+    ref = MachineRef(system_id, vm._moId)
+    assert driver.status(ref).state == "missing"  # untagged: not the system's yet
+    info = driver.adopt(vm._moId, system_id)
+    assert info.system_id == system_id and info.provider_id == vm._moId
+    assert tag_of(read(si, vm, "config.extraConfig")) == str(system_id)
+    assert driver.start(ref).state == "running"
+    assert driver.stop(ref).state == "stopped"
+    with pytest.raises(PermanentDriverError, match=f"carries the tag of system {system_id}"):
+        driver.adopt(vm._moId, system_id + 1)
+    assert driver.adopt(vm._moId, system_id + 1, force=True).system_id == system_id + 1
+    assert driver.status(ref).state == "missing"  # the old system no longer finds it
+    driver.destroy(MachineRef(system_id + 1, vm._moId))
+    assert vm_named(si, f"handmade-{system_id}") is None
+    template = vm_named(si, TEMPLATE, folder="")
+    with pytest.raises(PermanentDriverError, match="or it is a template"):
+        driver.adopt(template._moId, system_id)

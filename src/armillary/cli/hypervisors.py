@@ -18,15 +18,17 @@ from armillary.cli.common import (
     OutputOpt,
     RefArg,
     RenameOpt,
+    client,
     command,
     delete_command,
     file_or_flags,
+    fmt,
     list_pages,
     parse_pairs,
     show_command,
 )
 from armillary.cli.edits import Patch, flags_given, need, put_given, send_created
-from armillary.cli.output import Column, field
+from armillary.cli.output import Column, OutputFormat, dump, field, note
 
 hypervisor_app = typer.Typer(
     help="Hypervisors: compute endpoints (a driver and its settings) in one environment.",
@@ -122,6 +124,32 @@ def hypervisor_update(
             patch.body["config"] = {**parse_pairs(config, "--config"), **removed}
         patch.set(name=name, description=description)
     patch.send(doc, output)
+
+
+@command(hypervisor_app, "adopt")
+def hypervisor_adopt(
+    ref: RefArg,
+    provider_id: Annotated[str, typer.Argument(help="The machine's id, as `GET /hypervisors/REF/unmanaged` lists it")],
+    hostname: Annotated[str | None, typer.Option("--hostname", help="Default: the machine's name")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", metavar="KEY=VALUE", help="Label key=value; repeat.")
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Adopt a machine made outside Armillary as a system (tagged with its id); exit 1 if the driver refused."""
+    machine = {"provider_id": provider_id, "hostname": hostname,
+               "labels": parse_pairs(label, "--label", yaml_values=False) or None}
+    answer = client().post_json(f"/hypervisors/{ref_path(ref)}/adopt", {"machines": [machine]})
+    shape = fmt(output)
+    if shape is not OutputFormat.table:
+        dump(answer, shape)
+    for system in answer["adopted"]:
+        note(f"Adopted {system['provider_id']} as system {system['hostname']} (id {system['id']}, "
+             f"{system['state']}).", shape)
+    for failed in answer["failed"]:
+        note(f"Not adopted: {failed['provider_id']}: {failed['error']}", OutputFormat.json)  # on stderr
+    if answer["failed"]:
+        raise typer.Exit(1)
 
 
 delete_command(

@@ -33,7 +33,7 @@ from armillary.cli.common import (
     show_command,
 )
 from armillary.cli.edits import Patch, flags_given, need, put_given, send_created
-from armillary.cli.output import Column, OutputFormat, dump, field, print_items, value_cell
+from armillary.cli.output import Column, OutputFormat, dump, field, note, print_items, value_cell
 
 system_app = typer.Typer(
     help="Systems: the machines (id or hostname), their labels and variables.", no_args_is_help=True
@@ -240,6 +240,18 @@ delete_command(
     "Forget a system's record (only `defined` or `destroyed` systems; it does not destroy a machine).",
     ref_help=SYSTEM_REF_HELP,
 )
+
+
+@command(system_app, "forget")
+def system_forget(ref: SystemRefArg, output: OutputOpt = None) -> None:
+    """Drop a system's record and leave its machine running (its addresses stay reserved, its DNS records go)."""
+    answer = client().post_json(f"/systems/{ref_path(ref)}/forget", {})
+    shape = fmt(output)
+    if shape is not OutputFormat.table:
+        dump(answer, shape)
+    reserved = ", ".join(answer["addresses_reserved"]) or "none"
+    note(f"Forgot system {answer['hostname']}; its machine {answer['provider_id'] or '-'} is left as it is "
+         f"(addresses kept reserved: {reserved}).", shape)
 
 
 @command(system_app, "variables")

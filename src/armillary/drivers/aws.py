@@ -119,7 +119,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from armillary.drivers.base import (
     AddressAssignment,
@@ -801,13 +801,7 @@ class AwsDriver(Driver):
     # ------------------------------------------------------------ translating a system
 
     def _props(self, spec: MachineSpec) -> AwsProps:
-        try:
-            return AwsProps.model_validate(spec.props)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentDriverError(f"invalid driver properties for the aws driver: {problems}") from None
+        return self.system_props(spec.props)
 
     def _tag_list(self, spec: MachineSpec, props: AwsProps) -> list[dict[str, str]]:
         tags: dict[str, str] = dict(props.tags)
@@ -1192,6 +1186,33 @@ class AwsDriver(Driver):
 
     def addresses(self, ref: MachineRef) -> list[str]:
         return self.status(ref).addresses
+
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Tag a live instance of the hypervisor's region ``armillary:system-id`` (and ``armillary:namespace``
+        when the hypervisor has one) with CreateTags, as create tags its own, so ``_find`` recognises it.
+        An instance tagged for another system, or by another namespace's Armillary, is refused unless
+        ``force``. Its volumes stay untagged: destroy terminates the instance (EC2 deletes the volumes
+        marked delete-on-termination) and never deletes a volume it did not tag."""
+        region = self.settings.region
+        with self._calls(f"adopting instance {provider_id} for system {system_id}", region) as ec2:
+            instance = self._by_id(ec2, provider_id)
+            if instance is None or _state(instance) not in LIVE_STATES:
+                state = f" (it is {_state(instance)})" if instance is not None else ""
+                raise PermanentDriverError(f"no live EC2 instance {provider_id} in {self._where(region)}{state}")
+            tags = _tags(instance)
+            namespace = self.settings.namespace
+            holder = tags.get(TAG_SYSTEM_ID)
+            if holder is not None and not force and (holder != str(system_id) or tags.get(TAG_NAMESPACE) != namespace):
+                owner = f"namespace {tags[TAG_NAMESPACE]!r}, " if tags.get(TAG_NAMESPACE) else ""
+                raise PermanentDriverError(
+                    f"instance {provider_id} carries the tag of system {holder} ({owner}{TAG_SYSTEM_ID}): refusing "
+                    f"to adopt it for system {system_id}"
+                )
+            wanted = {TAG_SYSTEM_ID: str(system_id), **({TAG_NAMESPACE: namespace} if namespace else {})}
+            ec2.create_tags(Resources=[provider_id], Tags=[{"Key": k, "Value": v} for k, v in wanted.items()])
+            if not namespace and TAG_NAMESPACE in tags:
+                ec2.delete_tags(Resources=[provider_id], Tags=[{"Key": TAG_NAMESPACE}])
+            return self._info(self._by_id(ec2, provider_id) or instance, region)
 
     def list(self) -> list[MachineInfo]:
         region = self.settings.region

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from armillary.failures import Failure, PermanentFailure, TransientFailure
 
@@ -334,6 +334,17 @@ class Driver:
     def list(self) -> list[MachineInfo]:
         raise self._missing("list machines")
 
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Tag the existing machine ``provider_id`` with ``system_id`` the way ``create`` tags its own, so that
+        ``status``/``stop``/``destroy`` find it from then on; what the machine is now.
+
+        Every operation acts only on machines carrying the system's tag, so a machine made outside Armillary
+        must carry it before a system can hold it. A machine tagged with another system id is refused
+        (``PermanentDriverError``) unless ``force``: the caller passes it only when it knows that id names no
+        system any more (a forgotten one). Drivers that can change a machine's tags implement it and claim
+        ``Capability.ADOPT``."""
+        raise NotImplementedByDriver(f"the {self.name} driver cannot adopt existing machines")
+
     # ------------------------------------------------------------ for transports (``engine.transports``)
 
     def ssh_credentials(self) -> SshCredentials | None:
@@ -371,6 +382,19 @@ class Driver:
         """The LXC container of ``ref``'s machine, for the ``lxc-attach`` transport; None when the hypervisor
         holds no container of that system. The lxc driver implements it."""
         raise self._missing("hand out LXC containers")
+
+    @classmethod
+    def system_props(cls, props: Mapping[str, Any] | None) -> Any:
+        """A system's driver properties validated by ``SystemProps``: invalid ones are a permanent failure
+        naming each field (``driver.<field>: <why>``), raised before any call to the hypervisor."""
+        try:
+            return cls.SystemProps.model_validate(dict(props or {}))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()
+            )
+            raise PermanentDriverError(f"invalid driver properties for the {cls.name} driver: {problems}") from None
 
     @classmethod
     def secret_fields(cls) -> set[str]:

@@ -67,6 +67,7 @@ from armillary.drivers.base import (
     MachineRef,
     MachineSpec,
     MachineState,
+    NotImplementedByDriver,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -348,8 +349,9 @@ class DockerDriver(Driver):
     implemented = True
     transport = "docker-exec"
     STATE_MAP = STATE_MAP
-    # No ADOPT of the list: list() shows every container, untagged ones as unmanaged. No resize/console.
-    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START, Capability.ADOPT})
+    # list() shows every container, untagged ones as unmanaged, but no ADOPT: a container's labels are fixed
+    # when it is made, so one made outside Armillary can never carry a system's id. No resize/console.
+    capabilities = frozenset({Capability.STATIC_ADDRESS, Capability.STOP_START})
 
     @property
     def settings(self) -> DockerConfig:
@@ -603,6 +605,16 @@ class DockerDriver(Driver):
         with self._connect("list containers") as client:
             return [_summary_info(row) for row in client.api.containers(all=True)]
 
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Not supported: Docker (and podman) fix a container's labels when it is made, and every operation
+        finds a system's container by its ``armillary.system-id`` label, so a container made outside Armillary
+        can never become a system's. Recreate it through Armillary instead."""
+        raise NotImplementedByDriver(
+            f"the docker driver cannot adopt container {provider_id!r}: Docker cannot change the labels of an "
+            "existing container, and Armillary finds a system's container by its armillary.system-id label; "
+            "define a system and create its container through Armillary instead"
+        )
+
     # ------------------------------------------------------------ for transports
 
     def container_target(self, ref: MachineRef) -> ContainerTarget | None:
@@ -620,17 +632,7 @@ class DockerDriver(Driver):
     # ------------------------------------------------------------ helpers
 
     def _props(self, spec: MachineSpec) -> DockerProps:
-        from pydantic import ValidationError
-
-        try:
-            return DockerProps.model_validate(spec.props)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentDriverError(
-                f"invalid driver properties for the docker driver: {problems}"
-            ) from None
+        return self.system_props(spec.props)
 
     def _require(self, client: Any, ref: MachineRef) -> Any:
         container = self._find(client, ref)

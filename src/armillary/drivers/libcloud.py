@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from armillary.drivers.base import (
     Capability,
@@ -72,6 +72,7 @@ from armillary.drivers.base import (
     MachineRef,
     MachineSpec,
     MachineState,
+    NotImplementedByDriver,
     PermanentDriverError,
     StrictModel,
     TransientDriverError,
@@ -524,15 +525,7 @@ class LibcloudDriver(Driver):
     # ------------------------------------------------------------ create's arguments
 
     def _props(self, spec: MachineSpec) -> LibcloudProps:
-        try:
-            return LibcloudProps.model_validate(spec.props)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentDriverError(
-                f"invalid driver properties for the libcloud driver: {problems}"
-            ) from None
+        return self.system_props(spec.props)
 
     def _arguments(self, provider: Any, spec: MachineSpec, props: LibcloudProps) -> dict[str, Any]:
         """``create_node``'s keyword arguments, every ``ex_*`` one checked against its signature."""
@@ -673,10 +666,39 @@ class LibcloudDriver(Driver):
     def _still_live(self, provider: Any, node: Any) -> bool:
         return any(str(n.id) == str(node.id) for n in self._live(provider.list_nodes()))
 
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Tag the live node ``provider_id`` ``armillary-system-id=<id>`` as create does, so ``_find`` and
+        ``destroy`` recognise it. Built for ec2 (EC2's CreateTags) only: libcloud has no common way to change
+        a node's metadata, and the providers without metadata find nodes by name. A node tagged for another
+        system is refused unless ``force``."""
+        if self.settings.provider != "ec2":
+            raise NotImplementedByDriver(
+                f"the libcloud driver cannot adopt nodes of provider {self.settings.provider!r} (only ec2: it "
+                "cannot tag an existing node of this provider with a system's id)"
+            )
+        operation = f"adopting node {provider_id} for system {system_id}"
+        with self._calls(operation) as provider:
+            node = next((n for n in self._live(provider.list_nodes()) if str(n.id) == provider_id), None)
+            if node is None:
+                raise PermanentDriverError(f"{operation}: no live node {provider_id} on {self.settings.provider}")
+            holder = self._system_id(node)
+            if holder is not None and holder != system_id and not force:
+                raise PermanentDriverError(f"{operation}: the node carries the tag of system {holder} ({MARK})")
+            if holder != system_id:
+                _ec2_create_tag(provider, node, MARK, str(system_id))
+            return self._info(node, system_id)
+
     def list(self) -> list[MachineInfo]:
         with self._calls(f"listing the nodes of {self.settings.provider}") as provider:
             machines = [self._info(node) for node in self._live(provider.list_nodes())]
             return sorted(machines, key=lambda m: m.provider_id)
+
+
+def _ec2_create_tag(provider: Any, node: Any, key: str, value: str) -> None:
+    """EC2's CreateTags for one node and tag, its parameters numbered from 1 as EC2 documents them:
+    libcloud's ``ex_create_tags`` numbers them from 0, which EC2-compatible endpoints (moto) refuse."""
+    params = {"Action": "CreateTags", "ResourceId.1": str(node.id), "Tag.1.Key": key, "Tag.1.Value": value}
+    provider.connection.request(provider.path, params=params)
 
 
 def smallest_size(sizes: list[Any], cpu: int | None, memory_mb: int | None) -> Any:

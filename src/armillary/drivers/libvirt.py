@@ -101,7 +101,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from armillary.drivers.base import (
     AddressAssignment,
@@ -897,10 +897,7 @@ class LibvirtDriver(Driver):
         return self._run(f"checking libvirt at {config.uri!r}", probe)
 
     def create(self, spec: MachineSpec) -> MachineInfo:
-        try:
-            props = LibvirtProps.model_validate(spec.props)
-        except ValidationError as exc:
-            raise PermanentDriverError(f"invalid libvirt driver properties: {exc}") from None
+        props = self.system_props(spec.props)
         config = self._config
         pool_name = props.pool or config.storage_pool
         network = attachment(spec, props, config.network)
@@ -1133,6 +1130,35 @@ class LibvirtDriver(Driver):
 
     def addresses(self, ref: MachineRef) -> list[str]:
         return self.status(ref).addresses
+
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Write our metadata element (``<armillary:system id=…/>``) into the domain, as create does, so
+        ``_find`` recognises it; live and persistent alike, so a running domain is ours now and after a
+        restart. Its name, disks and everything else stay as they are."""
+
+        def adopt(conn: Any) -> MachineInfo:
+            lv = _libvirt()
+            domain = self._lookup(conn, provider_id)
+            if domain is None:
+                raise PermanentDriverError(f"no libvirt domain named {provider_id!r} to adopt")
+            tag = _tag(ET.fromstring(domain.XMLDesc(0)))
+            if tag is not None and tag["system_id"] != system_id and not force:
+                raise PermanentDriverError(
+                    f"domain {provider_id!r} carries the tag of system {tag['system_id']}: refusing to adopt it "
+                    f"for system {system_id}"
+                )
+            if tag is None or tag["system_id"] != system_id:
+                element = ET.Element("system", id=str(system_id))
+                if tag is not None and tag.get("hostname"):
+                    element.set("hostname", tag["hostname"])
+                flags = lv.VIR_DOMAIN_AFFECT_CONFIG if domain.isPersistent() else 0
+                if domain.isActive():
+                    flags |= lv.VIR_DOMAIN_AFFECT_LIVE
+                domain.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, ET.tostring(element, encoding="unicode"),
+                                   NS_PREFIX, NAMESPACE, flags)
+            return self._info(domain, ET.fromstring(domain.XMLDesc(0)))
+
+        return self._run(f"adopting domain {provider_id!r} for system {system_id}", adopt)
 
     def list(self) -> list[MachineInfo]:
         def every(conn: Any) -> list[MachineInfo]:

@@ -370,6 +370,29 @@ class LxcDriver(Driver):
             return  # gone already (a success), or not ours to destroy
         self._lxc_destroy(name)
 
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Write our ``lxc.environment = ARMILLARY_SYSTEM_ID=<id>`` line into the container's config, as create
+        does, so every operation finds it by its name and tag. The config is read when the container starts:
+        a running one keeps running (its init sees the variable after its next start). A container tagged
+        for another system is refused unless ``force`` (its old line is then replaced)."""
+        name = provider_id
+        if not _NAME.match(name) or not self._exists(name):
+            raise PermanentDriverError(f"no container {name!r} in {self.settings.lxcpath} to adopt")
+        holder = self._owner(name)
+        if holder is not None and holder != system_id and not force:
+            raise PermanentDriverError(
+                f"container {name} is tagged {TAG_SYSTEM_ID}={holder}: refusing to adopt it for system {system_id}"
+            )
+        if holder != system_id:
+            config = Path(self._container_dir(name)) / "config"
+            ours = f"{TAG_SYSTEM_ID}="
+            lines = [
+                line for line in config.read_text().splitlines()
+                if not (_key(line) == "lxc.environment" and line.partition("=")[2].strip().startswith(ours))
+            ]
+            config.write_text("\n".join([*lines, f"lxc.environment = {TAG_SYSTEM_ID}={system_id}"]) + "\n")
+        return self._status(name) or self._gone(name)
+
     def list(self) -> list[MachineInfo]:
         if not os.path.isdir(self.settings.lxcpath):
             return []
@@ -731,15 +754,7 @@ class LxcDriver(Driver):
         return cgroup_version() if chosen == "auto" else int(chosen)
 
     def _props(self, spec: MachineSpec) -> LxcProps:
-        from pydantic import ValidationError
-
-        try:
-            return LxcProps.model_validate(spec.props)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentDriverError(f"invalid driver properties for the lxc driver: {problems}") from None
+        return self.system_props(spec.props)
 
     def _lxc(
         self,

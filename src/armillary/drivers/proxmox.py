@@ -68,7 +68,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from armillary.drivers.base import (
     AddressAssignment,
@@ -554,15 +554,7 @@ class ProxmoxDriver(Driver):
         return f" (task log: {' | '.join(tail)})" if tail else ""
 
     def _props(self, props: dict[str, Any] | None) -> ProxmoxProps:
-        try:
-            return ProxmoxProps.model_validate(props or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                "driver" + "".join(f".{p}" for p in e["loc"]) + f": {e['msg']}" for e in exc.errors()
-            )
-            raise PermanentDriverError(
-                f"invalid driver properties for the proxmox driver: {problems}"
-            ) from None
+        return self.system_props(props)
 
     # ------------------------------------------------------------ finding guests
 
@@ -885,6 +877,27 @@ class ProxmoxDriver(Driver):
                 self._wait(
                     self._call("delete", base, purge=True, **{"destroy-unreferenced-disks": True}), operation
                 )
+
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Give the guest (VMID ``provider_id``) our tag ``armillary-<id>`` in its config, as create does, so
+        ``_find`` recognises it; its other tags stay. A guest tagged for another system is refused unless
+        ``force`` (its old ``armillary-*`` tag is then replaced); a template is never adopted."""
+        operation = f"adopting Proxmox guest {provider_id} for system {system_id}"
+        with self._calls(operation):
+            guest = next((g for g in self._guests() if str(g["vmid"]) == str(provider_id)), None)
+            if guest is None or guest.get("template"):
+                raise PermanentDriverError(f"{operation}: no Proxmox guest with VMID {provider_id} (or a template)")
+            holder = _tagged_id(guest)
+            if holder is not None and holder != system_id and not force:
+                raise PermanentDriverError(
+                    f"{operation}: the guest carries the tag of system {holder} ({TAG_PREFIX}{holder}): refusing"
+                )
+            if holder != system_id:
+                kept = [t for t in _tags(guest) if not t.startswith(TAG_PREFIX)]
+                tags = ";".join([*kept, f"{TAG_PREFIX}{system_id}"])
+                self._call("put", f"nodes/{guest['node']}/{guest['type']}/{guest['vmid']}/config", tags=tags)
+                guest = {**guest, "tags": tags}
+            return self._info(guest)
 
     def list(self) -> list[MachineInfo]:
         with self._calls("listing the Proxmox guests"):

@@ -777,16 +777,7 @@ class VsphereDriver(Driver):
                     raise
 
     def _props(self, spec: MachineSpec) -> VsphereProps:
-        try:
-            return VsphereProps.model_validate(spec.props)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"driver.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
-                for e in exc.errors()
-            )
-            raise PermanentDriverError(
-                f"invalid driver properties for the vsphere driver: {problems}"
-            ) from None
+        return self.system_props(spec.props)
 
     def _with_static_address(self, spec: MachineSpec, props: VsphereProps) -> VsphereProps:
         """The properties with the IP pool's assignment as the customisation's fixed IPv4 address.
@@ -1356,6 +1347,31 @@ class VsphereDriver(Driver):
 
     def addresses(self, ref: MachineRef) -> list[str]:
         return self.status(ref).addresses
+
+    def adopt(self, provider_id: str, system_id: int, *, force: bool = False) -> MachineInfo:
+        """Set the extraConfig key ``armillary.system_id`` of the VM (managed object id ``provider_id``) with one
+        ``ReconfigVM_Task``, as the clone spec sets it on the VMs create makes, so ``_find`` recognises it by
+        its provider id. Guests cannot change extraConfig outside ``guestinfo.*``, so the tag stays trusted.
+        A VM tagged for another system is refused unless ``force``; a template is never adopted."""
+        vim, _vmodl, _connect = _pyvmomi()
+
+        def adopt(si: Any) -> MachineInfo:
+            vm = self._vm(si, provider_id)
+            props = self._read_vm(si, vm)
+            if props is None or props.get("config.template"):
+                raise PermanentDriverError(f"no vSphere VM {provider_id!r} to adopt (or it is a template)")
+            tag = _tag(props)
+            if tag is not None and tag["system_id"] != system_id and not force:
+                raise PermanentDriverError(
+                    f"VM {props.get('name')!r} ({provider_id}) carries the tag of system {tag['system_id']}: "
+                    f"refusing to adopt it for system {system_id}"
+                )
+            if tag is None or tag["system_id"] != system_id:
+                change = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=KEY_SYSTEM_ID, value=str(system_id))])
+                self._wait(si, vm.ReconfigVM_Task(spec=change), "tagging the VM with the system id")
+            return self._info(si, vm, self._read_vm(si, vm) or props)
+
+        return self._run(f"adopting VM {provider_id} for system {system_id}", adopt)
 
     def list(self) -> list[MachineInfo]:
         def every(si: Any) -> list[MachineInfo]:
