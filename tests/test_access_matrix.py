@@ -216,6 +216,7 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "DELETE /api/v1/hypervisors/{ref}": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-spare-{env_ref(v)}")),
     "GET /api/v1/hypervisors/{ref}/check": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}/check")),
     "GET /api/v1/hypervisors/{ref}/unmanaged": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}/unmanaged")),
+    "POST /api/v1/hypervisors/{ref}/adopt": (("in", "out"), lambda w, v, r: Call(f"/hypervisors/hv-{env_ref(v)}/adopt", {"machines": []})),
     "GET /api/v1/types": (("-",), lambda w, v, r: Call("/types")),
     "POST /api/v1/types": (("-",), lambda w, v, r: Call("/types", {"name": "db"})),
     "GET /api/v1/types/{ref}": (("-",), lambda w, v, r: Call("/types/web")),
@@ -242,6 +243,7 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "GET /api/v1/systems/{ref}/variables": (("in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/variables")),
     "GET /api/v1/systems/{ref}/releases": (("in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/releases")),
     "POST /api/v1/systems/{ref}/actions": (("own", "in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/actions", {"action": "create"})),
+    "POST /api/v1/systems/{ref}/forget": (("in", "out"), lambda w, v, r: Call(f"/systems/{system_ref(v)}/forget")),
     "POST /api/v1/jobs": (("own", "in"), lambda w, v, r: Call("/jobs", {"action": "create", "selector": {"systems": [system_ref(v)]}})),
     "GET /api/v1/jobs": (("-",), lambda w, v, r: Call("/jobs")),
     "GET /api/v1/jobs/{job_id}": (("in", "out"), lambda w, v, r: Call(f"/jobs/{job_ref(w, v)}")),
@@ -274,6 +276,7 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "DELETE /api/v1/dns-zones/{ref}": (("in", "out"), lambda w, v, r: Call(f"/dns-zones/{w['spare-zone-' + env_ref(v)]}")),
     "GET /api/v1/dns-zones/{ref}/check": (("in", "out"), lambda w, v, r: Call(f"/dns-zones/{w['zone-' + env_ref(v)]}/check")),
     "GET /api/v1/dns-records": (("in", "out"), lambda w, v, r: Call("/dns-records", params={"zone": w['zone-' + env_ref(v)]})),
+    "GET /api/v1/exports/prometheus-sd": (("in", "out"), lambda w, v, r: Call("/exports/prometheus-sd", params={"environment": env_ref(v), "port": 9100})),
 }
 # A selector names systems: out of the caller's environments they do not exist, so the job matches none.
 BODY_REFERENCES = {"POST /api/v1/hypervisors", "POST /api/v1/systems", "POST /api/v1/systems/import",

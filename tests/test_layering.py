@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # Lower numbers are further in; a module may import its own layer and the ones below it.
 LAYERS = {
-    "failures": 0, "redaction": 0, "logs": 0, "plugins": 0, "__init__": 0,
+    "failures": 0, "redaction": 0, "logs": 0, "plugins": 0, "tracing": 0, "metrics": 0, "__init__": 0,
     "domain": 1,
     "drivers": 2, "provisioners": 2, "remote": 2, "sources": 2, "auth": 2, "config": 2,
     "engine": 3,

@@ -33,6 +33,11 @@ class Settings:
     engine: str = "inline"
     workers: int = 32
     lease_s: float = 30.0
+    # On SIGTERM/SIGINT: how long running steps may take to finish before their leases are handed back.
+    shutdown_timeout_s: float = 30.0
+    # `armillary serve`'s logging (SIGHUP re-reads both): a level name, and "text" or "json".
+    log_level: str = "info"
+    log_format: str = "text"
     # Lifetime of the tokens and browser sessions handed out by a login.
     login_ttl_s: int = 12 * 3600
     # Mark session cookies Secure even when this process sees plain HTTP (behind a TLS-terminating proxy).
@@ -62,6 +67,8 @@ class Settings:
     puppet_modules_dir: Path | None = None
     salt_states_dir: Path | None = None
     deploy_sources_dir: Path | None = None
+    # Bearer token GET /metrics requires (None: /metrics is open, as Prometheus exporters usually are).
+    metrics_token: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -82,6 +89,9 @@ class Settings:
             engine=env.get("ARMILLARY_ENGINE") or "inline",
             workers=int(env.get("ARMILLARY_WORKERS") or 32),
             lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
+            shutdown_timeout_s=float(env.get("ARMILLARY_SHUTDOWN_TIMEOUT") or 30),
+            log_level=(env.get("ARMILLARY_LOG_LEVEL") or "info").strip().lower(),
+            log_format=(env.get("ARMILLARY_LOG_FORMAT") or "text").strip().lower(),
             login_ttl_s=int(env.get("ARMILLARY_LOGIN_TTL_SECONDS") or 12 * 3600),
             cookie_secure=_truthy(env.get("ARMILLARY_COOKIE_SECURE"), False),
             login_max_failures=int(env.get("ARMILLARY_LOGIN_MAX_FAILURES") or 5),
@@ -98,11 +108,22 @@ class Settings:
             puppet_modules_dir=_path(env.get("ARMILLARY_PUPPET_MODULES_DIR")),
             salt_states_dir=_path(env.get("ARMILLARY_SALT_STATES_DIR")),
             deploy_sources_dir=_path(env.get("ARMILLARY_DEPLOY_SOURCES_DIR")),
+            metrics_token=_secret(env.get("ARMILLARY_METRICS_TOKEN")),
         )
 
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _secret(value: str | None) -> str | None:
+    """A secret setting, registered for masking so no log line ever shows it."""
+    if not value:
+        return None
+    from armillary import redaction
+
+    redaction.register(value)
+    return value
 
 
 def _ldap_settings(env: dict[str, str]) -> Any:

@@ -65,8 +65,23 @@ def install_redaction(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
+FORMATS = ("text", "json")
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def level_named(name: str) -> int:
+    """The logging level called ``name`` (any case); ValueError naming the choices, for a setting's message."""
+    if name.strip().lower() not in LEVELS:
+        raise ValueError(f"log level {name!r} is not one of {', '.join(LEVELS)}")
+    return logging.getLevelName(name.strip().upper())
+
+
 def configure(json_lines: bool = True, level: int = logging.INFO) -> None:
-    """Send Armillary's and uvicorn's logs to stderr in one format, secrets redacted."""
+    """Send Armillary's and uvicorn's logs to stderr in one format, secrets redacted.
+
+    Called again (``armillary serve`` on SIGHUP), it replaces the handler: the new format and level
+    apply from the next line on.
+    """
     handler = install_redaction(logging.StreamHandler(sys.stderr))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()

@@ -25,6 +25,8 @@ from armillary.api import (
     dns_zones,
     drivers,
     environments,
+    exports,
+    forget,
     groups,
     health,
     hypervisor_checks,
@@ -32,6 +34,7 @@ from armillary.api import (
     ip_addresses,
     ip_pools,
     jobs,
+    metrics,
     problems,
     releases,
     schedules,
@@ -45,11 +48,13 @@ from armillary.api.audit_trail import AuditMiddleware
 from armillary.api.bodies import BodyGuardMiddleware
 from armillary.api.middleware import RequestIdMiddleware
 from armillary.api.security import credentials_refusal, current_principal, document_permissions
+from armillary.api.tracing_middleware import install as install_tracing
 from armillary.config import Settings
 from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.secrets import box_for
 from armillary.engine.service import Engine
+from armillary.metrics import watch_pool
 
 log = logging.getLogger("armillary.app")
 
@@ -59,6 +64,7 @@ API_PREFIX = "/api/v1"
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     db = db or Database(settings.database_url)
+    watch_pool(db.engine)  # armillary_db_pool_checked_out_connections
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,7 +102,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     # Every route under the API router needs credentials; only the login routes are outside it.
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
-               jobs, schedules, releases, sources, auth, users, audit, ip_pools, ip_addresses, dns_zones)
+               jobs, schedules, releases, sources, auth, users, audit, ip_pools, ip_addresses, dns_zones, forget,
+               exports)
     for router in [*(module.router for module in routers), systems.labels_router, dns_zones.records_router,
                    auth.public_router]:
         document_permissions(router)
@@ -107,6 +114,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(api)
     app.include_router(auth.public_router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(metrics.router)  # /metrics: its own optional token, no account
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -120,4 +128,5 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AuditMiddleware)
+    install_tracing(app)  # outermost: its span covers the whole request
     return app

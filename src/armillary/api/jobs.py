@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from armillary import metrics
 from armillary.api.deps import MAX_LIMIT, IdPath, SessionDep, newest_first
 from armillary.api.job_start import IdempotencyKey, accepted, start_idempotent
 from armillary.api.security import Access, requires
@@ -159,7 +160,7 @@ async def job_events(
         next_url = str(request.url.include_query_params(after=items[-1]["id"])) if len(items) == limit else None
         return JSONResponse({"items": items, "next": next_url, "job_ended": ended is not None})
     return StreamingResponse(
-        _stream(request, page, items, ended, after), media_type="text/event-stream",
+        metrics.followed(_stream(request, page, items, ended, after)), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

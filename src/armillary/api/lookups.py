@@ -145,3 +145,14 @@ def system_page(
     if q:
         query = query.where(System.hostname.startswith(q.lower(), autoescape=True))
     return paginate(session, query, System, page, request, response, key=page_key)
+
+
+def parse_label_filters(values: list[str]) -> dict[str, str]:
+    """``?label=k=v`` query values as a dict; a malformed one is a 422 on ``label``."""
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput("label", f"{item!r} is not key=value")
+        labels[key] = value
+    return labels

@@ -14,6 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from armillary import metrics
 from armillary.api.problems import problem_type
 from armillary.logs import request_id_var
 
@@ -59,6 +60,7 @@ class RequestIdMiddleware:
                     send_with_id, scope, 500, "internal-error", "Internal error", "an unexpected error occurred"
                 )
         finally:
+            metrics.observe_request(scope, status, time.perf_counter() - started)  # by route template
             access_log.info(
                 "%s %s %s",
                 scope["method"],

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from armillary import sources
 from armillary.api.deps import PageParams, SessionDep, paginate
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
@@ -48,7 +49,6 @@ from armillary.domain import uploads
 from armillary.domain.errors import DomainError, Forbidden, InvalidInput, NotFound
 from armillary.domain.schemas import Page
 from armillary.domain.uploads import SourceOwner, UploadedSource
-from armillary import sources
 
 router = APIRouter(prefix="/sources", tags=["sources"])
 

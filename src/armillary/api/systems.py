@@ -23,7 +23,14 @@ from armillary.api.deps import (
     resolve_ref,
     set_etag,
 )
-from armillary.api.lookups import check_hostname_free, driver_for, get_system, resolve_owner, system_page
+from armillary.api.lookups import (
+    check_hostname_free,
+    driver_for,
+    get_system,
+    parse_label_filters,
+    resolve_owner,
+    system_page,
+)
 from armillary.api.security import Access, requires
 from armillary.api.views import MACHINE_COLUMNS, system_out
 from armillary.auth.policy import Permission
@@ -178,16 +185,6 @@ def build_system(
 
 
 # ---------------------------------------------------------------- listing
-
-
-def parse_label_filters(values: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput("label", f"{item!r} is not key=value")
-        labels[key] = value
-    return labels
 
 
 @router.get("", response_model=Page[SystemOut])

@@ -22,6 +22,7 @@ from armillary.cli import (
     accounts,
     admin,
     auth,
+    backup,
     doctor,
     drivers,
     environments,
@@ -46,6 +47,7 @@ app = typer.Typer(
 app.callback()(root_callback)  # its docstring is the top-level help
 server.register(app)
 doctor.register(app)
+backup.register(app)
 admin.register(app)
 auth.register(app)
 environments.register(app)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import joinedload
 
+from armillary import metrics, tracing
 from armillary.domain import quotas
 from armillary.domain.jobs import Job
 from armillary.domain.models import Hypervisor, System, utcnow
@@ -111,7 +112,9 @@ class StepContext:
             config = driver_cls.Config.model_validate(settings)
         except ValidationError as exc:
             raise PermanentDriverError(f"hypervisor {hypervisor.name}: invalid settings: {exc}") from None
-        return driver_cls(config, hypervisor_id=hypervisor.id, runtime=self.runtime)
+        # Timed for /metrics (armillary.metrics.TimedDriver: a proxy, the driver itself is not changed).
+        return metrics.TimedDriver(tracing.trace_driver(driver_cls(config, hypervisor_id=hypervisor.id,
+                                                                   runtime=self.runtime), hypervisor.driver))
 
     def transport(self, system: System) -> Transport:
         """The transport that reaches the system's machine (``engine.transports.transport_for``; close it

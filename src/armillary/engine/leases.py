@@ -152,6 +152,19 @@ def heartbeat(session: Session, owner: str, lease_s: float) -> int:
     return result.rowcount
 
 
+def hand_back(session: Session, owner: str, now: datetime) -> list[Step]:
+    """Make the leases ``owner`` still holds expire now, and return their steps.
+
+    A stopping process calls this for the steps it could not finish in its shutdown time: any
+    reaper then retries them at once, instead of after the rest of their lease.
+    """
+    mine = (Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
+    steps = list(session.scalars(select(Step).where(*mine)))
+    session.execute(update(Step).where(*mine).values(lease_expires_at=now - timedelta(seconds=1))
+                    .execution_options(synchronize_session=False))
+    return steps
+
+
 def expired_steps(session: Session, now: datetime) -> list[Step]:
     return list(
         session.scalars(

@@ -8,6 +8,7 @@ stalled and the reaper gave the step to someone else), the outcome is dropped, n
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
+from armillary import metrics, tracing
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
 from armillary.engine.context import StepContext
@@ -84,6 +86,8 @@ _JOB_ENDED = (update(_jobs).where(_jobs.c.id == _JOB_ID)
 
 def run_step(runtime: Runtime, step_id: int) -> None:
     """Run one step if it is due and nobody else holds it; a no-op otherwise."""
+    if runtime.stopping.is_set():  # a stopping process claims nothing more (``Engine.stop`` drains it)
+        return
     claimed = _claim(runtime, step_id)
     if claimed is None:
         return
@@ -91,7 +95,10 @@ def run_step(runtime: Runtime, step_id: int) -> None:
     token = request_id_var.set(request_id)
     try:
         spec = get_workflow(ctx.params["_workflow"]).step(ctx.step)
-        result, error = _execute(spec.fn, ctx, timeout_s, request_id)
+        with tracing.step_span(ctx.job_id, ctx.step, ctx.params["_workflow"], ctx.attempt, request_id,
+                               ctx.context.get(tracing.JOB_KEY)) as span:
+            result, error = _execute(spec.fn, ctx, timeout_s, request_id)
+            tracing.record_outcome(span, error, error is not None and is_transient(error))
         ready, ended = _record(runtime, step_id, result, error, spec.retry_base_s)
     finally:
         request_id_var.reset(token)
@@ -109,11 +116,13 @@ def _claim(runtime: Runtime, step_id: int) -> tuple[StepContext, float, str | No
         row = conn.execute(_CLAIMED, {"b_step_id": step_id}).one()
         if row.cancel_requested or row.status in TERMINAL_JOB:
             conn.execute(_NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
+            metrics.STEPS.labels(row.workflow, row.name, "cancelled").inc()
             insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
             cancelled = True
         else:
             if row.status == JobStatus.QUEUED.value:
                 conn.execute(_JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
+                metrics.JOBS_STARTED.labels(row.workflow).inc()
                 insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
             insert_event(conn, row.id, "step", f"{row.name} started (attempt {row.attempts}/{row.max_attempts})",
                          step=row.name, data={"status": "running", "attempt": row.attempts})
@@ -153,9 +162,13 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
         except BaseException as exc:  # noqa: BLE001 - every failure becomes the step's outcome
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"step-{ctx.job_id}-{ctx.step}", daemon=True)
+    # Run in a copy of this thread's contextvars: the step's span is the parent of the body's driver spans.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,),
+                              name=f"step-{ctx.job_id}-{ctx.step}", daemon=True)
+    started = time.perf_counter()
     thread.start()
     thread.join(timeout_s)
+    metrics.STEP_DURATION.labels(ctx.params["_workflow"], ctx.step).observe(time.perf_counter() - started)
     if thread.is_alive():
         return {}, TimedOut(f"{ctx.step} timed out after {timeout_s:g}s")
     return box.get("result", {}), box.get("error")
@@ -177,6 +190,7 @@ def _record(
             conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
             insert_event(conn, job.id, "step", f"{step.name} succeeded", step=step.name,
                          data={"status": "succeeded"})
+            metrics.STEPS.labels(job.workflow, step.name, "succeeded").inc()
             return _advance(conn, job, context, runtime)
         # Shown as the step's and the job's error and in events: secrets masked (armillary.redaction).
         message = redact_text(f"{type(error).__name__}: {error}" if not str(error) else str(error))
@@ -186,10 +200,12 @@ def _record(
                                        "b_at": now + timedelta(seconds=delay)})
             insert_event(conn, job.id, "step", f"{step.name} failed transiently ({message}); retry in {delay:g}s",
                          step=step.name, level="warning", data={"status": "retrying", "delay_s": delay})
+            metrics.STEPS.labels(job.workflow, step.name, "retrying").inc()
             return [], False
         conn.execute(_STEP_FAILED, {"b_step_id": step_id, "b_error": message, "b_now": now})
         insert_event(conn, job.id, "step", f"{step.name} failed: {message}", step=step.name, level="error",
                      data={"status": "failed"})
+        metrics.STEPS.labels(job.workflow, step.name, "failed").inc()
         context = job.context or {}
         partial = getattr(error, "result", None)  # what a failing step still wants shown (per-host results)
         if partial:
@@ -264,6 +280,7 @@ def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStat
     error, summary = redact_text(error) if error else error, redact_data(summary) if summary else summary
     conn.execute(_JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
                               "b_summary": summary})
+    metrics.JOBS_FINISHED.labels(job.workflow, status.value).inc()
     mark = {"succeeded": "✔", "failed": "✗", "cancelled": "✗"}[status.value]
     detail = f": {error}" if error else ""
     insert_event(conn, job.id, "job", f"{mark} job {status.value}{detail}", level="error" if error else "info",

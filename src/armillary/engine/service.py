@@ -8,6 +8,11 @@
 * The heartbeat renews the leases of the steps this process runs (and their jobs' locks).
 * The reaper finds steps whose lease expired — their worker died or stalled — and retries them
   (when attempts remain) or fails them. Nothing is wiped at start-up: queued work is recovered.
+* Stopping is graceful: the process claims nothing more, the steps it runs get ``shutdown_timeout_s``
+  to finish (their leases still renewed), and the leases of those still running then are handed back
+  (made to expire now), so another process — or this one restarted — retries them at once instead of
+  after a full lease. Steps that watch ``runtime.stopping`` (scripts, Ansible, Salt, bulk batches)
+  stop early and leave the rest to a retry themselves.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 
 from sqlalchemy import bindparam, or_, select
 
+from armillary import metrics
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobStatus, Step, StepStatus
 from armillary.domain.models import utcnow
@@ -59,6 +65,7 @@ class Engine:
         lease_s: float = 30.0,
         poll_s: float = 0.5,
         executor: Executor | None = None,
+        shutdown_timeout_s: float = 0.0,
     ) -> None:
         self.runtime = Runtime(db=db, secret_box=secret_box, lease_s=lease_s)
         self.executor = executor or InlineExecutor(self.runtime, workers=workers)
@@ -66,7 +73,12 @@ class Engine:
         self.runtime.wake = self.wake
         self.poll_s = poll_s
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the dispatcher: no more claims
+        self._heartbeat_stop = threading.Event()  # the heartbeat goes on while running steps drain
+        # How long ``stop`` lets running steps finish before handing them back (``armillary serve`` sets
+        # it from ARMILLARY_SHUTDOWN_TIMEOUT); counted from ``begin_stop``, i.e. from the signal.
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._drain_deadline: float | None = None
         self._threads: list[threading.Thread] = []
         self._last_reap = 0.0
         self._last_tick = 0.0
@@ -84,13 +96,52 @@ class Engine:
             self._threads.append(thread)
         log.info("engine started as worker %s", self.runtime.worker_id)
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """Claim nothing more, from now on; the drain time starts now.
+
+        Only sets flags, so a signal handler may call it: the server calls it the moment SIGTERM
+        arrives, and the steps drain while the HTTP connections close.
+        """
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.shutdown_timeout_s
         self._stop.set()
         self.runtime.stopping.set()
         self._wake.set()
+
+    def stop(self) -> None:
+        """Stop gracefully: no more claims, running steps get until the deadline, the rest is handed back."""
+        self.begin_stop()
+        for thread in self._threads:
+            if thread.name == "armillary-dispatcher":
+                thread.join(timeout=5)
+        unfinished = self._drain()
+        self._heartbeat_stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        if unfinished:
+            self.hand_back()
         self.executor.shutdown()
+
+    def _drain(self) -> set[int]:
+        """Wait (up to the deadline) for the steps handed to the executor to end; those still running."""
+        while (running := self.executor.in_flight()) and time.monotonic() < (self._drain_deadline or 0):
+            time.sleep(0.05)
+        return running
+
+    def hand_back(self) -> None:
+        """Give up the steps still running here: their leases expire now and the reaper requeues them.
+
+        Retried by whichever process reaps next — this one does at once — and not after a full lease.
+        A body still running here is abandoned: its outcome is dropped (it no longer holds the lease).
+        """
+        owner = self.runtime.worker_id
+        with self.runtime.db.session() as session:
+            for step in leases.hand_back(session, owner, utcnow()):
+                emit(session, step.job_id, "step", f"{step.name}: worker {owner} is stopping; handed back",
+                     step=step.name, level="warning")
+                log.warning("step %s (%s of job %s) handed back: still running at shutdown",
+                            step.id, step.name, step.job_id)
+        self.reap()
 
     def wake(self) -> None:
         if not self._wake.is_set():  # already set: the dispatcher has not cleared it yet, and ticks after
@@ -120,7 +171,7 @@ class Engine:
 
     def _heartbeat_loop(self) -> None:
         interval = self.runtime.lease_s / 3
-        while not self._stop.wait(interval):
+        while not self._heartbeat_stop.wait(interval):
             try:
                 with self.runtime.db.session() as session:
                     leases.heartbeat(session, self.runtime.worker_id, self.runtime.lease_s)
@@ -179,16 +230,18 @@ class Engine:
             for step in leases.expired_steps(session, now):
                 owner = step.lease_owner
                 if step.attempts < step.max_attempts and leases.requeue_expired(session, step, now):
+                    metrics.LEASE_EXPIRIES.labels("retried").inc()
                     emit(session, step.job_id, "step",
                          f"{step.name}: lease of worker {owner} expired; retrying", step=step.name, level="warning",
                          data={"status": "retrying"})
                 elif leases.fail_expired(session, step, now, f"lease of worker {owner} expired; no attempts left"):
+                    metrics.LEASE_EXPIRIES.labels("failed").inc()
                     session.expire(step)
                     emit(session, step.job_id, "step", f"{step.name} failed: its worker died", step=step.name,
                          level="error", data={"status": "failed"})
                     finish_job(session, session.get(Job, step.job_id), JobStatus.FAILED,
                                error=f"{step.name}: lease of worker {owner} expired; no attempts left")
-            leases.drop_locks_of_ended_jobs(session)
+            metrics.REAPED_LOCKS.inc(max(0, leases.drop_locks_of_ended_jobs(session)))  # -1: count unknown
         self.wake()
 
     # ------------------------------------------------------------ helpers for tests and tools

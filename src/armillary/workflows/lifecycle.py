@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from armillary import metrics
 from armillary.domain.models import utcnow
 from armillary.domain.states import SystemState, TransitionRefused, check_action
 from armillary.domain.variables import plain_values, resolve_system
@@ -184,11 +185,12 @@ def provision(ctx: StepContext) -> dict[str, Any]:
 
             variables = plain_values(resolve_system(session, session.get(System, system.id)))
         register_secrets_in(variables)  # db_password & co. are masked in whatever the run prints
-        counts = installed[kind]().run(
-            ctx, system, system.type.provisioner_spec, variables,
-            connect=lambda: transport_for(ctx, system),  # the transport the system's driver names
-            roots=Roots.from_settings(ctx.runtime.settings),  # the server's content directories
-        )
+        with metrics.provisioner_run(kind):
+            counts = installed[kind]().run(
+                ctx, system, system.type.provisioner_spec, variables,
+                connect=lambda: transport_for(ctx, system),  # the transport the system's driver names
+                roots=Roots.from_settings(ctx.runtime.settings),  # the server's content directories
+            )
     ctx.update_system(state=SystemState.READY.value, provisioned_at=utcnow())
     return {"provisioner": kind, "counts": counts}
 
