@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from armillary.domain.errors import Conflict
@@ -23,6 +24,7 @@ from armillary.drivers.base import AddressAssignment, Capability, Driver
 from armillary.drivers.registry import UnknownDriver, get_driver
 from armillary.failures import PermanentFailure
 from armillary.network import dns_registration, ipam
+from armillary.network.models import DnsRecordRow, DnsZone, IpPool
 
 
 class StaticAddressUnsupported(Conflict):
@@ -57,8 +59,26 @@ def check_create(session: Session, system: System) -> None:
         raise _refuse_static(driver.name, requested)
 
 
-def addresses_for_create(ctx: Any, driver: Driver) -> tuple[AddressAssignment, ...]:
+def _uses_pools(ctx: Any, environment_id: int) -> bool:
+    """One indexed query: an environment without pools (most, in a small install) costs nothing more."""
+    with ctx.runtime.db.engine.connect() as conn:
+        return bool(conn.execute(_HAS_POOLS, {"env": environment_id}).scalar())
+
+
+def _uses_names(ctx: Any, environment_id: int, system_id: int) -> bool:
+    with ctx.runtime.db.engine.connect() as conn:
+        return bool(conn.execute(_HAS_NAMES, {"env": environment_id, "system": system_id}).scalar())
+
+
+_HAS_POOLS = select(exists().where(IpPool.environment_id == bindparam("env")))
+_HAS_NAMES = select(or_(exists().where(DnsZone.environment_id == bindparam("env")),
+                        exists().where(DnsRecordRow.system_id == bindparam("system"))))
+
+
+def addresses_for_create(ctx: Any, driver: Driver, system: Any) -> tuple[AddressAssignment, ...]:
     """Take the create's addresses (a retry finds those it took already) and say them to the driver."""
+    if not _uses_pools(ctx, system.environment_id):
+        return ()
     with ctx.runtime.db.session() as session:
         system = session.get(System, ctx.system_id)
         if Capability.STATIC_ADDRESS not in driver.capabilities:
@@ -76,32 +96,36 @@ def addresses_for_create(ctx: Any, driver: Driver) -> tuple[AddressAssignment, .
     return assignments
 
 
-def after_create(ctx: Any, driver: Driver, addresses: list[str]) -> dict[str, Any]:
+def after_create(ctx: Any, driver: Driver, system: Any, addresses: list[str]) -> dict[str, Any]:
     """The machine runs: record the addresses a driver chose itself, register the system's names."""
-    if Capability.STATIC_ADDRESS not in driver.capabilities and addresses:
+    if Capability.STATIC_ADDRESS not in driver.capabilities and addresses and _uses_pools(ctx, system.environment_id):
         with ctx.runtime.db.session() as session:
             clashes = ipam.record_observed(session, session.get(System, ctx.system_id), addresses)
         for clash in clashes:
             ctx.log(f"address reported by the driver is already recorded: {clash}", level="warning")
-    return register_names(ctx)
+    return register_names(ctx, system)
 
 
-def register_names(ctx: Any) -> dict[str, Any]:
+def register_names(ctx: Any, system: Any) -> dict[str, Any]:
+    if not _uses_names(ctx, system.environment_id, system.id):
+        return {}
     changes = dns_registration.register(ctx.runtime, ctx.system_id)
     for line in changes:
         ctx.log(line)
     return {"dns": changes} if changes else {}
 
 
-def before_destroy(ctx: Any) -> None:
+def before_destroy(ctx: Any, system: Any) -> None:
     """Names go before the machine: a name never points at an address about to be reused."""
+    if not _uses_names(ctx, system.environment_id, system.id):
+        return
     for line in dns_registration.unregister(ctx.runtime, ctx.system_id):
         ctx.log(line)
 
 
 def release_addresses(ctx: Any) -> None:
     """The machine is gone (or was never made): its addresses go back to their pools."""
-    with ctx.runtime.db.session() as session:
-        count = ipam.release_system(session, ctx.system_id)
+    with ctx.runtime.db.engine.begin() as conn:  # one DELETE: no ORM session needed
+        count = ipam.release_system(conn, ctx.system_id)
     if count:
         ctx.log(f"gave back {count} address{'es' if count > 1 else ''}")

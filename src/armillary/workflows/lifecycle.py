@@ -95,7 +95,7 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
     driver = ctx.driver(system)
     ctx.log(f"creating {system.hostname} with the {driver.name} driver" + ("" if driver.real_machines else
             " (simulated: no real machine)"))
-    spec = replace(ctx.machine_spec(system), addresses=network.addresses_for_create(ctx, driver))
+    spec = replace(ctx.machine_spec(system), addresses=network.addresses_for_create(ctx, driver, system))
     try:
         info = driver.create(spec)
     except Exception as exc:
@@ -108,13 +108,13 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
     info = _wait_running(ctx, driver, system, info)
     ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
     ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
-    network.after_create(ctx, driver, info.addresses)
+    network.after_create(ctx, driver, system, info.addresses)
     return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}
 
 
 def undo_create_machine(ctx: StepContext) -> None:
     system = ctx.system()
-    network.before_destroy(ctx)
+    network.before_destroy(ctx, system)
     ctx.driver(system).destroy(ctx.machine_ref(system))
     ctx.update_system(provider_id=None, provider_info={}, addresses=[], release_quota=True)
     network.release_addresses(ctx)
@@ -126,7 +126,7 @@ def destroy_machine(ctx: StepContext) -> dict[str, Any]:
     (a reload keeps them for the create that follows)."""
     system = ctx.system()
     driver = ctx.driver(system)
-    network.before_destroy(ctx)
+    network.before_destroy(ctx, system)
     driver.destroy(ctx.machine_ref(system))
     final = SystemState.DESTROYING if ctx.action == "reload" else SystemState.DESTROYED  # reload goes on
     ctx.update_system(state=final.value, provider_id=None, provider_info={}, addresses=[], provisioned_at=None,
@@ -153,7 +153,7 @@ def start_machine(ctx: StepContext) -> dict[str, Any]:
     ctx.update_system(state=state.value, addresses=info.addresses, provider_info=_keep_host_key(system, info))
     ctx.log(f"started {system.hostname}")
     if list(info.addresses) != list(system.addresses or []):
-        network.register_names(ctx)  # a new address: its names follow
+        network.register_names(ctx, system)  # a new address: its names follow
     return {"machine_state": info.state, "addresses": info.addresses}
 
 
