@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from armillary import tracing
 from armillary.domain import quotas
 from armillary.domain.errors import Conflict, EnvironmentLocked
 from armillary.domain.jobs import Job, Step, StepStatus
@@ -69,7 +70,7 @@ def create_job(
         system_id=system.id if system is not None else None,
         parent_id=parent_id,
         params=params or {},
-        context=context or {},
+        context={**tracing.job_carrier(), **(context or {})},  # steps link back to the request
         idempotency_key=idempotency_key,
         request_id=request_id,
         user_id=user_id,
