@@ -30,6 +30,17 @@ from sqlalchemy import Engine, event
 # Read when prometheus_client itself reads it: at import, once per process.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
+
+
+def process_ended() -> None:
+    """This process stops serving: in multi-process mode its live gauges (SSE followers, pool use) leave
+    the sums at once (``mark_process_dead``), instead of lingering until the directory is emptied."""
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
 # API answers take milliseconds; a streamed one (SSE) lasts as long as its job.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Steps and driver calls run from milliseconds (simulated) to an hour (a long provisioning).

@@ -54,7 +54,7 @@ from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.secrets import box_for
 from armillary.engine.service import Engine
-from armillary.metrics import watch_pool
+from armillary.metrics import process_ended, watch_pool
 
 log = logging.getLogger("armillary.app")
 
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         finally:
             app.state.engine.stop()
             db.dispose()
+            process_ended()  # multi-process metrics: this process's live gauges leave the sums
 
     app = FastAPI(
         title="Armillary",
