@@ -29,6 +29,7 @@ import pytest
 
 from tests.support.databases import postgres_database
 from tests.support.jobs import wait_job
+from tests.support.peers import missing_peer
 from tests.support.subprocess_server import ARMILLARY, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,7 +215,7 @@ def _uncommented(text: str) -> str:
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (scripts/peers/container.sh installs Debian's systemd)")
+        missing_peer("systemd-analyze is not installed (scripts/peers/container.sh installs Debian's systemd)")
     # verify checks that the commands exist: point them at this checkout's armillary instead of /opt's.
     names = []
     for unit in sorted(UNITS.glob("*.service")):
