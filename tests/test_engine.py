@@ -9,13 +9,14 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, Lock, Schedule, Step
 from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox
-from armillary.engine import leases
+from armillary.engine import leases, runner
 from armillary.engine.jobs import create_job
 from armillary.engine.service import Engine
 from armillary.engine.workflows import CycleError, StepSpec, Workflow, check_acyclic, register
@@ -64,6 +65,7 @@ def last(ctx):
 
 
 register(Workflow("t-flaky", [StepSpec("flaky", flaky, max_attempts=5, retry_base_s=0.05)], failure_state=None))
+register(Workflow("t-flaky-free", [StepSpec("one", first, max_attempts=3, retry_base_s=0.05)], failure_state=None))
 register(Workflow("t-broken", [StepSpec("broken", broken, max_attempts=5)], failure_state=None))
 register(Workflow("t-slow", [StepSpec("slow", slow, timeout_s=0.3, max_attempts=2, retry_base_s=0.05)],
                   failure_state=None))
@@ -155,6 +157,44 @@ def test_expired_lease_of_a_dead_worker_is_retried_by_the_reaper(db: Database) -
         step = session.get(Step, step_id)
         assert step.attempts == 2 and step.lease_owner is None
         assert session.scalar(select(Lock).where(Lock.job_id == job_id)) is None
+
+
+def failing_record(monkeypatch, failures: int, error: BaseException):
+    """Make recording a step's outcome fail ``failures`` times, then work again (returns the call counter)."""
+    real, calls = runner._record, {"n": 0}
+
+    def record(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_record", record)
+    return calls
+
+
+def test_a_step_whose_run_crashed_is_retried_while_its_worker_lives(db: Database, engine: Engine,
+                                                                     monkeypatch) -> None:
+    """``run_step`` crashed after its claim (in the recording): the live worker's heartbeat must not keep
+    renewing that lease, or the job stays "running" for as long as the process lives (issue 23)."""
+    failing_record(monkeypatch, 1, RuntimeError("recording crashed"))
+    job = engine.wait_for(submit(db, engine, "t-flaky-free"), 15)
+    assert job.status == "succeeded"
+    with db.session() as session:
+        assert session.scalars(select(Step.attempts).where(Step.job_id == job.id)).one() == 2
+
+
+@pytest.mark.parametrize("failures, attempts", [(1, 1), (len(runner.RECORD_RETRY_PAUSES_S) + 1, 2)])
+def test_a_deadlock_while_recording_is_tried_again_then_handed_back(db: Database, engine: Engine, monkeypatch,
+                                                                    failures: int, attempts: int) -> None:
+    """A deadlock (PostgreSQL) or a busy database (SQLite) while recording: the transaction is run again;
+    when it keeps failing, the lease is handed back and the step retried at once, not after its lease."""
+    deadlock = OperationalError("DELETE FROM locks ...", {}, Exception("deadlock detected"))
+    calls = failing_record(monkeypatch, failures, deadlock)
+    job = engine.wait_for(submit(db, engine, "t-flaky-free"), 15)
+    assert job.status == "succeeded" and calls["n"] == failures + 1
+    with db.session() as session:
+        assert session.scalars(select(Step.attempts).where(Step.job_id == job.id)).one() == attempts
 
 
 def test_exactly_one_of_many_claims_wins(db: Database) -> None:

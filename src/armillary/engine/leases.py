@@ -135,21 +135,50 @@ def release_lock(session: Session, job: Job) -> None:
     job.holds_lock = False
 
 
-def heartbeat(session: Session, owner: str, lease_s: float) -> int:
-    """Renew every step lease ``owner`` holds, and the locks of those steps' jobs."""
-    expires = utcnow() + timedelta(seconds=lease_s)
-    mine = select(Step.job_id).where(Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
-    session.execute(
-        update(Lock).where(Lock.job_id.in_(mine)).values(expires_at=expires, owner=owner)
-        .execution_options(synchronize_session=False)
-    )
+def renew_step_leases(session: Session, owner: str, step_ids: list[int], lease_s: float) -> int:
+    """Renew the leases of the steps ``owner`` is running now (``Runtime.running_steps``).
+
+    Only these: a step this worker claimed but no longer runs (its ``run_step`` crashed) must see
+    its lease expire. Steps are renewed in their own transaction, before and apart from the locks
+    (``renew_job_locks``): a step's outcome is recorded step first, lock last, and holding a lock
+    row while waiting for a step row here made the two deadlock on PostgreSQL.
+    """
+    if not step_ids:
+        return 0
     result = session.execute(
         update(Step)
-        .where(Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
-        .values(lease_expires_at=expires)
+        .where(Step.id.in_(step_ids), Step.lease_owner == owner, Step.status == StepStatus.RUNNING.value)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
+
+
+def renew_job_locks(session: Session, owner: str, step_ids: list[int], lease_s: float) -> None:
+    """Renew the target locks of the jobs whose steps ``owner`` is running now."""
+    if not step_ids:
+        return
+    jobs = select(Step.job_id).where(Step.id.in_(step_ids), Step.lease_owner == owner,
+                                     Step.status == StepStatus.RUNNING.value)
+    session.execute(
+        update(Lock).where(Lock.job_id.in_(jobs)).values(expires_at=utcnow() + timedelta(seconds=lease_s),
+                                                         owner=owner)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def expire_step_lease(session: Session | Connection, step_id: int, owner: str) -> bool:
+    """Make ``owner``'s lease on a running step expire now, so the next reap retries it at once.
+
+    For a worker that could not record a step's outcome (its transaction kept failing): the step
+    is retried like one whose worker died, without waiting out the rest of the lease.
+    """
+    result = session.execute(
+        update(_steps)
+        .where(_steps.c.id == step_id, _steps.c.lease_owner == owner, _steps.c.status == StepStatus.RUNNING.value)
+        .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+    )
+    return result.rowcount == 1
 
 
 def hand_back(session: Session, owner: str, now: datetime) -> list[Step]:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from armillary import metrics, tracing
@@ -24,7 +25,7 @@ from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, Step
 from armillary.domain.models import System, utcnow
 from armillary.engine.context import StepContext
 from armillary.engine.events import insert_event
-from armillary.engine.leases import claim_step, release_step_lease
+from armillary.engine.leases import claim_step, expire_step_lease, release_step_lease
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import get_workflow
 from armillary.failures import PermanentFailure, TimedOut, is_transient
@@ -34,6 +35,8 @@ from armillary.redaction import redact_data, redact_text
 log = logging.getLogger("armillary.engine")
 
 MAX_BACKOFF_S = 300.0
+# Pauses between attempts to record a step's outcome when its transaction fails for a passing reason.
+RECORD_RETRY_PAUSES_S = (0.05, 0.2, 1.0)
 
 # The hot path (claim, record, advance, finish) speaks SQL to the tables on a plain connection: a
 # step is a handful of statements in two transactions, and the ORM's unit of work around them cost
@@ -93,14 +96,16 @@ def run_step(runtime: Runtime, step_id: int) -> None:
         return
     ctx, timeout_s, request_id = claimed
     token = request_id_var.set(request_id)
+    runtime.started(step_id)  # from here until recorded, the heartbeat renews this step's lease
     try:
         spec = get_workflow(ctx.params["_workflow"]).step(ctx.step)
         with tracing.step_span(ctx.job_id, ctx.step, ctx.params["_workflow"], ctx.attempt, request_id,
                                ctx.context.get(tracing.JOB_KEY)) as span:
             result, error = _execute(spec.fn, ctx, timeout_s, request_id)
             tracing.record_outcome(span, error, error is not None and is_transient(error))
-        ready, ended = _record(runtime, step_id, result, error, spec.retry_base_s)
+        ready, ended = _record_with_retries(runtime, step_id, result, error, spec.retry_base_s)
     finally:
+        runtime.ended(step_id)
         request_id_var.reset(token)
     for ready_id in ready:
         runtime.submit(ready_id)
@@ -172,6 +177,38 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
     if thread.is_alive():
         return {}, TimedOut(f"{ctx.step} timed out after {timeout_s:g}s")
     return box.get("result", {}), box.get("error")
+
+
+def _record_with_retries(
+    runtime: Runtime, step_id: int, result: dict[str, Any], error: BaseException | None, retry_base_s: float
+) -> tuple[list[int], bool]:
+    """``_record``, again when its transaction fails for a reason that passes (a deadlock, a busy database).
+
+    The transaction is all or nothing, so running it again is safe. When it still fails, the step's
+    lease is made to expire now: the reaper retries the step (its body is idempotent) instead of the
+    step staying "running" until the lease runs out.
+    """
+    for attempt, pause in enumerate(RECORD_RETRY_PAUSES_S + (None,), start=1):
+        try:
+            return _record(runtime, step_id, result, error, retry_base_s)
+        except OperationalError as exc:
+            if pause is None:
+                log.error("step %s: recording its outcome failed %d times (%s); handing it back for a retry",
+                          step_id, attempt, exc.orig or exc)
+                _hand_back_after_failed_record(runtime, step_id)
+                return [], True
+            log.warning("step %s: recording its outcome failed (%s); trying again in %gs",
+                        step_id, exc.orig or exc, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _hand_back_after_failed_record(runtime: Runtime, step_id: int) -> None:
+    try:
+        with runtime.db.engine.begin() as conn:
+            expire_step_lease(conn, step_id, runtime.worker_id)
+    except OperationalError:  # the lease then expires on its own: the heartbeat no longer renews it
+        log.exception("step %s: could not hand its lease back; it expires within the lease time", step_id)
 
 
 def _record(

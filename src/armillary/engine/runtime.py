@@ -37,3 +37,21 @@ class Runtime:
     # read what they need from here (e.g. ``armillary.sources.Roots.from_settings(ctx.runtime.settings)``),
     # never from the environment. None: not known here (tests that build a bare engine).
     settings: Settings | None = None
+    # The steps whose bodies run in this process right now (claimed and not yet recorded). The heartbeat
+    # renews exactly these: a step whose ``run_step`` crashed after its claim is not renewed, so its
+    # lease expires and the reaper retries it (renewing every lease this worker owns kept such a step
+    # "running" for as long as the process lived).
+    running: set[int] = field(default_factory=set)
+    running_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def started(self, step_id: int) -> None:
+        with self.running_lock:
+            self.running.add(step_id)
+
+    def ended(self, step_id: int) -> None:
+        with self.running_lock:
+            self.running.discard(step_id)
+
+    def running_steps(self) -> list[int]:
+        with self.running_lock:
+            return sorted(self.running)

@@ -5,7 +5,8 @@
   poll and is woken at once when something changes in this process. A schedule's job is started by
   the installed workflow plugin that starts schedules' jobs (``scheduled_job_starter``: bulk's, a bulk
   job over the schedule's selection); the engine itself knows no workflow.
-* The heartbeat renews the leases of the steps this process runs (and their jobs' locks).
+* The heartbeat renews the leases of the steps this process runs (and their jobs' locks); a step
+  whose ``run_step`` crashed is not renewed, so the reaper takes it back.
 * The reaper finds steps whose lease expired — their worker died or stalled — and retries them
   (when attempts remain) or fails them. Nothing is wiped at start-up: queued work is recovered.
 * Stopping is graceful: the process claims nothing more, the steps it runs get ``shutdown_timeout_s``
@@ -172,11 +173,18 @@ class Engine:
     def _heartbeat_loop(self) -> None:
         interval = self.runtime.lease_s / 3
         while not self._heartbeat_stop.wait(interval):
-            try:
-                with self.runtime.db.session() as session:
-                    leases.heartbeat(session, self.runtime.worker_id, self.runtime.lease_s)
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat failed")
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Renew the leases of the steps running here, then their jobs' locks (two transactions)."""
+        owner, running, lease_s = self.runtime.worker_id, self.runtime.running_steps(), self.runtime.lease_s
+        try:
+            with self.runtime.db.session() as session:
+                leases.renew_step_leases(session, owner, running, lease_s)
+            with self.runtime.db.session() as session:
+                leases.renew_job_locks(session, owner, running, lease_s)
+        except Exception:  # noqa: BLE001 - the next beat tries again; leases outlast two missed beats
+            log.exception("heartbeat failed")
 
     def tick(self, housekeeping: bool = True) -> None:
         """One pass of everything the dispatcher does; public so tests can drive it.
