@@ -58,6 +58,7 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.kill()  # never leave a half-started server behind
         raise RuntimeError("armillary serve never became ready:\n" + "".join(self.output))
 
     def database_url(self) -> str:

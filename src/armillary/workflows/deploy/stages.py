@@ -237,7 +237,10 @@ _UNPACK = r"""
 d=$1; r=$2; tarball=$3
 rm -rf "$d/releases/$r"
 mkdir -p "$d/releases/$r"
-tar -xf "$tarball" -C "$d/releases/$r"
+case "$(od -An -N2 -tx1 "$tarball" | tr -d ' \n')" in
+  1f8b) gzip -dc "$tarball" | tar -xf - -C "$d/releases/$r" ;;  # busybox tar does not detect gzip itself
+  *) tar -xf "$tarball" -C "$d/releases/$r" ;;
+esac
 rm -f "$tarball"
 """
 
