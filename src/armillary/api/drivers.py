@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from armillary.api.lookups import driver_for
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
+from armillary.domain.errors import InvalidInput, NotFound
 from armillary.drivers.registry import broken_drivers, drivers
 from armillary.provisioners.base import PROVISIONERS
 from armillary.remote.base import broken_transports
@@ -38,4 +39,9 @@ def broken_plugins() -> list[dict[str, Any]]:
 
 @router.get("/{name}", response_model=dict[str, Any])
 def get_driver(name: str, access: Access = requires(Permission.AUTHENTICATED)) -> dict[str, Any]:
-    return driver_for(name, field="name").describe()
+    """A driver's settings, properties and capabilities; a driver that is not installed is a 404 (a path
+    names a resource: there is none by that name)."""
+    try:
+        return driver_for(name, field="name").describe()
+    except InvalidInput as exc:
+        raise NotFound(exc.errors[0]["message"] if exc.errors else exc.detail) from None

@@ -21,7 +21,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from armillary.api.deps import SessionDep, get_by_ref
-from armillary.api.lookups import get_environment_for, parse_label_filters
+from armillary.api.lookups import get_environment_for, label_filter_query, parse_label_filters
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.models import System, SystemLabel, SystemType
@@ -45,7 +45,7 @@ def prometheus_sd(
     environment: str | None = Query(None, max_length=63, description="Environment id or name"),
     type: str | None = Query(None, max_length=63, description="Type id or name"),
     state: str | None = Query(None, max_length=31, description="Only systems in this state (e.g. ready)"),
-    label: list[str] = Query([], description="key=value; repeat to require several labels"),
+    label: list[str] = label_filter_query(),
     port_variable: str = Query("prometheus_port", min_length=1, max_length=255,
                                description="The variable holding each system's port"),
     port: int | None = Query(None, ge=1, le=65535, description="Port of systems without the variable"),

@@ -21,7 +21,7 @@ from armillary.domain.models import System
 from armillary.domain.schemas import Page
 from armillary.network import ipam
 from armillary.network.models import AddressKind, IpAddress, IpPool
-from armillary.network.schemas import IpAddressOut, ReservationCreate
+from armillary.network.schemas import Address, IpAddressOut, ReservationCreate
 
 router = APIRouter(prefix="/ip-addresses", tags=["network"])
 
@@ -39,7 +39,7 @@ def to_out(session: Session, row: IpAddress) -> IpAddressOut:
 @router.get("", response_model=Page[IpAddressOut])
 def list_addresses(
     request: Request, response: Response, page: PageParams = Depends(),
-    address: str | None = Query(None, max_length=45, description="Exactly this address"),
+    address: Address | None = Query(None, description="Exactly this address"),
     pool: str | None = Query(None, max_length=63, description="Pool id or name"),
     system: str | None = Query(None, max_length=253, description="System id or hostname"),
     kind: str | None = Query(None, pattern="^(allocated|static|observed|reserved)$"),

@@ -13,7 +13,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from armillary import metrics
-from armillary.api.deps import MAX_LIMIT, IdPath, SessionDep, newest_first
+from armillary.api.deps import CURSOR_PATTERN, IdPath, MAX_LIMIT, SessionDep, newest_first
 from armillary.api.job_start import IdempotencyKey, accepted, start_idempotent
 from armillary.api.security import Access, requires
 from armillary.api.views import job_out
@@ -96,7 +96,7 @@ def list_jobs(
     system: int | None = Query(None, ge=1, le=MAX_ID, description="System id"),
     parent: int | None = Query(None, ge=1, le=MAX_ID, description="Parent (bulk) job id"),
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
-    cursor: str | None = Query(None, max_length=200),
+    cursor: str | None = Query(None, pattern=CURSOR_PATTERN, description="Cursor from a previous page's `next`"),
     session: Session = SessionDep,
     access: Access = requires(Permission.ENV_READ),
 ) -> dict:

@@ -7,7 +7,9 @@ moves here. ``get_*_for`` answer 404 alike for what is missing and what the call
 
 from __future__ import annotations
 
-from fastapi import Request, Response
+from typing import Any
+
+from fastapi import Query, Request, Response
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
@@ -15,7 +17,7 @@ from armillary.api.deps import PageParams, get_by_ref, id_of, paginate
 from armillary.api.security import Access
 from armillary.auth.policy import Permission
 from armillary.domain.accounts import User
-from armillary.domain.errors import Conflict, InvalidInput, NotFound
+from armillary.domain.errors import Conflict, InvalidInput, NotFound, UnknownReference
 from armillary.domain.models import Environment, Hypervisor, System, SystemLabel, SystemType
 from armillary.drivers.base import Driver
 from armillary.drivers.registry import UnknownDriver, get_driver
@@ -42,7 +44,7 @@ def driver_for(name: str, field: str = "driver") -> type[Driver]:
     try:
         return get_driver(name)
     except UnknownDriver as exc:
-        raise InvalidInput(field, str(exc)) from None
+        raise UnknownReference(field, str(exc)) from None
 
 
 # ---------------------------------------------------------------- systems
@@ -78,7 +80,7 @@ def resolve_owner(session: Session, system: System, owner: str | None, access: A
     access.check(system.environment, hidden="", permission=Permission.ENV_OPERATE)
     user_id = session.scalar(select(User.id).where(User.name == owner.lower()))
     if user_id is None:
-        raise InvalidInput(field, f"no user {owner!r}")
+        raise UnknownReference(field, f"no user {owner!r}")
     system.owner_id = user_id
 
 
@@ -145,6 +147,15 @@ def system_page(
     if q:
         query = query.where(System.hostname.startswith(q.lower(), autoescape=True))
     return paginate(session, query, System, page, request, response, key=page_key)
+
+
+# ``?label=key=value``: a key without '=', then '=', then the value (which may be empty). What
+# parse_label_filters refuses, stated in the OpenAPI document (its 422 names the field ``label``).
+LABEL_FILTER_SCHEMA = {"items": {"type": "string", "pattern": "^[^=]+="}}
+
+
+def label_filter_query() -> Any:
+    return Query([], description="key=value; repeat to require several labels", json_schema_extra=LABEL_FILTER_SCHEMA)
 
 
 def parse_label_filters(values: list[str]) -> dict[str, str]:

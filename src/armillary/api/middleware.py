@@ -100,3 +100,44 @@ async def plain_problem(send: Send, scope: Scope, status: int, slug: str, title:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class OptionsMiddleware:
+    """``OPTIONS`` on a documented path answers 204 with ``Allow`` listing every method it takes.
+
+    Starlette answers it with a 405 naming the methods of the first route of the path only (a path
+    such as ``/systems/{ref}`` has one route per method); clients and tools probe with OPTIONS. The
+    methods are read from the app's OpenAPI document, the one description of the paths that does
+    not depend on how the router nests its routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.paths: list[tuple[re.Pattern[str], str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        if self.paths is None:
+            self.paths = documented_paths(scope["app"].openapi())
+        allow = next((methods for pattern, methods in self.paths if pattern.fullmatch(scope["path"])), None)
+        if allow is None:
+            await self.app(scope, receive, send)  # not a documented path: the app's own answer
+            return
+        await send({"type": "http.response.start", "status": 204,
+                    "headers": [(b"allow", allow.encode()), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def documented_paths(document: dict) -> list[tuple[re.Pattern[str], str]]:
+    """Each path of an OpenAPI document as a pattern, with its ``Allow`` value (its methods and OPTIONS)."""
+    found = []
+    for path, item in document.get("paths", {}).items():
+        methods = {method.upper() for method in item if method in _HTTP_METHODS} | {"OPTIONS"}
+        parts = re.split(r"(\{[^}/]+\})", path)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        found.append((re.compile(pattern), ", ".join(sorted(methods))))
+    return found
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "trace"})

@@ -33,7 +33,7 @@ from armillary.auth import tokens
 from armillary.auth.policy import Permission, Principal, check, require_admin, require_deployer
 from armillary.domain.accounts import ApiToken, RoleGrant
 from armillary.domain.db import Database
-from armillary.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from armillary.domain.errors import Forbidden, NotFound, Unauthorized, UnknownReference
 from armillary.domain.models import Environment, utcnow
 
 log = logging.getLogger("armillary.auth")
@@ -164,7 +164,7 @@ class Access:
         try:
             self.check(env, hidden="", **kwargs)
         except NotFound:
-            raise InvalidInput(field, f"no environment {ref!r}") from None
+            raise UnknownReference(field, f"no environment {ref!r}") from None
 
     def visible(self, query: Select[Any], env_column: ColumnElement[int] | Any) -> Select[Any]:
         """Narrow a listing to the environments the caller can see."""

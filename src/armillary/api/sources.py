@@ -34,7 +34,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path as PathParam, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -52,6 +54,8 @@ from armillary.domain.uploads import SourceOwner, UploadedSource
 
 router = APIRouter(prefix="/sources", tags=["sources"])
 
+# A source id is the sha256 of the tarball (what POST answers): 64 lowercase hex digits.
+SourceId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256 of the tarball")]
 ACCEPTED_TYPES = {"application/gzip", "application/x-gzip", "application/octet-stream"}
 
 
@@ -124,7 +128,10 @@ def _record(session: Session, access: Access, quota: int | None, source_id: str,
 @router.post("", status_code=201, response_model=SourceOut,
              responses={200: {"description": "you had already uploaded the same tarball"},
                         413: {"description": "larger than the limit"}, 415: {"description": "not a tarball type"},
-                        422: {"description": "not a safe gzip tarball"}})
+                        422: {"description": "not a safe gzip tarball"}},
+             openapi_extra={"requestBody": {"required": True, "description": "The .tar.gz, as the raw body", "content": {
+                 media: {"schema": {"type": "string", "format": "binary"}}
+                 for media in ("application/gzip", "application/octet-stream")}}})
 async def upload_source(request: Request, session: Session = SessionDep,
                         access: Access = requires(Permission.DEPLOYER)) -> JSONResponse:
     """Upload a deploy source (a ``.tar.gz`` as the raw body); answers its id (sha256) and size.
@@ -192,14 +199,14 @@ def list_sources(request: Request, response: Response, page: PageParams = Depend
 
 
 @router.get("/{source_id}", response_model=SourceOut, response_model_exclude_none=True, name="get_source")
-def get_source(source_id: str, request: Request, session: Session = SessionDep,
+def get_source(source_id: SourceId, request: Request, session: Session = SessionDep,
                access: Access = requires(Permission.AUTHENTICATED)) -> SourceOut:
     """An uploaded source's id, size and upload time, and whether you own it."""
     return _describe(session, access, source_id, _path(request, source_id))
 
 
 @router.delete("/{source_id}", status_code=204)
-def delete_source(source_id: str, request: Request, session: Session = SessionDep,
+def delete_source(source_id: SourceId, request: Request, session: Session = SessionDep,
                   access: Access = requires(Permission.OWNER)) -> Response:
     """Delete your upload (the file goes when no one else uploaded it too); an admin removes it for every
     owner. Releases already deployed from it are not touched."""

@@ -24,6 +24,7 @@ from armillary.api.deps import (
     set_etag,
 )
 from armillary.api.lookups import (
+    label_filter_query,
     check_hostname_free,
     driver_for,
     get_system,
@@ -196,7 +197,7 @@ def list_systems(
     hypervisor: str | None = Query(None, max_length=63, description="Hypervisor id or name"),
     type: str | None = Query(None, max_length=63, description="Type id or name"),
     state: str | None = Query(None, max_length=31),
-    label: list[str] = Query([], description="key=value; repeat to require several labels"),
+    label: list[str] = label_filter_query(),
     q: str | None = Query(None, max_length=253, description="Hostname prefix"),
     session: Session = SessionDep,
     access: Access = requires(Permission.ENV_READ),

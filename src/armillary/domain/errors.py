@@ -44,6 +44,18 @@ class InvalidInput(DomainError):
         super().__init__(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
+class UnknownReference(InvalidInput):
+    """A well-formed reference in a request that names nothing (or nothing the caller may see).
+
+    Its error carries ``code: unknown-reference``: the request had the documented shape, and what it
+    named does not exist; no schema can say which names exist, clients (and the contract tests) tell
+    this apart from a malformed value by the code."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.errors = [{"field": field, "message": message, "code": "unknown-reference"}]
+
+
 def invalid_from_pydantic(prefix: str, exc: Any) -> InvalidInput:
     """Turn a pydantic ``ValidationError`` on a nested document into a 422 naming each field."""
     errors = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from armillary.domain.schemas import Hostname, Id, Input, JsonObject, Labels, Name, Ref
+from armillary.domain.schemas import Hostname, Id, Input, json_int, JsonObject, Labels, Name, Ref
 from armillary.domain.states import ACTIONS
 
 Action = Literal["create", "provision", "deploy", "rollback", "destroy", "stage", "stop", "start", "reload", "clone"]
@@ -19,7 +19,20 @@ class ActionRequest(Input):
     hostname: Hostname | None = Field(None, description="clone only: the new system's hostname")
 
 
+def _criterion(field: str, given: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: given}}
+
+
 class Selector(Input):
+    # What _not_everything refuses, stated in the OpenAPI document: at least one criterion is given.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        _criterion("labels", {"type": "object", "minProperties": 1}),
+        _criterion("environment", {"not": {"type": "null"}}),
+        _criterion("type", {"not": {"type": "null"}}),
+        _criterion("state", {"type": "string"}),
+        _criterion("systems", {"type": "array", "minItems": 1}),
+    ]})
+
     labels: Labels = Field(default_factory=dict)
     environment: Ref | None = None
     type: Ref | None = None
@@ -39,8 +52,8 @@ class Selector(Input):
 class JobSpec(Input):
     action: Action
     selector: Selector
-    concurrency: int = Field(10, ge=1, le=500)
-    batch_size: int | None = Field(None, ge=1, le=100000, description="Systems per batch; default all in one")
+    concurrency: json_int(ge=1, le=500) = Field(10)
+    batch_size: json_int(ge=1, le=100000) | None = Field(None, description="Systems per batch; default all in one")
     on_failure: Literal["stop", "continue"] = "stop"
     params: JsonObject = Field(default_factory=dict)
 
@@ -94,14 +107,14 @@ class ScheduleCreate(Input):
     cron: str = Field(..., max_length=127, description="Five-field cron expression, e.g. '0 3 * * *'")
     timezone: str = Field("UTC", max_length=63)
     job: JobSpec
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class ScheduleUpdate(Input):
     cron: str | None = Field(None, max_length=127)
     timezone: str | None = Field(None, max_length=63)
     job: JobSpec | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class ScheduleOut(BaseModel):

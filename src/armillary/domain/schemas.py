@@ -18,7 +18,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -31,7 +33,10 @@ Description = Annotated[str, StringConstraints(max_length=1000)]
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00-\x1f]*$")]
 VariableKey = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
-Variables = Annotated[dict[VariableKey, Any], AfterValidator(check_variables)]
+# propertyNames, not pydantic's patternProperties (which lets any other key through, unlike the server).
+Variables = Annotated[dict[VariableKey, Any], AfterValidator(check_variables), WithJsonSchema(
+    {"type": "object", "title": "Variables",
+     "propertyNames": {"minLength": 1, "maxLength": 255, "pattern": r"^[^\x00-\x1f]+$"}})]
 # A free-form JSON object the API stores (driver properties, settings, specs, parameters): bounded.
 JsonObject = Annotated[dict[str, Any], AfterValidator(bounded())]
 Labels = dict[LabelKey, LabelValue]
@@ -42,9 +47,10 @@ _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 def _check_hostname(value: str) -> str:
     if len(value) > 253 or not all(_HOSTNAME_LABEL.match(part) for part in value.split(".")):
         raise ValueError("must be a DNS hostname: labels of letters, digits and '-', each 1-63 long")
-    if value.rsplit(".", 1)[-1].isdigit():
-        # RFC 3696 §2: a top-level label is never all digits; it would also read as a system id.
-        raise ValueError("must not end in an all-digit label (that reads as an id or an IP address)")
+    if not value.rsplit(".", 1)[-1][:1].isalpha():
+        # RFC 3696 §2: a top-level label is never all digits; it would also read as a system id. The
+        # last label starts with a letter: a rule the OpenAPI document can state (HOSTNAME_PATTERN).
+        raise ValueError("the last label must start with a letter (an all-digit one reads as an id or an IP address)")
     return value.lower()
 
 
@@ -55,7 +61,12 @@ def _ref(value: Any) -> Any:
     return value
 
 
-Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253), AfterValidator(_check_hostname)]
+# What _check_hostname enforces, as the OpenAPI document states it: labels of letters, digits and '-'
+# (1-63 long, no '-' at either end), the last one starting with a letter (never all digits).
+HOSTNAME_PATTERN = (r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                    r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN),
+                     AfterValidator(_check_hostname)]
 # Ids are 32-bit on PostgreSQL; a larger number names nothing (422 on the field, never an overflow).
 MAX_ID = 2**31 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -88,8 +99,27 @@ def _check_address(value: str) -> str:
         raise ValueError(f"not an IP address: {value!r}") from None
 
 
+def _json_int(value: Any) -> Any:
+    """JSON's integers: 5 and 5.0, never true or "5" (lax pydantic would take both)."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+def json_int(ge: int, le: int) -> Any:
+    """An integer field within [ge, le]: JSON's integers only (5 and 5.0, never true or "5", which lax
+    pydantic takes). The bounds sit inside the validator so the OpenAPI schema states them (bounds given
+    to ``Field`` next to a before-validator are lost from it)."""
+    return Annotated[Annotated[int, Field(ge=ge, le=le)], BeforeValidator(_json_int)]
+IpAddress = Annotated[str, AfterValidator(_check_address), WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]})]
+
+
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """Input refuses unknown keys and takes strings as sent: a value the OpenAPI schema forbids (a name
+    longer than its limit, with a space around it) is refused, not trimmed into shape."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Output(BaseModel):
@@ -110,17 +140,19 @@ class Page(BaseModel, Generic[T]):
 class EnvironmentCreate(Input):
     name: Name
     description: Description = ""
-    locked: bool = False
+    locked: StrictBool = False
     lock_reason: Description | None = None
     variables: Variables = Field(default_factory=dict)
+    requires_approval: StrictBool = Field(False, description="Remediation runs here wait for an operator's approval")
 
 
 class EnvironmentUpdate(Input):
     name: Name | None = None
     description: Description | None = None
-    locked: bool | None = None
+    locked: StrictBool | None = None
     lock_reason: Description | None = None
     variables: Variables | None = None
+    requires_approval: StrictBool | None = None
 
 
 class LockRequest(Input):
@@ -141,6 +173,7 @@ class EnvironmentOut(Output):
     locked_by: str | None
     locked_at: datetime | None
     variables: dict[str, Any]
+    requires_approval: bool = False
     created_at: datetime
     updated_at: datetime
     version: int
@@ -225,14 +258,14 @@ class TypeOut(Output):
 class MachineProps(Input):
     user: Annotated[str, StringConstraints(max_length=63)] | None = None
     os: Annotated[str, StringConstraints(max_length=127)] | None = None
-    cpu: Annotated[int, Field(ge=1, le=4096)] | None = None
-    memory: Annotated[int, BeforeValidator(size_in("MiB")), Field(ge=1, le=64 * 1024 * 1024)] | None = Field(
+    cpu: json_int(ge=1, le=4096) | None = None
+    memory: Annotated[Annotated[int, Field(ge=1, le=64 * 1024 * 1024)], BeforeValidator(size_in("MiB"))] | None = Field(
         None, description="MiB; strings with a unit are accepted ('4G', '512M')"
     )
-    disk: Annotated[int, BeforeValidator(size_in("GiB")), Field(ge=1, le=1024 * 1024)] | None = Field(
+    disk: Annotated[Annotated[int, Field(ge=1, le=1024 * 1024)], BeforeValidator(size_in("GiB"))] | None = Field(
         None, description="GiB; strings with a unit are accepted ('20G', '1T')"
     )
-    addresses: list[Annotated[str, AfterValidator(_check_address)]] = Field(default_factory=list, max_length=64)
+    addresses: list[IpAddress] = Field(default_factory=list, max_length=64)
 
 
 class SystemCreate(Input):
@@ -303,7 +336,7 @@ class GroupCreate(Input):
     name: Name
     description: Description = ""
     selector: Labels = Field(..., min_length=1, description="Labels a system must all carry to be a member")
-    priority: int = Field(0, ge=-1000, le=1000, description="Higher wins when two groups set one key")
+    priority: json_int(ge=-1000, le=1000) = Field(0, description="Higher wins when two groups set one key")
     variables: Variables = Field(default_factory=dict)
 
 
@@ -311,7 +344,7 @@ class GroupUpdate(Input):
     name: Name | None = None
     description: Description | None = None
     selector: Labels | None = Field(None, min_length=1)
-    priority: int | None = Field(None, ge=-1000, le=1000)
+    priority: json_int(ge=-1000, le=1000) | None = Field(None)
     variables: Variables | None = None
 
 
@@ -328,8 +361,8 @@ class GroupOut(Output):
 
 
 class VariableSource(BaseModel):
-    level: Literal["global", "environment", "group", "type", "system"]
-    name: str | None = Field(None, description="Which environment, group or type")
+    level: Literal["global", "environment", "group", "type", "facts", "system"]
+    name: str | None = Field(None, description="Which environment, group or type; for facts, which audit")
 
 
 class ResolvedVariable(BaseModel):

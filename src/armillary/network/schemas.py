@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, StrictBool, StringConstraints, WithJsonSchema
 
-from armillary.domain.schemas import Description, Input, JsonObject, Name, Output, Ref, RefOut
+from armillary.domain.schemas import Description, Input, json_int, JsonObject, Name, Output, Ref, RefOut
 
 
 def _address(value: str) -> str:
@@ -25,17 +26,21 @@ def _network(value: str) -> str:
         raise ValueError(f"not a network in CIDR notation ({exc})") from None
 
 
+# A zone name: labels of letters, digits, '-' and '_', 1-63 long, an optional final dot.
+ZONE_PATTERN = r"^(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?$"
+_ZONE = re.compile(ZONE_PATTERN)
+
+
 def _zone_name(value: str) -> str:
-    name = value.strip().lower().rstrip(".")
-    labels = name.split(".")
-    if not name or any(not label or len(label) > 63 for label in labels) or len(name) > 253:
+    if not _ZONE.match(value):
         raise ValueError(f"not a DNS zone name: {value!r}")
-    return name + "."
+    return value.lower().rstrip(".") + "."
 
 
-Address = Annotated[str, StringConstraints(max_length=45), AfterValidator(_address)]
+Address = Annotated[str, StringConstraints(max_length=45), AfterValidator(_address), WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]})]
 Cidr = Annotated[str, StringConstraints(max_length=64), AfterValidator(_network)]
-ZoneName = Annotated[str, StringConstraints(max_length=254), AfterValidator(_zone_name)]
+ZoneName = Annotated[str, StringConstraints(max_length=253, pattern=ZONE_PATTERN), AfterValidator(_zone_name)]
 Note = Annotated[str, StringConstraints(max_length=1000)]
 
 
@@ -55,8 +60,8 @@ class IpPoolCreate(Input):
     network_name: Annotated[str, StringConstraints(max_length=255)] | None = Field(
         None, description="The network as the driver names it: docker network, libvirt network or bridge, "
                           "AWS subnet id, vSphere port group")
-    vlan: int | None = Field(None, ge=0, le=4094)
-    auto_assign: bool = Field(True, description="Give an address to every create of a system it serves "
+    vlan: json_int(ge=0, le=4094) | None = Field(None)
+    auto_assign: StrictBool = Field(True, description="Give an address to every create of a system it serves "
                                                 "(false: only addresses asked for by machine.addresses)")
     description: Description = ""
 
@@ -67,8 +72,8 @@ class IpPoolUpdate(Input):
     gateway: Address | None = None
     dns_servers: list[Address] | None = Field(None, max_length=8)
     network_name: Annotated[str, StringConstraints(max_length=255)] | None = None
-    vlan: int | None = Field(None, ge=0, le=4094)
-    auto_assign: bool | None = None
+    vlan: json_int(ge=0, le=4094) | None = Field(None)
+    auto_assign: StrictBool | None = None
 
 
 class Utilization(Output):
@@ -133,7 +138,7 @@ class DnsZoneCreate(Input):
                                                 "Windows DNS) or powerdns (its HTTP API)")
     config: JsonObject = Field(default_factory=dict, description="The backend's settings; secrets "
                                                                  "(TSIG secret, API key) are write-only")
-    ttl: int = Field(300, ge=1, le=86400)
+    ttl: json_int(ge=1, le=86400) = Field(300)
     description: Description = ""
 
 
@@ -141,7 +146,7 @@ class DnsZoneUpdate(Input):
     description: Description | None = None
     config: JsonObject | None = Field(None, description="Settings to change, merged into the stored ones; "
                                                         "null removes a setting")
-    ttl: int | None = Field(None, ge=1, le=86400)
+    ttl: json_int(ge=1, le=86400) | None = Field(None)
 
 
 class DnsZoneOut(Output):

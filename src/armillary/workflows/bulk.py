@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armillary.domain.errors import Conflict, Forbidden, InvalidInput
+from armillary.domain.errors import Conflict, Forbidden, UnknownReference
 from armillary.domain.job_schemas import JobSpec
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
 from armillary.domain.models import System
@@ -190,7 +190,7 @@ def start_from_spec(
     if system_ids is None:
         system_ids = resolve_selector(session, spec.selector)
     if not system_ids:
-        raise InvalidInput("selector", "matches no systems")
+        raise UnknownReference("selector", "matches no systems")  # well-formed, names nothing
     return submit_selection(
         session,
         action=spec.action,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
-from armillary.domain.errors import InvalidInput
+from armillary.domain.errors import InvalidInput, UnknownReference
 from armillary.domain.job_schemas import Selector
 from armillary.domain.models import Environment, System, SystemLabel, SystemType
 
@@ -28,12 +28,12 @@ def resolve_selector(
     if selector.environment is not None:
         env_id = session.scalar(select(Environment.id).where(_ref_filter(Environment, selector.environment)))
         if env_id is None:
-            raise InvalidInput("selector.environment", f"no environment {selector.environment!r}")
+            raise UnknownReference("selector.environment", f"no environment {selector.environment!r}")
         query = query.where(System.environment_id == env_id)
     if selector.type is not None:
         type_id = session.scalar(select(SystemType.id).where(_ref_filter(SystemType, selector.type)))
         if type_id is None:
-            raise InvalidInput("selector.type", f"no type {selector.type!r}")
+            raise UnknownReference("selector.type", f"no type {selector.type!r}")
         query = query.where(System.type_id == type_id)
     if selector.state is not None:
         query = query.where(System.state == selector.state)
