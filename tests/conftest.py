@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import OperationalError
 
-from armillary.domain.accounts import AuditEvent, User
+from armillary.domain.accounts import AuditChange, AuditEvent, User
 from armillary.domain.jobs import Job, JobEvent, Step
 from armillary.domain.models import Base
 from armillary.logs import JsonFormatter, install_redaction
@@ -53,6 +53,8 @@ def assert_no_secrets_stored(db, audit_after: int) -> None:
         texts += [json.dumps([s.error, s.result], default=str) for s in session.scalars(select(Step))]
         rows = session.scalars(select(AuditEvent).where(AuditEvent.id > audit_after))
         texts += [json.dumps([r.path, r.detail], default=str) for r in rows]
+        changes = session.scalars(select(AuditChange).where(AuditChange.event_id > audit_after))
+        texts += [json.dumps(c.fields, default=str) for c in changes]
     leaked = {secret for text in texts for secret in TEST_SECRETS if secret in text}
     assert not leaked, f"secrets stored in job output or the audit trail: {sorted(leaked)}"
 
@@ -63,7 +65,7 @@ def backend(request) -> str:
 
 
 # Kept across tests: the admin account the `api` client uses, and the trail (append-only by design).
-KEPT_TABLES = {"users", "api_tokens", "audit_events"}
+KEPT_TABLES = {"users", "api_tokens", "audit_events", "audit_changes"}
 
 
 @pytest.fixture(scope="session")

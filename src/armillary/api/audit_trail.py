@@ -4,6 +4,10 @@ The row is written when the response starts (its status is known then), before t
 the answer, so whoever reads the trail after a response finds that request in it. Handlers add
 what only they know (a login's username, a lock's reason) with ``note``.
 
+What a mutating request changed (the old and new values of every row it wrote, secrets shown as
+"changed") is collected while it runs (``armillary.domain.audit_changes``: a session listener, so
+every router is covered without doing anything) and written with its row.
+
 Not a router: routers import ``note`` from here; reading the trail (GET /api/v1/audit) is the
 ``audit`` router's.
 """
@@ -19,12 +23,15 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from armillary.auth import audit
+from armillary.domain import audit_changes
 
 log = logging.getLogger("armillary.api")
 AUDITED_PREFIX = "/api/"
 # Audit writes get their own threads, so they never wait behind handlers blocked on the database.
 _writers = anyio.CapacityLimiter(16)
 NOT_AUDITED = frozenset({"/api/v1/openapi.json"})
+# Requests whose changes are collected; a GET changes nothing worth a before/after (a token's last use).
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def note(request: Request, **fields: Any) -> None:
@@ -79,14 +86,26 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         db = scope["app"].state.db
+        if scope["method"] not in MUTATING:
+            await self.app(scope, receive, self._sender(scope, send, db, None))
+            return
+        with audit_changes.collecting() as collector:
+            await self.app(scope, receive, self._sender(scope, send, db, collector))
 
+    @staticmethod
+    def _sender(scope: Scope, send: Send, db: Any, collector: audit_changes.ChangeCollector | None) -> Send:
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":
                 row = _row(scope, message["status"], dict(message.get("headers", [])))
+                changes = collector.close() if collector is not None else []
+                if collector is not None and collector.omitted:
+                    row["detail"]["changes_omitted"] = collector.omitted
+                if collector is not None and collector.failed:
+                    row["detail"]["changes_incomplete"] = True
                 try:
-                    await anyio.to_thread.run_sync(partial(audit.record, db, **row), limiter=_writers)
+                    await anyio.to_thread.run_sync(partial(audit.record, db, changes, **row), limiter=_writers)
                 except Exception:  # the trail must not take the API down with it; the log says so loudly
                     log.exception("could not write the audit row of %s %s", scope["method"], scope["path"])
             await send(message)
 
-        await self.app(scope, receive, send_audited)
+        return send_audited

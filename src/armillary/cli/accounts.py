@@ -1,4 +1,4 @@
-"""Admin commands over the REST API: ``user`` (accounts, roles and quotas) and ``audit`` (the trail).
+"""Admin commands over the REST API: ``user`` (accounts, roles and quotas); the trail is ``audit`` (audit.py).
 
 Both need an admin's token; a non-admin gets the server's 403. Accounts made here are local
 (password) accounts; directory (LDAP) users appear on their first login. To make the very first
@@ -36,12 +36,6 @@ class RoleChoice(str, Enum):
     operator = "operator"
     user = "user"
     viewer = "viewer"
-
-
-class Outcome(str, Enum):
-    success = "success"
-    refused = "refused"
-    failed = "failed"
 
 
 DisplayNameOpt = Annotated[str | None, typer.Option("--display-name", help="Full name", show_default=False)]
@@ -222,44 +216,5 @@ def user_unlock(
         note(f"Unlocked the logins from {address}.", fmt(output))
 
 
-# ================================================================ audit
-
-AUDIT_COLUMNS: list[Column] = [
-    ("TIME", lambda e: when(e.get("at"))),
-    ("USER", field("username")),
-    ("METHOD", field("method")),
-    ("PATH", field("path")),
-    ("STATUS", field("status")),
-    ("OUTCOME", field("outcome")),
-    ("REQUEST ID", field("request_id")),
-]
-
-
-def audit(
-    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this username")] = None,
-    resource_type: Annotated[
-        str | None, typer.Option("--resource-type", help="e.g. systems, environments, users, auth")
-    ] = None,
-    resource_id: Annotated[str | None, typer.Option("--resource-id", help="Id (or name) in the path")] = None,
-    outcome: Annotated[
-        Outcome | None, typer.Option("--outcome", help="refused: 4xx answers, failed: 5xx", show_default=False)
-    ] = None,
-    method: Annotated[str | None, typer.Option("--method", help="HTTP method, e.g. DELETE")] = None,
-    request_id: Annotated[str | None, typer.Option("--request-id", help="One request (from an error)")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 time, inclusive", metavar="TIME")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time, exclusive", metavar="TIME")] = None,
-    limit: LimitOpt = None,
-    every: AllOpt = False,
-    output: OutputOpt = None,
-) -> None:
-    """The audit trail (admins): every API request, who made it and how it ended, newest first."""
-    filters = (("user", user), ("resource_type", resource_type), ("resource_id", resource_id),
-               ("outcome", outcome.value if outcome else None), ("method", method), ("request_id", request_id), ("since", since),
-               ("until", until))
-    params = [(key, value) for key, value in filters if value]
-    list_pages("/audit", params, limit, every, AUDIT_COLUMNS, output, "audit events")
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(user_app, name="user")
-    command(app, "audit")(audit)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StringConstraints
+from pydantic import AwareDatetime, BeforeValidator, Field, StrictBool, StringConstraints
 
-from armillary.domain.schemas import Input, Output, size_in
+from armillary.domain.schemas import Input, json_int, Output, size_in
 
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.@-]{0,62}$", to_lower=True)]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024, strip_whitespace=False)]
+# A password being set: passwords.MIN_PASSWORD_LENGTH, stated in the schema too.
+NewPassword = Annotated[str, StringConstraints(min_length=8, max_length=1024, strip_whitespace=False)]
 RoleName = Literal["operator", "user", "viewer"]
 
 
@@ -33,9 +35,9 @@ class SessionOut(Output):
 
 
 class QuotaIn(Input):
-    max_systems: int | None = Field(None, ge=0, le=1_000_000)
-    max_cpu: int | None = Field(None, ge=0, le=10_000_000)
-    max_memory: Annotated[int, BeforeValidator(size_in("MiB")), Field(ge=0, le=2**31 - 1)] | None = Field(
+    max_systems: json_int(ge=0, le=1_000_000) | None = Field(None)
+    max_cpu: json_int(ge=0, le=10_000_000) | None = Field(None)
+    max_memory: Annotated[Annotated[int, Field(ge=0, le=2**31 - 1)], BeforeValidator(size_in("MiB"))] | None = Field(
         None, description="MiB, or a size such as '64G'"
     )
 
@@ -67,18 +69,18 @@ class GrantOut(Output):
 
 class UserCreate(Input):
     name: UserName
-    password: Password | None = Field(None, description="Local password (at least 8 characters)")
+    password: NewPassword | None = Field(None, description="Local password (at least 8 characters)")
     display_name: Annotated[str, StringConstraints(max_length=255)] = ""
     email: Annotated[str, StringConstraints(max_length=255)] | None = None
-    admin: bool = False
+    admin: StrictBool = False
 
 
 class UserUpdate(Input):
-    password: Password | None = None
+    password: NewPassword | None = None
     display_name: Annotated[str, StringConstraints(max_length=255)] | None = None
     email: Annotated[str, StringConstraints(max_length=255)] | None = None
-    admin: bool | None = None
-    active: bool | None = Field(None, description="false: refuse their logins and every token at once")
+    admin: StrictBool | None = None
+    active: StrictBool | None = Field(None, description="false: refuse their logins and every token at once")
 
 
 class UserOut(Output):
@@ -96,12 +98,12 @@ class UserOut(Output):
 
 class PasswordChange(Input):
     current_password: Password
-    password: Password
+    password: NewPassword
 
 
 class TokenCreate(Input):
     name: Annotated[str, StringConstraints(min_length=1, max_length=63)]
-    expires_in_days: int | None = Field(90, ge=1, le=3650, description="null: never expires")
+    expires_in_days: json_int(ge=1, le=3650) | None = Field(90, description="null: never expires")
 
 
 class TokenOut(Output):
@@ -120,6 +122,39 @@ class TokenCreated(TokenOut):
     token: str = Field(description="The secret; shown only in this answer")
 
 
+class AuditChangeOut(Output):
+    resource_type: str = Field(description="The table of the resource, e.g. systems, hypervisors")
+    resource_id: str
+    op: Literal["create", "update", "delete"]
+    fields: dict[str, Any] = Field(
+        description='Field -> {"old": ..., "new": ...} (no "old" on a create, no "new" on a delete), '
+                    'or "changed" for a secret; a long value is {"truncated": true, "chars": n, "preview": ...}'
+    )
+
+
+def _time_text(value: Any) -> Any:
+    """A time in JSON is a string: lax pydantic would also take a number (a Unix time), which the
+    document's ``date-time`` string does not allow."""
+    if not isinstance(value, str):
+        raise ValueError("Input should be an ISO 8601 date-time string with a zone")  # noqa: TRY004 (pydantic)
+    return value
+
+
+class AuditPruneIn(Input):
+    before: Annotated[AwareDatetime, BeforeValidator(_time_text)] = Field(description="Delete the rows written before this time (ISO 8601 with a zone)")
+    force: StrictBool = Field(False, description="Allow a time more recent than the minimum age")
+    dry_run: StrictBool = Field(False, description="Count what would be deleted, delete nothing")
+
+
+class AuditPruneOut(Output):
+    before: datetime
+    dry_run: bool
+    events: int = Field(description="Audit rows deleted (or that would be)")
+    changes: int = Field(description="Change records deleted with them")
+    oldest: datetime | None = Field(description="Time of the oldest row deleted")
+    newest: datetime | None = Field(description="Time of the newest row deleted")
+
+
 class AuditOut(Output):
     id: int
     at: datetime
@@ -135,6 +170,7 @@ class AuditOut(Output):
     outcome: str
     request_id: str | None
     detail: dict[str, Any]
+    changes: list[AuditChangeOut] = Field(default_factory=list, description="What the request changed")
 
 
 

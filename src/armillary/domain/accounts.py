@@ -155,3 +155,39 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(15))  # success | refused | failed
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class AuditChange(Base):
+    """What one audited request changed in one resource: the old and new values of its fields.
+
+    Written with its ``AuditEvent`` in one transaction (``armillary.auth.audit.record``), from what
+    ``armillary.domain.audit_changes`` collected; indexed by resource for a resource's history.
+    ``fields`` maps a field to ``{"old": ..., "new": ...}`` (a create has no ``old``, a delete no
+    ``new``), or to ``"changed"`` for a secret.
+    """
+
+    __tablename__ = "audit_changes"
+    __table_args__ = (
+        Index("ix_audit_changes_resource_type_resource_id_event_id", "resource_type", "resource_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("audit_events.id", ondelete="CASCADE"), index=True)
+    resource_type: Mapped[str] = mapped_column(String(63))
+    resource_id: Mapped[str] = mapped_column(String(255))
+    op: Mapped[str] = mapped_column(String(15))  # create | update | delete
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class AuditPrunePermit(Base):
+    """The one sanctioned way rows leave the append-only trail: while a row of this table exists, the
+    database lets ``audit_events`` and ``audit_changes`` rows be deleted (never updated).
+
+    A prune inserts its permit, deletes, and removes the permit in the same transaction, so no other
+    transaction ever sees one (``armillary.auth.audit.prune``); the table is empty at rest.
+    """
+
+    __tablename__ = "audit_prune_permits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
