@@ -563,7 +563,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    args = parser.parse_args(argv)
+    parser.add_argument("--engine", choices=("inline", "celery"), default="inline",
+                        help="celery: the Celery-mode scenarios, PostgreSQL + Redis with 1, 2 and 4 worker processes "
+                             "(bench/engine_celery.py; its options --processes, --systems, --concurrency follow)")
+    args, rest = parser.parse_known_args(argv)
+    if args.engine == "celery":
+        import engine_celery
+
+        flags = [f"--{name}" for name in ("json", "quiet", "keep") if getattr(args, name)]
+        return engine_celery.main(rest + flags)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2, default=str))

@@ -6,6 +6,7 @@ an SQLite file under the data directory and a generated secret key file beside i
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ def _truthy(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+ENGINES = ("inline", "celery", "off")
+BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a process needs to know to reach its database and keys."""
@@ -29,8 +34,16 @@ class Settings:
     secret_key: str | None = None
     auto_migrate: bool = True
     log_json: bool = True
-    # Job engine of this process: "inline" runs steps in a thread pool here; "off" serves the API only.
+    # Job engine of this process: "inline" runs steps in a thread pool here; "off" serves the API only;
+    # "celery" (PostgreSQL only) dispatches steps to `armillary worker` processes over a broker
+    # (docs/distributed.md): ARMILLARY_BROKER_URL, redis://… or amqp://….
     engine: str = "inline"
+    broker_url: str | None = None
+    # Celery mode: queues steps are routed to ("hv.<hypervisor>", "env.<environment>"), declared by the
+    # operator; every other step goes to the default queue "armillary". Same value in every process.
+    routed_queues: tuple[str, ...] = ()
+    # Celery mode: a queued step whose message was sent this long ago without being claimed is sent again.
+    redeliver_s: float = 30.0
     workers: int = 32
     lease_s: float = 30.0
     # On SIGTERM/SIGINT: how long running steps may take to finish before their leases are handed back.
@@ -75,8 +88,32 @@ class Settings:
     def secret_key_file(self) -> Path:
         return self.data_dir / "secret.key"
 
+    def check_engine(self) -> None:
+        """Refuse an engine setting this process cannot run, with what to set instead (ValueError).
+
+        Celery mode means several processes on one database: PostgreSQL only (an SQLite file has one
+        writer, and its processes would wait on it or worse), and a broker to carry the messages.
+        """
+        if self.engine not in ENGINES:
+            raise ValueError(f"ARMILLARY_ENGINE: {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.engine != "celery":
+            return
+        if self.database_url.startswith("sqlite"):
+            raise ValueError("ARMILLARY_ENGINE=celery needs PostgreSQL: workers in several processes cannot "
+                             "share an SQLite database; set ARMILLARY_DATABASE_URL=postgresql://user@host/db")
+        if not self.broker_url or not self.broker_url.startswith(BROKER_SCHEMES):
+            got = "nothing" if not self.broker_url else "another scheme"
+            raise ValueError(f"ARMILLARY_ENGINE=celery needs ARMILLARY_BROKER_URL, a redis://… or amqp://… URL "
+                             f"(got {got})")
+        if importlib.util.find_spec("celery") is None:
+            raise ValueError("ARMILLARY_ENGINE=celery needs Celery: pip install 'armillary[celery]'")
+        for name in self.routed_queues:
+            if not name.startswith(("hv.", "env.")) or len(name.split(".", 1)[1]) == 0:
+                raise ValueError(f"ARMILLARY_ROUTED_QUEUES: {name!r} is not hv.<hypervisor> or "
+                                 "env.<environment>")
+
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         data_dir = Path(env.get("ARMILLARY_DATA_DIR") or user_data_dir("armillary", appauthor=False))
         database_url = env.get("ARMILLARY_DATABASE_URL") or f"sqlite:///{data_dir / 'armillary.db'}"
@@ -86,7 +123,11 @@ class Settings:
             secret_key=env.get("ARMILLARY_SECRET_KEY") or None,
             auto_migrate=_truthy(env.get("ARMILLARY_AUTO_MIGRATE"), True),
             log_json=_truthy(env.get("ARMILLARY_LOG_JSON"), True),
-            engine=env.get("ARMILLARY_ENGINE") or "inline",
+            engine=(env.get("ARMILLARY_ENGINE") or "inline").strip().lower(),
+            broker_url=_secret(env.get("ARMILLARY_BROKER_URL")),
+            routed_queues=tuple(q.strip() for q in (env.get("ARMILLARY_ROUTED_QUEUES") or "").split(",")
+                                if q.strip()),
+            redeliver_s=float(env.get("ARMILLARY_REDELIVER_SECONDS") or 30),
             workers=int(env.get("ARMILLARY_WORKERS") or 32),
             lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
             shutdown_timeout_s=float(env.get("ARMILLARY_SHUTDOWN_TIMEOUT") or 30),

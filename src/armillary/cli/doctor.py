@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,7 @@ EXTRAS = (
     Extra("libcloud", ("libcloud",), "the libcloud driver", drivers=("libcloud",)),
     Extra("ansible", ("ansible_runner", "ansible"), "the ansible provisioner", provisioners=("ansible",)),
     Extra("postgres", ("psycopg",), "a PostgreSQL database"),
+    Extra("celery", ("celery", "redis"), "Celery mode (ARMILLARY_ENGINE=celery, armillary worker)"),
 )
 
 
@@ -132,7 +134,43 @@ def examine(settings: Settings) -> Report:
     in_use = _check_database(settings, report)
     loaded = _check_plugins(report)
     _check_extras(settings, report, in_use, loaded)
+    if settings.engine == "celery":
+        _check_queues(settings, report)
     return report
+
+
+def _check_queues(settings: Settings, report: Report) -> None:
+    """Celery mode: the broker answers, and every queue with due steps has a worker consuming it."""
+    section = "Celery queues"
+    try:
+        settings.check_engine()
+        from armillary.engine.celery_executor import queue_status
+
+        workers, waiting = queue_status(settings)
+    except ValueError as exc:
+        report.add(section, FAIL, str(exc))
+        return
+    except ImportError as exc:
+        report.add(section, FAIL, f"Celery is not installed ({exc.name}): pip install 'armillary[celery]'")
+        return
+    except Exception as exc:  # noqa: BLE001 - the broker (or the database) cannot be reached
+        report.add(section, FAIL, f"the broker cannot be asked: {type(exc).__name__}: {_first_line(exc)}")
+        return
+    answered = ", ".join(f"{name} ({', '.join(queues)})" for name, queues in sorted(workers.items()))
+    report.add(section, OK if workers else WARN,
+               f"broker reachable; {len(workers)} worker(s) answered: {answered or 'none'}")
+    consumers = Counter(queue for queues in workers.values() for queue in queues)
+    for queue in sorted({"armillary", *settings.routed_queues, *consumers, *waiting}):
+        count, steps = consumers[queue], waiting[queue]
+        if count:
+            report.add(section, OK, f"queue {queue}: consumed by {count} worker{'s' if count != 1 else ''}"
+                       + (f", {steps} step(s) due" if steps else ""))
+        elif steps:
+            wait = "steps wait" if steps != 1 else "step waits"
+            report.add(section, FAIL, f"queue {queue}: {steps} {wait}; no worker consumes it: "
+                       f"start one with `armillary worker --queues {queue}`")
+        else:
+            report.add(section, WARN, f"queue {queue}: no worker consumes it (no step waits for it now)")
 
 
 # ---------------------------------------------------------------- database
@@ -297,6 +335,8 @@ def _check_extras(
         )
         if extra.name == "postgres" and postgres:
             users.insert(0, "the database (ARMILLARY_DATABASE_URL)")
+        if extra.name == "celery" and settings.engine == "celery":
+            users.insert(0, "the engine (ARMILLARY_ENGINE=celery)")
         if why is None:
             report.add(section, OK, f"{extra.name}: {', '.join(extra.modules)} ({extra.needed_by})")
             continue

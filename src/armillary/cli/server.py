@@ -65,6 +65,7 @@ def serve(
         os.environ["ARMILLARY_ENV_FILE"] = str(Path(env_file).absolute())
     try:
         settings = replace(_settings(), auto_migrate=False)  # migrated here, once
+        settings.check_engine()  # e.g. celery on SQLite: refused, naming PostgreSQL
         _configure_logging(settings)
     except (OSError, ValueError) as exc:
         typer.echo(f"armillary serve: {exc}", err=True)

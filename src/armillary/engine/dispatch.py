@@ -11,6 +11,7 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 
+from armillary.domain.db import Database
 from armillary.engine.runner import run_step
 from armillary.engine.runtime import Runtime
 
@@ -29,6 +30,14 @@ class Executor(ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def start(self, runtime: Runtime) -> None:  # noqa: B027 - optional hook
+        """Called by ``Engine.start``: for an executor with threads of its own (Celery's queue watch)."""
+
+    def dispatch_due(self, db: Database) -> int | None:
+        """Hand over the due steps itself and say how many; None: the engine's own loop does it
+        (due steps not ``in_flight`` are ``submit``-ted). Celery's sweeper needs more than that."""
+        return None
 
 
 class InlineExecutor(Executor):

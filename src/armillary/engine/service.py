@@ -9,6 +9,9 @@
   whose ``run_step`` crashed is not renewed, so the reaper takes it back.
 * The reaper finds steps whose lease expired — their worker died or stalled — and retries them
   (when attempts remain) or fails them. Nothing is wiped at start-up: queued work is recovered.
+* The executor decides where steps run: the inline pool here, or (``ARMILLARY_ENGINE=celery``) the
+  ``CeleryExecutor``, whose ``dispatch_due`` sends messages to ``armillary worker`` processes and
+  sends again the ones lost (its sweeper); this process then runs no step (docs/distributed.md).
 * Stopping is graceful: the process claims nothing more, the steps it runs get ``shutdown_timeout_s``
   to finish (their leases still renewed), and the leases of those still running then are handed back
   (made to expire now), so another process — or this one restarted — retries them at once instead of
@@ -29,7 +32,7 @@ from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobStatus, Step, StepStatus
 from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox
-from armillary.engine import cancel, leases, schedules
+from armillary.engine import cancel, heartbeat, leases, schedules
 from armillary.engine.dispatch import Executor, InlineExecutor
 from armillary.engine.events import emit
 from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
@@ -95,6 +98,7 @@ class Engine:
             thread = threading.Thread(target=target, name=f"armillary-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.executor.start(self.runtime)
         log.info("engine started as worker %s", self.runtime.worker_id)
 
     def begin_stop(self) -> None:
@@ -171,20 +175,11 @@ class Engine:
                 time.sleep(self.poll_s)
 
     def _heartbeat_loop(self) -> None:
-        interval = self.runtime.lease_s / 3
-        while not self._heartbeat_stop.wait(interval):
-            self.heartbeat()
+        heartbeat.run(self.runtime, self._heartbeat_stop)
 
     def heartbeat(self) -> None:
         """Renew the leases of the steps running here, then their jobs' locks (two transactions)."""
-        owner, running, lease_s = self.runtime.worker_id, self.runtime.running_steps(), self.runtime.lease_s
-        try:
-            with self.runtime.db.session() as session:
-                leases.renew_step_leases(session, owner, running, lease_s)
-            with self.runtime.db.session() as session:
-                leases.renew_job_locks(session, owner, running, lease_s)
-        except Exception:  # noqa: BLE001 - the next beat tries again; leases outlast two missed beats
-            log.exception("heartbeat failed")
+        heartbeat.renew(self.runtime)
 
     def tick(self, housekeeping: bool = True) -> None:
         """One pass of everything the dispatcher does; public so tests can drive it.
@@ -206,6 +201,9 @@ class Engine:
         self.dispatch_due()
 
     def dispatch_due(self) -> int:
+        handed = self.executor.dispatch_due(self.runtime.db)  # an executor that picks due steps itself
+        if handed is not None:
+            return handed
         busy = self.executor.in_flight()
         with self.runtime.db.engine.connect() as conn:
             due = conn.execute(_DUE, {"b_now": utcnow()}).scalars().all()

@@ -1,0 +1,82 @@
+"""Waking the dispatcher of another process: PostgreSQL ``NOTIFY`` / ``LISTEN``.
+
+In Celery mode the steps run in ``armillary worker`` processes, and the dispatcher in the API
+process(es). What a worker does that the dispatcher must act on — a job ended (its lock can go to
+the job queued behind it), a bulk batch started child jobs (their first steps need a message) — is
+said with ``NOTIFY armillary_wake``; every dispatcher ``LISTEN``s and ticks at once instead of at
+its next poll. The poll stays: a lost notification (a dropped connection) costs one poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from armillary.domain.db import Database
+
+log = logging.getLogger("armillary.engine")
+
+CHANNEL = "armillary_wake"
+# Wakes come in bursts (every ended job wakes): one NOTIFY per interval serves them all.
+MIN_INTERVAL_S = 0.02
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
+
+
+class Notifier:
+    """``Runtime.wake`` of a worker process: one NOTIFY, at most every ``MIN_INTERVAL_S``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < MIN_INTERVAL_S:
+                return
+            self._last = now
+        try:
+            with self.db.engine.connect() as conn:
+                conn.execute(_NOTIFY)
+                conn.commit()
+        except Exception:  # noqa: BLE001 - a lost wake costs one poll of the dispatcher, nothing more
+            log.warning(
+                "could not NOTIFY the dispatchers; they see the change at their next poll", exc_info=True
+            )
+
+
+class Listener:
+    """A thread that calls ``wake`` whenever a NOTIFY arrives on the channel; reconnects when cut off."""
+
+    def __init__(self, database_url: str, wake: Callable[[], None]) -> None:
+        url = make_url(database_url)
+        self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="armillary-wake-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.wake()
+            except Exception:  # noqa: BLE001 - the database went away: listen again once it is back
+                log.warning("wake listener lost its connection; listening again in 1s", exc_info=True)
+                self._stop.wait(1.0)
