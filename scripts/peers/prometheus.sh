@@ -9,7 +9,7 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/packages.sh"
 
-install_missing prometheus prometheus
+install_missing prometheus prometheus prometheus-alertmanager  # alertmanager: the clusters' receivers (issue 15)
 
 if pgrep -x prometheus -u prometheus >/dev/null 2>&1; then
   echo "prometheus peer: stopping the system's prometheus service" >&2
@@ -17,6 +17,9 @@ if pgrep -x prometheus -u prometheus >/dev/null 2>&1; then
 fi
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+if pgrep -x prometheus-alertmanager >/dev/null 2>&1; then
+  as_root service prometheus-alertmanager stop >/dev/null 2>&1 || true  # the tests start their own
 fi
 
 command -v prometheus >/dev/null 2>&1 || { echo "prometheus peer: prometheus is still missing" >&2; exit 1; }

@@ -48,8 +48,8 @@ def config(base_url: str, metrics_token: str, sd_url: str, api_token: str) -> di
 
 
 @contextmanager
-def running_prometheus(tmp_path: Path, scrape_config: dict) -> Iterator[str]:
-    """Prometheus with ``scrape_config`` (JSON is YAML); yields its base URL once it is ready."""
+def running_prometheus(tmp_path: Path, scrape_config: dict, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """Prometheus with ``scrape_config`` (JSON is YAML) and ``extra_args``; yields its base URL once it is ready."""
     binary = prometheus_binary()
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(json.dumps(scrape_config), encoding="utf-8")
@@ -57,7 +57,7 @@ def running_prometheus(tmp_path: Path, scrape_config: dict) -> Iterator[str]:
     log = (tmp_path / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [binary, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
+         f"--web.listen-address=127.0.0.1:{port}", *extra_args],
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -113,11 +113,12 @@ class BodyGuardMiddleware:
     """See the module docstring. ``authenticate`` answers the 401 detail for a caller without a live token."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, api_prefix: str, public: frozenset[str],
-                 streamed: frozenset[str], authenticate: Authenticate) -> None:
+                 streamed: frozenset[str], authenticate: Authenticate, public_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_body = max_body
         self.api_prefix = api_prefix
         self.public = public
+        self.public_prefixes = public_prefixes  # open routes with an id in their path (receivers' webhooks)
         self.streamed = streamed
         self.authenticate = authenticate
 
@@ -141,7 +142,7 @@ class BodyGuardMiddleware:
         await self.app(scope, _replay(body, receive), send)
 
     async def _limit_for(self, scope: Scope) -> int:
-        if scope["path"] in self.public:
+        if scope["path"] in self.public or (self.public_prefixes and scope["path"].startswith(self.public_prefixes)):
             return min(PUBLIC_MAX_BODY, self.max_body)
         refused = await self.authenticate(HTTPConnection(scope))
         if refused is not None:
