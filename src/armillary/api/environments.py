@@ -47,7 +47,8 @@ def create_environment(
     access: Access = requires(Permission.ADMIN),
 ) -> Environment:
     ensure_unique_name(session, Environment, body.name, "environment")
-    env = Environment(name=body.name, description=body.description, variables=body.variables)
+    env = Environment(name=body.name, description=body.description, variables=body.variables,
+                      requires_approval=body.requires_approval)
     _apply_lock(env, body.locked, body.lock_reason, access.principal.name, request)
     session.add(env)
     session.flush()
@@ -93,7 +94,7 @@ def update_environment(
     if "name" in changes:
         ensure_unique_name(session, Environment, changes["name"], "environment", exclude_id=env.id)
         env.name = changes["name"]
-    for key in ("description", "variables"):
+    for key in ("description", "variables", "requires_approval"):
         if changes.get(key) is not None:
             setattr(env, key, changes[key])
     _apply_lock(env, changes.get("locked"), changes.get("lock_reason"), access.principal.name, request)

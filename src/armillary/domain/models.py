@@ -83,6 +83,8 @@ class Environment(Timestamped, Base):
     locked_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Remediation runs touching this environment wait for an operator's approval (armillary.audits).
+    requires_approval: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Hypervisor(Timestamped, Base):
@@ -144,6 +146,10 @@ class System(Timestamped, Base):
     # What the hypervisor calls this machine, stored the moment it is known (adopt, never duplicate).
     provider_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     provider_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default=text("'{}'"))
+    # Facts an audit gathered (armillary.audits), resolved as variables ``facts.<key>`` below the system's own;
+    # ``facts_source`` says which audit ("audit baseline").
+    facts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default=text("'{}'"))
+    facts_source: Mapped[str | None] = mapped_column(String(127), nullable=True)
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Who the system belongs to: the user it was defined by, unless an admin or operator named another.
     # Its quota is charged while the system holds a machine (armillary.domain.quotas).

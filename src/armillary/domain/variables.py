@@ -1,4 +1,7 @@
-"""Variable resolution: global < environment < group < type < system.
+"""Variable resolution: global < environment < group < type < facts < system.
+
+``facts`` are what an audit gathered on the machine (``facts.os.id``...; ``armillary.audits``), its source
+named ``audit <name>``: observed, bottom-up data, which the system's own variables still override.
 
 Keys are merged shallowly: a key set at a higher level replaces the whole value from a lower
 one (no deep merge of nested mappings, so what a system gets is always one source's value and
@@ -17,6 +20,8 @@ from armillary.domain.models import GlobalVariable, Group, System
 from armillary.domain.schemas import ResolvedVariable, ResolvedVariables, VariableSource
 
 PRECEDENCE = ["global", "environment", "group", "type", "system"]
+# A system an audit kept facts of has one more level, between its type and itself.
+PRECEDENCE_WITH_FACTS = ["global", "environment", "group", "type", "facts", "system"]
 
 
 def matching_groups(groups: list[Group], labels: dict[str, str]) -> list[Group]:
@@ -36,6 +41,9 @@ def layers_for(session: Session, system: System) -> list[tuple[VariableSource, d
     layers += [(VariableSource(level="group", name=g.name), g.variables or {}) for g in groups]
     if system.type is not None:
         layers.append((VariableSource(level="type", name=system.type.name), system.type.variables or {}))
+    if system.facts:
+        layers.append((VariableSource(level="facts", name=system.facts_source),
+                       {f"facts.{key}": value for key, value in system.facts.items()}))
     layers.append((VariableSource(level="system", name=system.hostname), system.variables or {}))
     return layers
 
@@ -52,7 +60,8 @@ def resolve(layers: list[tuple[VariableSource, dict[str, Any]]]) -> dict[str, Re
 
 def resolve_system(session: Session, system: System) -> ResolvedVariables:
     return ResolvedVariables(
-        system_id=system.id, precedence=PRECEDENCE, variables=resolve(layers_for(session, system))
+        system_id=system.id, precedence=PRECEDENCE_WITH_FACTS if system.facts else PRECEDENCE,
+        variables=resolve(layers_for(session, system)),
     )
 
 
