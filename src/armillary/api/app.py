@@ -15,9 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import RedirectResponse
 
-from armillary import __version__
+from armillary import __version__, web
 from armillary.api import (
     actions,
     audit,
@@ -35,6 +34,7 @@ from armillary.api import (
     ip_pools,
     jobs,
     metrics,
+    openapi,
     problems,
     releases,
     schedules,
@@ -44,21 +44,33 @@ from armillary.api import (
     users,
     variables,
 )
+from armillary.api import attention, checks, findings, fleet_audits, remediations  # audits (issue 20)
+from armillary.api import cluster_policies, clusters, profiles, receivers  # clusters (issue 15)
 from armillary.api.audit_trail import AuditMiddleware
 from armillary.api.bodies import BodyGuardMiddleware
-from armillary.api.middleware import RequestIdMiddleware
+from armillary.api.middleware import OptionsMiddleware, RequestIdMiddleware
 from armillary.api.security import credentials_refusal, current_principal, document_permissions
 from armillary.api.tracing_middleware import install as install_tracing
 from armillary.config import Settings
 from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.secrets import box_for
+from armillary.engine.dispatch import Executor
 from armillary.engine.service import Engine
 from armillary.metrics import process_ended, watch_pool
 
 log = logging.getLogger("armillary.app")
 
 API_PREFIX = "/api/v1"
+
+
+def _executor(settings: Settings, db: Database) -> Executor | None:
+    """Celery mode: steps go to ``armillary worker`` processes (docs/distributed.md); else the inline pool."""
+    if settings.engine != "celery":
+        return None
+    from armillary.engine.celery_executor import CeleryExecutor
+
+    return CeleryExecutor.from_settings(settings, db)
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -71,7 +83,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         if settings.auto_migrate:
             migrate.upgrade(db)
             log.info("database schema at %s", migrate.head_revision())
-        if settings.engine == "inline":
+        if settings.engine in ("inline", "celery"):  # celery: dispatch, reaper, locks, schedules; no steps
             app.state.engine.start()
         # Start-up objects live as long as the process: keep them out of every full GC pass, which
         # otherwise walks them all and shows up as ~30 ms at p99 (measured by bench/inventory.py).
@@ -96,7 +108,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     app.state.secret_box = box_for(settings.secret_key, settings.secret_key_file)
-    app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s)
+    app.state.engine = Engine(db, app.state.secret_box, workers=settings.workers, lease_s=settings.lease_s,
+                              executor=_executor(settings, db))
     app.state.engine.runtime.data_dir = settings.data_dir
     app.state.engine.runtime.settings = settings
 
@@ -104,9 +117,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
                jobs, schedules, releases, sources, auth, users, audit, ip_pools, ip_addresses, dns_zones, forget,
-               exports)
+               exports, profiles, clusters, cluster_policies, receivers,
+               checks, fleet_audits, findings, remediations, attention)
     for router in [*(module.router for module in routers), systems.labels_router, dns_zones.records_router,
-                   auth.public_router]:
+                   auth.public_router, receivers.hooks_router]:
         document_permissions(router)
     for module in routers:
         api.include_router(module.router)
@@ -114,19 +128,21 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     api.include_router(dns_zones.records_router)
     app.include_router(api)
     app.include_router(auth.public_router, prefix=API_PREFIX)
+    app.include_router(receivers.hooks_router, prefix=API_PREFIX)  # open: each call proves itself (HMAC)
     app.include_router(health.router)
     app.include_router(metrics.router)  # /metrics: its own optional token, no account
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    web.install(app)  # the console at / (armillary.web), or a page saying how to build it
 
     problems.install(app)
+    openapi.install(app, API_PREFIX)  # every operation declares its problem answers
     app.add_middleware(
         BodyGuardMiddleware, max_body=settings.max_body_bytes, api_prefix=API_PREFIX,
         public=frozenset(API_PREFIX + route.path for route in auth.public_router.routes),
+        public_prefixes=(API_PREFIX + receivers.HOOK_PREFIX,),
         streamed=frozenset({API_PREFIX + sources.router.prefix}), authenticate=credentials_refusal,
     )
+    app.add_middleware(OptionsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AuditMiddleware)
     install_tracing(app)  # outermost: its span covers the whole request

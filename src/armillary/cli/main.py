@@ -21,6 +21,7 @@ import typer
 from armillary.cli import (
     accounts,
     admin,
+    audit,
     auth,
     backup,
     doctor,
@@ -36,7 +37,10 @@ from armillary.cli import (
     systems,
     types,
     variables,
+    worker,
 )
+from armillary.cli import audits  # noqa: E402  (issue 20)
+from armillary.cli import clusters  # noqa: E402  (issue 15)
 from armillary.cli.common import root_callback
 
 app = typer.Typer(
@@ -46,6 +50,7 @@ app = typer.Typer(
 )
 app.callback()(root_callback)  # its docstring is the top-level help
 server.register(app)
+worker.register(app)  # Celery mode: armillary worker (docs/distributed.md)
 doctor.register(app)
 backup.register(app)
 admin.register(app)
@@ -61,4 +66,7 @@ labels.register(app)
 jobs.register(app)
 schedules.register(app)
 network.register(app)
+clusters.register(app)  # cluster, profile, policy, receiver (issue 15)
 accounts.register(app)
+audit.register(app)
+audits.register(app)  # check, audits, remediate, attention (issue 20)

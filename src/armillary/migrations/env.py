@@ -7,6 +7,8 @@ from sqlalchemy import engine_from_config, pool
 
 from armillary.domain import jobs  # noqa: F401  (registers the job tables on Base.metadata)
 from armillary.network import models as network_models  # noqa: F401  (and the network tables)
+from armillary.audits import models as audit_models  # noqa: F401  (and the audit tables)
+from armillary.clusters import models as cluster_models  # noqa: F401  (and the cluster tables)
 from armillary.domain.db import is_sqlite, normalize_url
 from armillary.domain.models import Base
 
