@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-
 from tests.support.peers import missing_peer
+from tests.support.prometheus import running_daemon
 from tests.support.server import free_port
 
 
@@ -56,32 +53,8 @@ def running_alertmanager(tmp_path: Path, config: dict) -> Iterator[str]:
     config_file = tmp_path / "alertmanager.yml"
     config_file.write_text(json.dumps(config), encoding="utf-8")
     port = free_port()
-    log = (tmp_path / "alertmanager.log").open("wb")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config_file}", f"--storage.path={tmp_path / 'am-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"alertmanager exited: {(tmp_path / 'alertmanager.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("alertmanager did not become ready")
-            time.sleep(0.1)
+    with running_daemon("alertmanager", [binary, f"--config.file={config_file}",
+                                         f"--storage.path={tmp_path / 'am-data'}",
+                                         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                        f"http://127.0.0.1:{port}", tmp_path) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()

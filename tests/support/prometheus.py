@@ -54,25 +54,32 @@ def running_prometheus(tmp_path: Path, scrape_config: dict, extra_args: tuple[st
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(json.dumps(scrape_config), encoding="utf-8")
     port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", *extra_args],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    with running_daemon("prometheus", [binary, f"--config.file={config_file}",
+                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                       f"--web.listen-address=127.0.0.1:{port}", *extra_args],
+                        f"http://127.0.0.1:{port}", tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def running_daemon(name: str, argv: list[str], url: str, tmp_path: Path) -> Iterator[str]:
+    """Run one of Prometheus' daemons (its output in ``<tmp_path>/<name>.log``) until ``<url>/-/ready``
+    answers; yield ``url``; stop it (and wait) afterwards."""
+    log_path = tmp_path / f"{name}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+                raise RuntimeError(f"{name} exited: {log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not become ready")
+                raise RuntimeError(f"{name} did not become ready")
             time.sleep(0.1)
         yield url
     finally:
