@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from armillary.audits.models import CheckKind, RemediationKind
 from armillary.domain.errors import InvalidInput, invalid_from_pydantic
+from armillary.domain.schemas import inline_defs
 from armillary.failures import PermanentFailure
 
 FACT_GROUPS = ("os", "kernel", "packages", "ports", "disk")
@@ -189,30 +190,12 @@ def _spec_schemas(models: dict[str, type[BaseModel]], ansible_kind: str) -> dict
     installed = provisioners()
     if "ansible" in installed:
         models = {**models, ansible_kind: installed["ansible"].Spec}
-    schemas = {kind: _inlined(model.model_json_schema()) for kind, model in models.items()}
+    schemas = {kind: inline_defs(model.model_json_schema()) for kind, model in models.items()}
     if ansible_kind in schemas:  # AnsibleSpec._something: a playbook, roles, or both
         schemas[ansible_kind]["anyOf"] = [
             {"required": ["playbook"], "properties": {"playbook": {"not": {"type": "null"}}}},
             {"required": ["roles"], "properties": {"roles": {"minItems": 1}}}]
     return schemas
-
-
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with its ``$defs`` written in place (an OpenAPI document has no room for a body's own
-    ``$defs``; the spec models are not recursive)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return walk({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        return node
-
-    return walk(schema)
 
 
 def validate_fix_spec(kind: str, spec: dict[str, Any], field: str = "spec") -> dict[str, Any]:

@@ -19,6 +19,7 @@ from armillary.domain.schemas import (
     Output,
     Ref,
     Variables,
+    inline_defs,
     json_int,
 )
 
@@ -253,29 +254,11 @@ POLICY_SPECS: dict[str, type[Input]] = {"scaling": ScalingSpec, "deletion": Dele
                                         "placement": PlacementSpec, "health": HealthSpec}
 
 
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with its ``$defs`` written in place (a body's own ``$defs`` have no place in an OpenAPI
-    document; the spec models are not recursive)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return walk({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        return node
-
-    return walk(schema)
-
-
 def _spec_per_kind(schema: dict[str, Any]) -> None:
     """A policy's ``spec`` depends on its ``kind``: one branch per kind in the OpenAPI document."""
     branches = []
     for kind, model in POLICY_SPECS.items():
-        spec = _inlined(model.model_json_schema())
+        spec = inline_defs(model.model_json_schema())
         spec.pop("title", None)
         branch: dict[str, Any] = {"properties": {"kind": {"const": kind}, "spec": spec}}
         if spec.get("required"):  # then {} (the default) is not a spec of this kind
@@ -338,7 +321,7 @@ def _params_per_operation(schema: dict[str, Any]) -> None:
     def branches(operation: str, params: str) -> list[dict[str, Any]]:
         found = []
         for name, model in RECEIVER_PARAMS.items():
-            spec = _inlined(model.model_json_schema())
+            spec = inline_defs(model.model_json_schema())
             spec.pop("title", None)
             found.append({"required": [operation], "properties": {operation: {"const": name}, params: spec}})
         return found
