@@ -30,8 +30,18 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support.accounts import bearer
-from tests.support.contract import EXAMPLES, PHASES, SEED, STATEFUL_SCENARIOS, Tokens, seed_inventory, viewer_token
+from tests.support.accounts import ADMIN, bearer, ensure_user, token_for
+from tests.support.contract import (
+    EXAMPLES,
+    PHASES,
+    SEED,
+    STATEFUL_SCENARIOS,
+    Tokens,
+    seed_inventory,
+    viewer_token,
+)
+from tests.support.databases import database
+from tests.support.server import running_app
 
 # positive_data_acceptance is not applied to these operations, each for its reason. A schema states shapes;
 # these refuse some well-shaped requests for what no JSON Schema can say. Every other check still applies.
@@ -73,13 +83,16 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def contract_world(live_server, admin_token) -> tuple[str, object]:
-    """The session's server with the seeded inventory and the viewer account (whatever earlier tests
-    left there stays: more rows for the fuzzer to meet)."""
-    base_url, db = live_server
-    seed_inventory(base_url, admin_token)
-    viewer_token(db)
-    return base_url, db
+def contract_world(backend: str, tmp_path_factory) -> Iterator[tuple[str, object]]:
+    """A server of its own, with the seeded inventory and the viewer account: the fuzzer logs out, deletes
+    tokens and changes or deletes users, and the admin account the rest of the suite shares must not be
+    among them (it once revoked the session's admin token and every later test got 401)."""
+    data_dir = tmp_path_factory.mktemp(f"contract-{backend}")
+    with database(backend, data_dir) as url, running_app(url, data_dir) as (base_url, db):
+        ensure_user(db, ADMIN, admin=True)
+        seed_inventory(base_url, token_for(db, ADMIN))
+        viewer_token(db)
+        yield base_url, db
 
 
 @pytest.fixture(scope="module", params=["admin", "viewer"])
