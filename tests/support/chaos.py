@@ -51,7 +51,7 @@ SLOW_SCRIPT = {"scripts": [{"name": "slow", "inline": "echo provisioning-started
 DEPLOY_APP = {".armillary/10_install.sh": "echo install-started\nsleep 3\necho install-done\n",
               "index.html": "shop\n"}
 DEPLOY = {"project": "shop", "root": "/srv", "source": {"path": "app"}}
-DEPLOY_IMAGE = "localhost/armillary-chaos/busybox-full:latest"  # every busybox applet (the deploy needs tar, ln...)
+DEPLOY_IMAGE = "localhost/armillary-chaos/busybox-full:2"  # every busybox applet (the deploy needs tar, gzip, ln...)
 
 _engines: dict[str, Engine] = {}
 
@@ -589,19 +589,14 @@ def _full_busybox_image(podman: Any, root: Path) -> None:
     shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
     applets = subprocess.run(["/bin/busybox", "--list"], check=True, capture_output=True, text=True).stdout.split()
     for applet in applets:
-        if applet not in ("busybox", "tar", "sh"):
+        if applet not in ("busybox", "sh"):
             (rootfs / "bin" / applet).symlink_to("busybox")
-    # The deploy unpacks its .tar.gz with `tar -xf` (GNU tar guesses gzip; this busybox does not): a shim, and
     # dash as /bin/sh, since busybox's own shell runs its applets before anything on PATH.
     linked = subprocess.run(["ldd", "/bin/dash"], check=True, capture_output=True, text=True).stdout
     for library in [word for word in linked.split() if word.startswith("/")]:
         (rootfs / library.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(library, rootfs / library.lstrip("/"))
     shutil.copy2("/bin/dash", rootfs / "bin" / "sh")
-    (rootfs / "bin" / "tar").write_text('#!/bin/sh\nif [ "$1" = "-xf" ] && gzip -t "$2" 2>/dev/null; then\n'
-                                        '  f=$2; shift 2; exec /bin/busybox tar -xzf "$f" "$@"\nfi\n'
-                                        'exec /bin/busybox tar "$@"\n')
-    (rootfs / "bin" / "tar").chmod(0o755)
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (rootfs / "etc" / "group").write_text("root:x:0:\n")
     tarball = root / "fs.tar"
