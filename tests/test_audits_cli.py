@@ -17,11 +17,12 @@ from armillary.domain.jobs import SimulatedMachine
 from tests.support.cli import Cli
 from tests.support.jobs import act_and_wait, sim_setup
 
+# The CLI scenario runs once, on SQLite; tests/test_audits.py covers both databases.
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
 
 def test_drift_found_recovered_and_followed_from_the_cli(api: httpx.Client, live_server, admin_token: str,
                                                          backend: str, tmp_path: Path) -> None:
-    if backend != "sqlite":
-        pytest.skip("the CLI scenario runs once (on SQLite); tests/test_audits.py covers both databases")
     base_url, db = live_server
     sim_setup(api, systems=("m1", "m2"), labels={"tier": "db"})
     for host in ("m1", "m2"):

@@ -26,6 +26,10 @@ from tests.support.jobs import act_and_wait
 from tests.support.peers import missing_peer
 from tests.support.sshhosts import SshHost, ssh_host
 
+# The SSH scenario runs once, on SQLite; tests/test_audits.py covers both databases.
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
 PLAYBOOK = """\
 - hosts: all
   gather_facts: false
@@ -62,8 +66,6 @@ def start_service(host: SshHost) -> subprocess.Popen:
 
 def test_checks_find_exactly_the_drifted_hosts_and_fixes_repair_them(
         api: httpx.Client, backend: str, hosts: list[SshHost], tmp_path: Path) -> None:
-    if backend != "sqlite":
-        pytest.skip("the SSH scenario runs once (on SQLite); tests/test_audits.py covers both databases")
     s1, s2, s3, s4, s5 = hosts
     assert api.post("/environments", json={"name": "dev", "variables": {"os_id": "debian"}}).status_code == 201
     made = api.post("/hypervisors", json={"name": "metal", "environment": "dev", "driver": "ssh", "config": {
