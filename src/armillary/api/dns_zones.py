@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from armillary.api.deps import (
     PageParams,
@@ -21,12 +21,12 @@ from armillary.api.deps import (
     resolve_ref,
     set_etag,
 )
-from armillary.api.lookups import get_environment_for, get_system
+from armillary.api.lookups import get_environment_for, get_system, hostnames
 from armillary.api.secret_settings import merged_config, store_secrets, validated_config
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.errors import Conflict, DomainError, InUse, InvalidInput, NotFound
-from armillary.domain.models import Environment, System
+from armillary.domain.models import Environment
 from armillary.domain.schemas import Page
 from armillary.network.dns import BACKENDS, DnsError, DnsUnavailable
 from armillary.network.models import DnsRecordRow, DnsZone
@@ -169,12 +169,14 @@ def list_records(
         query = query.where(DnsRecordRow.system_id == get_system(session, system, access).id)
     if zone is not None:
         query = query.where(DnsRecordRow.zone_id == get_zone_for(session, zone, access).id)
-    items, next_url = paginate(session, query, DnsRecordRow, page, request, response)
-    return {"items": [_record_out(session, row) for row in items], "next": next_url}
+    items, next_url = paginate(session, query.options(selectinload(DnsRecordRow.zone)), DnsRecordRow, page,
+                               request, response)
+    names = hostnames(session, [row.system_id for row in items])
+    return {"items": [_record_out(row, names) for row in items], "next": next_url}
 
 
-def _record_out(session: Session, row: DnsRecordRow) -> DnsRecordOut:
-    hostname = session.scalar(select(System.hostname).where(System.id == row.system_id)) if row.system_id else None
+def _record_out(row: DnsRecordRow, names: dict[int, str]) -> DnsRecordOut:
+    hostname = names.get(row.system_id) if row.system_id else None
     return DnsRecordOut(zone={"id": row.zone.id, "name": row.zone.name},
                         system={"id": row.system_id, "name": hostname} if row.system_id else None,
                         name=row.name, type=row.rtype, values=list(row.values), ttl=row.ttl, updated_at=row.updated_at)

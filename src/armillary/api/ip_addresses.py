@@ -10,14 +10,13 @@ import ipaddress
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from armillary.api.deps import IdPath, PageParams, SessionDep, created, get_by_ref, paginate, resolve_ref
-from armillary.api.lookups import get_system
+from armillary.api.lookups import get_system, hostnames
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.errors import Conflict, InvalidInput, NotFound
-from armillary.domain.models import System
 from armillary.domain.schemas import Page
 from armillary.network import ipam
 from armillary.network.models import AddressKind, IpAddress, IpPool
@@ -26,11 +25,13 @@ from armillary.network.schemas import Address, IpAddressOut, ReservationCreate
 router = APIRouter(prefix="/ip-addresses", tags=["network"])
 
 
-def to_out(session: Session, row: IpAddress) -> IpAddressOut:
+def to_out(session: Session, row: IpAddress, names: dict[int, str] | None = None) -> IpAddressOut:
+    """``names``: the page's holders' hostnames looked up at once (see ``lookups.hostnames``)."""
     system = None
     if row.system_id is not None:
-        hostname = session.scalar(select(System.hostname).where(System.id == row.system_id))
-        system = {"id": row.system_id, "name": hostname or ""}
+        if names is None:
+            names = hostnames(session, [row.system_id])
+        system = {"id": row.system_id, "name": names.get(row.system_id) or ""}
     return IpAddressOut(id=row.id, address=row.address, pool={"id": row.pool.id, "name": row.pool.name},
                         kind=row.kind, system=system, note=row.note, created_by=row.created_by,
                         created_at=row.created_at)
@@ -60,8 +61,10 @@ def list_addresses(
         query = query.where(IpAddress.system_id == get_system(session, system, access).id)
     if kind is not None:
         query = query.where(IpAddress.kind == kind)
-    items, next_url = paginate(session, query, IpAddress, page, request, response)
-    return {"items": [to_out(session, row) for row in items], "next": next_url}
+    items, next_url = paginate(session, query.options(selectinload(IpAddress.pool)), IpAddress, page, request,
+                               response)
+    names = hostnames(session, [row.system_id for row in items])
+    return {"items": [to_out(session, row, names) for row in items], "next": next_url}
 
 
 @router.get("/{address_id}", response_model=IpAddressOut)

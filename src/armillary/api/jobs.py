@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from armillary import metrics
 from armillary.api.deps import CURSOR_PATTERN, IdPath, MAX_LIMIT, SessionDep, newest_first
@@ -101,7 +101,7 @@ def list_jobs(
     access: Access = requires(Permission.ENV_READ),
 ) -> dict:
     """Newest first: jobs on systems of the caller's environments and jobs they started (admins: all)."""
-    query = select(Job)
+    query = select(Job).options(selectinload(Job.steps))  # one query for a page's steps, not one per job
     visible = access.principal.visible_env_ids()
     if visible is not None:
         in_envs = select(System.id).where(System.environment_id.in_(visible))
