@@ -39,7 +39,21 @@ Variables = Annotated[dict[VariableKey, Any], AfterValidator(check_variables), W
      "propertyNames": {"minLength": 1, "maxLength": 255, "pattern": r"^[^\x00-\x1f]+$"}})]
 # A free-form JSON object the API stores (driver properties, settings, specs, parameters): bounded.
 JsonObject = Annotated[dict[str, Any], AfterValidator(bounded())]
-Labels = dict[LabelKey, LabelValue]
+class _KeysByPropertyNames:
+    """A dict's document as ``propertyNames`` + ``additionalProperties`` instead of pydantic's
+    ``patternProperties`` (which lets any other key through, unlike the server); size bounds kept."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        patterns = schema.pop("patternProperties", None)
+        if patterns:
+            (pattern, values), = patterns.items()
+            schema["propertyNames"] = {"pattern": pattern}
+            schema["additionalProperties"] = values
+        return schema
+
+
+Labels = Annotated[dict[LabelKey, LabelValue], _KeysByPropertyNames()]
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
