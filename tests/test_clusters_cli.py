@@ -62,5 +62,16 @@ def test_cluster_commands(api: httpx.Client, base_url: str, admin_token: str, tm
     receiver = cli.json("receiver", "create", "grow", "--cluster", "web", "--operation", "scale_out",
                         "--param", "count=1")
     assert receiver["secret"] and "/receivers/hooks/" in receiver["url"]
+    # a rolling update-profile after the profile changed; a schedule; recover by reboot
+    assert api.patch("/profiles/web", json={"labels": {"tier": "web", "v": "2"}}).json()["revision"] == 2
+    cli.ok("cluster", "update-profile", "web", "--version", "2", "--max-batch-size", "2", "--min-in-service", "3",
+           "--wait")
+    assert {m["profile_revision"] for m in cli.json("cluster", "members", "web")} == {2}
+    scheduled = cli.json("cluster", "schedule", "web", "evening", "--cron", "0 20 * * *", "--operation", "resize",
+                         "--param", "number=2")
+    assert scheduled["params"] == {"number": 2} and scheduled["operation"] == "resize"
+    assert [s["name"] for s in cli.json("cluster", "schedules", "web")] == ["evening"]
+    cli.ok("cluster", "unschedule", "web", "evening")
+    cli.ok("cluster", "recover", "web", "--action", "reboot", "--wait")  # nothing failed: nothing to do
     cli.ok("cluster", "delete", "web", "--wait")
     assert "No clusters" in cli.ok("cluster", "list").err

@@ -137,6 +137,24 @@ def test_health_policy_recreates_a_container_killed_behind_our_back(
     assert ours(podman) == {}
 
 
+def test_recover_by_reboot_starts_the_same_container_again(api: httpx.Client, podman: PodmanPeer) -> None:
+    """Reboot keeps the machine: the killed container is started again, not replaced."""
+    docker_world(api, {"pod": podman})
+    run(api, api.post("/clusters", json={"name": "web", "profile": "web", "desired": 1}))
+    victim = api.get("/clusters/web/members").json()[0]
+    name = container_name(victim["system_id"])
+    before = podman.client().containers.get(name).id
+    podman.podman("kill", name)
+    run(api, api.post("/clusters/web/check"))
+    assert api.get("/clusters/web").json()["status"] == "warning"
+    run(api, api.post("/clusters/web/recover", json={"action": "reboot"}))
+    container = podman.client().containers.get(name)
+    assert (container.id, container.status) == (before, "running")
+    assert api.get("/clusters/web").json()["status"] == "active"
+    run(api, api.delete("/clusters/web"))
+    assert ours(podman) == {}
+
+
 def test_a_container_stopped_through_armillary_is_not_recovered(api: httpx.Client, podman: PodmanPeer,
                                                                  tmp_path: Path) -> None:
     """The difference the health policy relies on: a stop the user asked for is not a failure."""

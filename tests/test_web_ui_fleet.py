@@ -2,7 +2,8 @@
 
 What an operator relies on: a cluster scaled out from its page reaches the new size (a second one inside the
 scaling policy's cooldown is refused saying until when, and a resize past its max is refused with the bound
-named, both in words in the dialog); an attention item acknowledged from the queue
+named, both in words in the dialog; a rolling update-profile from its dialog leaves every member on the new
+profile revision); an attention item acknowledged from the queue
 is acknowledged for everyone (the API says so afterwards) and the dashboard counts the queue; an edit form
 saves (PATCH) and a 422 lands on the field that caused it. Every new page is scanned by axe-core.
 
@@ -11,6 +12,7 @@ The fixtures (one server, one browser for the module) are those of tests/test_we
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -79,6 +81,19 @@ def test_a_cluster_scaled_out_from_its_page_reaches_the_new_size(server, admin, 
     error.wait_for()
     assert "max" in error.inner_text()
     assert admin.get("/clusters/web").json()["desired"] == 2
+    page.get_by_role("button", name="Cancel").click()
+
+    # A rolling update-profile from its dialog: every member ends made from the new revision.
+    assert admin.patch("/profiles/web", json={"labels": {"tier": "web", "release": "2"}}).json()["revision"] == 2
+    page.get_by_role("button", name="Update profile").click()
+    page.get_by_label("Max batch size").fill("2")
+    page.get_by_role("button", name="Start rolling update").click()
+    page.get_by_test_id("cluster-job").filter(has_text=re.compile(rf"^job {job_id}$")).wait_for(state="detached")
+    rollout = int(page.get_by_test_id("cluster-job").inner_text().split()[-1])
+    assert wait_job(admin, rollout)["status"] == "succeeded"
+    page.reload()
+    page.get_by_test_id("member-profile").filter(has_text="web (2)").nth(1).wait_for()
+    assert page.get_by_test_id("member-profile").filter(has_text="web (1)").count() == 0
     page.context.close()
 
 

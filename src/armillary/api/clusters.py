@@ -1,7 +1,8 @@
 """/api/v1/clusters: groups of identical systems kept at a desired size.
 
 Every operation (create, scale-out, scale-in, resize, add/remove/replace members, check, recover,
-delete) answers 202 with its job; one at a time per cluster: a second is a 409 naming the running job.
+update-profile, delete) answers 202 with its job; one at a time per cluster: a second is a 409 naming the
+running job. ``/clusters/{ref}/schedules`` runs operations on a cron schedule (``armillary.clusters.schedules``).
 Members are ordinary systems labelled ``cluster=<name>`` (``GET /systems?label=cluster=<name>``).
 Roles as for systems: a ``user`` creates clusters and operates the ones they own, an ``operator`` all.
 """
@@ -29,12 +30,16 @@ from armillary.api.lookups import get_environment_for, get_system
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.clusters import capacity, operations, policies
-from armillary.clusters.models import Cluster, ClusterPolicy, PolicyBinding, Profile
+from armillary.clusters import schedules as cluster_schedules
+from armillary.clusters.models import Cluster, ClusterPolicy, ClusterSchedule, PolicyBinding, Profile
 from armillary.clusters.schemas import (
     AttachRequest,
     BindingUpdate,
     ClusterCreate,
     ClusterOut,
+    ClusterScheduleCreate,
+    ClusterScheduleOut,
+    ClusterScheduleUpdate,
     ClusterUpdate,
     EmptyRequest,
     MemberOut,
@@ -42,6 +47,7 @@ from armillary.clusters.schemas import (
     RecoverRequest,
     ResizeRequest,
     ScaleRequest,
+    UpdateProfileRequest,
 )
 from armillary.domain.accounts import User
 from armillary.domain.errors import Conflict, InvalidInput, NotFound, UnknownReference
@@ -191,12 +197,13 @@ def list_members(ref: str, session: Session = SessionDep, access: Access = requi
                  ) -> list[MemberOut]:
     cluster = get_cluster_for(session, ref, access)
     out = []
+    profiles = dict(session.execute(select(Profile.id, Profile.name)).all())
     for member, state, hypervisor_id in operations.members(session, cluster):
         system = session.get(System, member.system_id)
         hypervisor = session.get(Hypervisor, hypervisor_id) if hypervisor_id else None
         out.append(MemberOut(system_id=member.system_id, hostname=system.hostname, index=member.member_index,
                              state=state, hypervisor=hypervisor.name if hypervisor else None,
-                             profile_revision=member.profile_revision, joined_at=member.joined_at,
+                             profile=profiles.get(member.profile_id), profile_revision=member.profile_revision, joined_at=member.joined_at,
                              failed_recoveries=member.failed_recoveries, needs_attention=member.needs_attention))
     return out
 
@@ -274,10 +281,102 @@ def check(ref: str, request: Request, body: EmptyRequest | None = None, session:
 def recover(ref: str, request: Request, body: RecoverRequest | None = None, session: Session = SessionDep,
             access: Access = requires(Permission.ENV_OWN), idempotency_key: str | None = IdempotencyKey
             ) -> JSONResponse:
-    """Recreate failed members (default: every member in error not left for a person)."""
+    """Recover failed members (default: every member in error not left for a person) by recreating their
+    machines (``action: recreate``, the default) or rebooting them (``reboot``: stop and start the same
+    machine, or the driver's reboot)."""
     cluster = get_cluster_for(session, ref, access)
     return _start(request, session, cluster, "recover", (body or RecoverRequest()).model_dump(), access,
                   idempotency_key)
+
+
+@router.post("/{ref}/update-profile", status_code=202)
+def update_profile(ref: str, body: UpdateProfileRequest, request: Request, session: Session = SessionDep,
+                   access: Access = requires(Permission.ENV_OWN), idempotency_key: str | None = IdempotencyKey
+                   ) -> JSONResponse:
+    """Rolling update: replace the members made from another profile or an older revision, in batches of
+    at most ``max_batch_size``, never below ``min_in_service`` active members, pausing ``pause_seconds``
+    between batches. New members are created before old ones are destroyed, unless the owner's quota or
+    the cluster's max leaves no room (then destroy first). A failing batch stops the rollout. 409 if the
+    profile is no longer at ``version``."""
+    cluster = get_cluster_for(session, ref, access)
+    if body.profile is not None:
+        profile = resolve_ref(session, Profile, body.profile, "profile", "profile")
+        if profile.environment_id != cluster.environment_id:  # the same answer whether or not the caller sees it
+            raise UnknownReference("profile",
+                                   f"no profile {body.profile!r} in environment {cluster.environment.name!r}")
+    return _start(request, session, cluster, "update_profile", body.model_dump(mode="json"), access, idempotency_key)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def _schedule_out(session: Session, cluster: Cluster, row: ClusterSchedule) -> ClusterScheduleOut:
+    timing = cluster_schedules.engine_row(session, row)
+    owner = session.get(User, row.owner_id) if row.owner_id else None
+    return ClusterScheduleOut(
+        id=row.id, name=row.name, cluster={"id": cluster.id, "name": cluster.name},
+        cron=timing.cron if timing else "", timezone=timing.timezone if timing else "UTC",
+        operation=row.operation, params=row.params or {}, enabled=bool(timing and timing.enabled),
+        next_run_at=timing.next_run_at if timing else None, owner=owner.name if owner else None,
+        last_outcome=row.last_outcome, last_reason=row.last_reason, last_at=row.last_at,
+        last_job_id=row.last_job_id, created_at=row.created_at)
+
+
+@router.post("/{ref}/schedules", status_code=201, response_model=ClusterScheduleOut)
+def create_schedule(ref: str, body: ClusterScheduleCreate, session: Session = SessionDep,
+                    access: Access = requires(Permission.ENV_OWN)) -> ClusterScheduleOut:
+    """Run an operation on a cron schedule, with the caller's authority (checked again at every tick).
+    A tick that finds the cluster busy or cooling down is skipped and recorded, never retried."""
+    cluster = get_cluster_for(session, ref, access)
+    params = cluster_schedules.checked_params(body.operation, body.params)
+    if body.operation == "update_profile" and params.get("profile") is not None:
+        profile = params["profile"]
+        column = Profile.id if isinstance(profile, int) else Profile.name
+        found = session.scalar(select(Profile).where(column == profile))
+        if found is None or found.environment_id != cluster.environment_id:
+            raise UnknownReference("params.profile",
+                                   f"no profile {profile!r} in environment {cluster.environment.name!r}")
+    row = cluster_schedules.create(session, cluster, name=body.name, cron=body.cron, timezone=body.timezone,
+                                   operation=body.operation, params=params, enabled=body.enabled,
+                                   owner_id=access.principal.user_id)
+    return _schedule_out(session, cluster, row)
+
+
+@router.get("/{ref}/schedules", response_model=list[ClusterScheduleOut])
+def list_schedules(ref: str, session: Session = SessionDep, access: Access = requires(Permission.ENV_READ)
+                   ) -> list[ClusterScheduleOut]:
+    cluster = get_cluster_for(session, ref, access)
+    rows = session.scalars(select(ClusterSchedule).where(ClusterSchedule.cluster_id == cluster.id)
+                           .order_by(ClusterSchedule.name))
+    return [_schedule_out(session, cluster, row) for row in rows]
+
+
+def _schedule_of(session: Session, cluster: Cluster, name: str) -> ClusterSchedule:
+    row = session.scalar(select(ClusterSchedule).where(ClusterSchedule.cluster_id == cluster.id,
+                                                       ClusterSchedule.name == name))
+    if row is None:
+        raise NotFound(f"cluster {cluster.name!r} has no schedule {name!r}")
+    return row
+
+
+@router.patch("/{ref}/schedules/{name}", response_model=ClusterScheduleOut)
+def update_schedule(ref: str, name: str, body: ClusterScheduleUpdate, session: Session = SessionDep,
+                    access: Access = requires(Permission.ENV_OWN)) -> ClusterScheduleOut:
+    """Change a schedule's timing or parameters, or switch it off and on (its next tick counts from now)."""
+    cluster = get_cluster_for(session, ref, access)
+    row = _schedule_of(session, cluster, name)
+    cluster_schedules.update(session, row, cron=body.cron, timezone=body.timezone, params=body.params,
+                             enabled=body.enabled)
+    session.flush()
+    return _schedule_out(session, cluster, row)
+
+
+@router.delete("/{ref}/schedules/{name}", status_code=204)
+def delete_schedule(ref: str, name: str, session: Session = SessionDep,
+                    access: Access = requires(Permission.ENV_OWN)) -> Response:
+    cluster = get_cluster_for(session, ref, access)
+    cluster_schedules.delete(session, _schedule_of(session, cluster, name))
+    return Response(status_code=204)
 
 
 # ---------------------------------------------------------------- policies attached

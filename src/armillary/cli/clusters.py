@@ -147,7 +147,75 @@ def _simple(operation: str, doc: str):
 
 
 command(cluster_app, "check")(_simple("check", "Ask the driver about every member; dead machines → error."))
-command(cluster_app, "recover")(_simple("recover", "Recreate the failed members."))
+
+
+@command(cluster_app, "recover")
+def cluster_recover(
+    cluster: Annotated[str, typer.Argument(metavar="CLUSTER")],
+    action: Annotated[str, typer.Option("--action", help="recreate (new machine) or reboot (stop+start)")] = "recreate",
+    system: Annotated[list[str] | None, typer.Option("--system", help="Only this member; repeat")] = None,
+    idempotency_key: IdempotencyKeyOpt = None, wait: WaitOpt = False, output: OutputOpt = None,
+) -> None:
+    """Recover the failed members: recreate them (default) or reboot them (`--action reboot`)."""
+    body: dict[str, Any] = {"action": action, **({"systems": system} if system else {})}
+    _operate(f"/clusters/{ref_path(cluster)}/recover", body, cluster, idempotency_key, wait, output)
+
+
+@command(cluster_app, "update-profile")
+def cluster_update_profile(
+    cluster: Annotated[str, typer.Argument(metavar="CLUSTER")],
+    profile: Annotated[str | None, typer.Option("--profile", help="Roll to this profile (default: its own)")] = None,
+    version: Annotated[int | None, typer.Option("--version", help="The profile revision you expect")] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Members replaced at once")] = 1,
+    min_in_service: Annotated[int, typer.Option("--min-in-service", help="Active members never fewer")] = 0,
+    pause: Annotated[int, typer.Option("--pause", help="Seconds between batches")] = 0,
+    idempotency_key: IdempotencyKeyOpt = None, wait: WaitOpt = False, output: OutputOpt = None,
+) -> None:
+    """Rolling update: replace the members made from an older profile revision (or another profile), batch
+    after batch: `armillary cluster update-profile web --max-batch-size 2 --min-in-service 3 --wait`"""
+    body: dict[str, Any] = {"max_batch_size": max_batch_size, "min_in_service": min_in_service,
+                            "pause_seconds": pause}
+    body.update({k: v for k, v in (("profile", profile), ("version", version)) if v is not None})
+    _operate(f"/clusters/{ref_path(cluster)}/update-profile", body, cluster, idempotency_key, wait, output)
+
+
+SCHEDULE_COLUMNS: list[Column] = [
+    ("NAME", field("name")), ("CRON", field("cron")), ("TZ", field("timezone")), ("OPERATION", field("operation")),
+    ("NEXT", field("next_run_at")), ("LAST", field("last_outcome")), ("REASON", field("last_reason")),
+]
+
+
+@command(cluster_app, "schedule")
+def cluster_schedule(
+    cluster: Annotated[str, typer.Argument(metavar="CLUSTER")],
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    cron: Annotated[str, typer.Option("--cron", help="Five-field cron, e.g. '0 8 * * 1-5'")],
+    operation: Annotated[str, typer.Option("--operation", help="scale_out, scale_in, resize, check, recover, "
+                                           "update_profile")],
+    param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE; repeat")] = None,
+    timezone: Annotated[str, typer.Option("--timezone")] = "UTC",
+    output: OutputOpt = None,
+) -> None:
+    """Run an operation on a schedule: `armillary cluster schedule web morning --cron '0 8 * * *'
+    --operation resize --param number=10` (a tick that finds the cluster busy is skipped, and says why)."""
+    body = {"name": name, "cron": cron, "timezone": timezone, "operation": operation,
+            "params": parse_pairs(param, "--param")}
+    print_object(client().post_json(f"/clusters/{ref_path(cluster)}/schedules", body), fmt(output))
+
+
+@command(cluster_app, "schedules")
+def cluster_schedules(cluster: Annotated[str, typer.Argument(metavar="CLUSTER")], output: OutputOpt = None) -> None:
+    """List a cluster's schedules with the outcome of their last tick."""
+    print_items(client().get_json(f"/clusters/{ref_path(cluster)}/schedules"), SCHEDULE_COLUMNS, fmt(output),
+                empty="No schedules.")
+
+
+@command(cluster_app, "unschedule")
+def cluster_unschedule(cluster: Annotated[str, typer.Argument(metavar="CLUSTER")],
+                       name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Delete one of a cluster's schedules."""
+    client().request("DELETE", f"/clusters/{ref_path(cluster)}/schedules/{ref_path(name)}")
+    typer.echo(f"Schedule {name} of cluster {cluster} deleted.", err=True)
 
 
 @command(cluster_app, "delete")

@@ -91,11 +91,38 @@ class ClusterMember(Base):
     system_id: Mapped[int] = mapped_column(ForeignKey("systems.id", ondelete="CASCADE"), primary_key=True)
     cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
     member_index: Mapped[int] = mapped_column(Integer)
+    # The profile and its revision the member was made from (None and 0: adopted, made from no profile).
+    profile_id: Mapped[int | None] = mapped_column(ForeignKey("cluster_profiles.id", ondelete="SET NULL"),
+                                                   nullable=True)
     profile_revision: Mapped[int] = mapped_column(Integer, default=1)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Health policy: recoveries that failed in a row; at two the member is left for a person.
     failed_recoveries: Mapped[int] = mapped_column(Integer, default=0)
     needs_attention: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ClusterSchedule(Base):
+    """A cluster operation on a cron schedule ("scale to 10 at 08:00"): the operation and its fixed
+    parameters here, the timing in the engine's ``schedules`` row it owns. Each tick's outcome is kept:
+    ``started`` (with the job), or ``skipped``/``refused`` with the reason (a busy or cooling cluster is
+    skipped, never retried in the background)."""
+
+    __tablename__ = "cluster_schedules"
+    __table_args__ = (UniqueConstraint("cluster_id", "name", name="uq_cluster_schedules_cluster_id_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    operation: Mapped[str] = mapped_column(String(31))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Whose authority the operations run with (checked again at every tick): who made the schedule.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_outcome: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    last_reason: Mapped[str] = mapped_column(String(1000), default="")
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
 
 
 class ClusterPolicy(Timestamped, Base):

@@ -17,19 +17,28 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from armillary.clusters import capacity, policies
-from armillary.clusters.models import Cluster, ClusterMember, ClusterStatus, PolicyBinding
+from armillary.clusters import capacity, policies, rolling
+from armillary.clusters.models import (
+    Cluster,
+    ClusterMember,
+    ClusterSchedule,
+    ClusterStatus,
+    PolicyBinding,
+    Profile,
+)
 from armillary.clusters.schemas import PlacementSpec
 from armillary.domain import quotas
 from armillary.domain.accounts import RoleGrant
-from armillary.domain.errors import Conflict, EnvironmentLocked, InvalidInput, QuotaExceeded
-from armillary.domain.jobs import TERMINAL_JOB, Job
+from armillary.domain.errors import Conflict, EnvironmentLocked, InvalidInput, QuotaExceeded, UnknownReference
+from armillary.domain.jobs import TERMINAL_JOB, Job, Schedule
 from armillary.domain.models import Hypervisor, System, SystemLabel, utcnow
 from armillary.domain.states import SystemState
 from armillary.engine.jobs import create_job
 from armillary.engine.leases import lock_holder, try_lock
 
 WORKFLOW = "cluster-op"
+ROLLING_WORKFLOW = "cluster-rolling"
+REBOOT_WORKFLOW = "cluster-reboot"
 HEALTH_WORKFLOW = "cluster-health"
 LOCK_LEASE_S = 60.0
 CLUSTER_LABEL = "cluster"
@@ -71,7 +80,9 @@ class Plan:
     create: list[int] = field(default_factory=list)  # new members' system ids
     destroy: list[int] = field(default_factory=list)  # members whose machines go (and then their records)
     release: list[int] = field(default_factory=list)  # members that leave the cluster as plain systems
-    recover: list[int] = field(default_factory=list)  # members recreated
+    recover: list[int] = field(default_factory=list)  # members recreated (or rebooted)
+    recover_action: str = "reload"  # "reload" (recreate) or "reboot"
+    rollout: dict[str, Any] | None = None  # update_profile: mode, batches, min_in_service, pause (rolling)
     check: bool = False
     delete_cluster: bool = False
     direction: str | None = None  # "out" | "in": starts that direction's scaling cooldown when done
@@ -82,7 +93,7 @@ class Plan:
                 "create": self.create, "destroy": self.destroy, "release": self.release, "recover": self.recover,
                 "check": self.check, "delete_cluster": self.delete_cluster, "direction": self.direction,
                 "create_action": create_action(cluster), "concurrency": cluster.concurrency, "grace": self.grace,
-                "actor": actor.as_dict()}
+                "recover_action": self.recover_action, "rollout": self.rollout, "actor": actor.as_dict()}
 
 
 def create_action(cluster: Cluster) -> str:
@@ -180,7 +191,7 @@ def action_name(operation: str) -> str:
 
 def _launch(session: Session, cluster: Cluster, plan: Plan, actor: Actor, *, action: str, request_id: str | None,
             idempotency_key: str | None) -> Job:
-    job = create_job(session, action=action, workflow=WORKFLOW,
+    job = create_job(session, action=action, workflow=ROLLING_WORKFLOW if plan.rollout is not None else WORKFLOW,
                      params=plan.params(cluster, actor), context={"cluster": cluster.name},
                      idempotency_key=idempotency_key, request_id=request_id, user_id=actor.user_id,
                      actor=actor.name)
@@ -209,12 +220,12 @@ def start(session: Session, cluster: Cluster, operation: str, body: dict[str, An
 # ---------------------------------------------------------------- planners
 
 
-def _grow(session: Session, cluster: Cluster, count: int) -> list[int]:
+def grow(session: Session, cluster: Cluster, count: int) -> list[int]:
     """Add ``count`` member records (defined, not yet created), quota taken for all of them or none."""
     if count <= 0:
         return []
     profile = cluster.profile
-    _check_quota(session, cluster, count)
+    check_quota(session, cluster, count)
     spec = placement_targets(session, cluster)
     existing = [hv for _, _, hv in members(session, cluster)]
     hypervisors = policies.placement(spec[0], spec[1], existing, count) if spec else [None] * count
@@ -239,7 +250,7 @@ def _grow(session: Session, cluster: Cluster, count: int) -> list[int]:
     session.flush()
     now = utcnow()
     session.add_all([ClusterMember(system_id=s.id, cluster_id=cluster.id, member_index=first + i,
-                                   profile_revision=profile.revision, joined_at=now)
+                                   profile_id=profile.id, profile_revision=profile.revision, joined_at=now)
                      for i, s in enumerate(systems)])
     cluster.next_index = first + count
     for system in systems:
@@ -264,7 +275,7 @@ def placement_targets(session: Session, cluster: Cluster) -> tuple[PlacementSpec
     return spec, ids
 
 
-def _check_quota(session: Session, cluster: Cluster, count: int) -> None:
+def check_quota(session: Session, cluster: Cluster, count: int) -> None:
     """The whole scale-out against the owner's quota before any member is made: 403 naming the limit."""
     if cluster.owner_id is None:
         return
@@ -327,7 +338,7 @@ def _to_size(session: Session, cluster: Cluster, target: int, operation: str) ->
         _check_cooldown(session, cluster, plan.direction)
     cluster.desired = target
     if target > current:
-        plan.create = _grow(session, cluster, target - current)
+        plan.create = grow(session, cluster, target - current)
     elif target < current:
         victims = _shrink(session, cluster, current - target)
         (plan.destroy if _deleting_destroys(session, cluster) else plan.release).extend(victims)
@@ -421,7 +432,7 @@ def _replace_members(session: Session, cluster: Cluster, body: dict[str, Any]) -
     """New members from the current profile first, then the old ones destroyed."""
     ids = _member_ids(session, cluster, body["systems"], in_cluster=True)
     plan = Plan("replace_members", destroy=ids)
-    plan.create = _grow(session, cluster, len(ids))
+    plan.create = grow(session, cluster, len(ids))
     return plan
 
 
@@ -430,13 +441,63 @@ def _check(session: Session, cluster: Cluster, body: dict[str, Any]) -> Plan:
 
 
 def _recover(session: Session, cluster: Cluster, body: dict[str, Any]) -> Plan:
-    """Recreate failed members (those in error; ``check`` finds the ones whose machines died)."""
+    """Recreate (or reboot) failed members (those in error; ``check`` finds the ones whose machines died)."""
     if body.get("systems"):
         ids = _member_ids(session, cluster, body["systems"], in_cluster=True)
     else:
         ids = [m.system_id for m, state, _ in members(session, cluster)
                if state == SystemState.ERROR.value and not m.needs_attention]
-    return Plan("recover", recover=ids)
+    return Plan("recover", recover=ids, recover_action="reboot" if body.get("action") == "reboot" else "reload")
+
+
+def _target_profile(session: Session, cluster: Cluster, ref: Any) -> Profile:
+    if ref is None:
+        return cluster.profile
+    column = Profile.id if isinstance(ref, int) else Profile.name
+    profile = session.scalar(select(Profile).where(column == ref))
+    if profile is None or profile.environment_id != cluster.environment_id:
+        raise UnknownReference("profile", f"no profile {ref!r} in environment {cluster.environment.name!r}")
+    return profile
+
+
+def _update_profile(session: Session, cluster: Cluster, body: dict[str, Any]) -> Plan:
+    """A rolling replacement of the outdated members (``armillary.clusters.rolling``): the batches and
+    their replace semantics are decided and recorded now; the workflow ``cluster-rolling`` runs them."""
+    profile = _target_profile(session, cluster, body.get("profile"))
+    version = body.get("version")
+    if version is not None and version != profile.revision:
+        raise Conflict(f"profile {profile.name!r} is at revision {profile.revision}, not {version}: it changed "
+                       "since you looked; check the change and retry", revision=profile.revision)
+    cluster.profile = profile
+    found = members(session, cluster)
+    outdated = [rolling.Outdated(m.system_id, m.member_index, state in policies.HEALTHY_STATES)
+                for m, state, _ in found
+                if m.profile_revision != 0 and (m.profile_id, m.profile_revision) != (profile.id, profile.revision)]
+    active = sum(1 for _, state, _ in found if state in policies.HEALTHY_STATES)
+    surge = min(body.get("max_batch_size", 1), len(outdated))
+    try:
+        mode, batches = rolling.batches(outdated, active, max_batch_size=body.get("max_batch_size", 1),
+                                        min_in_service=body.get("min_in_service", 0),
+                                        surge_fits=_surge_fits(session, cluster, len(found), surge))
+    except rolling.RolloutRefused as exc:
+        raise InvalidInput(exc.field, exc.message) from None
+    return Plan("update_profile", rollout={
+        "mode": mode, "batches": batches, "profile_id": profile.id, "profile": profile.name,
+        "revision": profile.revision, "min_in_service": body.get("min_in_service", 0),
+        "pause": body.get("pause_seconds", 0)})
+
+
+def _surge_fits(session: Session, cluster: Cluster, current: int, surge: int) -> bool:
+    """Whether ``surge`` extra members fit the cluster's max and its owner's quota (create-first)."""
+    if surge <= 0:
+        return True
+    if current + surge > _bounds(cluster).upper:
+        return False
+    try:
+        check_quota(session, cluster, surge)
+    except QuotaExceeded:
+        return False
+    return True
 
 
 def _delete(session: Session, cluster: Cluster, body: dict[str, Any]) -> Plan:
@@ -448,7 +509,7 @@ def _delete(session: Session, cluster: Cluster, body: dict[str, Any]) -> Plan:
 PLANNERS = {
     "scale_out": _scale("out"), "scale_in": _scale("in"), "resize": _resize, "add_members": _add_members,
     "remove_members": _remove_members, "replace_members": _replace_members, "check": _check, "recover": _recover,
-    "delete": _delete,
+    "delete": _delete, "update_profile": _update_profile,
 }
 
 
@@ -473,6 +534,11 @@ def settle(session: Session, cluster: Cluster, params: dict[str, Any]) -> dict[s
             if spec.direction == direction and spec.cooldown:
                 binding.cooldown_until = now + timedelta(seconds=spec.cooldown)
     if params.get("delete_cluster") and _member_count(session, cluster) == 0:
+        scheduled = list(session.scalars(select(ClusterSchedule.schedule_id)
+                                         .where(ClusterSchedule.cluster_id == cluster.id)))
+        if scheduled:  # its schedules go with it (the engine's rows too)
+            session.execute(delete(ClusterSchedule).where(ClusterSchedule.cluster_id == cluster.id))
+            session.execute(delete(Schedule).where(Schedule.id.in_(scheduled)))
         session.delete(cluster)
         return {"deleted": True, "removed": dropped}
     recompute_status(session, cluster)

@@ -148,6 +148,7 @@ class MemberOut(Output):
     index: int
     state: str
     hypervisor: str | None
+    profile: str | None = Field(None, description="The profile the member was made from (none: adopted)")
     profile_revision: int
     joined_at: datetime
     failed_recoveries: int
@@ -157,7 +158,7 @@ class MemberOut(Output):
 # ---------------------------------------------------------------- operations
 
 Operation = Literal["scale_out", "scale_in", "resize", "add_members", "remove_members", "replace_members",
-                    "check", "recover"]
+                    "check", "recover", "update_profile"]
 OPERATIONS: tuple[str, ...] = Operation.__args__  # type: ignore[attr-defined]
 
 
@@ -198,7 +199,22 @@ class MembersRequest(Input):
 
 class RecoverRequest(Input):
     systems: list[Ref] | None = Field(None, max_length=1000, description="Default: every failed member")
-    action: Literal["recreate"] = "recreate"
+    action: Literal["recreate", "reboot"] = Field(
+        "recreate", description="recreate: destroy and create the machine again; reboot: stop and start the same "
+        "machine (the driver's reboot when it has one)")
+
+
+class UpdateProfileRequest(Input):
+    """A rolling replacement of the members made from another profile or an older revision of it."""
+
+    profile: Ref | None = Field(None, description="The profile to roll to (default: the cluster's own); another "
+                                "profile becomes the cluster's profile")
+    version: json_int(1, 2**31 - 1) | None = Field(
+        None, description="The profile revision the caller expects: 409 if the profile has moved on since")
+    max_batch_size: json_int(1, HARD_MAX_SIZE) = Field(1, description="Members replaced at once, at most")
+    min_in_service: json_int(0, HARD_MAX_SIZE) = Field(
+        0, description="Active members the rollout never goes below (a batch that would is stopped)")
+    pause_seconds: json_int(0, 86400) = Field(0, description="Wait between two batches")
 
 
 class EmptyRequest(Input):
@@ -248,6 +264,8 @@ class HealthSpec(Input):
     grace: json_int(0, 86400) = Field(
         60, description="Seconds a member must stay failed before it is recovered")
     probe: HealthProbe | None = Field(None, description="Optional TCP/HTTP check (an HTTP answer < 400 passes)")
+    recovery: Literal["recreate", "reboot"] = Field(
+        "recreate", description="How failed members are recovered (see the recover operation)")
 
 
 POLICY_SPECS: dict[str, type[Input]] = {"scaling": ScalingSpec, "deletion": DeletionSpec,
@@ -359,3 +377,59 @@ class ReceiverOut(Output):
     created_at: datetime
     version: int
     secret: str | None = Field(None, description="Shown once: when the receiver is made or its secret rotated")
+
+
+# ---------------------------------------------------------------- schedules
+
+ScheduleOperation = Literal["scale_out", "scale_in", "resize", "check", "recover", "update_profile"]
+
+# What a scheduled operation takes as its fixed ``params``: what a request to the operation takes.
+SCHEDULE_PARAMS: dict[str, type[Input]] = {**RECEIVER_PARAMS, "update_profile": UpdateProfileRequest}
+
+
+def _schedule_params(schema: dict[str, Any]) -> None:
+    """``params`` depend on ``operation``: one branch per operation in the OpenAPI document."""
+    branches = []
+    for name, model in SCHEDULE_PARAMS.items():
+        spec = inline_defs(model.model_json_schema())
+        spec.pop("title", None)
+        branches.append({"required": ["operation"], "properties": {"operation": {"const": name}, "params": spec}})
+    schema["anyOf"] = branches
+
+
+class ClusterScheduleCreate(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_schedule_params)
+
+    name: Name
+    cron: Annotated[str, Field(max_length=127)] = Field(..., description="Five-field cron expression, e.g. "
+                                                        "'0 8 * * 1-5'")
+    timezone: Annotated[str, Field(max_length=63)] = "UTC"
+    operation: ScheduleOperation
+    params: JsonObject = Field(default_factory=dict, description="The operation's fixed parameters, as a "
+                               "request to it takes them (e.g. resize: {'number': 10})")
+    enabled: StrictBool = True
+
+
+class ClusterScheduleUpdate(Input):
+    cron: Annotated[str, Field(max_length=127)] | None = None
+    timezone: Annotated[str, Field(max_length=63)] | None = None
+    params: JsonObject | None = Field(None, description="New fixed parameters of the same operation")
+    enabled: StrictBool | None = None
+
+
+class ClusterScheduleOut(Output):
+    id: int
+    name: str
+    cluster: RefItem
+    cron: str
+    timezone: str
+    operation: str
+    params: dict[str, Any]
+    enabled: bool
+    next_run_at: datetime | None
+    owner: str | None
+    last_outcome: str | None = Field(None, description="started, skipped (busy or cooling down) or refused")
+    last_reason: str
+    last_at: datetime | None
+    last_job_id: int | None
+    created_at: datetime

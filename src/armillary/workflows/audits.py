@@ -18,7 +18,8 @@ retried batch skips the systems its earlier attempt already handled (their resul
 
 **Schedules**: the ``audit`` family starts the jobs of the engine's schedules (``start_scheduled``): an
 audit's schedule (``{"audit": name}``, made by ``PUT /audits/{ref}/schedule``) starts a run; any other
-schedule is handed to bulk's starter unchanged.
+schedule is handed to bulk's starter unchanged, and a cluster's (``{"cluster_schedule": id}``) to
+``armillary.clusters.schedules``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from armillary.audits.models import (
 )
 from armillary.audits.specs import ActionFix, ScriptFix, max_failures_of
 from armillary.auth import audit as audit_trail
+from armillary.clusters import schedules as cluster_schedules
 from armillary.domain.errors import Conflict, EnvironmentLocked, Forbidden, InvalidInput
 from armillary.domain.job_schemas import Selector
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
@@ -471,7 +473,10 @@ def schedule_name(audit_name: str) -> str:
 
 def start_scheduled(session: Session, spec: dict[str, Any], request_id: str) -> Job:
     """A schedule's job: an audit run when the schedule is an audit's (``{"audit": name}``), else what bulk
-    starts (a bulk job over a selection). The engine fires each schedule once per tick across processes."""
+    starts (a bulk job over a selection). The engine fires each schedule once per tick across processes.
+    A cluster schedule's spec (``{"cluster_schedule": id}``) goes to ``armillary.clusters.schedules``."""
+    if cluster_schedules.SPEC_KEY in spec:
+        return cluster_schedules.start_scheduled(session, spec, request_id)
     if "audit" not in spec:
         return bulk.start_scheduled(session, spec, request_id)
     audit = session.scalar(select(Audit).where(Audit.name == spec["audit"]))

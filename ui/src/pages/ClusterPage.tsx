@@ -3,14 +3,14 @@
 // (naming the job) or cooling down (until when), 422 naming the bound a new size would cross.
 import { useState } from "react";
 import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
-import { Anchor, Badge, Button, Checkbox, Code, Group, NumberInput, Paper, SegmentedControl, SimpleGrid, Table, Tabs, Text, Title } from "@mantine/core";
+import { Anchor, Badge, Button, Checkbox, Code, Group, NumberInput, Paper, SegmentedControl, SimpleGrid, Table, Tabs, Text, TextInput, Title } from "@mantine/core";
 import { api, call } from "../api/client";
 import { useAuth } from "../auth";
 import { Confirm, ErrorNote, PageTitle, StateBadge } from "../components/common";
 import { roleIn, useLoad, when } from "../lib";
 import { CapacityBar, jobIdOf } from "./Clusters";
 
-type Op = "scale-out" | "scale-in" | "resize" | null;
+type Op = "scale-out" | "scale-in" | "resize" | "update-profile" | null;
 
 export default function ClusterPage() {
   const { name = "" } = useParams();
@@ -29,6 +29,10 @@ export default function ClusterPage() {
   const [min, setMin] = useState<number | string>("");
   const [max, setMax] = useState<number | string>("");
   const [strict, setStrict] = useState(true);
+  const [rollProfile, setRollProfile] = useState("");
+  const [batch, setBatch] = useState<number | string>(1);
+  const [inService, setInService] = useState<number | string>(0);
+  const [pause, setPause] = useState<number | string>(0);
   const [opError, setOpError] = useState<unknown>();
   const c = cluster.data;
   const envId = (c?.environment as { id?: number } | undefined)?.id;
@@ -37,7 +41,11 @@ export default function ClusterPage() {
   const reload = () => { cluster.reload(); members.reload(); };
 
   async function start() {
-    const body = op === "resize"
+    const body = op === "update-profile"
+      ? await call(api.POST("/api/v1/clusters/{ref}/update-profile", { ...path, body: {
+          profile: rollProfile.trim() || null, max_batch_size: Number(batch || 1),
+          min_in_service: Number(inService || 0), pause_seconds: Number(pause || 0) } }))
+      : op === "resize"
       ? await call(api.POST("/api/v1/clusters/{ref}/resize", { ...path, body: {
           adjustment_type: mode, number: number === "" ? null : Number(number), strict,
           min: min === "" ? null : Number(min), max: max === "" ? null : Number(max) } }))
@@ -56,6 +64,10 @@ export default function ClusterPage() {
           <Button size="xs" onClick={() => { setCount(1); setOp("scale-out"); }}>Scale out</Button>
           <Button size="xs" variant="default" onClick={() => { setCount(1); setOp("scale-in"); }}>Scale in</Button>
           <Button size="xs" variant="default" onClick={() => { setNumber(c?.desired ?? 1); setMin(""); setMax(""); setOp("resize"); }}>Resize</Button>
+          <Button size="xs" variant="default" onClick={() => {
+            setRollProfile((c?.profile as { name?: string } | undefined)?.name ?? ""); setBatch(1); setInService(0); setPause(0);
+            setOp("update-profile");
+          }}>Update profile</Button>
           <Button size="xs" variant="default" onClick={reload}>Refresh</Button>
         </Group>)}>{`Cluster ${name}`}</PageTitle>
       <ErrorNote error={cluster.error ?? opError} />
@@ -84,14 +96,14 @@ export default function ClusterPage() {
           </Tabs.List>
           <Tabs.Panel value="members" pt="sm">
             <ErrorNote error={members.error} />
-            <Table striped><Table.Thead><Table.Tr><Table.Th>#</Table.Th><Table.Th>Hostname</Table.Th><Table.Th>State</Table.Th><Table.Th>Hypervisor</Table.Th><Table.Th>Profile revision</Table.Th><Table.Th>Joined</Table.Th><Table.Th>Health</Table.Th></Table.Tr></Table.Thead>
+            <Table striped><Table.Thead><Table.Tr><Table.Th>#</Table.Th><Table.Th>Hostname</Table.Th><Table.Th>State</Table.Th><Table.Th>Hypervisor</Table.Th><Table.Th>Profile (revision)</Table.Th><Table.Th>Joined</Table.Th><Table.Th>Health</Table.Th></Table.Tr></Table.Thead>
               <Table.Tbody>{(members.data ?? []).map((m) => (
                 <Table.Tr key={m.system_id}>
                   <Table.Td>{m.index}</Table.Td>
                   <Table.Td><Anchor component={Link} to={`/systems/${m.system_id}`}>{m.hostname}</Anchor></Table.Td>
                   <Table.Td><StateBadge value={m.state} /></Table.Td>
                   <Table.Td>{m.hypervisor ?? "—"}</Table.Td>
-                  <Table.Td>{m.profile_revision}</Table.Td>
+                  <Table.Td data-testid="member-profile">{m.profile ? `${m.profile} (${m.profile_revision})` : "adopted"}</Table.Td>
                   <Table.Td>{when(m.joined_at)}</Table.Td>
                   <Table.Td>{m.needs_attention ? <Badge color="red" autoContrast>needs attention</Badge> : m.failed_recoveries ? `${m.failed_recoveries} failed recoveries` : "ok"}</Table.Td>
                 </Table.Tr>))}</Table.Tbody></Table>
@@ -112,11 +124,20 @@ export default function ClusterPage() {
           </Tabs.Panel>
         </Tabs>
       </>)}
-      <Confirm opened={op !== null} title={op === "resize" ? `Resize ${name}` : `${op === "scale-out" ? "Scale out" : "Scale in"} ${name}`}
-        confirmLabel={op === "resize" ? "Resize" : op === "scale-out" ? "Add members" : "Remove members"} danger={op === "scale-in"}
+      <Confirm opened={op !== null}
+        title={op === "update-profile" ? `Update the profile of ${name}` : op === "resize" ? `Resize ${name}` : `${op === "scale-out" ? "Scale out" : "Scale in"} ${name}`}
+        confirmLabel={op === "update-profile" ? "Start rolling update" : op === "resize" ? "Resize" : op === "scale-out" ? "Add members" : "Remove members"} danger={op === "scale-in"}
         onCancel={() => setOp(null)} onConfirm={async () => { setOpError(undefined); await start(); }}>
-        <Text size="sm">Now {c?.members} members, desired {c?.desired} (min {c?.min}, max {c?.max ?? "none"}). The cluster's policies decide which members go and where new ones are placed.</Text>
-        {op !== "resize" && <NumberInput label="How many" min={1} value={count} onChange={setCount} />}
+        {op === "update-profile" ? (<>
+          <Text size="sm">Members made from another profile or an older revision are replaced batch after batch: new members first, the old ones destroyed once the new ones run (old first when the quota or max leaves no room). A failing batch stops the rollout.</Text>
+          <TextInput label="Profile" description="The cluster's own, or another profile of its environment" value={rollProfile} onChange={(e) => setRollProfile(e.currentTarget.value)} />
+          <Group grow>
+            <NumberInput label="Max batch size" min={1} value={batch} onChange={setBatch} />
+            <NumberInput label="Min in service" min={0} value={inService} onChange={setInService} />
+            <NumberInput label="Pause (seconds)" min={0} value={pause} onChange={setPause} />
+          </Group>
+        </>) : <Text size="sm">Now {c?.members} members, desired {c?.desired} (min {c?.min}, max {c?.max ?? "none"}). The cluster's policies decide which members go and where new ones are placed.</Text>}
+        {(op === "scale-out" || op === "scale-in") && <NumberInput label="How many" min={1} value={count} onChange={setCount} />}
         {op === "resize" && (<>
           <SegmentedControl aria-label="Adjustment" value={mode} onChange={(v) => setMode(v as typeof mode)}
             data={[{ value: "exact", label: "Exact size" }, { value: "change", label: "Change by" }, { value: "percent", label: "Percent" }]} />
