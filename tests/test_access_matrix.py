@@ -33,7 +33,15 @@ from armillary.audits.models import (
     Remediation,
     RemediationRun,
 )
-from armillary.clusters.models import Cluster, ClusterMember, ClusterPolicy, PolicyBinding, Profile, Receiver
+from armillary.clusters.models import (
+    Cluster,
+    ClusterMember,
+    ClusterPolicy,
+    ClusterSchedule,
+    PolicyBinding,
+    Profile,
+    Receiver,
+)
 from armillary.domain.account_schemas import UserCreate
 from armillary.domain.accounts import RoleGrant, User
 from armillary.domain.jobs import Schedule
@@ -51,6 +59,7 @@ from armillary.domain.models import (
 from armillary.domain.secrets import box_for
 from armillary.engine.jobs import create_job
 from armillary.network.models import DnsZone, IpAddress, IpPool
+from armillary.stacks.models import Stack, StackPlan
 from tests.support.accounts import TEST_PASSWORDS, bearer, ensure_user, token_for
 from tests.support.bind9 import Named, running_named
 from tests.support.databases import database
@@ -143,12 +152,35 @@ def _clusters(s, envs: dict[str, Environment], world: dict[str, Any]) -> None:
                 s.flush()
                 s.add(ClusterMember(system_id=member.id, cluster_id=cluster.id, member_index=index))
             s.add(PolicyBinding(cluster_id=cluster.id, policy=bound))
+            timing = Schedule(name=f"cluster-{cluster.id}-sch", cron="0 3 1 1 *", timezone="UTC", spec={},
+                              next_run_at=utcnow().replace(year=2100))
+            s.add(timing)
+            s.flush()
+            scheduled = ClusterSchedule(cluster_id=cluster.id, schedule_id=timing.id, name="sch", operation="check",
+                                        params={}, owner_id=users[owner], last_reason="")
+            s.add(scheduled)
+            s.flush()
+            timing.spec = {"cluster_schedule": scheduled.id}
             receiver = Receiver(name=f"rc-{cluster_name[2:]}", public_id=f"hook-{cluster_name}", cluster=cluster,
                                 operation="check", params={}, secret=box.encrypt({"secret": HOOK_SECRET}),
                                 owner_id=users["ada"])
             s.add(receiver)
     s.flush()
     world["hook"] = "hook-c-other"
+
+
+STACK_TEMPLATE = {"armillary_template_version": 1, "resources": {}}
+
+
+def _stacks(s, envs: dict[str, Environment], world: dict[str, Any]) -> None:
+    """Per environment a stack st-in / st-out (no resources) with a plan 1 made at its serial."""
+    for name in ("in", "out"):
+        stack = Stack(name=f"st-{name}", environment=envs[name], template=STACK_TEMPLATE, parameters={},
+                      serial=1, status="new", outputs={}, drift={})
+        s.add(stack)
+        s.flush()
+        s.add(StackPlan(stack_id=stack.id, number=1, serial=1, template=STACK_TEMPLATE, parameters={},
+                        changes=[], outputs={}, summary={}))
 
 
 def _audits(s, envs: dict[str, Environment], world: dict[str, Any]) -> None:
@@ -181,6 +213,46 @@ def _audits(s, envs: dict[str, Environment], world: dict[str, Any]) -> None:
         s.add_all([finding, fix_run, item])
         s.flush()
         world[f"finding-{name}"], world[f"fix-run-{name}"], world[f"attention-{name}"] = finding.id, fix_run.id, item.id
+
+
+def _notify(s, envs: dict[str, Environment], world: dict[str, Any]) -> None:
+    """Per environment: a webhook subscription ``sub-<env>`` with one delivered event."""
+    from armillary.notify.models import Delivery, NotifyEvent, Subscription
+
+    box = box_for("test-secret-key", None)  # the key running_app gives the server
+    for name in ("in", "out"):
+        sub = Subscription(name=f"sub-{name}", environment_id=envs[name].id, target_kind="webhook",
+                           target={"url": "http://127.0.0.1:9/", "format": "armillary"},
+                           secret=box.encrypt({"secret": "matrix-subscription-secret"}))
+        event = NotifyEvent(kind="job.finished", source_key=f"matrix:{name}", environment_id=envs[name].id,
+                            data={}, text="job done")
+        s.add_all([sub, event])
+        s.flush()
+        delivery = Delivery(subscription_id=sub.id, event_id=event.id, kind="webhook", target=sub.target,
+                            payload={}, text="job done", status="delivered", attempts=1)
+        s.add(delivery)
+        s.flush()
+        world[f"delivery-{name}"] = delivery.id
+
+
+def _chat(s, users: dict[str, User], world: dict[str, Any]) -> None:
+    """The bot's connection ``chat-main`` and one linked chat account per test account (issue 18)."""
+    from armillary.chat.models import ChatAccount, ChatConnection
+
+    s.add(ChatConnection(name="chat-main", protocol="irc", host="127.0.0.1", port=6667, nick="armillary",
+                         rooms=["#ops"]))
+    for name in ACCOUNTS.values():
+        account = ChatAccount(connection="chat-main", account=f"nick-{name}", user_id=users[name].id)
+        s.add(account)
+        s.flush()
+        world[f"chat-account-{name}"] = account.id
+
+
+def chat_account(world: dict[str, Any], variant: Variant, role: str) -> int:
+    """The caller's own linked chat account, or another user's."""
+    if variant == "own":
+        return world[f"chat-account-{ACCOUNTS[role]}"]
+    return world["chat-account-" + (ACCOUNTS["viewer"] if role == "admin" else ACCOUNTS["admin"])]
 
 
 _SNAPSHOT: dict[str, Any] = {}
@@ -232,6 +304,9 @@ def _build_world(db) -> dict[str, Any]:
         _network(s, envs)
         _clusters(s, envs, world)
         _audits(s, envs, world)
+        _notify(s, envs, world)
+        _stacks(s, envs, world)
+        _chat(s, users, world)
         s.add(Group(name="grp", selector={"team": "a"}))
         s.add(GlobalVariable(key="dns", value="10.0.0.1"))
         s.add(Schedule(name="nightly", cron="0 3 * * *", timezone="UTC", next_run_at=utcnow(),
@@ -429,6 +504,11 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "POST /api/v1/clusters/{ref}/resize": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/resize", {"number": 3})),
     "POST /api/v1/clusters/{ref}/check": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/check", {})),
     "POST /api/v1/clusters/{ref}/recover": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/recover", {})),
+    "POST /api/v1/clusters/{ref}/update-profile": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/update-profile", {"max_batch_size": 1})),
+    "GET /api/v1/clusters/{ref}/schedules": (("in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/schedules")),
+    "POST /api/v1/clusters/{ref}/schedules": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/schedules", {"name": "sch-new", "cron": "0 8 * * *", "operation": "check"})),
+    "PATCH /api/v1/clusters/{ref}/schedules/{name}": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/schedules/sch", {"enabled": False})),
+    "DELETE /api/v1/clusters/{ref}/schedules/{name}": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/schedules/sch")),
     "POST /api/v1/clusters/{ref}/policies": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/policies", {"policy": "pol-scale"})),
     "PATCH /api/v1/clusters/{ref}/policies/{policy}": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/policies/pol-bound", {"priority": 10})),
     "DELETE /api/v1/clusters/{ref}/policies/{policy}": (("own", "in", "out"), lambda w, v, r: Call(f"/clusters/{cluster_ref(v)}/policies/pol-bound")),
@@ -478,11 +558,49 @@ OPERATIONS: dict[str, tuple[tuple[Variant, ...], CallFor]] = {
     "POST /api/v1/attention/{item_id}/ack": (("in", "out"), lambda w, v, r: Call(f"/attention/{w['attention-' + env_ref(v)]}/ack", {"reason": "on it"})),
     "POST /api/v1/attention/{item_id}/comments": (("in", "out"), lambda w, v, r: Call(f"/attention/{w['attention-' + env_ref(v)]}/comments", {"text": "looking"})),
     "POST /api/v1/attention/{item_id}/resolve": (("in", "out"), lambda w, v, r: Call(f"/attention/{w['attention-' + env_ref(v)]}/resolve", {"resolution": "fixed by hand"})),
+    # notifications (issue 18)
+    "GET /api/v1/subscriptions": (("in", "out"), lambda w, v, r: Call("/subscriptions", params={"environment": env_ref(v)})),
+    "POST /api/v1/subscriptions": (("in", "out"), lambda w, v, r: Call("/subscriptions", {"name": "sub-new", "environment": env_ref(v), "target": {"kind": "webhook", "url": "http://127.0.0.1:9/"}})),
+    "GET /api/v1/subscriptions/{ref}": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}")),
+    "PATCH /api/v1/subscriptions/{ref}": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}", {"description": "d"})),
+    "DELETE /api/v1/subscriptions/{ref}": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}")),
+    "POST /api/v1/subscriptions/{ref}/rotate": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}/rotate")),
+    "POST /api/v1/subscriptions/{ref}/test": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}/test")),
+    "GET /api/v1/subscriptions/{ref}/deliveries": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}/deliveries")),
+    "GET /api/v1/subscriptions/{ref}/deliveries/{delivery_id}": (("in", "out"), lambda w, v, r: Call(f"/subscriptions/sub-{env_ref(v)}/deliveries/{w['delivery-' + env_ref(v)]}")),
+    "GET /api/v1/notification-events": (("in", "out"), lambda w, v, r: Call("/notification-events", params={"environment": env_ref(v)})),
+    # stacks (issue 19): st-in / st-out, each with plan 1
+    "POST /api/v1/stacks/validate": (("-",), lambda w, v, r: Call("/stacks/validate", {"template": STACK_TEMPLATE})),
+    "GET /api/v1/stacks": (("in", "out"), lambda w, v, r: Call("/stacks", params={"environment": env_ref(v)})),
+    "POST /api/v1/stacks": (("in", "out"), lambda w, v, r: Call("/stacks", {"name": "st-new", "environment": env_ref(v), "template": STACK_TEMPLATE})),
+    "POST /api/v1/stacks/adopt": (("in", "out"), lambda w, v, r: Call("/stacks/adopt", {"name": "st-new", "environment": env_ref(v), "template": STACK_TEMPLATE, "resources": {}})),
+    "GET /api/v1/stacks/{ref}": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}")),
+    "DELETE /api/v1/stacks/{ref}": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}")),
+    "POST /api/v1/stacks/{ref}/plans": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/plans", {})),
+    "GET /api/v1/stacks/{ref}/plans": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/plans")),
+    "GET /api/v1/stacks/{ref}/plans/{number}": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/plans/1")),
+    "POST /api/v1/stacks/{ref}/apply": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/apply", {"plan": 1})),
+    "POST /api/v1/stacks/{ref}/converge": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/converge", {})),
+    "POST /api/v1/stacks/{ref}/check": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/check", {})),
+    "POST /api/v1/stacks/{ref}/abandon": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/abandon", {})),
+    "GET /api/v1/stacks/{ref}/outputs": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/outputs")),
+    "GET /api/v1/stacks/{ref}/resources": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/resources")),
+    "GET /api/v1/stacks/{ref}/events": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/events")),
+    "GET /api/v1/stacks/{ref}/export": (("in", "out"), lambda w, v, r: Call(f"/stacks/st-{env_ref(v)}/export")),
+    "GET /api/v1/chat/connections": (("-",), lambda w, v, r: Call("/chat/connections")),
+    "POST /api/v1/chat/connections": (("-",), lambda w, v, r: Call("/chat/connections", {"name": "chat-new", "protocol": "irc", "host": "127.0.0.1", "port": 6697, "tls": True, "nick": "bot", "rooms": ["#ops"]})),
+    "GET /api/v1/chat/connections/{ref}": (("-",), lambda w, v, r: Call("/chat/connections/chat-main")),
+    "PATCH /api/v1/chat/connections/{ref}": (("-",), lambda w, v, r: Call("/chat/connections/chat-main", {"rooms": ["#ops", "#dev"]})),
+    "DELETE /api/v1/chat/connections/{ref}": (("-",), lambda w, v, r: Call("/chat/connections/chat-main")),
+    "POST /api/v1/chat/link-codes": (("-",), lambda w, v, r: Call("/chat/link-codes")),
+    "GET /api/v1/chat/accounts": (("-",), lambda w, v, r: Call("/chat/accounts")),
+    "DELETE /api/v1/chat/accounts/{account_id}": (("own", "other"), lambda w, v, r: Call(f"/chat/accounts/{chat_account(w, v, r)}")),
 }
 # A selector names systems: out of the caller's environments they do not exist, so the job matches none.
 BODY_REFERENCES = {"POST /api/v1/hypervisors", "POST /api/v1/systems", "POST /api/v1/systems/import",
                    "POST /api/v1/jobs", "POST /api/v1/ip-pools", "POST /api/v1/ip-addresses", "POST /api/v1/dns-zones",
-                   "POST /api/v1/profiles", "POST /api/v1/clusters", "POST /api/v1/receivers"}
+                   "POST /api/v1/profiles", "POST /api/v1/clusters", "POST /api/v1/receivers",
+                   "POST /api/v1/subscriptions", "POST /api/v1/stacks", "POST /api/v1/stacks/adopt"}
 
 
 def expected(permission: str, role: str, variant: Variant, operation: str) -> int | str:

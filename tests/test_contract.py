@@ -51,6 +51,10 @@ POSITIVE_EXEMPT = {
     "PATCH /api/v1/schedules/{ref}": "cron syntax (croniter's) is beyond a pattern",
     "POST /api/v1/users": "a local account needs a password, a directory (LDAP) one must not have one",
     "POST /api/v1/auth/password": "the current password is a secret the fuzzer cannot know (422: does not match)",
+    "POST /api/v1/stacks": "a template is a language (functions, references, a dependency graph): beyond a schema",
+    "POST /api/v1/stacks/{ref}/plans": "a template is a language (functions, references, a dependency graph)",
+    "POST /api/v1/stacks/adopt": "a template is a language (functions, references, a dependency graph)",
+    "POST /api/v1/stacks/{ref}/apply": "a template is a language (functions, references, a dependency graph)",
     # Not fixed yet (issue 23): the schema says less than the server checks. Remove each line once fixed.
     "POST /api/v1/types": "TODO: the provisioner spec's schema per kind (script, ansible...) is not in the document",
     "PATCH /api/v1/types/{ref}": "TODO: the provisioner spec's schema per kind is not in the document",

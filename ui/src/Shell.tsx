@@ -18,6 +18,7 @@ const NAV: { to: string; label: string; admin?: boolean }[] = [
   { to: "/clusters", label: "Clusters" },
   { to: "/audits", label: "Audits" },
   { to: "/attention", label: "Attention queue" },
+  { to: "/subscriptions", label: "Subscriptions" },
   { to: "/admin/users", label: "Users & grants", admin: true },
   { to: "/admin/tokens", label: "Tokens" },
   { to: "/admin/audit", label: "Audit trail", admin: true },

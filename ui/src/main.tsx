@@ -28,6 +28,7 @@ const Clusters = lazy(() => import("./pages/Clusters"));
 const ClusterPage = lazy(() => import("./pages/ClusterPage"));
 const Audits = lazy(() => import("./pages/Audits"));
 const Attention = lazy(() => import("./pages/Attention"));
+const Subscriptions = lazy(() => import("./pages/Subscriptions"));
 
 // Shade 8 and auto-contrast: white text on the primary colour meets WCAG AA (axe checks it in the tests).
 const theme = createTheme({ primaryColor: "indigo", primaryShade: { light: 8, dark: 8 }, autoContrast: true, defaultRadius: "sm" });
@@ -60,6 +61,7 @@ function Guarded() {
           <Route path="/clusters/:name" element={<ClusterPage />} />
           <Route path="/audits" element={<Audits />} />
           <Route path="/attention" element={<Attention />} />
+          <Route path="/subscriptions" element={<Subscriptions />} />
           <Route path="*" element={<Navigate to="/" replace />} />
         </Routes>
       </Suspense>

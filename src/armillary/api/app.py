@@ -46,6 +46,9 @@ from armillary.api import (
 )
 from armillary.api import attention, checks, findings, fleet_audits, remediations  # audits (issue 20)
 from armillary.api import cluster_policies, clusters, profiles, receivers  # clusters (issue 15)
+from armillary.api import subscriptions  # notifications (issue 18)
+from armillary.api import stacks  # stacks (issue 19)
+from armillary.api import chat  # the chat bot (issue 18)
 from armillary.api.audit_trail import AuditMiddleware
 from armillary.api.bodies import BodyGuardMiddleware
 from armillary.api.middleware import OptionsMiddleware, RequestIdMiddleware
@@ -58,6 +61,7 @@ from armillary.domain.secrets import box_for
 from armillary.engine.dispatch import Executor
 from armillary.engine.service import Engine
 from armillary.metrics import process_ended, watch_pool
+from armillary.notify import service as notify_service
 
 log = logging.getLogger("armillary.app")
 
@@ -85,6 +89,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             log.info("database schema at %s", migrate.head_revision())
         if settings.engine in ("inline", "celery"):  # celery: dispatch, reaper, locks, schedules; no steps
             app.state.engine.start()
+            if notify_service.enabled():  # notifications (issue 18): events collected, deliveries sent
+                app.state.notify = notify_service.NotifyService(db, app.state.secret_box)
+                app.state.notify.start()
         # Start-up objects live as long as the process: keep them out of every full GC pass, which
         # otherwise walks them all and shows up as ~30 ms at p99 (measured by bench/inventory.py).
         gc.collect()
@@ -93,6 +100,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             yield
         finally:
             app.state.engine.stop()
+            if app.state.notify is not None:
+                app.state.notify.stop()
             db.dispose()
             process_ended()  # multi-process metrics: this process's live gauges leave the sums
 
@@ -112,20 +121,23 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
                               executor=_executor(settings, db))
     app.state.engine.runtime.data_dir = settings.data_dir
     app.state.engine.runtime.settings = settings
+    app.state.notify = None  # the NotifyService, once started
 
     # Every route under the API router needs credentials; only the login routes are outside it.
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])
     routers = (environments, hypervisors, hypervisor_checks, types, systems, actions, groups, variables, drivers,
                jobs, schedules, releases, sources, auth, users, audit, ip_pools, ip_addresses, dns_zones, forget,
                exports, profiles, clusters, cluster_policies, receivers,
-               checks, fleet_audits, findings, remediations, attention)
+               checks, fleet_audits, findings, remediations, attention, subscriptions, stacks, chat)
     for router in [*(module.router for module in routers), systems.labels_router, dns_zones.records_router,
+                   subscriptions.events_router,
                    auth.public_router, receivers.hooks_router]:
         document_permissions(router)
     for module in routers:
         api.include_router(module.router)
     api.include_router(systems.labels_router)
     api.include_router(dns_zones.records_router)
+    api.include_router(subscriptions.events_router)
     app.include_router(api)
     app.include_router(auth.public_router, prefix=API_PREFIX)
     app.include_router(receivers.hooks_router, prefix=API_PREFIX)  # open: each call proves itself (HMAC)

@@ -41,6 +41,9 @@ from armillary.cli import (
 )
 from armillary.cli import audits  # noqa: E402  (issue 20)
 from armillary.cli import clusters  # noqa: E402  (issue 15)
+from armillary.cli import stacks  # noqa: E402  (issue 19)
+from armillary.cli import subscriptions  # noqa: E402  (issue 18)
+from armillary.cli import chat  # noqa: E402  (issue 18)
 from armillary.cli.common import root_callback
 
 app = typer.Typer(
@@ -67,6 +70,9 @@ jobs.register(app)
 schedules.register(app)
 network.register(app)
 clusters.register(app)  # cluster, profile, policy, receiver (issue 15)
+stacks.register(app)  # stack (issue 19)
 accounts.register(app)
 audit.register(app)
 audits.register(app)  # check, audits, remediate, attention (issue 20)
+subscriptions.register(app)  # subscription (issue 18)
+chat.register(app)  # chat link, chat connections, bot (issue 18)

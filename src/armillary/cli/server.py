@@ -107,7 +107,9 @@ def serve(
             if metrics_dir is not None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
-        config = uvicorn.Config(lambda: _server_app(settings, db), factory=True, **common)
+        from armillary.cli.chat import with_bot  # the chat bot beside the API, when configured (issue 18)
+
+        config = uvicorn.Config(lambda: with_bot(_server_app(settings, db), db), factory=True, **common)
         uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -9,6 +9,9 @@ from armillary.domain import jobs  # noqa: F401  (registers the job tables on Ba
 from armillary.network import models as network_models  # noqa: F401  (and the network tables)
 from armillary.audits import models as audit_models  # noqa: F401  (and the audit tables)
 from armillary.clusters import models as cluster_models  # noqa: F401  (and the cluster tables)
+from armillary.stacks import models as stack_models  # noqa: F401  (and the stack tables)
+from armillary.notify import models as notify_models  # noqa: F401  (and the notification tables)
+from armillary.chat import models as chat_models  # noqa: F401  (and the chat tables)
 from armillary.domain.db import is_sqlite, normalize_url
 from armillary.domain.models import Base
 
