@@ -46,12 +46,12 @@ from armillary.audits.schemas import (
     AuditUpdate,
 )
 from armillary.auth.policy import Permission
-from armillary.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from armillary.domain.errors import Conflict, Forbidden, NotFound
 from armillary.domain.jobs import Schedule
 from armillary.domain.models import System, utcnow
 from armillary.domain.schemas import Page
 from armillary.engine.jobs import find_by_idempotency_key
-from armillary.engine.schedules import next_run
+from armillary.engine.schedules import check_timing, next_run
 from armillary.workflows.audits import schedule_name, start_audit
 
 router = APIRouter(prefix="/audits", tags=["audits"])
@@ -235,16 +235,8 @@ def set_schedule(ref: str, body: AuditScheduleIn, session: Session = SessionDep,
                  access: Access = requires(Permission.ADMIN)) -> AuditScheduleOut:
     """Run the audit on a cron schedule: one run per tick, however many server processes run (the engine's
     schedules: each tick is won by one process). Its runs act as the schedule, with an admin's authority."""
-    from croniter import croniter  # the engine's schedules' own parser
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     audit = get_by_ref(session, Audit, ref, "audit")
-    if not croniter.is_valid(body.cron):
-        raise InvalidInput("cron", f"not a cron expression: {body.cron!r}")
-    try:
-        ZoneInfo(body.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput("timezone", f"unknown time zone {body.timezone!r}") from None
+    check_timing(body.cron, body.timezone)
     row = _schedule_of(session, audit)
     if row is None:
         row = Schedule(name=schedule_name(audit.name), spec={"audit": audit.name})

@@ -43,9 +43,7 @@ from armillary.auth.policy import Permission
 from armillary.clusters import operations
 from armillary.clusters.models import Cluster, Receiver
 from armillary.clusters.schemas import RECEIVER_PARAMS, ReceiverCreate, ReceiverOut
-from armillary.domain.accounts import RoleGrant, User
 from armillary.domain.errors import (
-    Forbidden,
     NotFound,
     TooManyRequests,
     Unauthorized,
@@ -184,17 +182,8 @@ def _count_call(request: Request, receiver: Receiver) -> None:
 
 def _actor(session: Session, receiver: Receiver) -> operations.Actor:
     """The receiver's maker, if they may still operate the cluster (checked at every call)."""
-    user = session.get(User, receiver.owner_id) if receiver.owner_id else None
-    cluster = receiver.cluster
-    if user is None or not user.active:
-        raise Forbidden(f"receiver {receiver.name!r}: the account that made it is gone or deactivated")
-    if not user.is_admin:
-        role = session.scalar(select(RoleGrant.role).where(RoleGrant.user_id == user.id,
-                                                           RoleGrant.environment_id == cluster.environment_id))
-        if role != "operator" and not (role == "user" and cluster.owner_id == user.id):
-            raise Forbidden(f"receiver {receiver.name!r}: its maker {user.name} may no longer operate cluster "
-                            f"{cluster.name!r}")
-    return operations.Actor(user.id, f"receiver:{receiver.name}", user.is_admin)
+    return operations.maker_authority(session, receiver.owner_id, receiver.cluster, f"receiver {receiver.name!r}",
+                                      f"receiver:{receiver.name}")
 
 
 def _alert_status(body: bytes) -> str | None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,23 +9,13 @@ from sqlalchemy.orm import Session
 from armillary.api.deps import PageParams, SessionDep, created, ensure_unique_name, get_by_ref, paginate
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
-from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate
 from armillary.domain.jobs import Schedule
 from armillary.domain.models import utcnow
 from armillary.domain.schemas import Page
-from armillary.engine.schedules import next_run
+from armillary.engine.schedules import check_timing, next_run
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
-
-
-def _check(cron: str, tz: str) -> None:
-    if not croniter.is_valid(cron):
-        raise InvalidInput("cron", f"not a cron expression: {cron!r}")
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput("timezone", f"unknown time zone {tz!r}") from None
 
 
 def to_out(row: Schedule) -> ScheduleOut:
@@ -44,7 +31,7 @@ def create_schedule(
     body: ScheduleCreate, request: Request, response: Response, session: Session = SessionDep,
     access: Access = requires(Permission.ADMIN),
 ) -> ScheduleOut:
-    _check(body.cron, body.timezone)
+    check_timing(body.cron, body.timezone)
     ensure_unique_name(session, Schedule, body.name, "schedule")
     row = Schedule(
         name=body.name, cron=body.cron, timezone=body.timezone, spec=body.job.model_dump(mode="json"),
@@ -74,7 +61,7 @@ def read_schedule(ref: str, session: Session = SessionDep, access: Access = requ
 def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> ScheduleOut:
     row = get_by_ref(session, Schedule, ref, "schedule")
     cron, tz = body.cron or row.cron, body.timezone or row.timezone
-    _check(cron, tz)
+    check_timing(cron, tz)
     if body.job is not None:
         row.spec = body.job.model_dump(mode="json")
     if body.enabled is not None:

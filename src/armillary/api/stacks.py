@@ -56,7 +56,11 @@ def box_of(request: Request) -> Any:
 
 
 def secrets_of(request: Request, stack: Stack) -> set[str]:
-    return {str(v) for v in box_of(request).decrypt(stack.secret_parameters).values() if v not in (None, "")}
+    return _secret_texts(box_of(request).decrypt(stack.secret_parameters))
+
+
+def _secret_texts(hidden: dict[str, Any]) -> set[str]:
+    return {str(v) for v in hidden.values() if v not in (None, "")}
 
 
 def get_stack_for(session: Session, ref: str, access: Access) -> Stack:
@@ -69,8 +73,8 @@ def get_stack_for(session: Session, ref: str, access: Access) -> Stack:
 def to_out(request: Request, session: Session, stack: Stack) -> StackOut:
     running = service.running_job(session, stack)
     owner = session.get(User, stack.owner_id) if stack.owner_id else None
-    hidden = box_of(request).decrypt(stack.secret_parameters)
-    secrets = secrets_of(request, stack)
+    hidden = box_of(request).decrypt(stack.secret_parameters)  # once per stack: a listing shows many
+    secrets = _secret_texts(hidden)
     count = len(service.records(session, stack))
     return StackOut(
         id=stack.id, name=stack.name, description=stack.description,

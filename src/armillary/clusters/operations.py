@@ -28,8 +28,15 @@ from armillary.clusters.models import (
 )
 from armillary.clusters.schemas import PlacementSpec
 from armillary.domain import quotas
-from armillary.domain.accounts import RoleGrant
-from armillary.domain.errors import Conflict, EnvironmentLocked, InvalidInput, QuotaExceeded, UnknownReference
+from armillary.domain.accounts import RoleGrant, User
+from armillary.domain.errors import (
+    Conflict,
+    EnvironmentLocked,
+    Forbidden,
+    InvalidInput,
+    QuotaExceeded,
+    UnknownReference,
+)
 from armillary.domain.jobs import TERMINAL_JOB, Job, Schedule
 from armillary.domain.models import Hypervisor, System, SystemLabel, utcnow
 from armillary.domain.states import SystemState
@@ -70,6 +77,20 @@ class Actor:
 
     def as_dict(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "name": self.name, "admin": self.admin}
+
+
+def maker_authority(session: Session, owner_id: int | None, cluster: Cluster, what: str, actor_name: str) -> Actor:
+    """Whom a receiver's or schedule's call acts for: its maker, if they may still operate the cluster (checked
+    at every call: a deactivated account or a revoked role stops it). ``what`` names the caller in refusals."""
+    user = session.get(User, owner_id) if owner_id else None
+    if user is None or not user.active:
+        raise Forbidden(f"{what}: the account that made it is gone or deactivated")
+    if not user.is_admin:
+        role = session.scalar(select(RoleGrant.role).where(RoleGrant.user_id == user.id,
+                                                           RoleGrant.environment_id == cluster.environment_id))
+        if role != "operator" and not (role == "user" and cluster.owner_id == user.id):
+            raise Forbidden(f"{what}: its maker {user.name} may no longer operate cluster {cluster.name!r}")
+    return Actor(user.id, actor_name, user.is_admin)
 
 
 @dataclass

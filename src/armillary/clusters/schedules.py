@@ -15,9 +15,7 @@ the background; the next tick tries again. Any other refusal is recorded as ``re
 from __future__ import annotations
 
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,11 +23,10 @@ from sqlalchemy.orm import Session
 from armillary.clusters import operations
 from armillary.clusters.models import Cluster, ClusterSchedule
 from armillary.clusters.schemas import SCHEDULE_PARAMS
-from armillary.domain.accounts import RoleGrant, User
-from armillary.domain.errors import Conflict, DomainError, Forbidden, InvalidInput, invalid_from_pydantic
+from armillary.domain.errors import Conflict, DomainError, InvalidInput, invalid_from_pydantic
 from armillary.domain.jobs import Job, Schedule
 from armillary.domain.models import utcnow
-from armillary.engine.schedules import next_run
+from armillary.engine.schedules import check_timing, next_run
 
 SPEC_KEY = "cluster_schedule"
 
@@ -37,15 +34,6 @@ SPEC_KEY = "cluster_schedule"
 def schedule_name(cluster: Cluster, name: str) -> str:
     """The engine schedule's (globally unique) name."""
     return f"cluster-{cluster.id}-{name}"[:63]
-
-
-def check_timing(cron: str, timezone: str) -> None:
-    if not croniter.is_valid(cron):
-        raise InvalidInput("cron", f"not a cron expression: {cron!r}")
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput("timezone", f"unknown time zone {timezone!r}") from None
 
 
 def checked_params(operation: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -105,16 +93,8 @@ def delete(session: Session, row: ClusterSchedule) -> None:
 
 def authority(session: Session, row: ClusterSchedule, cluster: Cluster) -> operations.Actor:
     """The schedule's maker, if they may still operate the cluster (checked at every tick)."""
-    user = session.get(User, row.owner_id) if row.owner_id else None
-    if user is None or not user.active:
-        raise Forbidden(f"schedule {row.name!r}: the account that made it is gone or deactivated")
-    if not user.is_admin:
-        role = session.scalar(select(RoleGrant.role).where(RoleGrant.user_id == user.id,
-                                                           RoleGrant.environment_id == cluster.environment_id))
-        if role != "operator" and not (role == "user" and cluster.owner_id == user.id):
-            raise Forbidden(f"schedule {row.name!r}: its maker {user.name} may no longer operate cluster "
-                            f"{cluster.name!r}")
-    return operations.Actor(user.id, f"schedule:{cluster.name}/{row.name}", user.is_admin)
+    return operations.maker_authority(session, row.owner_id, cluster, f"schedule {row.name!r}",
+                                      f"schedule:{cluster.name}/{row.name}")
 
 
 def start_scheduled(session: Session, spec: dict[str, Any], request_id: str) -> Job:

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from sqlalchemy import select, update
 
-from armillary.domain.errors import DomainError
+from armillary.domain.errors import DomainError, InvalidInput
 from armillary.domain.jobs import Schedule
 from armillary.domain.models import utcnow
 from armillary.engine.runtime import Runtime
 
 log = logging.getLogger("armillary.engine")
+
+
+def check_timing(cron: str, tz: str) -> None:
+    """A schedule's cron expression and time zone, checked as every API that takes one checks them."""
+    if not croniter.is_valid(cron):
+        raise InvalidInput("cron", f"not a cron expression: {cron!r}")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput("timezone", f"unknown time zone {tz!r}") from None
 
 
 def next_run(cron: str, tz: str, after: datetime) -> datetime:
