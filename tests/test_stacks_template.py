@@ -624,6 +624,9 @@ BINDING = [
     ("string", {"hidden": True, "constraints": [{"allowed_pattern": "[0-9]+"}]}, "hunter2",
      "parameters.p: the value does not match the pattern [0-9]+"),
     ("number", {"hidden": True}, "hunter2", "parameters.p: the value is not a number"),
+    # catastrophic backtracking (~2^28 paths) is cut off, not left to hold a server thread
+    ("string", {"constraints": [{"allowed_pattern": "(a|aa)+"}]}, "a" * 40 + "!",
+     'parameters.p: "' + "a" * 40 + '!" took longer than 50 ms to match the pattern (a|aa)+'),
 ]
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import re
+
+import regex
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -36,6 +38,10 @@ from armillary.stacks.model import (
     TemplateError,
     join,
 )
+
+# allowed_pattern: Python's regular expressions (as Heat's), through the `regex` module for its timeout
+MAX_PATTERN = 1000
+PATTERN_TIMEOUT_S = 0.05
 
 REDACTED = "******"
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
@@ -145,9 +151,11 @@ def _constraint_shape(key: str, arg: Any) -> str | None:
         return None
     if not isinstance(arg, str):
         return "allowed_pattern is a regular expression (a string)"
+    if len(arg) > MAX_PATTERN:
+        return f"allowed_pattern is at most {MAX_PATTERN} characters"
     try:
-        re.compile(arg)
-    except re.error as exc:
+        regex.compile(arg)
+    except regex.error as exc:
         return f"allowed_pattern is not a valid regular expression: {exc}"
     return None
 
@@ -274,7 +282,12 @@ def _violation(constraint: Mapping[str, Any], param: Parameter, value: Any) -> s
             return f"{shown} is not {offset} modulo {step}"
         return None
     pattern = constraint["allowed_pattern"]
-    if re.fullmatch(pattern, value) is None:
+    try:  # a template's author writes the pattern, anyone with the stack's rights the value: bound the work
+        matched = regex.fullmatch(pattern, value, timeout=PATTERN_TIMEOUT_S)
+    except TimeoutError:
+        return (f"{shown} took longer than {PATTERN_TIMEOUT_S * 1000:.0f} ms to match the pattern {pattern} "
+                "(a pattern that backtracks this much needs rewriting)")
+    if matched is None:
         return f"{shown} does not match the pattern {pattern}"
     return None
 
