@@ -247,3 +247,18 @@ def test_an_audit_kick_out_reaches_its_subscription(api, live_server, receiver: 
     body = receiver.wait_for(1)[0].json
     assert body["event"] == "audit.kicked_out" and body["data"]["system"] == "db1"
     assert body["data"]["reason"] == "sshd still down after the fix" and "db1 needs attention" in body["text"]
+
+
+def test_a_disabled_subscriptions_deliveries_wait_until_it_is_enabled_again(api, live_server) -> None:
+    from armillary.notify import deliveries as rows
+
+    api.post("/subscriptions", json={"name": "paused", "target": {"kind": "chat", "connection": "irc", "room": "#x"}})
+    sent = api.post("/subscriptions/paused/test").json()
+    assert api.patch("/subscriptions/paused", json={"enabled": False}).status_code == 200
+    db = live_server[1]
+    with db.session() as session:
+        assert rows.claim_pending(session, "chat", 10, "bot", lease_s=30) == []
+    assert api.get("/subscriptions/paused/deliveries").json()["items"][0]["status"] == "pending"
+    assert api.patch("/subscriptions/paused", json={"enabled": True}).status_code == 200
+    with db.session() as session:
+        assert [d.id for d in rows.claim_pending(session, "chat", 10, "bot", lease_s=30)] == [sent["id"]]

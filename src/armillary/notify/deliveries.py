@@ -25,7 +25,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from armillary.domain.models import utcnow
-from armillary.notify.models import Delivery, DeliveryAttempt, DeliveryStatus, NotifyEvent
+from armillary.notify.models import Delivery, DeliveryAttempt, DeliveryStatus, NotifyEvent, Subscription
 from armillary.redaction import redact_text
 
 # Tries before a delivery is given up (the first included); the waits between them double from the base.
@@ -40,10 +40,13 @@ def backoff_s(attempts: int, base_s: float = RETRY_BASE_S) -> float:
 
 
 def _claimable(kind: str, now: datetime):
+    """Due or abandoned deliveries of ``kind`` whose subscription is enabled: a disabled subscription's
+    deliveries wait, and go out if it is enabled again."""
     due = and_(Delivery.status == DeliveryStatus.PENDING.value,
                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
     abandoned = and_(Delivery.status == DeliveryStatus.SENDING.value, Delivery.lease_expires_at < now)
-    return and_(Delivery.kind == kind, or_(due, abandoned))
+    enabled = select(Subscription.id).where(Subscription.enabled.is_(True))
+    return and_(Delivery.kind == kind, or_(due, abandoned), Delivery.subscription_id.in_(enabled))
 
 
 def claim_pending(session: Session, kind: str, limit: int, owner: str, lease_s: float) -> list[Delivery]:
