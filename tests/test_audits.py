@@ -297,6 +297,9 @@ def test_a_scheduled_audit_runs_once_per_tick_with_two_servers(api: httpx.Client
     shown = api.put("/audits/web/schedule", json={"cron": "0 3 * * *"})
     assert shown.status_code == 200 and shown.json()["schedule"] == "audit-web"
     assert api.get("/schedules/audit-web").json()["job"] == {"audit": "web"}
+    for refused in (api.patch("/schedules/audit-web", json={"job": {"action": "destroy", "selector": {"labels": {"a": "b"}}}}),
+                    api.delete("/schedules/audit-web")):  # the audit's own: changed through the audit only
+        assert refused.status_code == 409 and "/audits/web/schedule" in refused.json()["detail"], refused.text
     _, db = live_server
 
     def tick_now() -> None:  # the next 03:00 is now, for both servers

@@ -64,6 +64,10 @@ def test_schedules_validate_and_list(api: httpx.Client, live_server) -> None:
     bad = api.patch("/clusters/web/schedules/morning", json={"params": {"number": -1, "min": "x"}})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"].startswith("params"), bad.text
     assert api.patch("/clusters/web/schedules/nope", json={"enabled": True}).status_code == 404
+    row = next(s for s in api.get("/schedules").json()["items"] if s["name"].startswith("cluster-"))
+    for refused in (api.patch(f"/schedules/{row['name']}", json={"cron": "* * * * *"}),
+                    api.delete(f"/schedules/{row['name']}")):  # the cluster's own: changed under the cluster only
+        assert refused.status_code == 409 and "/schedules" in refused.json()["detail"], refused.text
     assert api.delete("/clusters/web/schedules/morning").status_code == 204
     assert api.get("/clusters/web/schedules").json() == []
     assert [s for s in api.get("/schedules").json()["items"] if s["name"].startswith("cluster-")] == []

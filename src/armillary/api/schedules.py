@@ -1,4 +1,7 @@
-"""/api/v1/schedules: cron expressions that start bulk jobs (e.g. a nightly stage of a label)."""
+"""/api/v1/schedules: cron expressions that start bulk jobs (e.g. a nightly stage of a label).
+
+Audits and clusters keep their schedules here too; those are listed and read here, but changed or deleted only
+through their owner (``/audits/{ref}/schedule``, ``/clusters/{ref}/schedules``), which keeps its own copy of them."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from sqlalchemy.orm import Session
 from armillary.api.deps import PageParams, SessionDep, created, ensure_unique_name, get_by_ref, paginate
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
+from armillary.clusters.schedules import SPEC_KEY as CLUSTER_SCHEDULE
+from armillary.domain.errors import Conflict
 from armillary.domain.job_schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate
 from armillary.domain.jobs import Schedule
 from armillary.domain.models import utcnow
@@ -57,9 +62,20 @@ def read_schedule(ref: str, session: Session = SessionDep, access: Access = requ
     return to_out(get_by_ref(session, Schedule, ref, "schedule"))
 
 
+def owned_here(row: Schedule) -> Schedule:
+    """The schedule, if this router may change it: not one an audit or a cluster made (409 naming its owner)."""
+    if "audit" in row.spec:
+        raise Conflict(f"schedule {row.name!r} is audit {row.spec['audit']!r}'s: change it with "
+                       f"PUT or DELETE /api/v1/audits/{row.spec['audit']}/schedule")
+    if CLUSTER_SCHEDULE in row.spec:
+        raise Conflict(f"schedule {row.name!r} belongs to a cluster: change it under "
+                       "/api/v1/clusters/{ref}/schedules")
+    return row
+
+
 @router.patch("/{ref}", response_model=ScheduleOut)
 def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> ScheduleOut:
-    row = get_by_ref(session, Schedule, ref, "schedule")
+    row = owned_here(get_by_ref(session, Schedule, ref, "schedule"))
     cron, tz = body.cron or row.cron, body.timezone or row.timezone
     check_timing(cron, tz)
     if body.job is not None:
@@ -74,5 +90,5 @@ def update_schedule(ref: str, body: ScheduleUpdate, session: Session = SessionDe
 
 @router.delete("/{ref}", status_code=204)
 def delete_schedule(ref: str, session: Session = SessionDep, access: Access = requires(Permission.ADMIN)) -> Response:
-    session.delete(get_by_ref(session, Schedule, ref, "schedule"))
+    session.delete(owned_here(get_by_ref(session, Schedule, ref, "schedule")))
     return Response(status_code=204)
