@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from armillary.stacks.resources.cluster import ClusterResource
+from armillary.stacks.resources.deploy import DeployResource
 from armillary.stacks.resources.dns_record import DnsRecordResource
 from armillary.stacks.resources.ip_reservation import IpReservationResource
 from armillary.stacks.resources.profile import ProfileResource
@@ -10,4 +11,4 @@ from armillary.stacks.resources.stack import NestedStackResource
 from armillary.stacks.resources.system import SystemResource
 
 TYPES = (SystemResource, ProfileResource, ClusterResource, IpReservationResource, DnsRecordResource,
-         NestedStackResource)
+         NestedStackResource, DeployResource)
