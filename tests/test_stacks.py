@@ -293,3 +293,24 @@ def test_a_nested_stack_is_a_child_job_and_its_outputs_are_attributes(api: httpx
     run(api, api.delete("/stacks/app"))
     assert api.get("/stacks/app-child").status_code == 404
     assert api.get("/systems", params={"label": "stack=app-child"}).json()["items"] == []
+
+
+def test_an_immutable_parameter_keeps_its_value_once_the_stack_has_resources(api: httpx.Client) -> None:
+    setup(api)
+    template = {"armillary_template_version": 1,
+                "parameters": {"size": {"type": "string", "default": "small", "immutable": True},
+                               "key": {"type": "string", "hidden": True, "immutable": True},
+                               "tier": {"type": "string", "default": "web"}},
+                "resources": {"one": {"type": "Armillary::System",
+                                      "properties": {"hypervisor": "sim", "labels": {"size": {"get_param": "size"},
+                                                                                       "tier": {"get_param": "tier"}},
+                                                     "variables": {"key": {"get_param": "key"}}}}}}
+    define(api, template, key=SECRET)
+    assert actions(plan(api, parameters={"size": "large"})) == {"one": "create"}  # nothing made yet: free to change
+    run(api, api.post("/stacks/app/apply", json={"plan": plan(api)["number"]}))
+    refused = api.post("/stacks/app/plans", json={"parameters": {"size": "large", "key": "other-" + SECRET}})
+    assert refused.status_code == 422, refused.text
+    fields = {e["field"]: e["message"] for e in refused.json()["errors"]}
+    assert fields["parameters.size"].startswith("is immutable") and "'small'" in fields["parameters.size"]
+    assert "parameters.key" in fields and SECRET not in refused.text
+    assert actions(plan(api, parameters={"tier": "db"})) == {"one": "update"}  # the others still change

@@ -159,7 +159,7 @@ def test_a_hot_template_with_our_types_parses_unchanged(hot: template.Template) 
     assert name.condition == "is_prod"
     address = hot.resources["address"]
     assert (address.deletion_policy, address.update_policy, address.condition, address.external_id,
-            address.metadata) == ("delete", {"replace": "create_before_delete", "restricted": []}, None, None, {})
+            address.metadata) == ("delete", {"replace": "delete_before_create", "restricted": []}, None, None, {})
     assert hot.outputs["login"].secret and not hot.outputs["url"].secret  # a hidden parameter makes it secret
     assert hot.raw["heat_template_version"] == "2018-08-31"  # a string, not a date
 
@@ -372,7 +372,7 @@ def test_a_deeply_nested_mapping_is_refused_not_crashing() -> None:
 def test_update_policy_restricted_accepts_a_single_action_and_deletion_policy_words() -> None:
     parsed = parse(tmpl({"a": system(update_policy={"restricted": "replace"}, deletion_policy="delete"),
                          "b": system(deletion_policy="Delete")}), resource_types=TYPES)
-    assert parsed.resources["a"].update_policy == {"replace": "create_before_delete", "restricted": ["replace"]}
+    assert parsed.resources["a"].update_policy == {"replace": "delete_before_create", "restricted": ["replace"]}
     assert parsed.resources["b"].deletion_policy == "delete"
 
 

@@ -30,6 +30,7 @@ from armillary.stacks import parameters, service
 from armillary.stacks.models import Stack, StackEvent, StackPlan, StackResource
 from armillary.stacks.schemas import (
     ApplyRequest,
+    ConvergeRequest,
     EmptyRequest,
     EventOut,
     PlanOut,
@@ -196,32 +197,35 @@ def read_plan(ref: str, number: int = Path(..., ge=1, le=MAX_ID), session: Sessi
 
 
 def _start(request: Request, session: Session, stack: Stack, operation: str, access: Access, key: str | None,
-           plan_row: StackPlan | None = None) -> JSONResponse:
+           plan_row: StackPlan | None = None, rollback: bool = False) -> JSONResponse:
     return start_idempotent(request, session, key, f"stack-{operation}", None, lambda: service.start(
         session, stack, operation, actor_of(access), plan_row=plan_row, request_id=request.state.request_id,
-        idempotency_key=key))
+        idempotency_key=key, rollback=rollback))
 
 
 @router.post("/{ref}/apply", status_code=202, responses=BUSY)
 def apply(ref: str, body: ApplyRequest, request: Request, session: Session = SessionDep,
           access: Access = requires(Permission.ENV_OPERATE), idempotency_key: str | None = IdempotencyKey
           ) -> JSONResponse:
-    """Apply plan ``plan``, or plan (``template``/``parameters``, default the stack's) and apply at once."""
+    """Apply plan ``plan``, or plan (``template``/``parameters``, default the stack's) and apply at once.
+    ``rollback: true``: on failure, back to the last template that applied successfully."""
     stack = get_stack_for(session, ref, access)
     if body.plan is not None:
         row = service.get_plan(session, stack, body.plan)
     else:
         service.check_free(session, stack, actor_of(access))
         row = service.make_plan(session, stack, box_of(request), body.template, body.parameters, actor_of(access))
-    return _start(request, session, stack, "apply", access, idempotency_key, row)
+    return _start(request, session, stack, "apply", access, idempotency_key, row, body.rollback)
 
 
 @router.post("/{ref}/converge", status_code=202, responses=BUSY)
-def converge(ref: str, request: Request, body: EmptyRequest | None = None, session: Session = SessionDep,
+def converge(ref: str, request: Request, body: ConvergeRequest | None = None, session: Session = SessionDep,
              access: Access = requires(Permission.ENV_OPERATE), idempotency_key: str | None = IdempotencyKey
              ) -> JSONResponse:
-    """Check every resource, then apply the stored template again: what drifted is repaired."""
-    return _start(request, session, get_stack_for(session, ref, access), "converge", access, idempotency_key)
+    """Check every resource, then apply the stored template again: what drifted is repaired.
+    ``rollback: true``: on failure, back to the last template that applied successfully."""
+    return _start(request, session, get_stack_for(session, ref, access), "converge", access, idempotency_key,
+                  rollback=body is not None and body.rollback)
 
 
 @router.post("/{ref}/check", status_code=202, responses=BUSY)

@@ -1,6 +1,7 @@
 """``armillary stack``: declarative stacks over /api/v1/stacks. ``plan`` prints a Terraform-like coloured
-plan (``+`` create, ``~`` update in place, ``-/+`` replace with the property forcing it and why, ``-``
-delete); every operation prints its job and ``--wait`` follows it live."""
+plan (``+`` create, ``~`` update in place, ``-/+`` replace with the property forcing it and why, ``+/-``
+when the new one is made before the old one is deleted, ``-`` delete); every operation prints its job and
+``--wait`` follows it live; ``apply`` and ``converge`` take ``--rollback``."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ SIGNS = {"create": ("+", "green"), "adopt": ("+", "cyan"), "update": ("~", "yell
 TemplateArg = Annotated[Path, typer.Argument(help="Template file (YAML or JSON)", metavar="TEMPLATE",
                                              exists=True, dir_okay=False)]
 ParamOpt = Annotated[list[str] | None, typer.Option("--parameter", "-p", help="KEY=VALUE (repeatable)")]
+RollbackOpt = Annotated[bool, typer.Option(
+    "--rollback", help="On failure, go back to the last template that applied successfully (none: delete "
+                       "what the stack holds)")]
 
 
 def _template(path: Path) -> str:
@@ -59,13 +63,15 @@ def print_plan(plan: dict[str, Any], output: OutputFormat) -> None:
         if change["action"] == "no-op":
             continue
         sign, colour = SIGNS.get(change["action"], ("?", "white"))
+        if change.get("replace_policy") == "create_before_delete":
+            sign = "+/-"
         line = Text(f"{sign:>3} ", style=f"bold {colour}") + Text(f"{change['resource']} ({change['type']})",
                                                                    style=colour)
         if change.get("fields") and change["action"] == "update":
             line += Text(f"  ~ {', '.join(change['fields'])}", style="yellow")
         if change["action"] == "replace":
-            line += Text(f"  # forces replacement: {change.get('property')}: {change.get('reason')}",
-                         style="magenta")
+            line += Text(f"  # forces replacement: {change.get('property')}: {change.get('reason')}"
+                         + (" (create before delete)" if sign == "+/-" else ""), style="magenta")
         elif change.get("reason"):
             line += Text(f"  # {change['reason']}", style="dim")
         stdout.print(line)
@@ -135,8 +141,8 @@ def stack_apply(
     stack: Annotated[str, typer.Argument(metavar="STACK")],
     plan: Annotated[int | None, typer.Option("--plan", help="Apply this stored plan (else plan now)")] = None,
     template: Annotated[Path | None, typer.Option("--template", "-t", help="A new template", exists=True)] = None,
-    parameter: ParamOpt = None, idempotency_key: IdempotencyKeyOpt = None, wait: WaitOpt = False,
-    output: OutputOpt = None,
+    parameter: ParamOpt = None, rollback: RollbackOpt = False, idempotency_key: IdempotencyKeyOpt = None,
+    wait: WaitOpt = False, output: OutputOpt = None,
 ) -> None:
     """Apply a stored plan (refused if the stack changed since), or plan and apply at once."""
     body: dict[str, Any] = {"plan": plan} if plan is not None else {}
@@ -144,6 +150,8 @@ def stack_apply(
         body["template"] = _template(template)
     if parameter:
         body["parameters"] = _params(parameter)
+    if rollback:
+        body["rollback"] = True
     _job(f"/stacks/{ref_path(stack)}/apply", body, stack, idempotency_key, wait, output)
 
 
@@ -157,7 +165,15 @@ def _operation(name: str, doc: str):
 
 
 command(stack_app, "check")(_operation("check", "Read every resource's actual state and record drift."))
-command(stack_app, "converge")(_operation("converge", "Apply the stored template again: repair drift."))
+
+
+@command(stack_app, "converge")
+def stack_converge(stack: Annotated[str, typer.Argument(metavar="STACK")], rollback: RollbackOpt = False,
+                   idempotency_key: IdempotencyKeyOpt = None, wait: WaitOpt = False,
+                   output: OutputOpt = None) -> None:
+    """Apply the stored template again: repair drift."""
+    _job(f"/stacks/{ref_path(stack)}/converge", {"rollback": True} if rollback else {}, stack, idempotency_key,
+         wait, output)
 
 
 @command(stack_app, "delete")
@@ -188,7 +204,8 @@ def stack_adopt(
     adopted: dict[str, Any] = {}
     if abandoned is not None:
         state = json.loads(abandoned.read_text(encoding="utf-8"))
-        adopted.update({r["name"]: r["physical_id"] for r in state.get("resources", []) if r.get("physical_id")})
+        adopted.update({r["name"]: r["physical_id"] for r in state.get("resources", [])
+                        if r.get("physical_id") and "~" not in r["name"]})  # not the objects set apart
     adopted.update({k: str(v) for k, v in parse_pairs(resource, "--resource", yaml_values=False).items()})
     body = {"name": name, "environment": environment, "template": _template(template),
             "parameters": _params(parameter) or {}, "resources": adopted}

@@ -57,7 +57,7 @@ class Resource:
     explicit_depends_on: tuple[str, ...]
     condition: Any | None  # a condition name (inline expressions get a synthetic one), or None: always
     deletion_policy: str  # delete | retain
-    update_policy: dict  # {"replace": create_before_delete | delete_before_create, "restricted": [...]}
+    update_policy: dict  # {"replace": delete_before_create (default) | create_before_delete, "restricted": [...]}
     external_id: Any | None
     metadata: dict
 

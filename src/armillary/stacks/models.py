@@ -27,6 +27,11 @@ class StackStatus:
     DRIFTED = "drifted"  # a check found resources differing from the template
     DELETING = "deleting"
     DELETED = "deleted"  # every resource is gone (or forgotten); the stack record stays until removed
+    # ``rollback: true``: the failed apply/converge is undone by applying the last template that applied
+    # successfully (or, when none ever did, by deleting what the stack holds). Fits the 15-character column.
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"  # the operation failed; the stack is back at its last good template
+    ROLLBACK_FAILED = "rollback_failed"  # the rollback failed too: the resources say what exists
 
 
 class ResourceStatus:
@@ -48,6 +53,11 @@ class Stack(Timestamped, Base):
     template: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     secret_parameters: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The last template (and parameters, hidden ones as a Fernet token) that an apply or converge applied
+    # successfully: what ``rollback: true`` goes back to. None: nothing ever applied successfully.
+    last_good_template: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    last_good_parameters: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    last_good_secret_parameters: Mapped[str | None] = mapped_column(Text, nullable=True)
     serial: Mapped[int] = mapped_column(Integer, default=1)
     parallelism: Mapped[int] = mapped_column(Integer, default=10)
     status: Mapped[str] = mapped_column(String(15), default=StackStatus.NEW)

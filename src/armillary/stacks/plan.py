@@ -2,11 +2,20 @@
 
 Per resource, in dependency order: ``create`` (or ``adopt`` with ``external_id``), ``update`` in place
 (the changed property paths), ``replace`` (the property forcing it and the type's reason, or the drift
-found by ``check``), ``delete`` (or ``forget`` with ``deletion_policy: retain``) for what the template no
-longer has, else ``no-op``; plus the outputs it will have (``(known after apply)`` where they read what
-is not made yet). No side effects: plan reads the template and the stack's records only. The apply
-workflow calls ``decide`` for each resource when its layer starts, so apply and plan agree by
-construction, and a resumed apply decides again from what is recorded.
+found by ``check``; with ``replace_policy``: delete_before_create, or create_before_delete when the
+template's ``update_policy`` asks for it and the type can hold the new one beside the old), ``delete``
+(or ``forget`` with ``deletion_policy: retain``) for what the template no longer has, else ``no-op``;
+plus the outputs it will have (``(known after apply)`` where they read what is not made yet). A failed
+update or delete of a resource the template still has is made again. No side effects: plan reads the
+template and the stack's records only. The apply workflow calls ``decide`` for each resource when its
+layer starts, so apply and plan agree by construction, and a resumed apply decides again from what is
+recorded.
+
+create_before_delete: the apply records the old object apart, as a *deposed* record named
+``<resource>~<apply job id>`` (``~`` never appears in a template's names), makes the new one under the
+resource's name (dependents, resolved later, read the new one), and deletes the deposed records with what
+the template no longer has, at the end of the apply. A deposed record left by an apply that stopped
+early is a ``delete`` of every later plan.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from armillary.stacks.resources.base import changed_paths, resource_types
 
 KNOWN_AFTER_APPLY = "(known after apply)"
 REDACTED = "******"
+CREATE_BEFORE_DELETE = "create_before_delete"
+DEPOSED = "~"  # <resource>~<apply job id>: an object replaced create-before-delete, deleted at the end
 
 
 @dataclass
@@ -32,6 +43,7 @@ class Change:
     property: str | None = None
     reason: str | None = None
     layer: int = 0
+    replace_policy: str | None = None  # replace only: delete_before_create | create_before_delete
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"resource": self.resource, "type": self.type, "action": self.action,
@@ -42,6 +54,8 @@ class Change:
             out["property"] = self.property
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.replace_policy is not None:
+            out["replace_policy"] = self.replace_policy
         return out
 
 
@@ -102,8 +116,36 @@ def context(params: Mapping[str, Any], conditions: Mapping[str, bool], records: 
                              attribute=attribute)
 
 
+def deposed_name(name: str, job_id: int, undone: bool = False) -> str:
+    """The record of an object set apart by apply job ``job_id``: the old one of a create-before-delete
+    replacement, or (``undone``) the new one its rollback gave up for the old one again."""
+    return f"{name}{DEPOSED}{job_id}" + (".rollback" if undone else "")
+
+
+def is_deposed(name: str) -> bool:
+    return DEPOSED in name
+
+
 def decide(resource: Any, props: dict[str, Any], record: StackResource | None, layer: int = 0) -> Change:
     """What to do with one resource of the template, given its resolved properties and its record."""
+    change = _decide(resource, props, record, layer)
+    if change.action == "replace":
+        change.replace_policy = resource.update_policy["replace"]
+    return change
+
+
+def create_before_delete_problem(resource: Any, props: dict[str, Any], record: StackResource | None,
+                                 change: Change) -> str | None:
+    """Why this replacement cannot make the new object beside the old one (the type says: a fixed
+    hostname, a fixed address...), or None. Only for a replace whose policy is create_before_delete and
+    whose old object exists (a resumed one already holds its new object)."""
+    if change.action != "replace" or change.replace_policy != CREATE_BEFORE_DELETE or record is None \
+            or record.physical_id is None:
+        return None
+    return resource_types()[resource.type].create_before_delete(props, record)
+
+
+def _decide(resource: Any, props: dict[str, Any], record: StackResource | None, layer: int) -> Change:
     types = resource_types()
     kind = types[resource.type]
     change = Change(resource.name, resource.type, "no-op", layer=layer)
@@ -128,6 +170,13 @@ def decide(resource: Any, props: dict[str, Any], record: StackResource | None, l
         change.reason = f"drift: {drift.get('detail') or drift['state']}"
         return change
     changed = changed_paths(record.properties or {}, props)
+    if record.status == ResourceStatus.FAILED and record.action in ("update", "delete") and not changed:
+        # what the failed action left is not known: an update is made again, a half-deleted one remade
+        again = "update" if record.action == "update" else "replace"
+        change.action, change.reason = again, f"the last {record.action} failed: it is made again"
+        if again == "replace":
+            change.property = "(failed delete)"
+        return change
     if changed:
         replacement = kind.replacement(changed)
         change.fields = changed
@@ -161,6 +210,12 @@ def compute(tmpl: template.Template, params: Mapping[str, Any], records: Mapping
             change = decide(resource, props, records.get(name), index)
             if change.action in ("create", "replace", "adopt"):
                 unknown.add(name)
+            why_not = create_before_delete_problem(resource, props, records.get(name), change)
+            if why_not is not None:
+                problems.append({"path": f"resources.{name}.update_policy.replace",
+                                 "message": f"{name} would be replaced ({change.property}: {change.reason}) "
+                                            f"create_before_delete, which cannot be done: {why_not}; use "
+                                            "replace: delete_before_create"})
             restricted = (resource.update_policy or {}).get("restricted") or []
             if change.action in ("replace", "update") and change.action in restricted:
                 why = f"{change.property}: {change.reason}" if change.action == "replace" else ", ".join(change.fields)
@@ -176,9 +231,17 @@ def deletions(records: Mapping[str, StackResource], keep: set[str]) -> list[Chan
     """The records the template no longer has, dependents first (reverse dependency order)."""
     gone = {name: r for name, r in records.items() if name not in keep}
     return [Change(name, gone[name].type, "forget" if gone[name].deletion_policy == "retain" else "delete",
-                   layer=-1 - i)
+                   layer=-1 - i, reason=_deposed_reason(name) if is_deposed(name) else None)
             for i, layer in enumerate(reverse_layers(gone, lambda r: r.depends_on or []))
             for name in layer]
+
+
+def _deposed_reason(name: str) -> str:
+    resource, _, suffix = name.rpartition(DEPOSED)
+    job, _, undone = suffix.partition(".")
+    if undone:
+        return f"the new {resource} of job {job}, given up by its rollback"
+    return f"the old {resource}, replaced create-before-delete by job {job}"
 
 
 def reverse_layers(records: Mapping[str, Any], deps: Callable[[Any], Iterable[str]]) -> list[list[str]]:

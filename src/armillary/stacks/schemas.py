@@ -5,13 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StrictBool, StringConstraints, model_validator
 
 from armillary.domain.schemas import MAX_ID, Description, Input, JsonObject, Name, Output, Ref, json_int
 
 TemplateText = Annotated[str, StringConstraints(min_length=1, max_length=2_000_000)]
 TemplateIn = JsonObject | TemplateText
 Parallelism = json_int(1, 100)
+ROLLBACK = ("When the operation fails: let running resources finish, then go back to the last template "
+            "(and parameters) that applied successfully; when none ever did, delete what the stack holds. "
+            "The stack ends rolled_back or rollback_failed")
+STATUSES = ("new, applying, complete, failed, checking, drifted, deleting, deleted, rolling_back, rolled_back "
+            "(the operation failed and was undone), rollback_failed")
 
 
 class StackCreate(Input):
@@ -54,6 +59,7 @@ class ApplyRequest(Input):
     plan: json_int(1, MAX_ID) | None = Field(None, description="The number of a stored plan")
     template: TemplateIn | None = None
     parameters: JsonObject | None = None
+    rollback: StrictBool = Field(False, description=ROLLBACK)
 
     @model_validator(mode="after")
     def _one_way(self) -> ApplyRequest:
@@ -66,12 +72,16 @@ class EmptyRequest(Input):
     pass
 
 
+class ConvergeRequest(Input):
+    rollback: StrictBool = Field(False, description=ROLLBACK)
+
+
 class StackOut(Output):
     id: int
     name: str
     description: str
     environment: dict[str, Any]
-    status: str
+    status: str = Field(description=STATUSES)
     status_reason: str
     serial: int = Field(description="Grows with every change; a plan is applicable only at its serial")
     parallelism: int
@@ -94,6 +104,8 @@ class ChangeOut(Output):
     fields: list[str] = Field(default_factory=list)
     property: str | None = None
     reason: str | None = None
+    replace_policy: str | None = Field(None, description="replace only: delete_before_create (the default) or "
+                                                         "create_before_delete (the new one is made first)")
 
 
 class PlanOut(Output):

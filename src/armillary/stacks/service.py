@@ -130,8 +130,11 @@ def make_plan(session: Session, stack: Stack, box: SecretBox, source: Mapping[st
     tmpl = parse(raw)
     merged = {**stored_parameters(stack, box), **(values or {})}
     bound = bind(tmpl, merged, stack)
+    existing = records(session, stack)
+    if existing:
+        check_immutable(tmpl, bound, stack, box)
     try:
-        result = plan.compute(tmpl, bound, records(session, stack))
+        result = plan.compute(tmpl, bound, existing)
     except template.TemplateError as exc:
         raise InvalidTemplate([{"path": p.path or "template", "message": p.message} for p in exc.problems]) from None
     if result.problems:
@@ -144,6 +147,25 @@ def make_plan(session: Session, stack: Stack, box: SecretBox, source: Mapping[st
     session.add(row)
     session.flush()
     return row
+
+
+def check_immutable(tmpl: template.Template, bound: Mapping[str, Any], stack: Stack, box: SecretBox) -> None:
+    """Heat's ``immutable: true``: once the stack has resources, the parameter keeps the value it was
+    applied with (a hidden one's values are never shown)."""
+    immutable = [name for name, p in tmpl.parameters.items() if p.immutable]
+    if not immutable or stack.template is None:
+        return
+    try:
+        before = bind(parse(stack.template), stored_parameters(stack, box), stack)
+    except InvalidTemplate:  # the stored one no longer binds (nothing applied yet): nothing to keep
+        return
+    hidden = parameters.hidden_parameters(tmpl)
+    problems = [{"path": f"parameters.{name}",
+                 "message": "is immutable: it cannot change once the stack has resources"
+                            + ("" if name in hidden else f" (it is {before[name]!r}, not {bound[name]!r})")}
+                for name in immutable if name in before and before[name] != bound.get(name)]
+    if problems:
+        raise InvalidTemplate(problems)
 
 
 def raw_template(tmpl: template.Template, source: Mapping[str, Any] | str) -> dict[str, Any]:
@@ -163,7 +185,7 @@ def get_plan(session: Session, stack: Stack, number: int) -> StackPlan:
 # ---------------------------------------------------------------- operations
 
 
-BUSY_STATUSES = (StackStatus.APPLYING, StackStatus.DELETING, StackStatus.CHECKING)
+BUSY_STATUSES = (StackStatus.APPLYING, StackStatus.DELETING, StackStatus.CHECKING, StackStatus.ROLLING_BACK)
 
 
 def settle_if_stale(session: Session, stack: Stack) -> None:
@@ -186,9 +208,13 @@ def check_free(session: Session, stack: Stack, actor: Actor) -> None:
 
 
 def start(session: Session, stack: Stack, operation: str, actor: Actor, *, plan_row: StackPlan | None = None,
-          request_id: str | None = None, idempotency_key: str | None = None) -> Job:
+          request_id: str | None = None, idempotency_key: str | None = None, rollback: bool = False) -> Job:
     """Start ``operation`` (apply of ``plan_row``, converge, delete, check) on ``stack``: the job, not committed.
-    An apply of a plan made before the stack last changed is refused (409 ``plan-stale``)."""
+    An apply of a plan made before the stack last changed is refused (409 ``plan-stale``). ``rollback``
+    (apply and converge): on failure, go back to the last template that applied successfully (see
+    ``armillary.workflows.stacks``)."""
+    if rollback and operation not in ("apply", "converge"):
+        raise InvalidInput("rollback", f"rollback is for apply and converge, not {operation}")
     check_free(session, stack, actor)
     if plan_row is not None:
         if plan_row.serial != stack.serial:
@@ -201,7 +227,7 @@ def start(session: Session, stack: Stack, operation: str, actor: Actor, *, plan_
     workflow = CHECK_WORKFLOW if operation == "check" else APPLY_WORKFLOW
     job = create_job(session, action=f"stack-{operation}", workflow=workflow,
                      params={"stack_id": stack.id, "stack": stack.name, "operation": operation,
-                             "plan": plan_row.number if plan_row is not None else None,
+                             "plan": plan_row.number if plan_row is not None else None, "rollback": rollback,
                              "parallelism": stack.parallelism, "actor": actor.as_dict()},
                      context={"stack": stack.name}, idempotency_key=idempotency_key, request_id=request_id,
                      user_id=actor.user_id, actor=actor.name)

@@ -79,6 +79,7 @@ RESOURCE_KEYS = ("type", "properties", "metadata", "depends_on", "condition", "d
 OUTPUT_KEYS = ("value", "description", "condition", "secret")
 DELETION_POLICIES = {"delete": "delete", "Delete": "delete", "retain": "retain", "Retain": "retain"}
 REPLACE_POLICIES = ("create_before_delete", "delete_before_create")
+DEFAULT_REPLACE = "delete_before_create"  # the order of a replacement whose template names none
 RESTRICTABLE = ("replace", "update")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 CONDITION_KEY_PREFIX = "@"
@@ -631,7 +632,7 @@ def _resource(name: str, body: Any, known_types: set[str], checker: _Checker,
 
 
 def _update_policy(value: Any, path: str, problems: list[Problem]) -> dict:
-    policy: dict[str, Any] = {"replace": "create_before_delete", "restricted": []}
+    policy: dict[str, Any] = {"replace": DEFAULT_REPLACE, "restricted": []}
     if value is None:
         return policy
     if not isinstance(value, dict):
@@ -641,7 +642,7 @@ def _update_policy(value: Any, path: str, problems: list[Problem]) -> dict:
     for key in value:
         if key not in ("replace", "restricted"):
             problems.append(Problem(join(path, key), "unknown update_policy key; it has replace and restricted"))
-    replace = value.get("replace", "create_before_delete")
+    replace = value.get("replace", DEFAULT_REPLACE)
     if replace not in REPLACE_POLICIES:
         problems.append(Problem(join(path, "replace"), f"replace is one of {', '.join(REPLACE_POLICIES)}"))
     else:

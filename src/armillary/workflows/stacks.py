@@ -11,6 +11,19 @@ again; then what the template no longer has is deleted, dependents first) → ``
 the job fails naming the failed resources). On the first failure no new resource starts; the running
 ones finish and are recorded, so the stack says exactly what exists. ``delete`` tears everything down
 in reverse dependency order and then forgets the stack.
+
+``rollback`` (between ``resources`` and ``settle``; a no-op unless the operation failed and was started
+with ``rollback: true``): the stack's template and parameters go back to the last ones that applied
+successfully, the old objects this apply replaced create-before-delete become the resources again, and
+the same walk makes the stack hold that template; when nothing ever applied successfully, everything
+the stack holds is deleted instead (as Heat rolls back a failed create). The stack ends ``rolled_back``
+or ``rollback_failed``; the job fails either way (what was asked did not happen). A resumed rollback
+decides again from the records, as an apply does.
+
+create_before_delete replacements (``update_policy: {replace: create_before_delete}``): the old object is
+set apart as a deposed record (``armillary.stacks.plan``) in the transaction that starts the new one's
+create; dependents in later layers read the new one; the deposed records are deleted with what the
+template no longer has, at the end.
 """
 
 from __future__ import annotations
@@ -211,6 +224,11 @@ class _Walk:
 
     def _start_one(self, session: Any, stack: Stack, record: StackResource | None, name: str,
                    change: plan.Change, resource: Any, props: dict[str, Any]) -> Job | None:
+        action = change.action
+        if action == "replace" and change.replace_policy == plan.CREATE_BEFORE_DELETE and record is not None \
+                and record.physical_id is not None:
+            self._depose(session, stack, record)
+            action = "create"  # a resumed one continues as the create it is
         if record is None:
             record = StackResource(stack_id=stack.id, name=name, type=change.type, properties={}, attributes={},
                                    drift={}, pending={}, depends_on=[], deletion_policy="delete")
@@ -219,21 +237,34 @@ class _Walk:
         if resource is not None:
             record.depends_on = sorted(resource.depends_on)
             record.deletion_policy = resource.deletion_policy
-        record.type, record.pending, record.action = change.type, props, change.action
-        record.status = ResourceStatus.DELETING if change.action == "delete" else ResourceStatus.PENDING
+        record.type, record.pending, record.action = change.type, props, action
+        record.status = ResourceStatus.DELETING if action == "delete" else ResourceStatus.PENDING
         kind = get_type(change.type)
-        act = Act(stack, record, change.action, props, self.ctx.job_id, self.actor, self.ctx.runtime.secret_box)
+        act = Act(stack, record, action, props, self.ctx.job_id, self.actor, self.ctx.runtime.secret_box)
         job = None
-        if change.action == "adopt":
+        if action == "adopt":
             kind.adopt(session, act, str(resource.external_id))
-        elif change.action != "forget":
+        elif action != "forget":
             job = kind.start(session, act)
         if job is not None:
             session.flush()
             record.job_id = job.id
-        service.event(session, stack.id, job.id if job else None, name, change.action, "started",
-                      change.reason or (", ".join(change.fields) if change.fields else ""))
+        message = change.reason or (", ".join(change.fields) if change.fields else "")
+        if action != change.action:
+            message = f"{change.property}: {message}; create before delete: the old one is deleted at the end"
+        service.event(session, stack.id, job.id if job else None, name, change.action, "started", message)
         return job
+
+    def _depose(self, session: Any, stack: Stack, record: StackResource) -> None:
+        """Set the old object apart (its own record, deleted at the end of the apply) and leave the
+        resource's record empty for the new one, in the transaction that starts the new one."""
+        session.add(StackResource(
+            stack_id=stack.id, name=plan.deposed_name(record.name, self.ctx.job_id), type=record.type,
+            physical_id=record.physical_id, status=ResourceStatus.COMPLETE, status_reason="",
+            properties=dict(record.properties or {}), pending={}, attributes=dict(record.attributes or {}),
+            depends_on=list(record.depends_on or []), deletion_policy=record.deletion_policy, drift={}))
+        record.physical_id, record.properties, record.attributes, record.drift = None, {}, {}, {}
+        session.flush()
 
     def _refused(self, name: str, action: str, why: str) -> None:
         with self.ctx.runtime.db.session() as session:
@@ -265,8 +296,18 @@ class _Walk:
 
 def run_resources(ctx: StepContext) -> dict[str, Any]:
     walk = _Walk(ctx)
-    operation = ctx.params.get("operation")
-    if operation != "delete":
+    _converge(ctx, walk, to_template=ctx.params.get("operation") != "delete")
+    failed = sorted(n for n, r in walk.results.items() if r["status"] != "succeeded")
+    ctx.log(f"resources: {len(walk.results) - len(failed)} ✔, {len(failed)} ✗")
+    return {"resources": walk.results, "failed": failed}
+
+
+def _converge(ctx: StepContext, walk: _Walk, *, to_template: bool, forget: frozenset[str] = frozenset()) -> None:
+    """Make the stack hold what its stored template says (``to_template``) or nothing: the template's
+    layers in order, then what it no longer has (deposed objects included) torn down, dependents first.
+    ``forget``: names to forget rather than delete when torn down (things a rolled back apply adopted)."""
+    keep: set[str] = set()
+    if to_template:
         tmpl, params = _state(ctx)
         conditions = functions.evaluate_conditions(tmpl, params)
         active = graph.active_resources(tmpl, conditions)
@@ -275,23 +316,34 @@ def run_resources(ctx: StepContext) -> dict[str, Any]:
                 break
             _layer(ctx, walk, tmpl, params, conditions, active, layer, index)
         keep = set(active)
-    else:
-        keep = set()
-    if not walk.failed:
-        with ctx.runtime.db.session() as session:
-            recs = service.records(session, _stack(session, ctx))
-            for r in recs.values():
-                session.expunge(r)
-        for change_layer in plan.reverse_layers({n: r for n, r in recs.items() if n not in keep},
-                                                lambda r: r.depends_on or []):
-            if walk.failed:
-                break
-            left = walk.adopt_running(change_layer)
-            walk.run([(c.resource, c, None, dict(recs[c.resource].properties or recs[c.resource].pending or {}))
-                      for c in plan.deletions({n: recs[n] for n in left}, set())])
-    failed = sorted(n for n, r in walk.results.items() if r["status"] != "succeeded")
-    ctx.log(f"resources: {len(walk.results) - len(failed)} ✔, {len(failed)} ✗")
-    return {"resources": walk.results, "failed": failed}
+    if walk.failed:
+        return
+    with ctx.runtime.db.session() as session:
+        recs = service.records(session, _stack(session, ctx))
+        for r in recs.values():
+            session.expunge(r)
+    for change_layer in plan.reverse_layers({n: r for n, r in recs.items() if n not in keep},
+                                            lambda r: r.depends_on or []):
+        if walk.failed:
+            break
+        left = walk.adopt_running(change_layer)
+        walk.run([(c.resource, c, None, dict(recs[c.resource].properties or recs[c.resource].pending or {}))
+                  for c in _teardown({n: recs[n] for n in left}, recs, keep, forget)])
+
+
+def _teardown(gone: dict[str, StackResource], recs: dict[str, StackResource], keep: set[str],
+              forget: frozenset[str]) -> list[plan.Change]:
+    """The deletions of ``gone``; a deposed record whose object a kept resource holds again (the same
+    physical id: a DNS record rewritten in place) is forgotten, never deleted from under it."""
+    held = {(r.type, r.physical_id) for n, r in recs.items() if n in keep and r.physical_id is not None}
+    changes = plan.deletions(gone, set())
+    for change in changes:
+        record = gone[change.resource]
+        if plan.is_deposed(change.resource) and (record.type, record.physical_id) in held:
+            change.action, change.reason = "forget", "its replacement is the same object"
+        elif change.resource in forget:
+            change.action, change.reason = "forget", "adopted by the rolled back apply: left as it was"
+    return changes
 
 
 def _layer(ctx: StepContext, walk: _Walk, tmpl: Any, params: dict[str, Any], conditions: dict[str, bool],
@@ -310,9 +362,79 @@ def _layer(ctx: StepContext, walk: _Walk, tmpl: Any, params: dict[str, Any], con
             walk._refused(name, "create", "a property reads a resource that does not exist")
             return
         change = plan.decide(resource, props, recs.get(name), index)
+        why_not = plan.create_before_delete_problem(resource, props, recs.get(name), change)
+        if why_not is not None:
+            walk._refused(name, "replace", f"create_before_delete cannot be done: {why_not}")
+            return
         if change.action != "no-op":
             items.append((name, change, resource, props))
     walk.run(items)
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def run_rollback(ctx: StepContext) -> dict[str, Any]:
+    """After a failed apply/converge started with ``rollback: true``: back to the last good template (or
+    to nothing). The switch is written once (the stack says ``rolling_back``); a resumed step walks
+    again from the records."""
+    if not ctx.context.get("failed") or not ctx.params.get("rollback") \
+            or ctx.params.get("operation") not in ("apply", "converge"):
+        return {}
+    with ctx.runtime.db.session() as session:
+        stack = _stack(session, ctx)
+        target = "template" if stack.last_good_template is not None else "nothing"
+        if stack.status != StackStatus.ROLLING_BACK:
+            _switch_back(session, stack, ctx.job_id)
+            session.commit()
+        forget = _adopted(session, stack, ctx.params.get("plan"))
+    ctx.log(f"rollback: to {'the last template that applied successfully' if target == 'template' else 'nothing'}",
+            level="warning")
+    walk = _Walk(ctx)
+    _converge(ctx, walk, to_template=target == "template", forget=forget)
+    failed = sorted(n for n, r in walk.results.items() if r["status"] != "succeeded")
+    ctx.log(f"rollback: {len(walk.results) - len(failed)} ✔, {len(failed)} ✗")
+    return {"rollback": {"to": target, "resources": walk.results, "failed": failed,
+                         "complete": not walk.failed}}
+
+
+def _switch_back(session: Any, stack: Stack, job_id: int) -> None:
+    """The stack's template and parameters become the last good ones; the old objects this job replaced
+    create-before-delete become the resources again (the new ones set apart in their place, deleted by
+    the walk): a rollback gives back the very objects, not copies. No last good template: the template
+    stays, the walk deletes everything."""
+    if stack.last_good_template is not None:
+        keep = set((stack.last_good_template or {}).get("resources") or {})
+        recs = service.records(session, stack)
+        for name, record in recs.items():
+            base, _, suffix = name.rpartition(plan.DEPOSED)
+            if suffix != str(job_id) or base not in keep:
+                continue
+            live = recs.get(base)
+            if live is not None:
+                live.name = plan.deposed_name(base, job_id, undone=True)
+                session.flush()
+            record.name = base
+            session.flush()
+        stack.template = stack.last_good_template
+        stack.parameters = stack.last_good_parameters or {}
+        stack.secret_parameters = stack.last_good_secret_parameters
+        stack.serial += 1
+    stack.status = StackStatus.ROLLING_BACK
+    stack.status_reason = f"rolling back (job {job_id})"
+    service.event(session, stack.id, job_id, None, "rollback", "started",
+                  "back to the last template that applied successfully" if stack.last_good_template is not None
+                  else "no apply ever succeeded: deleting what the stack holds")
+
+
+def _adopted(session: Any, stack: Stack, plan_number: int | None) -> frozenset[str]:
+    """The resources the failed apply's template adopts (``external_id``): a rollback forgets them, it
+    never deletes what it did not make."""
+    if plan_number is None:
+        return frozenset()
+    row = service.get_plan(session, stack, plan_number)
+    return frozenset(name for name, body in ((row.template or {}).get("resources") or {}).items()
+                     if isinstance(body, dict) and body.get("external_id") is not None)
 
 
 # ---------------------------------------------------------------- settle
@@ -331,15 +453,20 @@ def run_settle(ctx: StepContext) -> dict[str, Any]:
             session.commit()
             ctx.log(f"stack {ctx.params['stack']} deleted")
             return {"deleted": True}
+        rollback = ctx.context.get("rollback") or {}
         if operation != "delete":
             tmpl = plan.parse(stack.template)
             params = service.bind(tmpl, service.stored_parameters(stack, ctx.runtime.secret_box), stack)
             conditions = functions.evaluate_conditions(tmpl, params)
             stack.outputs = plan.outputs(tmpl, params, conditions, plan.context(params, conditions, recs, set()))
+            if rollback.get("to") == "nothing":
+                stack.outputs = {}
         if operation == "check":
             stack.status = StackStatus.DRIFTED if stack.drift else StackStatus.COMPLETE
             stack.status_reason = (f"{len(stack.drift)} resources drifted: {', '.join(sorted(stack.drift)[:10])}"
                                    if stack.drift else "no drift")
+        elif failed and rollback:
+            stack.status, stack.status_reason = _rolled_back(operation, failed, rollback)
         elif failed:
             stack.status = StackStatus.FAILED
             stack.status_reason = f"{operation} failed: {', '.join(failed[:10])}"
@@ -347,17 +474,36 @@ def run_settle(ctx: StepContext) -> dict[str, Any]:
             stack.status, stack.status_reason = StackStatus.COMPLETE, f"{operation} complete"
             if operation == "converge":
                 stack.drift = {}
+            if operation in ("apply", "converge"):  # what a later rollback goes back to
+                stack.last_good_template, stack.last_good_parameters = stack.template, stack.parameters
+                stack.last_good_secret_parameters = stack.secret_parameters
         stack.serial += 1
+        if rollback:
+            service.event(session, stack.id, ctx.job_id, None, "rollback",
+                          "succeeded" if stack.status == StackStatus.ROLLED_BACK else "failed", stack.status_reason)
         service.event(session, stack.id, ctx.job_id, None, operation, "failed" if failed else "succeeded",
                       stack.status_reason)
         session.commit()
-        status = stack.status
+        status, reason = stack.status, stack.status_reason
     if failed:
         results = ctx.context.get("resources") or {}
         raise PermanentFailure(f"{len(failed)} resources failed: " + ", ".join(
-            f"{n} ({results.get(n, {}).get('action')}: {results.get(n, {}).get('error')})" for n in failed[:10]),
-            result={"status": status})
+            f"{n} ({results.get(n, {}).get('action')}: {results.get(n, {}).get('error')})" for n in failed[:10])
+            + (f"; {reason.split('; ', 1)[1]}" if rollback else ""), result={"status": status})
     return {"status": status}
+
+
+def _rolled_back(operation: str, failed: list[str], rollback: dict[str, Any]) -> tuple[str, str]:
+    """The stack's status and reason after a rollback: ``rolled_back`` when it completed."""
+    where = "the last template that applied successfully" if rollback.get("to") == "template" else \
+        "nothing (no apply of this stack ever succeeded: what it made was deleted)"
+    head = f"{operation} failed: {', '.join(failed[:10])}"
+    if rollback.get("complete") and not rollback.get("failed"):
+        return StackStatus.ROLLED_BACK, f"{head}; rolled back to {where}"[:1000]
+    undone = rollback.get("failed") or []
+    return StackStatus.ROLLBACK_FAILED, (f"{head}; the rollback to {where} failed"
+                                         + (f": {', '.join(undone[:10])}" if undone else " (stopped)")
+                                         + "; the resources say what exists")[:1000]
 
 
 def summarize(context: dict[str, Any]) -> dict[str, Any] | None:
@@ -417,8 +563,10 @@ STACK_APPLY = Workflow(
     service.APPLY_WORKFLOW,
     [StepSpec("observe", run_observe, timeout_s=3600, max_attempts=3),
      StepSpec("resources", run_resources, ("observe",), timeout_s=7 * 86400, max_attempts=5),
-     StepSpec("settle", run_settle, ("resources",), timeout_s=300, max_attempts=5)],
-    failure_state=None, description="A stack's apply, converge or delete: one child job per resource action",
+     StepSpec("rollback", run_rollback, ("resources",), timeout_s=7 * 86400, max_attempts=5),
+     StepSpec("settle", run_settle, ("rollback",), timeout_s=300, max_attempts=5)],
+    failure_state=None, description="A stack's apply, converge or delete: one child job per resource action "
+                                    "(and, with rollback, the way back to the last good template)",
     summarize=summarize,
 )
 STACK_CHECK = Workflow(

@@ -151,6 +151,13 @@ class ResourceType:
                     return Replacement(path, reason)
         return None
 
+    @classmethod
+    def create_before_delete(cls, properties: Mapping[str, Any], record: StackResource) -> str | None:
+        """Why a replacement with these properties cannot be made while ``record``'s object still exists
+        (``update_policy: {replace: create_before_delete}``), or None when it can. Default: it cannot; a
+        type that can hold two objects at once (a new id, a free name) says so."""
+        return f"{cls.name} cannot make a replacement beside the one it replaces"
+
     # ------------------------------------------------------------ apply time
 
     def start(self, session: Session, act: Act) -> Job | None:

@@ -55,6 +55,13 @@ class DnsRecordResource(ResourceType):
         "type": "a record's type is its identity"}
     attribute_names = ("id", "fqdn", "type", "values")
 
+    @classmethod
+    def create_before_delete(cls, properties: Mapping[str, Any], record: StackResource) -> str | None:
+        """A record is replaced only when its zone, name or type change: the new rrset is another one and
+        can be written before the old one is removed. (A replacement of a missing record writes the same
+        rrset: the stack then forgets the old record instead of removing it.)"""
+        return None
+
     def _record(self, session: Session, act: Act) -> tuple[DnsZone, DnsRecord]:
         props = self.props(act.properties)
         zone = find(session, DnsZone, props.zone, "DNS zone", act.stack.environment_id)

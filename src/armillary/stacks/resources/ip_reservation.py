@@ -37,6 +37,17 @@ class IpReservationResource(ResourceType):
         "pool": "a reservation belongs to one pool", "address": "a reservation holds one address"}
     attribute_names = ("id", "address", "pool")
 
+    @classmethod
+    def create_before_delete(cls, properties: Mapping[str, Any], record: StackResource) -> str | None:
+        """An address is held by one reservation: a fixed ``address`` the old reservation holds cannot be
+        reserved again before it is released (unless the old one is already gone); the pool's next free
+        one, or another address, can."""
+        wanted, current = properties.get("address"), (record.attributes or {}).get("address")
+        if wanted is not None and current is not None and str(wanted) == str(current) \
+                and (record.drift or {}).get("state") != "missing":
+            return f"the template fixes the address {current}, which the old reservation holds until released"
+        return None
+
     def create(self, ctx: StepContext, session: Session, act: Act) -> None:
         props = self.props(act.properties)
         pool = find(session, IpPool, props.pool, "IP pool", act.stack.environment_id)

@@ -5,8 +5,9 @@ The system row is written, and its id recorded as the resource's physical id, in
 that starts its create job: a crash leaves a system the next apply finds and creates again (the drivers'
 creates are idempotent: the machine made before the crash is adopted, never twinned). A replacement is
 the lifecycle's ``reload`` (destroy, then create from the new properties, provision again): the system
-keeps its name and id. Labels and variables change in place. The system is labelled
-``stack=<stack name>``.
+keeps its name and id; with ``update_policy: {replace: create_before_delete}`` it is a new system
+instead (see ``create_before_delete`` and ``_hostname``). Labels and variables change in place. The
+system is labelled ``stack=<stack name>``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class SystemResource(ResourceType):
     }
     attribute_names = ("id", "hostname", "addresses", "address", "state", "provider_id")
 
+    @classmethod
+    def create_before_delete(cls, properties: Mapping[str, Any], record: StackResource) -> str | None:
+        """A new system needs a hostname of its own: a template that fixes the one the old system has
+        cannot (without one, the new system gets ``<stack>-<resource>-<n>``, see ``_hostname``)."""
+        wanted = properties.get("hostname")
+        current = (record.attributes or {}).get("hostname")
+        if isinstance(wanted, str) and current and wanted.lower().replace("_", "-") == current:
+            return f"the template fixes the hostname {current}, which the old system holds until it is deleted"
+        return None
+
     # ------------------------------------------------------------ apply
 
     def start(self, session: Session, act: Act) -> Job | None:
@@ -95,8 +106,25 @@ class SystemResource(ResourceType):
     def _system(session: Session, record: StackResource) -> System | None:
         return session.get(System, int(record.physical_id)) if record.physical_id else None
 
+    @staticmethod
+    def _hostname(session: Session, act: Act, props: SystemProperties) -> str:
+        """``hostname_of``; when no hostname is given and the default one is held by another system of
+        this stack (the one a create-before-delete replacement replaces), the first free ``<it>-<n>``."""
+        base = hostname_of(act.stack.name, act.record.name, props)
+        if props.hostname is not None:
+            return base
+
+        def holder(name: str) -> System | None:
+            return session.query(System).filter(System.environment_id == act.stack.environment_id,
+                                                System.hostname == name).one_or_none()
+
+        held = holder(base)
+        if held is None or not any(lb.key == STACK_LABEL and lb.value == act.stack.name for lb in held.labels):
+            return base
+        return next(f"{base[:249]}-{n}" for n in range(2, 10_000) if holder(f"{base[:249]}-{n}") is None)
+
     def _new_system(self, session: Session, act: Act, props: SystemProperties) -> System:
-        system = System(hostname=hostname_of(act.stack.name, act.record.name, props),
+        system = System(hostname=self._hostname(session, act, props),
                         environment_id=act.stack.environment_id, owner_id=act.stack.owner_id,
                         addresses=[], provider_info={}, state=SystemState.DEFINED.value)
         self._write(session, act, system, props)
