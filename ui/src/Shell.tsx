@@ -16,6 +16,7 @@ const NAV: { to: string; label: string; admin?: boolean }[] = [
   { to: "/schedules", label: "Schedules", admin: true },
   { to: "/network", label: "IP pools & DNS" },
   { to: "/clusters", label: "Clusters" },
+  { to: "/stacks", label: "Stacks" },
   { to: "/audits", label: "Audits" },
   { to: "/attention", label: "Attention queue" },
   { to: "/subscriptions", label: "Subscriptions" },

@@ -26,6 +26,8 @@ const Audit = lazy(() => import("./pages/Audit"));
 const Network = lazy(() => import("./pages/Network"));
 const Clusters = lazy(() => import("./pages/Clusters"));
 const ClusterPage = lazy(() => import("./pages/ClusterPage"));
+const Stacks = lazy(() => import("./pages/Stacks"));
+const StackPage = lazy(() => import("./pages/StackPage"));
 const Audits = lazy(() => import("./pages/Audits"));
 const Attention = lazy(() => import("./pages/Attention"));
 const Subscriptions = lazy(() => import("./pages/Subscriptions"));
@@ -59,6 +61,9 @@ function Guarded() {
           <Route path="/network" element={<Network />} />
           <Route path="/clusters" element={<Clusters />} />
           <Route path="/clusters/:name" element={<ClusterPage />} />
+          <Route path="/stacks" element={<Stacks />} />
+          <Route path="/stacks/new" element={<StackPage />} />
+          <Route path="/stacks/:name" element={<StackPage />} />
           <Route path="/audits" element={<Audits />} />
           <Route path="/attention" element={<Attention />} />
           <Route path="/subscriptions" element={<Subscriptions />} />

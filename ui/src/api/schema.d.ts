@@ -2045,6 +2045,7 @@ export interface paths {
         /**
          * Apply
          * @description Apply plan ``plan``, or plan (``template``/``parameters``, default the stack's) and apply at once.
+         *     ``rollback: true``: on failure, back to the last template that applied successfully.
          */
         post: operations["apply_api_v1_stacks__ref__apply_post"];
         delete?: never;
@@ -2085,6 +2086,7 @@ export interface paths {
         /**
          * Converge
          * @description Check every resource, then apply the stored template again: what drifted is repaired.
+         *     ``rollback: true``: on failure, back to the last template that applied successfully.
          */
         post: operations["converge_api_v1_stacks__ref__converge_post"];
         delete?: never;
@@ -2790,6 +2792,12 @@ export interface components {
              * @description The number of a stored plan
              */
             plan?: number | null;
+            /**
+             * Rollback
+             * @description When the operation fails: let running resources finish, then go back to the last template (and parameters) that applied successfully; when none ever did, delete what the stack holds. The stack ends rolled_back or rollback_failed
+             * @default false
+             */
+            rollback?: boolean;
             /** Template */
             template?: {
                 [key: string]: unknown;
@@ -3121,6 +3129,11 @@ export interface components {
             property?: string | null;
             /** Reason */
             reason?: string | null;
+            /**
+             * Replace Policy
+             * @description replace only: delete_before_create (the default) or create_before_delete (the new one is made first)
+             */
+            replace_policy?: string | null;
             /** Resource */
             resource: string;
             /** Type */
@@ -3842,6 +3855,15 @@ export interface components {
             sasl?: boolean | null;
             /** Tls */
             tls?: boolean | null;
+        };
+        /** ConvergeRequest */
+        ConvergeRequest: {
+            /**
+             * Rollback
+             * @description When the operation fails: let running resources finish, then go back to the last template (and parameters) that applied successfully; when none ever did, delete what the stack holds. The stack ends rolled_back or rollback_failed
+             * @default false
+             */
+            rollback?: boolean;
         };
         /** Decision */
         Decision: {
@@ -6309,7 +6331,10 @@ export interface components {
              * @description Grows with every change; a plan is applicable only at its serial
              */
             serial: number;
-            /** Status */
+            /**
+             * Status
+             * @description new, applying, complete, failed, checking, drifted, deleting, deleted, rolling_back, rolled_back (the operation failed and was undone), rollback_failed
+             */
             status: string;
             /** Status Reason */
             status_reason: string;
@@ -19073,7 +19098,7 @@ export interface operations {
         };
         requestBody?: {
             content: {
-                "application/json": components["schemas"]["EmptyRequest"] | null;
+                "application/json": components["schemas"]["ConvergeRequest"] | null;
             };
         };
         responses: {
