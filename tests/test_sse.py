@@ -6,6 +6,8 @@ import json
 
 import httpx
 
+from armillary.api import live_events
+from armillary.domain.jobs import JobEvent
 from tests.support.jobs import act, sim_setup, wait_job
 
 
@@ -52,3 +54,39 @@ def test_events_page_without_streaming(api: httpx.Client) -> None:
     following = api.get(page["next"]).json()
     assert following["items"][0]["id"] > page["items"][-1]["id"]
     assert api.get("/jobs/999999/events").status_code == 404
+
+
+def test_a_follower_is_woken_by_an_event_another_process_writes(
+    api: httpx.Client, base_url: str, admin_headers: dict, live_server, monkeypatch
+) -> None:
+    """An event row written by anyone (here a plain database session, as an `armillary worker` would) reaches
+    the follower through the process's JobEventWatch — a PostgreSQL NOTIFY from the job_events trigger, or
+    the one SQLite poll — not through the follower's own fallback read, which is put off to a minute here."""
+    monkeypatch.setattr(live_events, "SAFETY_S", 60.0)
+    sim_setup(api, config={"latency_ms": 2000})
+    job = act(api, "s1", "stage").json()
+    url = f"{base_url}/api/v1/jobs/{job['id']}/events"
+    with httpx.stream("GET", url, headers={"Accept": "text/event-stream", **admin_headers}, timeout=15) as stream:
+        lines = stream.iter_lines()
+        seen = read_until(lines, lambda event: True)  # the stream is live: the job's first event
+        with live_server[1].session() as session:
+            session.add(JobEvent(job_id=job["id"], kind="log", message="written elsewhere"))
+            session.commit()
+        marker = read_until(lines, lambda event: json.loads(event["data"])["message"] == "written elsewhere")
+    assert int(marker["id"]) > int(seen["id"])
+    api.post(f"/jobs/{job['id']}/cancel")
+    wait_job(api, job["id"])
+
+
+def read_until(lines, wanted) -> dict:
+    """The next SSE event (``{id, event, data}``) for which ``wanted(event)`` holds; a read timeout fails."""
+    current: dict = {}
+    for line in lines:
+        if line == "":
+            if "data" in current and wanted(current):
+                return current
+            current = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            current[field] = value
+    raise AssertionError("the stream ended before the event came")

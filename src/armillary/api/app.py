@@ -51,6 +51,7 @@ from armillary.api import stacks  # stacks (issue 19)
 from armillary.api import chat  # the chat bot (issue 18)
 from armillary.api.audit_trail import AuditMiddleware
 from armillary.api.bodies import BodyGuardMiddleware
+from armillary.api.live_events import JobEventWatch
 from armillary.api.middleware import OptionsMiddleware, RequestIdMiddleware
 from armillary.api.security import credentials_refusal, current_principal, document_permissions
 from armillary.api.tracing_middleware import install as install_tracing
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             yield
         finally:
             app.state.engine.stop()
+            app.state.job_event_watch.stop()
             if app.state.notify is not None:
                 app.state.notify.stop()
             db.dispose()
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.engine.runtime.data_dir = settings.data_dir
     app.state.engine.runtime.settings = settings
     app.state.notify = None  # the NotifyService, once started
+    app.state.job_event_watch = JobEventWatch(db)  # wakes SSE followers (api/live_events.py)
 
     # Every route under the API router needs credentials; only the login routes are outside it.
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_principal)])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -29,7 +29,6 @@ from armillary.workflows.selection import resolve_selector
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-SSE_POLL_S = 0.1
 SSE_KEEPALIVE_S = 15.0
 
 
@@ -160,29 +159,38 @@ async def job_events(
         next_url = str(request.url.include_query_params(after=items[-1]["id"])) if len(items) == limit else None
         return JSONResponse({"items": items, "next": next_url, "job_ended": ended is not None})
     return StreamingResponse(
-        metrics.followed(_stream(request, page, items, ended, after)), media_type="text/event-stream",
+        metrics.followed(_stream(request, job_id, page, items, ended, after)), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(request: Request, page, items: list[dict], ended: str | None, after: int) -> AsyncIterator[str]:
+async def _stream(request: Request, job_id: int, page, items: list[dict], ended: str | None,
+                  after: int) -> AsyncIterator[str]:
+    """The events as they come: the job's next page is read when the process's ``JobEventWatch`` says it
+    may have new events (a PostgreSQL NOTIFY, or its one SQLite poll), or at the latest every second."""
+    watch = request.app.state.job_event_watch
+    woken = watch.follow(job_id)
     last = after
-    quiet = 0.0
-    yield "retry: 1000\n\n"
-    while True:
-        for item in items:
-            last = item["id"]
-            yield f"id: {item['id']}\nevent: {item['kind']}\ndata: {json.dumps(item)}\n\n"
-        if ended and not items:
-            end = {"job_id": request.path_params["job_id"], "status": ended}
-            yield f"event: end\ndata: {json.dumps(end)}\n\n"
-            return
-        if await request.is_disconnected():
-            return
-        if not items:
-            await asyncio.sleep(SSE_POLL_S)
-            quiet += SSE_POLL_S
-            if quiet >= SSE_KEEPALIVE_S:
-                quiet = 0.0
-                yield ": keep-alive\n\n"
-        items, ended = await run_in_threadpool(page, last)
+    quiet_since = time.monotonic()
+    try:
+        yield "retry: 1000\n\n"
+        while True:
+            for item in items:
+                last = item["id"]
+                yield f"id: {item['id']}\nevent: {item['kind']}\ndata: {json.dumps(item)}\n\n"
+            if ended and not items:
+                end = {"job_id": job_id, "status": ended}
+                yield f"event: end\ndata: {json.dumps(end)}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            if items:
+                quiet_since = time.monotonic()
+            else:
+                await watch.wait(woken)
+                if time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+            items, ended = await run_in_threadpool(page, last)
+    finally:
+        watch.unfollow(job_id, woken)

@@ -293,7 +293,7 @@ class CeleryExecutor(Executor):
         watch.start()
         self._threads.append(watch)
         self._listener = Listener(
-            str(runtime.db.engine.url.render_as_string(hide_password=False)), runtime.wake
+            str(runtime.db.engine.url.render_as_string(hide_password=False)), lambda _payload: runtime.wake()
         )
         self._listener.start()
 

@@ -52,12 +52,13 @@ class Notifier:
 
 
 class Listener:
-    """A thread that calls ``wake`` whenever a NOTIFY arrives on the channel; reconnects when cut off."""
+    """A thread that calls ``on_notify(payload)`` for each NOTIFY on the channel; reconnects when cut off."""
 
-    def __init__(self, database_url: str, wake: Callable[[], None]) -> None:
+    def __init__(self, database_url: str, on_notify: Callable[[str], None], channel: str = CHANNEL) -> None:
         url = make_url(database_url)
         self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self.wake = wake
+        self.on_notify = on_notify  # called with each notification's payload
+        self.channel = channel
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="armillary-wake-listener", daemon=True)
 
@@ -73,10 +74,10 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self.channel}")
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self.wake()
+                        for notify in conn.notifies(timeout=1.0):
+                            self.on_notify(notify.payload)
             except Exception:  # noqa: BLE001 - the database went away: listen again once it is back
                 log.warning("wake listener lost its connection; listening again in 1s", exc_info=True)
                 self._stop.wait(1.0)
