@@ -96,7 +96,7 @@ class Server:
 
 
 @contextmanager
-def serve(data_dir: Path, timeout: float = 30) -> Iterator[Server]:
+def serve(data_dir: Path, timeout: float = 90) -> Iterator[Server]:
     """Run ``armillary serve --port 0`` on its own SQLite under ``data_dir``, with an admin signed in.
 
     The admin's CLI credentials are in ``data_dir/cli-config`` (``Server.config_dir``)."""

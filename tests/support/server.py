@@ -21,6 +21,9 @@ from armillary.domain.db import Database
 # The apps running_app serves, by base URL (for changed_settings).
 _APPS: dict[str, FastAPI] = {}
 
+# Migrating a new database and starting the engine take ~3 s on idle cores; test processes share two cores.
+START_TIMEOUT_S = 120.0
+
 
 @contextmanager
 def changed_settings(base_url: str, **changes: Any) -> Iterator[Settings]:
@@ -60,10 +63,10 @@ def running_app(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_TIMEOUT_S
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("test server did not start")
+            raise RuntimeError(f"test server did not start in {START_TIMEOUT_S:.0f}s (alive: {thread.is_alive()})")
         time.sleep(0.02)
     base_url = f"http://127.0.0.1:{port}"
     _APPS[base_url] = app

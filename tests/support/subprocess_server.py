@@ -31,7 +31,7 @@ class ServerProcess:
         self.url = ""
         self.output: list[str] = []
 
-    def start(self, timeout_s: float = 60) -> "ServerProcess":
+    def start(self, timeout_s: float = 120) -> "ServerProcess":
         self.proc = subprocess.Popen(
             [ARMILLARY, "serve", "--port", "0", *self.args], env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
