@@ -14,7 +14,7 @@ from sqlalchemy import delete
 
 from armillary.domain.jobs import SimulatedMachine
 from tests.support.accounts import bearer, ensure_user, grant, token_for
-from tests.support.jobs import wait_job
+from tests.support.jobs import run, wait_job
 
 
 def setup(api: httpx.Client, config: dict | None = None, cpu: int = 1) -> None:
@@ -26,12 +26,6 @@ def setup(api: httpx.Client, config: dict | None = None, cpu: int = 1) -> None:
                                        "machine": {"cpu": cpu, "memory": "1G"}, "labels": {"tier": "web"}})
     assert made.status_code == 201, made.text
 
-
-def run(api: httpx.Client, response: httpx.Response, status: str = "succeeded") -> dict:
-    assert response.status_code == 202, response.text
-    job = wait_job(api, response.json()["id"], timeout_s=60)
-    assert job["status"] == status, job
-    return job
 
 
 def cluster(api: httpx.Client, name: str = "web") -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from armillary.drivers.docker import container_name
 from tests.support import podman as podman_support
-from tests.support.jobs import wait_job
+from tests.support.jobs import run, wait_job
 from tests.support.podman import PodmanPeer, start_podman
 
 podman_peer = podman_support.podman_peer
@@ -40,12 +40,6 @@ def until(predicate: Callable[[], object], timeout_s: float, what: str) -> objec
         time.sleep(0.1)
     return found
 
-
-def run(api: httpx.Client, response: httpx.Response) -> dict:
-    assert response.status_code == 202, response.text
-    job = wait_job(api, response.json()["id"], timeout_s=120)
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def docker_world(api: httpx.Client, peers: dict[str, PodmanPeer], **driver: object) -> None:

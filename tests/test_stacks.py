@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import delete
 
 from armillary.domain.jobs import SimulatedMachine
-from tests.support.jobs import wait_job
+from tests.support.jobs import run, wait_job
 
 SECRET = "s3cret-Pa55word-xyz"
 
@@ -70,12 +70,6 @@ def plan(api: httpx.Client, name: str = "app", **body) -> dict:
 def actions(p: dict) -> dict[str, str]:
     return {c["resource"]: c["action"] for c in p["changes"]}
 
-
-def run(api: httpx.Client, response: httpx.Response, status: str = "succeeded") -> dict:
-    assert response.status_code == 202, response.text
-    job = wait_job(api, response.json()["id"], timeout_s=90)
-    assert job["status"] == status, job
-    return job
 
 
 def test_plan_apply_replan_replace_update_and_delete(api: httpx.Client) -> None:

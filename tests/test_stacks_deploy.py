@@ -19,19 +19,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.jobs import wait_job
+from tests.support.jobs import run
 from tests.support.provisioning import setup_ssh
 from tests.support.sshhosts import SshHost
 from tests.test_deploy import base_config, current, project, sources, ssh_peer, write_tree  # noqa: F401
 
 NOOP = {"kind": "script", "spec": {"scripts": [{"name": "noop", "inline": "true"}]}}
 
-
-def run(api: httpx.Client, response: httpx.Response, status: str = "succeeded") -> dict:
-    assert response.status_code == 202, response.text
-    job = wait_job(api, response.json()["id"], timeout_s=120)
-    assert job["status"] == status, job
-    return job
 
 
 def plan(api: httpx.Client, stack: str, **body) -> dict:

@@ -19,7 +19,7 @@ import pytest
 from armillary.drivers.docker import container_name
 from tests.support import podman as podman_support
 from tests.support.bind9 import Named, running_named
-from tests.support.jobs import wait_job
+from tests.support.jobs import run
 from tests.support.podman import PodmanPeer
 
 podman_peer = podman_support.podman_peer
@@ -63,12 +63,6 @@ def template(image: str, tier: str = "web") -> dict:
                     "workers": {"value": {"get_attr": ["workers", "members"]}}},
     }
 
-
-def run(api: httpx.Client, response: httpx.Response, status: str = "succeeded") -> dict:
-    assert response.status_code == 202, response.text
-    job = wait_job(api, response.json()["id"], timeout_s=180)
-    assert job["status"] == status, job
-    return job
 
 
 def plan(api: httpx.Client, **body) -> dict:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from armillary.cli.main import app as cli_app
 from tests.support.cli import clean_env
-from tests.support.jobs import wait_job
+from tests.support.jobs import run
 
 
 def setup(api: httpx.Client) -> None:
@@ -44,12 +44,6 @@ def define(api: httpx.Client, tmpl: dict) -> None:
     made = api.post("/stacks", json={"name": "app", "environment": "dev", "template": tmpl})
     assert made.status_code == 201, made.text
 
-
-def run(api: httpx.Client, response: httpx.Response, status: str = "succeeded") -> dict:
-    assert response.status_code == 202, response.text
-    job = wait_job(api, response.json()["id"], timeout_s=120)
-    assert job["status"] == status, job
-    return job
 
 
 def resources(api: httpx.Client) -> dict[str, dict]:

@@ -13,7 +13,6 @@ The fixtures (one server, one browser for the module) are those of tests/test_we
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest

@@ -21,6 +21,14 @@ def wait_job(api: httpx.Client, job_id: int, timeout_s: float = 30.0) -> dict:
         time.sleep(0.05)
 
 
+def run(api: httpx.Client, response: httpx.Response, status: str = "succeeded", timeout_s: float = 180.0) -> dict:
+    """The job a 202 answer started, once it ended with ``status``."""
+    assert response.status_code == 202, response.text
+    job = wait_job(api, response.json()["id"], timeout_s=timeout_s)
+    assert job["status"] == status, job
+    return job
+
+
 def act(api: httpx.Client, system: str | int, action: str, **body) -> httpx.Response:
     return api.post(f"/systems/{system}/actions", json={"action": action, **body})
 
