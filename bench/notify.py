@@ -141,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="armillary-bench-notify-"))
     receiver = Receiver()
-    env = {"ARMILLARY_LOG_LEVEL": "warning"}
+    env = {"ARMILLARY_LOG_LEVEL": "warning", "ARMILLARY_NOTIFY_ALLOWED_NETWORKS": "127.0.0.0/8"}  # the receiver
     if args.database_url:
         env["ARMILLARY_DATABASE_URL"] = args.database_url
     database_url = args.database_url or f"sqlite:///{data_dir / 'armillary.db'}"

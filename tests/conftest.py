@@ -17,6 +17,7 @@ from armillary.domain.accounts import AuditChange, AuditEvent, User
 from armillary.domain.jobs import Job, JobEvent, Step
 from armillary.domain.models import Base
 from armillary.logs import JsonFormatter, install_redaction
+from armillary.notify import destinations
 from tests.support.accounts import ADMIN, TEST_SECRETS, bearer, ensure_user, token_for
 from tests.support.databases import database
 from tests.support.server import changed_settings, running_app
@@ -57,6 +58,16 @@ def assert_no_secrets_stored(db, audit_after: int) -> None:
         texts += [json.dumps(c.fields, default=str) for c in changes]
     leaked = {secret for text in texts for secret in TEST_SECRETS if secret in text}
     assert not leaked, f"secrets stored in job output or the audit trail: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def webhooks_may_reach_loopback() -> Iterator[None]:
+    """The tests' webhook receivers listen on loopback, which a server refuses unless its operator allows
+    it (``armillary.notify.destinations``): allowed here, for in-process servers and the ones started as
+    subprocesses (they inherit the environment)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(destinations.ENV, "127.0.0.0/8,::1/128")
+        yield
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

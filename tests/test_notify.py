@@ -262,3 +262,18 @@ def test_a_disabled_subscriptions_deliveries_wait_until_it_is_enabled_again(api,
     assert api.patch("/subscriptions/paused", json={"enabled": True}).status_code == 200
     with db.session() as session:
         assert [d.id for d in rows.claim_pending(session, "chat", 10, "bot", lease_s=30)] == [sent["id"]]
+
+
+def test_a_webhook_to_an_address_the_operator_did_not_allow_is_refused(api, receiver: Receiver, monkeypatch) -> None:
+    """Loopback, private, link-local (a cloud's metadata service) addresses: only the networks the operator
+    lists in ARMILLARY_NOTIFY_ALLOWED_NETWORKS — never called on a subscriber's say-so."""
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://10.1.2.3:8080/hook"):
+        refused = api.post("/subscriptions", json={"name": "probe", "target": {"kind": "webhook", "url": url}})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "target.url", refused.text
+        assert "ARMILLARY_NOTIFY_ALLOWED_NETWORKS" in refused.json()["detail"]
+    subscribe(api, "local", receiver.url)  # 127.0.0.0/8 is allowed for the tests' receivers
+    monkeypatch.setenv("ARMILLARY_NOTIFY_ALLOWED_NETWORKS", "")  # the operator withdraws it
+    api.post("/subscriptions/local/test")
+    [delivery] = deliveries(api, "local", done=1)
+    assert delivery["status"] == "failed" and "not a public address" in delivery["last_error"], delivery
+    assert receiver.requests == []

@@ -37,6 +37,7 @@ from armillary.domain.errors import Forbidden, InvalidInput, NotFound
 from armillary.domain.models import Environment
 from armillary.domain.schemas import Page
 from armillary.notify import deliveries as delivery_rows
+from armillary.notify import destinations
 from armillary.notify.events import send_test
 from armillary.notify.models import Delivery, DeliveryStatus, NotifyEvent, Subscription, TargetKind
 from armillary.notify.schemas import (
@@ -79,6 +80,11 @@ def _seal(request: Request, plain: str) -> str:
 
 
 def _target(body_target) -> dict:
+    """The target as stored; a webhook URL the server may not call is refused (``notify.destinations``)."""
+    if body_target.kind == TargetKind.WEBHOOK.value:
+        refused = destinations.refusal(body_target.url)
+        if refused is not None:
+            raise InvalidInput("target.url", refused)
     return body_target.model_dump(exclude={"kind"})
 
 

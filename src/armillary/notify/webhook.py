@@ -5,7 +5,8 @@
 ``mattermost`` formats carry the armillary payload too, under ``armillary`` / ``props.armillary``).
 
 What comes back decides what happens next: 2xx delivered; 408, 429, 5xx and network errors or timeouts are
-tried again later (with backoff); any other answer (4xx, 3xx: redirects are not followed) fails for good.
+tried again later (with backoff); any other answer (4xx, 3xx: redirects are not followed) fails for good, as
+does a URL that resolves to an address the server may not call (``armillary.notify.destinations``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from armillary.notify import destinations
 
 FORMATS = ("armillary", "slack", "mattermost")
 TIMEOUT_S = 10.0
@@ -73,6 +76,9 @@ def send(client: httpx.Client, target: dict[str, Any], payload: dict[str, Any], 
     if secret:
         headers["X-Armillary-Signature"] = sign(secret, body)
     started = time.monotonic()
+    refused = destinations.refusal(str(target["url"]))
+    if refused is not None:
+        return Outcome(False, False, None, refused, _ms(started))
     try:
         response = client.post(str(target["url"]), content=body, headers=headers, timeout=TIMEOUT_S,
                                follow_redirects=False)
