@@ -28,6 +28,11 @@ class Executor(ABC):
         """Steps handed over and not finished, so the dispatcher does not hand them over again."""
         return set()
 
+    def saturated(self) -> bool:
+        """True when steps already handed over wait for a free worker: more would only queue behind
+        them, so the dispatcher skips looking for due steps (its next tick looks again)."""
+        return False
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -79,6 +84,9 @@ class InlineExecutor(Executor):
     def in_flight(self) -> set[int]:
         with self._lock:
             return set(self._inflight)
+
+    def saturated(self) -> bool:
+        return self._queue.qsize() >= len(self._threads)
 
     def shutdown(self) -> None:
         for _ in self._threads:

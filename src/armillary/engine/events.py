@@ -7,6 +7,7 @@ registered secret (and nothing under a secret-looking key) reaches a job's outpu
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -46,13 +47,16 @@ def insert_event(
     step: str | None = None,
     level: str = "info",
     data: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
 ) -> None:
     """``emit`` on a connection or a session: one INSERT (built once) in the caller's transaction.
 
-    The message and data are redacted (secrets masked) on the way in.
+    The message and data are redacted (secrets masked) on the way in. ``created_at``: when the event
+    happened, if earlier than now (a line a step held back, ``engine.output``).
     """
     conn.execute(_INSERT, {"job_id": job_id, "kind": kind, "message": redact_text(message), "step": step,
-                           "level": level, "data": redact_data(data) if data else data, "created_at": utcnow()})
+                           "level": level, "data": redact_data(data) if data else data,
+                           "created_at": created_at or utcnow()})
 
 
 def events_after(session: Session, job_id: int, after_id: int, limit: int = 500) -> list[JobEvent]:

@@ -4,6 +4,11 @@ It claims a step with a lease, runs its function with the job's context under a 
 records the outcome in one transaction: the step's status, the context it added, the next
 steps that became ready, or the end of the job. If this worker lost its lease meanwhile (it
 stalled and the reaper gave the step to someone else), the outcome is dropped, not recorded twice.
+
+The same transaction commits what the step held back (its log lines and ``with_outcome`` changes:
+``engine.output``), and, in the inline engine (``Runtime.chain_steps``), claims the job's next ready
+step, which this worker then runs at once, starting from the system the step before read
+(``StepContext.handover``): a create job is one claim and two records, and one load of its system.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,9 +29,10 @@ from sqlalchemy.orm import Session
 from armillary import metrics, tracing
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
-from armillary.engine.context import StepContext
+from armillary.engine.context import StepContext, load_system
 from armillary.engine.events import insert_event
-from armillary.engine.leases import claim_step, expire_step_lease, release_step_lease
+from armillary.engine.leases import claim_step, expire_step_lease
+from armillary.engine.output import Held, StepOutput
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import get_workflow
 from armillary.failures import PermanentFailure, TimedOut, is_transient
@@ -57,25 +64,38 @@ _CLAIMED = (
 _NOT_STARTED = (update(_steps).where(_steps.c.id == _STEP_ID)
                 .values(status=StepStatus.CANCELLED.value, lease_owner=None, finished_at=_NOW))
 _JOB_RUNNING = update(_jobs).where(_jobs.c.id == _JOB_ID).values(status=JobStatus.RUNNING.value, started_at=_NOW)
-_STEP = select(_steps.c.job_id, _steps.c.name, _steps.c.attempts, _steps.c.max_attempts).where(_steps.c.id == _STEP_ID)
 # Steps of one job may end at the same time: the job row is locked before its context is read
-# (PostgreSQL: FOR UPDATE; SQLite: the lease release before it already holds the database's write lock).
+# (PostgreSQL: FOR UPDATE; SQLite: the step's outcome UPDATE before it already holds the write lock).
 _JOB_FOR_UPDATE = (
-    select(_jobs.c.id, _jobs.c.workflow, _jobs.c.system_id, _jobs.c.context, _jobs.c.summary,
-           _jobs.c.lock_resource, _jobs.c.cancel_requested)
+    select(_jobs.c.id, _jobs.c.action, _jobs.c.workflow, _jobs.c.system_id, _jobs.c.params, _jobs.c.context,
+           _jobs.c.summary, _jobs.c.lock_resource, _jobs.c.cancel_requested, _jobs.c.request_id)
     .where(_jobs.c.id == _JOB_ID).with_for_update()
 )
-_STEP_SUCCEEDED = (update(_steps).where(_steps.c.id == _STEP_ID)
-                   .values(status=StepStatus.SUCCEEDED.value, finished_at=_NOW, result=bindparam("b_result")))
+# A step's outcome is written only while this worker still holds its lease (the lease is released by
+# the same UPDATE): no row changed means the lease was lost, and a retry owns the step.
+_MINE = (_steps.c.id == _STEP_ID, _steps.c.lease_owner == bindparam("b_owner"),
+         _steps.c.status == StepStatus.RUNNING.value)
+_RELEASED = {"lease_owner": None, "lease_expires_at": None}
+_STEP_SUCCEEDED = (update(_steps).where(*_MINE)
+                   .values(status=StepStatus.SUCCEEDED.value, finished_at=_NOW, result=bindparam("b_result"),
+                           **_RELEASED))
 _JOB_CONTEXT = update(_jobs).where(_jobs.c.id == _JOB_ID).values(context=bindparam("b_context"))
-_STEP_RETRY = (update(_steps).where(_steps.c.id == _STEP_ID)
-               .values(error=bindparam("b_error"), status=StepStatus.QUEUED.value, next_attempt_at=bindparam("b_at")))
-_STEP_FAILED = (update(_steps).where(_steps.c.id == _STEP_ID)
-                .values(error=bindparam("b_error"), status=StepStatus.FAILED.value, finished_at=_NOW))
-_JOB_STEPS = (select(_steps.c.id, _steps.c.name, _steps.c.status, _steps.c.depends_on)
+_STEP_RETRY = (update(_steps).where(*_MINE)
+               .values(error=bindparam("b_error"), status=StepStatus.QUEUED.value, next_attempt_at=bindparam("b_at"),
+                       **_RELEASED))
+_STEP_FAILED = (update(_steps).where(*_MINE)
+                .values(error=bindparam("b_error"), status=StepStatus.FAILED.value, finished_at=_NOW, **_RELEASED))
+_JOB_STEPS = (select(_steps.c.id, _steps.c.name, _steps.c.status, _steps.c.depends_on, _steps.c.attempts,
+                     _steps.c.max_attempts, _steps.c.timeout_s)
               .where(_steps.c.job_id == _JOB_ID).order_by(_steps.c.position))
 _QUEUE_STEPS = (update(_steps).where(_steps.c.id.in_(bindparam("b_ids", expanding=True)))
                 .values(status=StepStatus.QUEUED.value, next_attempt_at=None))
+# The next step of a job, claimed by the worker that made it ready (``Runtime.chain_steps``): from
+# pending straight to running, in the transaction that recorded the step before it.
+_CLAIM_NEXT = (update(_steps).where(_steps.c.id == _STEP_ID, _steps.c.status == StepStatus.PENDING.value)
+               .values(status=StepStatus.RUNNING.value, lease_owner=bindparam("b_owner"),
+                       lease_expires_at=bindparam("b_expires"), attempts=_steps.c.attempts + 1, started_at=_NOW,
+                       error=None, next_attempt_at=None))
 _CANCEL_UNFINISHED = (update(_steps).where(_steps.c.job_id == _JOB_ID, _steps.c.status.in_(_UNFINISHED))
                       .values(status=StepStatus.CANCELLED.value, finished_at=_NOW))
 _RELEASE_LOCK = delete(_locks).where(_locks.c.resource == bindparam("b_resource"), _locks.c.job_id == _JOB_ID)
@@ -88,22 +108,42 @@ _JOB_ENDED = (update(_jobs).where(_jobs.c.id == _JOB_ID)
 
 
 def run_step(runtime: Runtime, step_id: int) -> None:
-    """Run one step if it is due and nobody else holds it; a no-op otherwise."""
+    """Run one step if it is due and nobody else holds it; a no-op otherwise.
+
+    With ``runtime.chain_steps`` (the inline engine), the job's next ready step is claimed in the
+    transaction that records this one and run here at once, and so on to the job's end.
+    """
     if runtime.stopping.is_set():  # a stopping process claims nothing more (``Engine.stop`` drains it)
         return
     claimed = _claim(runtime, step_id)
-    if claimed is None:
-        return
-    ctx, timeout_s, request_id = claimed
-    token = request_id_var.set(request_id)
+    while claimed is not None:
+        claimed = _run_claimed(runtime, claimed)
+
+
+@dataclass
+class Claimed:
+    """A step this worker holds the lease of, and what running it needs."""
+
+    step_id: int
+    ctx: StepContext
+    max_attempts: int
+    timeout_s: float
+    request_id: str | None
+
+
+def _run_claimed(runtime: Runtime, claimed: Claimed) -> Claimed | None:
+    """Run a claimed step's body and record its outcome; the next step claimed with that record, if any."""
+    ctx, step_id = claimed.ctx, claimed.step_id
+    token = request_id_var.set(claimed.request_id)
     runtime.started(step_id)  # from here until recorded, the heartbeat renews this step's lease
     try:
         spec = get_workflow(ctx.params["_workflow"]).step(ctx.step)
-        with tracing.step_span(ctx.job_id, ctx.step, ctx.params["_workflow"], ctx.attempt, request_id,
+        with tracing.step_span(ctx.job_id, ctx.step, ctx.params["_workflow"], ctx.attempt, claimed.request_id,
                                ctx.context.get(tracing.JOB_KEY)) as span:
-            result, error = _execute(spec.fn, ctx, timeout_s, request_id)
+            result, error = _execute(spec.fn, ctx, claimed.timeout_s, claimed.request_id)
             tracing.record_outcome(span, error, error is not None and is_transient(error))
-        ready, ended = _record_with_retries(runtime, step_id, result, error, spec.retry_base_s)
+        held = ctx.output.close() if ctx.output is not None else Held()
+        ready, ended, chained = _record_with_retries(runtime, claimed, result, error, spec.retry_base_s, held)
     finally:
         runtime.ended(step_id)
         request_id_var.reset(token)
@@ -111,41 +151,67 @@ def run_step(runtime: Runtime, step_id: int) -> None:
         runtime.submit(ready_id)
     if ended:
         runtime.wake()
+    return chained
 
 
-def _claim(runtime: Runtime, step_id: int) -> tuple[StepContext, float, str | None] | None:
+def _claim(runtime: Runtime, step_id: int) -> Claimed | None:
     cancelled = False
-    with runtime.db.engine.begin() as conn:
-        if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
+    with runtime.db.engine.connect() as conn:
+        with conn.begin():
+            if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
+                return None
+            row = conn.execute(_CLAIMED, {"b_step_id": step_id}).one()
+            if row.cancel_requested or row.status in TERMINAL_JOB:
+                conn.execute(_NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
+                metrics.STEPS.labels(row.workflow, row.name, "cancelled").inc()
+                insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
+                cancelled = True
+            else:
+                if row.status == JobStatus.QUEUED.value:
+                    conn.execute(_JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
+                    metrics.JOBS_STARTED.labels(row.workflow).inc()
+                    insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
+                _started_event(conn, row.id, row.name, row.attempts, row.max_attempts)
+        if cancelled:
+            runtime.wake()
             return None
-        row = conn.execute(_CLAIMED, {"b_step_id": step_id}).one()
-        if row.cancel_requested or row.status in TERMINAL_JOB:
-            conn.execute(_NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
-            metrics.STEPS.labels(row.workflow, row.name, "cancelled").inc()
-            insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
-            cancelled = True
-        else:
-            if row.status == JobStatus.QUEUED.value:
-                conn.execute(_JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
-                metrics.JOBS_STARTED.labels(row.workflow).inc()
-                insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
-            insert_event(conn, row.id, "step", f"{row.name} started (attempt {row.attempts}/{row.max_attempts})",
-                         step=row.name, data={"status": "running", "attempt": row.attempts})
-    if cancelled:
-        runtime.wake()
-        return None
+        claimed = _claimed(runtime, step_id, row, row, row.attempts, row.context)
+        _prefetch(conn, claimed.ctx)
+    return claimed
+
+
+def _started_event(conn: Connection, job_id: int, name: str, attempt: int, max_attempts: int) -> None:
+    insert_event(conn, job_id, "step", f"{name} started (attempt {attempt}/{max_attempts})",
+                 step=name, data={"status": "running", "attempt": attempt})
+
+
+def _claimed(runtime: Runtime, step_id: int, job: Any, step: Any, attempt: int, context: Any) -> Claimed:
+    """``job``: the job's columns (``id``, ``action``, ``workflow``, ...); ``step``: the step's."""
     ctx = StepContext(
         runtime=runtime,
-        job_id=row.id,
-        action=row.action,
-        step=row.name,
-        attempt=row.attempts,
-        system_id=row.system_id,
-        params={**(row.params or {}), "_workflow": row.workflow},
-        context=dict(row.context or {}),
-        deadline=time.monotonic() + row.timeout_s,
+        job_id=job.id,
+        action=job.action,
+        step=step.name,
+        attempt=attempt,
+        system_id=job.system_id,
+        params={**(job.params or {}), "_workflow": job.workflow},
+        context=dict(context or {}),
+        deadline=time.monotonic() + step.timeout_s,
     )
-    return ctx, row.timeout_s, row.request_id
+    ctx.output = StepOutput(runtime.output_flusher(), ctx.job_id, ctx.step, ctx.write_held_fields)
+    return Claimed(step_id, ctx, step.max_attempts, step.timeout_s, job.request_id)
+
+
+def _prefetch(conn: Connection, ctx: StepContext) -> None:
+    """Load the step's system on the claim's connection, after its commit (a read: no write lock held):
+    the step's first ``system()`` needs no transaction of its own."""
+    if ctx.system_id is None:
+        return
+    try:
+        ctx.prefetched = load_system(conn, ctx.system_id)
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - the claim stands; the step's ``system()`` reads the row itself
+        log.warning("step %s: could not load its system with the claim", ctx.step, exc_info=True)
 
 
 def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> tuple[dict[str, Any], BaseException | None]:
@@ -180,23 +246,25 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
 
 
 def _record_with_retries(
-    runtime: Runtime, step_id: int, result: dict[str, Any], error: BaseException | None, retry_base_s: float
-) -> tuple[list[int], bool]:
+    runtime: Runtime, claimed: Claimed, result: dict[str, Any], error: BaseException | None,
+    retry_base_s: float, held: Held,
+) -> tuple[list[int], bool, Claimed | None]:
     """``_record``, again when its transaction fails for a reason that passes (a deadlock, a busy database).
 
     The transaction is all or nothing, so running it again is safe. When it still fails, the step's
     lease is made to expire now: the reaper retries the step (its body is idempotent) instead of the
     step staying "running" until the lease runs out.
     """
+    step_id = claimed.step_id
     for attempt, pause in enumerate(RECORD_RETRY_PAUSES_S + (None,), start=1):
         try:
-            return _record(runtime, step_id, result, error, retry_base_s)
+            return _record(runtime, claimed, result, error, retry_base_s, held)
         except OperationalError as exc:
             if pause is None:
                 log.error("step %s: recording its outcome failed %d times (%s); handing it back for a retry",
                           step_id, attempt, exc.orig or exc)
                 _hand_back_after_failed_record(runtime, step_id)
-                return [], True
+                return [], True, None
             log.warning("step %s: recording its outcome failed (%s); trying again in %gs",
                         step_id, exc.orig or exc, pause)
             time.sleep(pause)
@@ -212,60 +280,98 @@ def _hand_back_after_failed_record(runtime: Runtime, step_id: int) -> None:
 
 
 def _record(
-    runtime: Runtime, step_id: int, result: dict[str, Any], error: BaseException | None, retry_base_s: float
-) -> tuple[list[int], bool]:
-    with runtime.db.engine.begin() as conn:
-        if not release_step_lease(conn, step_id, runtime.worker_id):
-            log.warning("step %s finished after its lease was lost; outcome dropped (a retry owns it)", step_id)
-            return [], False
-        step = conn.execute(_STEP, {"b_step_id": step_id}).one()
-        job = conn.execute(_JOB_FOR_UPDATE, {"b_job_id": step.job_id}).one()
-        now = utcnow()
-        if error is None:
-            conn.execute(_STEP_SUCCEEDED, {"b_step_id": step_id, "b_now": now, "b_result": redact_data(result)})
-            context = {**(job.context or {}), **result}
-            conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
-            insert_event(conn, job.id, "step", f"{step.name} succeeded", step=step.name,
-                         data={"status": "succeeded"})
-            metrics.STEPS.labels(job.workflow, step.name, "succeeded").inc()
-            return _advance(conn, job, context, runtime)
+    runtime: Runtime, claimed: Claimed, result: dict[str, Any], error: BaseException | None,
+    retry_base_s: float, held: Held,
+) -> tuple[list[int], bool, Claimed | None]:
+    """Record the outcome in one transaction, with what the step held (its held changes, its lines).
+
+    Returns the steps that became ready, whether the job ended (or the dispatcher must look at it),
+    and the job's next step, claimed by this worker in the same transaction to run next.
+    """
+    with runtime.db.engine.connect() as conn:
+        with conn.begin():
+            outcome = _record_in(conn, runtime, claimed, result, error, retry_base_s, held)
+        if outcome[2] is not None and outcome[2].ctx.prefetched is None:
+            _prefetch(conn, outcome[2].ctx)
+    return outcome
+
+
+def _record_in(
+    conn: Connection, runtime: Runtime, claimed: Claimed, result: dict[str, Any], error: BaseException | None,
+    retry_base_s: float, held: Held,
+) -> tuple[list[int], bool, Claimed | None]:
+    ctx, now = claimed.ctx, utcnow()
+    mine = {"b_step_id": claimed.step_id, "b_owner": runtime.worker_id, "b_now": now}
+    # The outcome's UPDATE of the step comes first (it also releases the lease): the step row, then
+    # the job row, as everywhere else (PostgreSQL), and on SQLite it takes the write lock at once.
+    if error is None:
+        outcome = conn.execute(_STEP_SUCCEEDED, {**mine, "b_result": redact_data(result)})
+    else:
         # Shown as the step's and the job's error and in events: secrets masked (armillary.redaction).
         message = redact_text(f"{type(error).__name__}: {error}" if not str(error) else str(error))
-        if is_transient(error) and step.attempts < step.max_attempts:
-            delay = min(retry_base_s * 2 ** (step.attempts - 1), MAX_BACKOFF_S)
-            conn.execute(_STEP_RETRY, {"b_step_id": step_id, "b_error": message,
-                                       "b_at": now + timedelta(seconds=delay)})
-            insert_event(conn, job.id, "step", f"{step.name} failed transiently ({message}); retry in {delay:g}s",
-                         step=step.name, level="warning", data={"status": "retrying", "delay_s": delay})
-            metrics.STEPS.labels(job.workflow, step.name, "retrying").inc()
-            return [], False
-        conn.execute(_STEP_FAILED, {"b_step_id": step_id, "b_error": message, "b_now": now})
-        insert_event(conn, job.id, "step", f"{step.name} failed: {message}", step=step.name, level="error",
-                     data={"status": "failed"})
-        metrics.STEPS.labels(job.workflow, step.name, "failed").inc()
-        context = job.context or {}
-        partial = getattr(error, "result", None)  # what a failing step still wants shown (per-host results)
-        if partial:
-            context = {**context, **partial}
-            conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
-        _finish(conn, job, context, JobStatus.FAILED, error=f"{step.name}: {message}")
-        return [], True
+        retry = is_transient(error) and ctx.attempt < claimed.max_attempts
+        if retry:
+            delay = min(retry_base_s * 2 ** (ctx.attempt - 1), MAX_BACKOFF_S)
+            outcome = conn.execute(_STEP_RETRY, {**mine, "b_error": message, "b_at": now + timedelta(seconds=delay)})
+        else:
+            outcome = conn.execute(_STEP_FAILED, {**mine, "b_error": message})
+    if outcome.rowcount != 1:
+        log.warning("step %s finished after its lease was lost; outcome dropped (a retry owns it)", claimed.step_id)
+        ctx.output.write(conn, Held(held.lines))  # its lines still show (as they did when written at once)
+        return [], False, None
+    ctx.output.write(conn, held)  # before the outcome's event: the held changes, then the lines, in order
+    job = conn.execute(_JOB_FOR_UPDATE, {"b_job_id": ctx.job_id}).one()
+    name = ctx.step
+    if error is None:
+        context = {**(job.context or {}), **result}
+        conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
+        insert_event(conn, job.id, "step", f"{name} succeeded", step=name, data={"status": "succeeded"})
+        metrics.STEPS.labels(job.workflow, name, "succeeded").inc()
+        return _advance(conn, job, context, runtime, ctx)
+    if retry:
+        insert_event(conn, job.id, "step", f"{name} failed transiently ({message}); retry in {delay:g}s",
+                     step=name, level="warning", data={"status": "retrying", "delay_s": delay})
+        metrics.STEPS.labels(job.workflow, name, "retrying").inc()
+        return [], False, None
+    insert_event(conn, job.id, "step", f"{name} failed: {message}", step=name, level="error",
+                 data={"status": "failed"})
+    metrics.STEPS.labels(job.workflow, name, "failed").inc()
+    context = job.context or {}
+    partial = getattr(error, "result", None)  # what a failing step still wants shown (per-host results)
+    if partial:
+        context = {**context, **partial}
+        conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
+    _finish(conn, job, context, JobStatus.FAILED, error=f"{name}: {message}")
+    return [], True, None
 
 
-def _advance(conn: Connection, job: Any, context: dict[str, Any], runtime: Runtime) -> tuple[list[int], bool]:
-    """Queue the steps whose dependencies all succeeded; end the job when every step has."""
+def _advance(
+    conn: Connection, job: Any, context: dict[str, Any], runtime: Runtime, previous: StepContext
+) -> tuple[list[int], bool, Claimed | None]:
+    """Queue the steps whose dependencies all succeeded (the first one claimed by this worker, with
+    ``runtime.chain_steps``, starting from the system ``previous`` read when nothing else changed it);
+    end the job when every step has."""
     if job.cancel_requested:
         runtime.wake()  # the dispatcher cancels it (and compensates) now that no step runs
-        return [], False
+        return [], False, None
     steps = conn.execute(_JOB_STEPS, {"b_job_id": job.id}).all()
     done = {s.name for s in steps if s.status == StepStatus.SUCCEEDED.value}
     if len(done) == len(steps):
         _finish(conn, job, context, JobStatus.SUCCEEDED)
-        return [], True
-    ready = [s.id for s in steps if s.status == StepStatus.PENDING.value and set(s.depends_on or ()) <= done]
+        return [], True, None
+    ready = [s for s in steps if s.status == StepStatus.PENDING.value and set(s.depends_on or ()) <= done]
+    chained = None
+    if ready and runtime.chain_steps and not runtime.stopping.is_set():
+        first, now = ready[0], utcnow()
+        if conn.execute(_CLAIM_NEXT, {"b_step_id": first.id, "b_owner": runtime.worker_id, "b_now": now,
+                                      "b_expires": now + timedelta(seconds=runtime.lease_s)}).rowcount == 1:
+            _started_event(conn, job.id, first.name, first.attempts + 1, first.max_attempts)
+            chained = _claimed(runtime, first.id, job, first, first.attempts + 1, context)
+            chained.ctx.prefetched = previous.handover(conn) if job.system_id is not None else None
+            ready = ready[1:]
     if ready:
-        conn.execute(_QUEUE_STEPS, {"b_ids": ready})
-    return ready, False
+        conn.execute(_QUEUE_STEPS, {"b_ids": [s.id for s in ready]})
+    return [s.id for s in ready], False, chained
 
 
 def finish_job(session: Session, job: Job, status: JobStatus, error: str | None = None) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from armillary.config import Settings
 from armillary.domain.db import Database
 from armillary.domain.secrets import SecretBox
+from armillary.engine.output import Flusher
 
 
 def new_worker_id() -> str:
@@ -43,6 +44,18 @@ class Runtime:
     # "running" for as long as the process lived).
     running: set[int] = field(default_factory=set)
     running_lock: threading.Lock = field(default_factory=threading.Lock)
+    # A job's next ready step runs in the worker that recorded the step before it, claimed in that
+    # record's transaction (no trip through the executor's queue and no claim transaction of its own).
+    # Set by the inline engine; a Celery worker sends the next step as a message instead.
+    chain_steps: bool = False
+    _flusher: Flusher | None = field(default=None, repr=False)
+
+    def output_flusher(self) -> Flusher:
+        """The process's committer of steps' held log lines (``engine.output``), made on first use."""
+        with self.running_lock:
+            if self._flusher is None:
+                self._flusher = Flusher(self.db)
+            return self._flusher
 
     def started(self, step_id: int) -> None:
         with self.running_lock:

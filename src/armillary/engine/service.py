@@ -25,11 +25,11 @@ import logging
 import threading
 import time
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, exists, or_, select
 
 from armillary import metrics
 from armillary.domain.db import Database
-from armillary.domain.jobs import Job, JobStatus, Step, StepStatus
+from armillary.domain.jobs import Job, JobStatus, Schedule, Step, StepStatus
 from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox
 from armillary.engine import cancel, heartbeat, leases, schedules
@@ -58,6 +58,15 @@ _DUE = (
     .limit(1000)
 )
 
+_jobs, _schedules = Job.__table__, Schedule.__table__
+_ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+_CHORES = select(
+    exists().where(_jobs.c.status == JobStatus.QUEUED.value, _jobs.c.holds_lock.is_(False),
+                   _jobs.c.cancel_requested.is_(False)),
+    exists().where(_jobs.c.cancel_requested.is_(True), _jobs.c.status.in_(_ACTIVE)),
+    exists().where(_schedules.c.enabled.is_(True), _schedules.c.next_run_at <= bindparam("b_now")),
+)
+
 
 class Engine:
     def __init__(
@@ -74,6 +83,7 @@ class Engine:
         self.runtime = Runtime(db=db, secret_box=secret_box, lease_s=lease_s)
         self.executor = executor or InlineExecutor(self.runtime, workers=workers)
         self.runtime.submit = self.executor.submit
+        self.runtime.chain_steps = isinstance(self.executor, InlineExecutor)  # see ``Runtime.chain_steps``
         self.runtime.wake = self.wake
         self.poll_s = poll_s
         self._wake = threading.Event()
@@ -192,18 +202,30 @@ class Engine:
             if now - self._last_reap >= self.runtime.lease_s / 3:
                 self._last_reap = now
                 self.reap()
-            self.grant_waiting_locks()
-            for job_id in cancel.cancellable_jobs(self.runtime):
-                cancel.cancel_now(self.runtime, job_id)
+            waiting, cancelling, schedules_due = self._chores()
+            if waiting:
+                self.grant_waiting_locks()
+            if cancelling:
+                for job_id in cancel.cancellable_jobs(self.runtime):
+                    cancel.cancel_now(self.runtime, job_id)
             starter = scheduled_job_starter()
-            if starter is not None:  # none: no installed workflow starts schedules' jobs (said at start)
+            if starter is not None and schedules_due:  # none: no workflow starts schedules' jobs (said at start)
                 schedules.fire_due(self.runtime, starter)
         self.dispatch_due()
+
+    def _chores(self) -> tuple[bool, bool, bool]:
+        """Whether a job waits for a lock, a cancel was asked for, a schedule is due: one statement
+        (under load the dispatcher ticks many times a second, and each chore is a few ORM queries)."""
+        with self.runtime.db.engine.connect() as conn:
+            row = conn.execute(_CHORES, {"b_now": utcnow()}).one()
+        return bool(row[0]), bool(row[1]), bool(row[2])
 
     def dispatch_due(self) -> int:
         handed = self.executor.dispatch_due(self.runtime.db)  # an executor that picks due steps itself
         if handed is not None:
             return handed
+        if self.executor.saturated():  # due steps would only queue behind those handed over already
+            return 0
         busy = self.executor.in_flight()
         with self.runtime.db.engine.connect() as conn:
             due = conn.execute(_DUE, {"b_now": utcnow()}).scalars().all()

@@ -47,8 +47,8 @@ def prepare(action: str, transitional: SystemState | None):
             check_action(action, system.state, has_machine=system.provider_id is not None)
         except TransitionRefused as exc:
             raise PermanentFailure(str(exc)) from None
-        if transitional is not None:
-            ctx.update_system(state=transitional.value)
+        if transitional is not None:  # with the step's outcome: a retry after a crash moves it again
+            ctx.update_system(state=transitional.value, with_outcome=True)
         ctx.log(f"{action} {system.hostname}: {system.state} → {transitional or 'unchanged'}")
         return {"initial_state": system.state}
 
@@ -106,7 +106,10 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
     adopted = system.provider_id == info.provider_id
     ctx.log(f"{'adopted existing' if adopted else 'created'} machine {info.provider_id} ({info.state})")
     info = _wait_running(ctx, driver, system, info)
-    ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
+    # With the step's outcome: a retry after a crash adopts the machine (its id is recorded above) and
+    # records this again. Written on failure too, before the job's failure state.
+    ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict(),
+                      with_outcome=True)
     ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
     network.after_create(ctx, driver, system, info.addresses)
     return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}

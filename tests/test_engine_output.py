@@ -1,0 +1,165 @@
+"""A step's held output and the chaining of a job's steps (issue 13), on a real database.
+
+A step's log lines and its ``update_system(..., with_outcome=True)`` changes ride in a transaction the
+step makes anyway; a long step's lines still reach the database within ``engine.output.LIVE_S``; a
+job's next step is claimed by the worker that recorded the one before it, in that same transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event, select
+
+from armillary.domain import migrate
+from armillary.domain.db import Database
+from armillary.domain.jobs import Job, JobEvent
+from armillary.domain.models import Environment, System
+from armillary.domain.secrets import SecretBox
+from armillary.engine.jobs import create_job
+from armillary.engine.service import Engine
+from armillary.engine.workflows import StepSpec, Workflow, register
+from tests.support.databases import database
+
+RELEASE = threading.Event()
+STARTED = threading.Event()
+
+
+def chatty(ctx):
+    ctx.log("line a")
+    ctx.log("line b", level="warning")
+    return {"one": 1}
+
+
+def quiet_after(ctx):
+    ctx.log("line c")
+    return {"two": ctx.context["one"] + 1}
+
+
+def plain(ctx):
+    return {}
+
+
+def long_running(ctx):
+    ctx.log("still working")
+    RELEASE.wait(10)
+    return {}
+
+
+def holds_a_state(ctx):
+    ctx.update_system(state="creating", with_outcome=True)
+    STARTED.set()
+    RELEASE.wait(10)
+    return {}
+
+
+register(Workflow("t-out-lines", [StepSpec("one", chatty), StepSpec("two", quiet_after, ("one",))],
+                  failure_state=None))
+register(Workflow("t-out-chain", [StepSpec("a", plain), StepSpec("b", plain, ("a",)), StepSpec("c", plain, ("b",))],
+                  failure_state=None))
+register(Workflow("t-out-long", [StepSpec("long", long_running)], failure_state=None))
+register(Workflow("t-out-held", [StepSpec("hold", holds_a_state)], failure_state=None))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(request, tmp_path_factory) -> Iterator[Database]:
+    with database(request.param, tmp_path_factory.mktemp(request.param)) as url:
+        handle = Database(url)
+        migrate.upgrade(handle)
+        yield handle
+        handle.dispose()
+
+
+@pytest.fixture
+def engine(db: Database) -> Iterator[Engine]:
+    RELEASE.clear()
+    STARTED.clear()
+    eng = Engine(db, SecretBox("k"), workers=4, lease_s=5.0, poll_s=0.05)
+    eng.start()
+    yield eng
+    RELEASE.set()
+    eng.stop()
+
+
+def submit(db: Database, engine: Engine, workflow: str, system: System | None = None) -> int:
+    with db.session() as session:
+        job = create_job(session, action=workflow, workflow=workflow,
+                         system=session.get(System, system.id) if system is not None else None)
+        session.flush()
+        job_id = job.id
+    engine.wake()
+    return job_id
+
+
+def messages(db: Database, job_id: int) -> list[str]:
+    with db.session() as session:
+        return list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def test_held_lines_are_committed_before_their_steps_outcome_in_order(db: Database, engine: Engine) -> None:
+    job = engine.wait_for(submit(db, engine, "t-out-lines"), 20)
+    assert job.status == "succeeded" and job.context == {"one": 1, "two": 2}
+    seen = messages(db, job.id)
+    expected = ["one started (attempt 1/5)", "line a", "line b", "one succeeded", "two started (attempt 1/5)",
+                "line c", "two succeeded"]
+    assert [m for m in seen if m in expected] == expected
+    with db.session() as session:
+        b = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.message == "line b")).one()
+        assert b.level == "warning" and b.step == "one" and b.kind == "log"
+
+
+def test_a_long_steps_lines_stream_while_it_runs(db: Database, engine: Engine) -> None:
+    job_id = submit(db, engine, "t-out-long")
+    deadline = time.monotonic() + 5
+    while "still working" not in messages(db, job_id):
+        assert time.monotonic() < deadline, "the line of a running step never reached the database"
+        time.sleep(0.02)
+    with db.session() as session:
+        assert session.get(Job, job_id).status == "running"  # streamed live, not with the outcome
+    RELEASE.set()
+    assert engine.wait_for(job_id, 20).status == "succeeded"
+
+
+def test_a_held_change_of_the_system_is_written_with_the_outcome(db: Database, engine: Engine) -> None:
+    with db.session() as session:
+        env = session.scalar(select(Environment).where(Environment.name == "held")) or Environment(name="held")
+        system = System(hostname=f"held-{time.monotonic_ns()}", environment=env)
+        session.add(system)
+        session.flush()
+        session.expunge(system)
+    job_id = submit(db, engine, "t-out-held", system)
+    assert STARTED.wait(10)
+    time.sleep(0.3)  # longer than the flusher waits: only lines are flushed live (with what else is held)
+    with db.session() as session:
+        assert session.get(System, system.id).state == "defined"
+    RELEASE.set()
+    assert engine.wait_for(job_id, 20).status == "succeeded"
+    with db.session() as session:
+        after = session.get(System, system.id)
+        assert after.state == "creating" and after.version == system.version + 1
+
+
+def test_a_jobs_next_step_is_claimed_in_the_transaction_recording_the_one_before(db: Database,
+                                                                                  engine: Engine) -> None:
+    commits: list[str] = []
+
+    def count(_conn) -> None:
+        name = threading.current_thread().name
+        if name.startswith("armillary-step-"):  # the workers' transactions: claims and records
+            commits.append(name)
+
+    event.listen(db.engine, "commit", count)
+    try:
+        job = engine.wait_for(submit(db, engine, "t-out-chain"), 20)
+    finally:
+        event.remove(db.engine, "commit", count)
+    assert job.status == "succeeded"
+    # One claim, then three records, the first two each claiming the next step: four transactions
+    # for three steps (a claim and a record per step, six, without chaining), all in one worker.
+    assert len(commits) == 4 and len(set(commits)) == 1, commits
+    seen = messages(db, job.id)
+    assert [m for m in seen if m.endswith("started (attempt 1/5)")] == [
+        "a started (attempt 1/5)", "b started (attempt 1/5)", "c started (attempt 1/5)"]
