@@ -84,6 +84,19 @@ killed. Counts (into the job context): ``ok``, ``changed``, ``failed``, ``unreac
 ``rescued``, ``ignored`` from the recap (Ansible's ``ok`` includes the changed tasks), and ``check``.
 In check mode (``check: true``) nothing changes on the machine; ``changed`` says what would.
 
+One run for the systems of a bulk job: the children a bulk job started together (its ``params["bulk"]``,
+``workflows.bulk``) whose runs differ only in the host (same spec, ssh transport, first attempt, the
+``inline`` engine) share ONE ansible-playbook (``forks`` = their number), coalesced by ``ansible_batch``:
+each child still prepares, connects (the host key pinned as above) and ends on its own, and gets its own
+host's lines, counts and outcome (another host failing or unreachable is not its failure). The inventory
+holds every host with its connection and **its own variables as inventory host variables**; only the
+spec's ``extra_vars`` (the same for all) stay extra vars. So in a shared run a system's variables have
+inventory precedence: a playbook's or a role's ``vars`` beat them (a lone run's extra vars beat
+everything) — write per-system tunables as defaults (role ``defaults``, ``| default()``), as Ansible
+advises anyway. A child that is cancelled leaves the run at once (its host's further results are
+ignored; the run goes on for the others); a child that found no companion, a retry, and a lone
+``provision`` run alone, as above, with no wait.
+
 The spec can be checked without running anything: ``AnsibleProvisioner.validate_spec(spec)``.
 """
 
@@ -99,6 +112,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -106,6 +120,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from armillary.failures import PermanentFailure, TransientFailure
+from armillary.provisioners.ansible_batch import BATCHES, Member
 from armillary.provisioners.base import DEADLINE_MARGIN_S, Connect, LogLimit, Provisioner, Run
 from armillary.provisioners.script import env_name
 from armillary.remote.ssh import SshTransport
@@ -120,6 +135,7 @@ _GIT_URL = re.compile(r"^(?:(?:https?|ssh|git|file)://\S+|[A-Za-z0-9._-]+@[A-Za-
 _REF = re.compile(r"^[A-Za-z0-9._/+-]+$")
 _ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _BECOME_KEY = re.compile(r"^ansible_become")
+_RECAP_LINE = re.compile(r"^(\S+)\s*:\s*ok=")  # one host's line of the play recap
 
 
 def _reserved(key: str) -> bool:
@@ -311,6 +327,35 @@ class Prepared:
     roles_path: list[Path]
     inventory: Path | None = None
     envvars: dict[str, str] = field(default_factory=dict)
+    host_vars: dict[str, Any] = field(default_factory=dict)  # the inventory host's (connection) variables
+
+
+@dataclass
+class Played:
+    """How a run of ansible-playbook ended: ansible-runner's status and exit code, the recap's stats
+    (by field, then host; empty without a recap), how long it took, and why it was stopped, if it was."""
+
+    status: str
+    rc: int | None
+    stats: dict[str, dict[str, int]]
+    took: float
+    timeout: float
+    why_stopped: str | None
+
+
+@dataclass
+class HostOutput:
+    """What one host of a run gets: its job's log, the tail of its output, its failed tasks."""
+
+    name: str  # the inventory host
+    ctx: Any
+    log: LogLimit
+    member: Member | None = None  # in a shared run: the batch member (its output is dropped once it left)
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    failures: list[str] = field(default_factory=list)
+
+    def attached(self) -> bool:
+        return self.member is None or not self.member.left
 
 
 class AnsibleProvisioner(Provisioner):
@@ -401,6 +446,7 @@ class AnsibleProvisioner(Provisioner):
         (work / "tmp").mkdir(mode=0o700)
         (work / "cp").mkdir(mode=0o700)
         prepared.inventory = inventory
+        prepared.host_vars = host_vars
         prepared.envvars = {
             "ANSIBLE_CONFIG": str(config),
             "ANSIBLE_HOST_KEY_CHECKING": "True",
@@ -417,6 +463,9 @@ class AnsibleProvisioner(Provisioner):
 
     def apply(self, run: Run[AnsibleSpec], prepared: Prepared) -> dict[str, Any]:
         assert prepared.inventory is not None
+        shared = self._together(run, prepared)
+        if shared is not None:
+            return shared
         return self._run_ansible(
             run.ctx,
             run.system,
@@ -555,75 +604,112 @@ class AnsibleProvisioner(Provisioner):
         extra_vars: dict[str, Any],
         envvars: dict[str, str],
     ) -> dict[str, Any]:
+        """One run for this one system (a lone provision, or a bulk child that found no companion)."""
         left = ctx.remaining() - DEADLINE_MARGIN_S
         if left <= 1:
             raise TransientFailure("no time left in the step to run Ansible")
         timeout = min(parsed.timeout, left) if parsed.timeout else left
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        stats: dict[str, dict[str, int]] = {}
-        failures: list[str] = []
+        output = HostOutput(system.hostname, ctx, LogLimit(ctx, "ansible"))
         stopping = getattr(getattr(ctx, "runtime", None), "stopping", None)
-        why_cancelled: list[str] = []
         last_cancel_check = [time.monotonic()]
 
-        log = LogLimit(ctx, "ansible")
+        def cancelled() -> str | None:
+            if stopping is not None and stopping.is_set():
+                return "stopping"
+            now = time.monotonic()
+            if now - last_cancel_check[0] >= 2.0:
+                last_cancel_check[0] = now
+                try:
+                    if ctx.cancel_requested():
+                        return "cancelled"
+                except Exception:  # noqa: BLE001, S110 - the DB check is best effort
+                    pass
+            return None
+
+        ctx.log(f"running ansible-playbook{' in check mode' if parsed.check else ''} on {system.hostname}")
+        played = self._play(
+            ansible_runner, parsed, work, playbook, inventory, extra_vars, envvars,
+            {system.hostname: output}, cancelled, timeout,
+        )  # fmt: skip
+        if played.why_stopped == "stopping":
+            raise TransientFailure("the server is stopping: the Ansible run was stopped; left to a retry")
+        if played.why_stopped:
+            raise PermanentFailure("the job was cancelled: the Ansible run was stopped")
+        return _verdict(system.hostname, parsed, played, output, None)
+
+    def _play(
+        self,
+        ansible_runner: Any,
+        parsed: AnsibleSpec,
+        work: Path,
+        playbook: Path,
+        inventory: Path,
+        extra_vars: dict[str, Any],
+        envvars: dict[str, str],
+        outputs: dict[str, HostOutput],
+        stop: Callable[[], str | None],
+        timeout: float,
+        forks: int | None = None,
+    ) -> Played:
+        """Run ansible-playbook once; each event's lines go to its host's output (an event of no host, or
+        of a host not in the inventory, to every host's). ``stop`` says why to stop the run, if it must."""
+        stats: dict[str, dict[str, int]] = {}
+        why: list[str] = []
 
         def on_event(event: dict[str, Any]) -> bool:
-            for line in (event.get("stdout") or "").splitlines():
-                if line.strip():
-                    tail.append(line)
             kind = event.get("event") or ""
             data = event.get("event_data") or {}
+            host = data.get("host")
+            targets = [outputs[host]] if host in outputs else list(outputs.values())
+            targets = [o for o in targets if o.attached()]
+            for line in (event.get("stdout") or "").splitlines():
+                if line.strip():
+                    recap = _RECAP_LINE.match(line) if kind == "playbook_on_stats" else None
+                    for output in targets:
+                        if recap is None or recap.group(1) == output.name:  # not others' recap
+                            output.tail.append(line)
             if kind == "playbook_on_play_start":
-                log(f"PLAY [{data.get('play') or data.get('name') or ''}]", stream="ansible")
+                for output in targets:
+                    output.log(f"PLAY [{data.get('play') or data.get('name') or ''}]", stream="ansible")
             elif kind == "playbook_on_stats":
-                for field in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored"):
-                    stats[field] = dict(data.get(field) or {})
+                for name in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored"):
+                    stats[name] = dict(data.get(name) or {})
             elif kind.startswith(("runner_on_", "runner_item_on_")) and kind not in (
                 "runner_on_start",
                 "runner_on_async_poll",
                 "runner_on_async_ok",
             ):
                 line, level, status, msg = _result_line(kind, data)
-                if status == "failed":
-                    failures.append(
-                        f"task {data.get('task') or '?'!r} on {data.get('host')}: {msg or '(no message)'}"
+                for output in targets:
+                    if status == "failed":
+                        output.failures.append(
+                            f"task {data.get('task') or '?'!r} on {host}: {msg or '(no message)'}"
+                        )
+                    output.log(
+                        line,
+                        level=level,
+                        stream="ansible",
+                        host=host,
+                        play=data.get("play"),
+                        task=data.get("task"),
+                        role=data.get("role") or None,
+                        status=status,
+                        msg=msg,
                     )
-                log(
-                    line,
-                    level=level,
-                    stream="ansible",
-                    host=data.get("host"),
-                    play=data.get("play"),
-                    task=data.get("task"),
-                    role=data.get("role") or None,
-                    status=status,
-                    msg=msg,
-                )
             return False  # not kept as an artifact file: the job log has it
 
         def cancelled() -> bool:
-            if stopping is not None and stopping.is_set():
-                why_cancelled.append("stopping")
-                return True
-            now = time.monotonic()
-            if now - last_cancel_check[0] >= 2.0:
-                last_cancel_check[0] = now
-                try:
-                    if ctx.cancel_requested():
-                        why_cancelled.append("cancelled")
-                        return True
-                except Exception:  # noqa: BLE001, S110 - the DB check is best effort
-                    pass
-            return False
+            if not why:
+                reason = stop()
+                if reason:
+                    why.append(reason)
+            return bool(why)
 
         cmdline = []
         if parsed.check:
             cmdline.append("--check")
         if parsed.diff:
             cmdline.append("--diff")
-        mode = " in check mode" if parsed.check else ""
-        ctx.log(f"running ansible-playbook{mode} on {system.hostname}")
         runner_dir = work / "runner"
         runner_dir.mkdir(mode=0o700)
         started = time.monotonic()
@@ -638,6 +724,7 @@ class AnsibleProvisioner(Provisioner):
             skip_tags=",".join(parsed.skip_tags) or None,
             cmdline=" ".join(cmdline) or None,
             verbosity=parsed.verbosity or None,
+            forks=forks,
             event_handler=on_event,
             cancel_callback=cancelled,
             timeout=max(1, int(timeout)),
@@ -645,50 +732,105 @@ class AnsibleProvisioner(Provisioner):
             suppress_env_files=False,
         )
         took = time.monotonic() - started
-        output_tail = "\n".join(tail) or "(no output)"
-        if why_cancelled:
-            if why_cancelled[0] == "stopping":
-                raise TransientFailure("the server is stopping: the Ansible run was stopped; left to a retry")
-            raise PermanentFailure("the job was cancelled: the Ansible run was stopped")
-        if runner.status == "timeout":
-            ctx.log(f"✗ ansible-playbook timed out after {timeout:g}s", level="error")
-            raise PermanentFailure(
-                f"ansible-playbook timed out after {timeout:g}s (killed); last output:\n{output_tail}"
-            )
-        if not stats:
-            ctx.log(f"✗ ansible-playbook exited {runner.rc} without a play recap", level="error")
-            raise PermanentFailure(
-                f"ansible-playbook exited {runner.rc} without running the play; last output:\n{output_tail}"
-            )
+        return Played(runner.status, runner.rc, stats, took, timeout, why[0] if why else None)
 
-        def total(field: str) -> int:
-            return sum(int(v) for v in stats.get(field, {}).values())
+    # ------------------------------------------------------------ one run for the children of a bulk job
 
-        counts = {
-            "ok": total("ok"),
-            "changed": total("changed"),
-            "failed": total("failures"),
-            "unreachable": total("dark"),
-            "skipped": total("skipped"),
-            "rescued": total("rescued"),
-            "ignored": total("ignored"),
-            "check": parsed.check,
-        }
-        summary = " ".join(f"{k}={counts[k]}" for k in ("ok", "changed", "unreachable", "failed", "skipped"))
-        if counts["failed"] or counts["unreachable"]:
-            ctx.log(f"✗ {system.hostname}: {summary} ({took:.1f}s)", level="error", counts=counts)
-            if counts["failed"]:
-                first = failures[0] if failures else "a task failed"
-                raise PermanentFailure(f"ansible: {first}; last output:\n{output_tail}")
-            raise TransientFailure(
-                f"ansible: {system.hostname} became unreachable; last output:\n{output_tail}"
+    def _together(self, run: Run[AnsibleSpec], prepared: Prepared) -> dict[str, Any] | None:
+        """This system's counts from ONE run shared with its siblings of a bulk job (``ansible_batch``), or
+        None: it runs alone (not a bulk child, a retry, not ssh, another engine, no companion came)."""
+        ctx = run.ctx
+        bulk = (getattr(ctx, "params", None) or {}).get("bulk")
+        settings = getattr(getattr(ctx, "runtime", None), "settings", None)
+        if (
+            not isinstance(bulk, dict)
+            or int(bulk.get("wave") or 0) < 2
+            or getattr(ctx, "attempt", 1) != 1
+            or getattr(run, "given", None) is not None
+            or prepared.host_vars.get("ansible_connection") != "ssh"
+            or getattr(settings, "engine", "inline") != "inline"
+        ):
+            return None
+        spec = json.dumps(run.spec.model_dump(mode="json"), sort_keys=True)
+        key = ("ansible", bulk.get("job"), bulk.get("batch"), spec)
+        member = Member(ctx, run.system.hostname, (run, prepared), run.scratch)
+        if not BATCHES.join(key, int(bulk["wave"]), member, self._run_many):
+            return None
+        stopping = getattr(getattr(ctx, "runtime", None), "stopping", None)
+        last_check = [time.monotonic()]
+
+        def leave() -> BaseException | None:
+            if ctx.remaining() <= 0:
+                return TransientFailure("the step's time ran out while waiting for the shared Ansible run")
+            if stopping is not None and stopping.is_set():
+                return TransientFailure(
+                    "the server is stopping: this host left the shared Ansible run; left to a retry"
+                )
+            if time.monotonic() - last_check[0] >= 2.0:
+                last_check[0] = time.monotonic()
+                try:
+                    if ctx.cancel_requested():
+                        ctx.log("cancelled: its results in the shared run are ignored", level="warning")
+                        return PermanentFailure("the job was cancelled: its host left the shared Ansible run")
+                except Exception:  # noqa: BLE001, S110 - the DB check is best effort
+                    pass
+            return None
+
+        ran, counts = BATCHES.wait(member, leave)
+        if not ran:
+            ctx.log("no other system of this bulk job joined a shared Ansible run: running alone")
+        return counts if ran else None
+
+    def _run_many(self, members: list[Member], deserted: Callable[[], bool]) -> None:
+        """ONE ansible-playbook (forks = the number of hosts) for the members: an inventory of all their
+        hosts, each with its own connection and variables; the spec's extra vars (the same for all) as
+        extra vars. Each member's lines, counts and outcome are its own host's."""
+        first_run, first = members[0].payload
+        parsed = first_run.spec
+        shared_vars = {env_name(key): value for key, value in parsed.extra_vars.items()}
+        hosts: dict[str, dict[str, Any]] = {}
+        for member in members:
+            _, prepared = member.payload
+            own = {key: value for key, value in prepared.extra_vars.items() if key not in shared_vars}
+            hosts[member.name] = {**own, **prepared.host_vars}
+        inventory = first.work / "inventory-shared.json"
+        inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
+        left = min(member.ctx.remaining() for member in members) - DEADLINE_MARGIN_S
+        if left <= 1:
+            raise TransientFailure("no time left in the step to run Ansible")
+        timeout = min(parsed.timeout, left) if parsed.timeout else left
+        outputs = {m.name: HostOutput(m.name, m.ctx, LogLimit(m.ctx, "ansible"), m) for m in members}
+        names = sorted(hosts)
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        for member in members:
+            member.ctx.log(
+                f"running ansible-playbook{' in check mode' if parsed.check else ''} on {member.name}, "
+                f"in one run for {len(names)} systems of this bulk job: {shown}",
+                shared_run=names,
             )
-        if runner.rc not in (0, None):
-            ctx.log(
-                f"ansible-playbook exited {runner.rc} although the recap shows no failure", level="warning"
-            )
-        ctx.log(f"✔ {system.hostname}: {summary} ({took:.1f}s){mode}", counts=counts)
-        return counts
+        stopping = getattr(getattr(members[0].ctx, "runtime", None), "stopping", None)
+
+        def stop() -> str | None:
+            if stopping is not None and stopping.is_set():
+                return "stopping"
+            return "deserted" if deserted() else None
+
+        played = self._play(
+            first.ansible_runner, parsed, first.work, first.playbook, inventory, shared_vars, first.envvars,
+            outputs, stop, timeout, forks=len(members),
+        )  # fmt: skip
+        for member in members:
+            if member.left:
+                continue  # its step has ended already: nothing of the run is logged to it any more
+            if played.why_stopped == "stopping":
+                member.error = TransientFailure(
+                    "the server is stopping: the shared Ansible run was stopped; left to a retry"
+                )
+                continue
+            try:
+                member.result = _verdict(member.name, parsed, played, outputs[member.name], member.name)
+            except Exception as exc:  # noqa: BLE001 - this host's failure, raised in its own step
+                member.error = exc
 
 
 # ---------------------------------------------------------------- helpers
@@ -716,6 +858,53 @@ def _known_hosts_line(transport: SshTransport) -> str:
     algorithm, data = key.export_public_key("openssh").decode().split()[:2]
     name = transport.host if transport.port == 22 else f"[{transport.host}]:{transport.port}"
     return f"{name} {algorithm} {data}\n"
+
+
+def _verdict(
+    hostname: str, parsed: AnsibleSpec, played: Played, output: HostOutput, only: str | None
+) -> dict[str, Any]:
+    """The counts of ``hostname`` from a finished run (of the host ``only``; None: of every host in the
+    recap), logged with ✔; or the failure that fails its step, logged with ✗."""
+    ctx, mode = output.ctx, " in check mode" if parsed.check else ""
+    output_tail = "\n".join(output.tail) or "(no output)"
+    if played.status == "timeout":
+        ctx.log(f"✗ ansible-playbook timed out after {played.timeout:g}s", level="error")
+        raise PermanentFailure(
+            f"ansible-playbook timed out after {played.timeout:g}s (killed); last output:\n{output_tail}"
+        )
+    if not played.stats:
+        ctx.log(f"✗ ansible-playbook exited {played.rc} without a play recap", level="error")
+        raise PermanentFailure(
+            f"ansible-playbook exited {played.rc} without running the play; last output:\n{output_tail}"
+        )
+
+    def total(name: str) -> int:
+        per_host = played.stats.get(name, {})
+        if only is not None:
+            return int(per_host.get(only, 0))
+        return sum(int(v) for v in per_host.values())
+
+    counts = {
+        "ok": total("ok"),
+        "changed": total("changed"),
+        "failed": total("failures"),
+        "unreachable": total("dark"),
+        "skipped": total("skipped"),
+        "rescued": total("rescued"),
+        "ignored": total("ignored"),
+        "check": parsed.check,
+    }
+    summary = " ".join(f"{k}={counts[k]}" for k in ("ok", "changed", "unreachable", "failed", "skipped"))
+    if counts["failed"] or counts["unreachable"]:
+        ctx.log(f"✗ {hostname}: {summary} ({played.took:.1f}s)", level="error", counts=counts)
+        if counts["failed"]:
+            first = output.failures[0] if output.failures else "a task failed"
+            raise PermanentFailure(f"ansible: {first}; last output:\n{output_tail}")
+        raise TransientFailure(f"ansible: {hostname} became unreachable; last output:\n{output_tail}")
+    if played.rc not in (0, None) and only is None:
+        ctx.log(f"ansible-playbook exited {played.rc} although the recap shows no failure", level="warning")
+    ctx.log(f"✔ {hostname}: {summary} ({played.took:.1f}s){mode}", counts=counts)
+    return counts
 
 
 def _result_line(kind: str, data: dict[str, Any]) -> tuple[str, str, str, str]:

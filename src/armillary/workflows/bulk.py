@@ -48,9 +48,11 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
             cancelled = True
             pending.clear()
             _cancel_children(ctx, list(running))
+        # Children started together (a wave) may share work: e.g. ONE ansible-playbook for all their hosts.
+        wave = {"job": ctx.job_id, "batch": index, "wave": min(len(pending), concurrency - len(running))}
         while pending and len(running) < concurrency:
             system_id = pending.pop(0)
-            child_id, hostname, error = _start_child(ctx, system_id)
+            child_id, hostname, error = _start_child(ctx, system_id, wave)
             hostnames[system_id] = hostname
             if child_id is None:
                 results[hostname] = {"status": "failed", "error": error}
@@ -74,8 +76,10 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     return outcome
 
 
-def _start_child(ctx: StepContext, system_id: int) -> tuple[int | None, str, str | None]:
-    """Start the child job for one system, or find the one an earlier attempt of this batch started."""
+def _start_child(ctx: StepContext, system_id: int,
+                 wave: dict[str, int]) -> tuple[int | None, str, str | None]:
+    """Start the child job for one system, or find the one an earlier attempt of this batch started.
+    The child's ``params["bulk"]`` is ``wave``: which parent, batch and how many children started with it."""
     with ctx.runtime.db.session() as session:
         system = session.get(System, system_id)
         if system is None:
@@ -90,7 +94,8 @@ def _start_child(ctx: StepContext, system_id: int) -> tuple[int | None, str, str
         try:
             actor = ctx.params.get("actor") or {}
             child = start_system_action(
-                session, system, ctx.params["action"], params=ctx.params.get("action_params") or {},
+                session, system, ctx.params["action"],
+                params={**(ctx.params.get("action_params") or {}), "bulk": wave},
                 parent_id=ctx.job_id, user_id=actor.get("user_id"), actor=actor.get("name"),
                 bypass_lock=bool(actor.get("admin")),
             )
