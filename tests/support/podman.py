@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -251,11 +252,14 @@ def start_podman(root: Path, registries: bool = True) -> Iterator[PodmanPeer]:
         "CONTAINERS_REGISTRIES_CONF": str(registries_conf),
         "REGISTRY_AUTH_FILE": str(root / "auth.json"),  # podman's logins stay in this run's directory
     }
+    # podman refuses a runroot longer than 50 characters: pytest-xdist's per-process temporary
+    # directories (/tmp/pytest-of-root/pytest-N/popen-gw0/podman0/run) are longer.
+    runroot = Path(tempfile.mkdtemp(prefix="armpod-", dir="/tmp"))
     flags = [
         "--root",
         str(root / "storage"),
         "--runroot",
-        str(root / "run"),
+        str(runroot),
         "--tmpdir",
         str(root / "libpod"),
         "--storage-driver",
@@ -301,6 +305,7 @@ def start_podman(root: Path, registries: bool = True) -> Iterator[PodmanPeer]:
         _stop(service)
         for process in processes:
             _stop(process)
+        shutil.rmtree(runroot, ignore_errors=True)
 
 
 @pytest.fixture
