@@ -212,6 +212,7 @@ def test_operator_journey(server, admin, chromium, shots) -> None:
     page.get_by_role("menuitem", name="destroy").click()
     dialog = page.get_by_role("dialog")
     assert dialog.get_by_test_id("bulk-count").inner_text() == "3"
+    page.get_by_role("menu").wait_for(state="detached")  # the closing menu is not part of the dialog's view
     check_page(page, "bulk-confirm", shots)
     dialog.get_by_role("button", name="destroy 3 systems").click()
     page.wait_for_url(re.compile(r"/jobs/\d+$"))

@@ -106,10 +106,8 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
     adopted = system.provider_id == info.provider_id
     ctx.log(f"{'adopted existing' if adopted else 'created'} machine {info.provider_id} ({info.state})")
     info = _wait_running(ctx, driver, system, info)
-    # With the step's outcome: a retry after a crash adopts the machine (its id is recorded above) and
-    # records this again. Written on failure too, before the job's failure state.
-    ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict(),
-                      with_outcome=True)
+    # Written now, not held for the step's outcome: what follows (IP records, DNS names) reads the row.
+    ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
     ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
     network.after_create(ctx, driver, system, info.addresses)
     return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}
