@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import OperationalError
 
+from armillary.domain import migrate
 from armillary.domain.accounts import AuditChange, AuditEvent, User
+from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobEvent, Step
 from armillary.domain.models import Base
 from armillary.logs import JsonFormatter, install_redaction
@@ -68,6 +70,16 @@ def webhooks_may_reach_loopback() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(destinations.ENV, "127.0.0.0/8,::1/128")
         yield
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def db(request, tmp_path_factory) -> Iterator[Database]:
+    """A migrated database of its own for the module's tests (no server): SQLite, then PostgreSQL."""
+    with database(request.param, tmp_path_factory.mktemp(request.param)) as url:
+        handle = Database(url)
+        migrate.upgrade(handle)
+        yield handle
+        handle.dispose()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, Lock, Schedule, Step
 from armillary.domain.models import utcnow
@@ -22,7 +21,6 @@ from armillary.engine.service import Engine
 from armillary.engine.workflows import CycleError, StepSpec, Workflow, check_acyclic, register
 from armillary.failures import PermanentFailure as PermanentStepError
 from armillary.failures import TransientFailure as TransientStepError
-from tests.support.databases import database
 
 CALLS: dict[str, int] = {}
 
@@ -74,14 +72,6 @@ register(Workflow("t-diamond", [
     StepSpec("last", last, ("second", "third")),
 ], failure_state=None))
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def db(request, tmp_path_factory) -> Iterator[Database]:
-    with database(request.param, tmp_path_factory.mktemp(request.param)) as url:
-        handle = Database(url)
-        migrate.upgrade(handle)
-        yield handle
-        handle.dispose()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import event, select
 
-from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobEvent
 from armillary.domain.models import Environment, System
@@ -22,7 +21,6 @@ from armillary.domain.secrets import SecretBox
 from armillary.engine.jobs import create_job
 from armillary.engine.service import Engine
 from armillary.engine.workflows import StepSpec, Workflow, register
-from tests.support.databases import database
 
 RELEASE = threading.Event()
 STARTED = threading.Event()
@@ -63,14 +61,6 @@ register(Workflow("t-out-chain", [StepSpec("a", plain), StepSpec("b", plain, ("a
 register(Workflow("t-out-long", [StepSpec("long", long_running)], failure_state=None))
 register(Workflow("t-out-held", [StepSpec("hold", holds_a_state)], failure_state=None))
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def db(request, tmp_path_factory) -> Iterator[Database]:
-    with database(request.param, tmp_path_factory.mktemp(request.param)) as url:
-        handle = Database(url)
-        migrate.upgrade(handle)
-        yield handle
-        handle.dispose()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from armillary import redaction
-from armillary.domain import migrate
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobEvent, Step
 from armillary.domain.secrets import SecretBox
@@ -44,7 +43,6 @@ from armillary.redaction import (
     redact_text,
     register_secrets_in,
 )
-from tests.support.databases import database
 from tests.support.jobs import act_and_wait
 from tests.support.provisioning import events
 from tests.support.sshhosts import SshHost, ssh_host
@@ -371,14 +369,6 @@ register(Workflow("t-redact-ok", [StepSpec("talk", _prints_a_secret)], failure_s
 register(Workflow("t-redact-fail", [StepSpec("talk", _prints_a_secret),
                                     StepSpec("fail", _fails_with_a_secret, ("talk",))], failure_state=None))
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def db(request, tmp_path_factory) -> Iterator[Database]:
-    with database(request.param, tmp_path_factory.mktemp(request.param)) as url:
-        handle = Database(url)
-        migrate.upgrade(handle)
-        yield handle
-        handle.dispose()
 
 
 def _new_job(db: Database, workflow: str) -> int:
