@@ -277,3 +277,34 @@ def test_a_webhook_to_an_address_the_operator_did_not_allow_is_refused(api, rece
     [delivery] = deliveries(api, "local", done=1)
     assert delivery["status"] == "failed" and "not a public address" in delivery["last_error"], delivery
     assert receiver.requests == []
+
+
+def test_a_webhook_connects_to_the_address_it_checked_not_to_the_name_again(receiver: Receiver, monkeypatch) -> None:
+    """DNS rebinding: a name that resolves to an allowed address when checked and to an internal one a moment
+    later must not reach the internal one. The try connects to the checked address, so the name is resolved
+    once. No DNS server of ours can answer for a name the system resolver asks about, so the resolver the check
+    uses is replaced: ``hook.invalid`` (a name that never resolves for real) is the receiver's loopback address."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from armillary.notify import destinations, webhook
+
+    port = urlsplit(receiver.url).port
+    asked: list[str] = []
+    real = destinations.socket.getaddrinfo
+
+    def answer(host, *args, **kwargs):
+        asked.append(host)
+        return real("127.0.0.1" if host == "hook.invalid" else host, *args, **kwargs)
+
+    monkeypatch.setattr(destinations.socket, "getaddrinfo", answer)
+    with httpx.Client() as client:
+        outcome = webhook.send(client, {"url": f"http://hook.invalid:{port}/pinned"}, {"event": "test", "id": "d1"},
+                               "hello", None)
+    assert outcome.delivered, outcome
+    [seen] = receiver.accepted()
+    assert seen.path == "/pinned" and seen.headers["host"] == f"hook.invalid:{port}"
+    assert asked.count("hook.invalid") == 1  # by the check; the connection went to 127.0.0.1 itself
+    pinned = destinations.pinned("https://u:p@[2001:db8::1]:8443/x?y=1", "2001:db8::2")
+    assert pinned == "https://u:p@[2001:db8::2]:8443/x?y=1"

@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -76,12 +77,14 @@ def send(client: httpx.Client, target: dict[str, Any], payload: dict[str, Any], 
     if secret:
         headers["X-Armillary-Signature"] = sign(secret, body)
     started = time.monotonic()
-    refused = destinations.refusal(str(target["url"]))
-    if refused is not None:
-        return Outcome(False, False, None, refused, _ms(started))
+    url = str(target["url"])
+    resolved = destinations.resolve(url)
+    if resolved.refused is not None:
+        return Outcome(False, False, None, resolved.refused, _ms(started))
+    if not resolved.addresses:
+        return Outcome(False, True, None, f"ConnectError: {resolved.host} does not resolve", _ms(started))
     try:
-        response = client.post(str(target["url"]), content=body, headers=headers, timeout=TIMEOUT_S,
-                               follow_redirects=False)
+        response = post_pinned(client, url, resolved, body, headers)
     except httpx.TimeoutException as exc:
         return Outcome(False, True, None, f"timeout: {exc or type(exc).__name__}", _ms(started))
     except httpx.HTTPError as exc:
@@ -91,6 +94,23 @@ def send(client: httpx.Client, target: dict[str, Any], payload: dict[str, Any], 
         return Outcome(True, False, code, "", _ms(started))
     retry = code >= 500 or code in RETRIED_4XX
     return Outcome(False, retry, code, f"HTTP {code}: {response.text[:300]}", _ms(started))
+
+
+def post_pinned(client: httpx.Client, url: str, resolved: destinations.Resolved, body: bytes,
+                headers: dict[str, str]) -> httpx.Response:
+    """POST to the addresses that were checked, in order until one connects: the name is not resolved again
+    (see destinations). The Host header and the TLS server name (SNI and certificate check) stay the URL's."""
+    pinned_headers = {**headers, "Host": urlsplit(url).netloc.rsplit("@", 1)[-1]}
+    extensions = {"sni_hostname": resolved.host} if url.lower().startswith("https:") else {}
+    last = len(resolved.addresses) - 1
+    for index, address in enumerate(resolved.addresses):
+        try:
+            return client.post(destinations.pinned(url, address), content=body, headers=pinned_headers,
+                               timeout=TIMEOUT_S, follow_redirects=False, extensions=extensions)
+        except httpx.ConnectError:
+            if index == last:
+                raise
+    raise ValueError(f"{url}: no address to send to")  # send() never calls this without one
 
 
 def _ms(started: float) -> int:
