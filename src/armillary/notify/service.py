@@ -5,7 +5,8 @@ off), and any number of processes may run it on one database: events are unique 
 claimed with leases (``armillary.notify.deliveries``).
 
 * The **collector** (``armillary.notify.events``) turns newly committed facts into events and deliveries,
-  every ``poll_s`` (0.1 s), and scans quotas every ``QUOTA_SCAN_S``.
+  every ``poll_s`` (0.1 s), scans quotas every ``QUOTA_SCAN_S`` and deletes history older than the retention
+  every hour (``armillary.notify.retention``).
 * The **sender** claims due webhook and e-mail deliveries — never more than the pool has free workers — and
   commits the claim before anything touches the network; each pool worker sends one delivery with no database
   connection held, then marks it in a short transaction of its own. Chat deliveries are the chat bot's
@@ -29,7 +30,7 @@ from sqlalchemy import select
 
 from armillary.domain.db import Database
 from armillary.domain.secrets import SecretBox, SecretBoxError
-from armillary.notify import deliveries, email, webhook
+from armillary.notify import deliveries, email, retention, webhook
 from armillary.notify.events import Collector, QuotaWatch
 from armillary.notify.models import Delivery, Subscription, TargetKind
 
@@ -99,9 +100,13 @@ class NotifyService:
     def _collect_loop(self) -> None:
         last_quota = 0.0
         last_settle = 0.0
+        last_prune: float | None = None
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
+                if last_prune is None or now - last_prune >= retention.PRUNE_EVERY_S:
+                    last_prune = now
+                    retention.prune(self.db, retention.keep_days())
                 with self.db.session() as session:
                     stored = self.collector.collect(session, now)
                     if now - last_quota >= QUOTA_SCAN_S:
