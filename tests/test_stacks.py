@@ -123,6 +123,17 @@ def test_plan_apply_replan_replace_update_and_delete(api: httpx.Client) -> None:
                  "/stacks/app/plans", "/stacks/app/events"):
         assert SECRET not in api.get(path).text, path
 
+    # events page oldest first with `after`, newest first with `before`; not both
+    oldest = api.get("/stacks/app/events", params={"limit": 1000}).json()
+    ids = [e["id"] for e in oldest]
+    assert ids == sorted(ids) and len(ids) > 4
+    newest = api.get("/stacks/app/events", params={"before": 2**31 - 1, "limit": 3}).json()
+    assert [e["id"] for e in newest] == ids[::-1][:3]
+    older = api.get("/stacks/app/events", params={"before": newest[-1]["id"], "limit": 2}).json()
+    assert [e["id"] for e in older] == ids[::-1][3:5]
+    both = api.get("/stacks/app/events", params={"before": 10, "after": 1})
+    assert both.status_code == 422 and both.json()["errors"][0]["field"] == "before", both.text
+
     # delete: reverse dependency order (web before db and vip; the cluster before its profile), then the stack
     job = run(api, api.delete("/stacks/app"))
     assert api.get("/stacks/app").status_code == 404

@@ -23,7 +23,7 @@ from armillary.api.lookups import get_environment_for
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
 from armillary.domain.accounts import User
-from armillary.domain.errors import Conflict
+from armillary.domain.errors import Conflict, InvalidInput
 from armillary.domain.models import Environment
 from armillary.domain.schemas import MAX_ID, Page
 from armillary.stacks import parameters, service
@@ -276,12 +276,21 @@ def list_resources(ref: str, request: Request, session: Session = SessionDep,
 
 
 @router.get("/{ref}/events", response_model=list[EventOut])
-def list_events(ref: str, after: int = Query(0, ge=0, le=MAX_ID, description="Events after this id"),
+def list_events(ref: str, after: int = Query(0, ge=0, le=MAX_ID, description="Events after this id (oldest first)"),
+                before: int | None = Query(None, ge=1, le=MAX_ID, description=(
+                    "Events before this id, newest first; the latest events: a number above the last id, e.g. "
+                    f"{MAX_ID}. Not with `after`.")),
                 limit: int = Query(100, ge=1, le=1000), session: Session = SessionDep,
                 access: Access = requires(Permission.ENV_READ)) -> list[StackEvent]:
+    if before is not None and after:
+        raise InvalidInput("before", "pages newest first; `after` pages oldest first: give one of them")
     stack = get_stack_for(session, ref, access)
-    return list(session.scalars(select(StackEvent).where(StackEvent.stack_id == stack.id, StackEvent.id > after)
-                                .order_by(StackEvent.id).limit(limit)))
+    query = select(StackEvent).where(StackEvent.stack_id == stack.id)
+    if before is not None:
+        query = query.where(StackEvent.id < before).order_by(StackEvent.id.desc())
+    else:
+        query = query.where(StackEvent.id > after).order_by(StackEvent.id)
+    return list(session.scalars(query.limit(limit)))
 
 
 @router.get("/{ref}/export")

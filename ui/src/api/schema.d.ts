@@ -19179,8 +19179,10 @@ export interface operations {
     list_events_api_v1_stacks__ref__events_get: {
         parameters: {
             query?: {
-                /** @description Events after this id */
+                /** @description Events after this id (oldest first) */
                 after?: number;
+                /** @description Events before this id, newest first; the latest events: a number above the last id, e.g. 2147483647. Not with `after`. */
+                before?: number | null;
                 limit?: number;
             };
             header?: never;

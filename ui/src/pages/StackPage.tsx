@@ -434,18 +434,14 @@ function OutputsTable({ outputs, label }: { outputs: Record<string, unknown>; la
   );
 }
 
-const EVENT_PAGES = 10;
+const EVENT_LIMIT = 1000;
+const LATEST = 2 ** 31 - 1; // the API's largest id: ``before`` it gives the newest events
 
-/** The stack's events, oldest first: the API pages them by id (``after``), up to 10 pages of 1000 are read. */
+/** The stack's latest events (the API pages them newest first with ``before``), returned oldest first. */
 async function eventsOf(name: string): Promise<StackEvent[]> {
-  const all: StackEvent[] = [];
-  for (let i = 0; i < EVENT_PAGES; i++) {
-    const page = await call(api.GET("/api/v1/stacks/{ref}/events", { params: { path: { ref: name },
-      query: { limit: 1000, after: all.length ? all[all.length - 1].id : 0 } } }));
-    all.push(...page);
-    if (page.length < 1000) break;
-  }
-  return all;
+  const page = await call(api.GET("/api/v1/stacks/{ref}/events", { params: { path: { ref: name },
+    query: { limit: EVENT_LIMIT, before: LATEST } } }));
+  return [...page].reverse();
 }
 
 function EventsTable({ events, error }: { events: StackEvent[] | undefined; error: unknown }) {
@@ -461,7 +457,7 @@ function EventsTable({ events, error }: { events: StackEvent[] | undefined; erro
             <Table.Td>{e.action}</Table.Td><Table.Td>{e.status}</Table.Td><Table.Td>{e.message}</Table.Td>
             <Table.Td>{e.job_id ? <Anchor component={Link} to={`/jobs/${e.job_id}`}>#{e.job_id}</Anchor> : "—"}</Table.Td></Table.Tr>))}</Table.Tbody>
       </Table>
-      {events && events.length >= EVENT_PAGES * 1000 && <Text size="xs" c="dimmed">The first {EVENT_PAGES * 1000} events are shown.</Text>}
+      {events && events.length >= EVENT_LIMIT && <Text size="xs" c="dimmed">The latest {EVENT_LIMIT} events are shown.</Text>}
     </>
   );
 }
