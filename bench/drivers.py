@@ -43,27 +43,26 @@ each Armillary wall ÷ the mean of the direct walls:
 
 Every container of the private storage is removed and the service stopped at the end.
 
-Where Armillary's time goes (measured on 2 shared cores, other test runs busy, load 2–7; the bench
-prints the per-child breakdown from the jobs' own timestamps): ratios 1.25–1.35 over 7 Armillary
-runs in 4 invocations, against the 1.10 target — direct 5.4–9.1 s, Armillary 7.0–10.0 s for 50 creates
-+ 50 destroys.
+Where Armillary's time goes. Daemon calls per create: the driver makes the same 4 as the direct loop
+(create, the SDK's inspect of it, start, an inspect for the addresses); per destroy 1, the forced remove
+by id. It used to make 6 and 2 (a lookup by name before every create for a container to adopt, an image
+inspect for ``pull: missing``, an inspect before the remove) with a new ``DockerClient`` per operation;
+now adoption is found through the create's own 409 answer, a missing image through the create's 404
+(then pulled), and one client per hypervisor's settings is shared by the process.
 
-* The driver step itself is most of it, and is about a direct call's latency: ``create_machine``
-  ≈ 0.65–1.0 s per child against 0.6–0.95 s per direct create+start at the same concurrency; it makes
-  6 daemon calls where the direct loop makes 4 (a lookup by name for a container to adopt, and an
-  image inspect for ``pull: missing``, before create/inspect/start/reload) plus a new ``DockerClient``
-  per operation. ``destroy_machine`` ≈ 0.55–0.65 s against 0.5–0.6 s: an inspect before the remove.
-* Per child job, ~40–50 ms around the driver step (the ``prepare`` step, claims, records, events).
+Measured on 2 shared cores with other helpers' test runs busy (load 15–30, so single runs vary by 2×;
+compare ratios within one invocation): before, ratios 1.62 and 1.70–1.87 (per child: create driver step
+2.2–4.2 s, destroy 1.2–1.7 s); after, 0.91, 1.42 and 1.35 (best runs 0.78–1.07). The driver alone
+(``create``/``destroy`` from 10 threads, no engine, alternating rounds on one podman): old 1.18 ×
+direct, new 0.92 × direct. What remains above 1.0 is the engine and the server, not the driver:
+
+* Per child job, ~30–70 ms around the driver step (the ``prepare`` step, claims, records, events), plus
+  the system-row writes and log lines inside the step.
 * Refilling a slot: the bulk parent looks for finished children every 100 ms
   (``workflows/bulk.py`` ``POLL_S``), then the dispatcher has to claim the new child — up to ~0.1–0.15 s
-  of an empty slot per child (estimated from the code and the unexplained remainder, not timed on
-  its own), 4 refills per slot for 50 children at concurrency 10.
-* The parent's own start and end are small (≤ 10 ms to its batch step; 20–100 ms after the last child).
-* The server's CPU (SQLite, Python) comes out of the same 2 cores podman and runc need.
-
-Summed: 5 waves × (~0.9 s driver + ~0.05 s job + ~0.1 s refill) ≈ 5.3 s for the creates against
-4.1–4.7 s direct; the destroys likewise. The ratio shrinks with a slower daemon (real pulls, bigger
-images) and is inflated by the CPU contention here.
+  of an empty slot per child, 4 refills per slot for 50 children at concurrency 10.
+* The server's CPU (SQLite, Python, 30+ threads) comes out of the same 2 cores podman and runc need:
+  under heavy load it starves first, which is why the ratio swings with the machine's load.
 
     .venv/bin/python bench/drivers.py                     # both: aws N=100, docker N=50, C=10
     .venv/bin/python bench/drivers.py --only docker --rounds 2

@@ -126,6 +126,58 @@ def test_create_is_idempotent_and_adopts(podman: PodmanPeer, driver: DockerDrive
     assert len(containers_named(podman, container_name(other))) == 1
 
 
+@pytest.fixture
+def daemon_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every request sent to a daemon from here on, as ``METHOD /path`` (API version and query left out):
+    a spy on the docker SDK's HTTP session; the real daemon still answers each one."""
+    calls: list[str] = []
+    send = requests.Session.send
+
+    def counting(self, request, **kwargs):
+        path = request.path_url.split("?")[0]
+        calls.append(f"{request.method} {path.split('/', 2)[2] if path.startswith('/v1.') else path[1:]}")
+        return send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", counting)
+    return calls
+
+
+def test_daemon_calls_per_create_and_destroy(podman: PodmanPeer, daemon_calls: list[str]) -> None:
+    """A create is the daemon's create, start and one inspect; a destroy one forced remove. The image is not
+    inspected (the create says when it is missing) and the client is shared: no /version per operation."""
+    warm = make_driver(podman.base_url).create(spec(image=podman.image))  # the process's client is made here
+    make_driver(podman.base_url).destroy(MachineRef(SYSTEM_ID, warm.provider_id))
+    daemon_calls.clear()
+    infos = [make_driver(podman.base_url).create(spec(SYSTEM_ID + n, image=podman.image)) for n in range(5)]
+    assert [c.split(" ")[0] + " " + c.split("/")[-1] for c in daemon_calls] == 5 * [
+        "POST create", "GET json", "POST start", "GET json"
+    ], daemon_calls
+    daemon_calls.clear()
+    for n, info in enumerate(infos):
+        make_driver(podman.base_url).destroy(MachineRef(SYSTEM_ID + n, info.provider_id))
+    assert [c.split(" ")[0] for c in daemon_calls] == 5 * ["DELETE"], daemon_calls
+    assert containers_named(podman, container_name(SYSTEM_ID)) == []
+    # Adoption costs nothing more until the name is taken: the create's 409, then the lookup by name.
+    made = podman.client().containers.create(
+        podman.image, name=container_name(SYSTEM_ID), labels={"armillary.system-id": str(SYSTEM_ID)}
+    )
+    daemon_calls.clear()
+    adopted = make_driver(podman.base_url).create(spec(image=podman.image))
+    assert adopted.provider_id == made.id and adopted.state == "running"
+    assert [c.split(" ")[0] for c in daemon_calls] == ["POST", "GET", "POST", "GET"], daemon_calls
+    # A stale provider id (the container was replaced behind our back): destroy finds ours by name.
+    podman.client().containers.get(made.id).remove(force=True)
+    again = make_driver(podman.base_url).create(spec(image=podman.image))
+    make_driver(podman.base_url).destroy(MachineRef(SYSTEM_ID, made.id))
+    assert containers_named(podman, container_name(SYSTEM_ID)) == [] and again.provider_id != made.id
+    # A daemon's refusal keeps the shared client: the next operation does not ask /version again.
+    with pytest.raises(PermanentDriverError, match="image not known"):
+        make_driver(podman.base_url).create(spec(image="localhost/armillary-no-such-image:1", pull="never"))
+    daemon_calls.clear()
+    assert make_driver(podman.base_url).status(MachineRef(SYSTEM_ID)).state == "missing"
+    assert daemon_calls == [f"GET containers/{container_name(SYSTEM_ID)}/json"], daemon_calls
+
+
 def test_a_foreign_container_holding_our_name_is_not_adopted(
     podman: PodmanPeer, driver: DockerDriver
 ) -> None:
@@ -532,7 +584,8 @@ def test_secrets_and_tls_settings(tmp_path: Path) -> None:
     assert DockerDriver.describe()["implemented"] and DockerDriver.transport == "docker-exec"
     with pytest.raises(ValidationError):
         DockerConfig(base_url="unix:///x", pasword="typo")
-    # PEM texts are written to private files for the life of one call, then removed.
+    # PEM texts are written to private files for the life of the client (shared, at most CLIENT_TTL_S),
+    # removed with it: here at once, since the daemon cannot be reached and the client is dropped.
     pem = _self_signed_pem()
     before = set(os.listdir(tempfile.gettempdir()))
     with socket.socket() as sock:

@@ -10,16 +10,18 @@ A system becomes one container:
 
 * named ``armillary-<system id>`` and labelled ``armillary.system-id``, ``armillary.hostname``,
   ``armillary.environment`` (plus ``armillary.label.<key>`` for each of the system's labels).
-  ``create`` looks the name up first: a container carrying our system id is *adopted* (started if it
-  is not running), so a retry after a crash never makes a twin. A container that holds the name but
-  not our tag is someone else's: the create fails and says so, it is never adopted or removed.
-* made from the system's driver properties (:class:`DockerProps`): ``image`` (pulled when missing,
-  or per ``pull``), ``command``, ``entrypoint``, ``env``, ``ports`` and ``volumes`` in the Docker
-  CLI's short forms, ``memory``, ``cpus``, ``network``, ``hostname``, ``user``, ``working_dir``,
-  ``labels``, ``restart``, ``stop_timeout_s``. The system's machine ``cpu`` and ``memory_mb`` are
-  the default limits when ``cpus``/``memory`` are not given. Bind mounts of host paths are refused
-  unless the hypervisor allows them (``allow_host_paths``): they hand the daemon's host to whoever
-  may create systems. Named volumes are kept when the container is destroyed (only anonymous ones go).
+  ``create`` asks for that name at once; when the daemon answers that the name is taken, a container
+  carrying our system id is *adopted* (started if it is not running), so a retry after a crash never
+  makes a twin. A container that holds the name but not our tag is someone else's: the create fails and
+  says so, it is never adopted or removed.
+* made from the system's driver properties (:class:`DockerProps`): ``image`` (pulled when the daemon
+  answers the create that it is missing, or per ``pull``), ``command``, ``entrypoint``, ``env``,
+  ``ports`` and ``volumes`` in the Docker CLI's short forms, ``memory``, ``cpus``, ``network``,
+  ``hostname``, ``user``, ``working_dir``, ``labels``, ``restart``, ``stop_timeout_s``. The system's
+  machine ``cpu`` and ``memory_mb`` are the default limits when ``cpus``/``memory`` are not given.
+  Bind mounts of host paths are refused unless the hypervisor allows them (``allow_host_paths``):
+  they hand the daemon's host to whoever may create systems. Named volumes are kept when the
+  container is destroyed (only anonymous ones go).
 * its addresses are the container's IP addresses on its networks, read back after it starts.
 * **static addresses** (``MachineSpec.addresses``, reserved by Armillary's IP pools; capability
   ``static_address``): the container joins one user-defined network — the assignments' ``network``,
@@ -36,8 +38,10 @@ Errors are classified for the engine: timeouts, refused/reset connections and 5x
 transient (retried with backoff); 4xx answers, missing images, unknown networks, refused
 credentials, invalid references (podman answers several of these with a 500, so the daemon's
 message is read too) are permanent, and the job fails with the daemon's own message.
-``destroy`` of a container that is already gone succeeds. ``list`` returns every container on the
-daemon; those without our tag are what ``GET /hypervisors/{id}/unmanaged`` reports.
+``destroy`` stops and removes in one forced call by the container's id; one already gone succeeds.
+``list`` returns every container on the daemon; those without our tag are what
+``GET /hypervisors/{id}/unmanaged`` reports. One client per hypervisor's settings is shared by every
+operation of the process (``_clients``).
 
 Machines are reached by provisioners through ``docker exec`` (transport ``docker-exec``).
 """
@@ -53,6 +57,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -124,11 +129,50 @@ PERMANENT_MESSAGES = (
 )
 
 
-# API versions the daemons chose (``api_version: auto``), so each call need not ask again: podman answers
-# ``/version`` in ~0.3 s. Per process, by daemon URL, for a few minutes; forgotten when a call fails.
-VERSION_TTL_S = 300.0
-_versions: dict[str, tuple[str, float]] = {}
-_versions_lock = threading.Lock()
+# One client per hypervisor's connection settings, shared by every operation and thread of the process (driver
+# instances are made per step and hold nothing): no new connection, config read or ``/version`` question
+# (podman answers it in ~0.3 s) per call. A client lives a few minutes at most, so ``api_version: auto`` is
+# asked again now and then; it is dropped at once when the daemon cannot be reached through it or speaks
+# of the version (see ``_client_suspect``). Its pool holds up to POOL_SIZE idle connections,
+# enough for the engine's concurrent steps (more are opened when needed, just not kept).
+CLIENT_TTL_S = 300.0
+POOL_SIZE = 32
+_clients: dict[tuple[Any, ...], tuple[Any, ExitStack, float]] = {}
+_clients_lock = threading.Lock()
+
+
+def _forget_client(key: tuple[Any, ...], client: Any) -> None:
+    """Drop the shared client for ``key`` if it is still ``client``, and close it (an operation still using
+    it finishes; one opening a new TLS connection through it fails transiently and is retried)."""
+    with _clients_lock:
+        found = _clients.get(key)
+        if found is None or found[0] is not client:
+            return
+        del _clients[key]
+    found[1].close()
+
+
+def _client_suspect(exc: BaseException, error: DriverError) -> bool:
+    """Whether a failure puts the shared client in doubt: the daemon could not be reached (it may have
+    restarted, on another API version) or it spoke of the version. A daemon's answer, even a 500, does not
+    (nor a failure this driver raised): the connection worked, and dropping the client would only disturb
+    the operations sharing it."""
+    from docker import errors as docker_errors
+
+    if "version" in str(error).lower():
+        return True
+    return error.transient and not isinstance(exc, (docker_errors.APIError, DriverError))
+
+
+def _forget_clients_after_fork() -> None:
+    """A forked child (e.g. a prefork worker) must not share the parent's sockets: it makes its own."""
+    global _clients_lock
+    _clients_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    _clients.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients_after_fork)
 
 
 def container_name(system_id: int) -> str:
@@ -360,42 +404,83 @@ class DockerDriver(Driver):
     # ------------------------------------------------------------ connection and errors
 
     @contextmanager
-    def _connect(self, operation: str) -> Iterator[Any]:
-        """A client for one operation; every failure inside comes out as a classified ``DriverError``."""
-        import docker
+    def _connect(self, operation: str, shared: bool = True) -> Iterator[Any]:
+        """A client for one operation; every failure inside comes out as a classified ``DriverError``.
 
-        with ExitStack() as stack:
-            url = self.settings.base_url
-            version = self.settings.api_version
-            if version == "auto":
-                with _versions_lock:
-                    known = _versions.get(url)
-                if known and time.monotonic() - known[1] < VERSION_TTL_S:
-                    version = known[0]
+        ``shared``: the process's client for these settings (see ``_clients``), else one of its own that
+        the caller closes (``container_target``'s, handed to a transport)."""
+        key = self._client_key()
+        with ExitStack() as own:
             try:
-                tls = self._tls(stack)
-                client = docker.DockerClient(
-                    base_url=url, version=version, timeout=self.settings.timeout_s, tls=tls
-                )
+                if shared:
+                    client = self._shared_client(key)
+                else:
+                    client, stack = self._new_client()
+                    own.push(stack)
             except Exception as exc:
                 raise self._classify(exc, operation) from exc
-            stack.callback(client.close)
-            if version == "auto":
-                with _versions_lock:
-                    _versions[url] = (client.api.api_version, time.monotonic())
             try:
                 yield client
             except Exception as exc:
                 error = self._classify(exc, operation)
-                if error.transient or "version" in str(error).lower():
-                    with _versions_lock:
-                        _versions.pop(url, None)  # the daemon may have changed: ask again next time
+                if shared and _client_suspect(exc, error):
+                    _forget_client(key, client)  # the daemon may have restarted or changed: a new client
                 if error is exc:
                     raise
                 raise error from exc
 
+    def _client_key(self) -> tuple[Any, ...]:
+        """The settings a client is made from: hypervisors with the same ones share a client."""
+        cfg = self.settings
+        return (
+            cfg.base_url,
+            cfg.api_version,
+            cfg.timeout_s,
+            cfg.tls_verify,
+            cfg.tls_ca_cert,
+            cfg.tls_client_cert,
+            cfg.tls_client_key,
+        )
+
+    def _shared_client(self, key: tuple[Any, ...]) -> Any:
+        """The cached client for ``key``, made (outside the lock: asking the version takes a while) when
+        there is none or it is too old; of two threads making one at once, the first stored wins."""
+        with _clients_lock:
+            found = _clients.get(key)
+        if found and time.monotonic() - found[2] < CLIENT_TTL_S:
+            return found[0]
+        if found:
+            _forget_client(key, found[0])
+        client, stack = self._new_client()
+        with _clients_lock:
+            kept = _clients.setdefault(key, (client, stack, time.monotonic()))
+        if kept[0] is not client:
+            stack.close()
+        return kept[0]
+
+    def _new_client(self) -> tuple[Any, ExitStack]:
+        """A ``DockerClient`` and what closes it (the client, then the TLS files it reads on each connect)."""
+        import docker
+
+        stack = ExitStack()
+        try:
+            tls = self._tls(stack)
+            client = docker.DockerClient(
+                base_url=self.settings.base_url,
+                version=self.settings.api_version,
+                timeout=self.settings.timeout_s,
+                tls=tls,
+                max_pool_size=POOL_SIZE,
+            )
+        except BaseException:
+            stack.close()
+            raise
+        stack.callback(client.close)
+        return client, stack
+
     def _tls(self, stack: ExitStack) -> Any:
-        """``docker.tls.TLSConfig`` from the settings (PEM texts go to private temporary files), or False."""
+        """``docker.tls.TLSConfig`` from the settings, or False. PEM texts go to private temporary files that
+        ``stack`` removes: they are read on each new connection, so they live as long as the client."""
         from docker.tls import TLSConfig
 
         cfg = self.settings
@@ -532,33 +617,55 @@ class DockerDriver(Driver):
         return f"registry login to {server} as {user} accepted"
 
     def create(self, spec: MachineSpec) -> MachineInfo:
-        from docker import errors as docker_errors
-
         props = self._props(spec)
         name = container_name(spec.system_id)
         network = self._static_network_name(spec, props)
         with self._connect(f"create container {name}") as client:
-            for _ in range(3):
-                container = self._named_for_create(client, spec.system_id)
-                made = False
-                if container is None:
-                    self._ensure_image(client, props)
-                    args = self._create_args(spec, props)
-                    if network is not None:
-                        self._ensure_network(client, network, spec.addresses)
-                        args["network"] = network
-                        args["networking_config"] = {network: _endpoint_config(client, spec.addresses)}
-                    try:
-                        container = client.containers.create(**args)
-                        made = True
-                    except docker_errors.APIError as exc:
-                        if _is_name_conflict(exc):
-                            continue  # another attempt made it meanwhile: adopt it on the next turn
-                        raise _address_taken(exc, spec.addresses, network) or exc
-                info = self._run(client, container, made, spec.addresses, network)
-                self._check_addresses(container, info, spec.addresses, made)
-                return info
-            raise TransientDriverError(f"create container {name}: its name is taken and released repeatedly")
+            container, made = self._create_or_adopt(client, spec, props, network)
+            info = self._run(client, container, made, spec.addresses, network)
+            self._check_addresses(container, info, spec.addresses, made)
+            return info
+
+    def _create_or_adopt(
+        self, client: Any, spec: MachineSpec, props: DockerProps, network: str | None
+    ) -> tuple[Any, bool]:
+        """The system's container and whether this call made it.
+
+        The create is asked for straight away: the daemon's 409 (the name is taken) is how a container made
+        before a crash is found, so the usual create pays no lookup first. ``pull: missing`` pulls only when
+        the daemon answers that the image is missing, then asks again (as ``docker run`` does);
+        ``pull: always`` looks for a container to adopt before pulling, so a retry never needs the registry.
+        """
+        from docker import errors as docker_errors
+
+        if props.pull == "always":
+            container = self._named_for_create(client, spec.system_id)
+            if container is not None:
+                return container, False
+            self._pull(client, props.image)
+        args = self._create_args(spec, props)
+        if network is not None:
+            self._ensure_network(client, network, spec.addresses)
+            args["network"] = network
+            args["networking_config"] = {network: _endpoint_config(client, spec.addresses)}
+        pulled = props.pull != "missing"
+        for _ in range(3):
+            try:
+                return client.containers.create(**args), True
+            except docker_errors.APIError as exc:
+                if _is_name_conflict(exc):
+                    container = self._named_for_create(client, spec.system_id)
+                    if container is not None:
+                        return container, False
+                    continue  # removed meanwhile: create again
+                if not pulled and _image_missing(exc):
+                    self._pull(client, props.image)
+                    pulled = True
+                    continue
+                raise _address_taken(exc, spec.addresses, network) or exc
+        raise TransientDriverError(
+            f"create container {container_name(spec.system_id)}: its name is taken and released repeatedly"
+        )
 
     def status(self, ref: MachineRef) -> MachineInfo:
         with self._connect(f"read container {container_name(ref.system_id)}") as client:
@@ -582,24 +689,36 @@ class DockerDriver(Driver):
             return _info(container.attrs)
 
     def destroy(self, ref: MachineRef) -> None:
-        from docker import errors as docker_errors
+        """Stop and remove in one call (``force``), as ``docker rm -f`` does: the machine is going.
 
+        By the provider id when known: that id came from this driver's own create (the docker driver adopts
+        nothing else), so the label need not be read first. When the id is unknown or already gone, the
+        container holding the system's name is removed only if it carries the system's tag."""
         name = container_name(ref.system_id)
         with self._connect(f"destroy container {name}") as client:
-            container = self._find(client, ref)
-            if container is None:
-                return  # already gone: a success
-            try:
-                container.remove(force=True, v=True)  # v: anonymous volumes go with it; named ones are kept
-            except docker_errors.NotFound:
+            if ref.provider_id and self._remove(client, ref, ref.provider_id):
                 return
-            except docker_errors.APIError as exc:
-                text = _explanation(exc).lower()
-                if "no such container" in text:
-                    return
-                if "in progress" not in text:
-                    raise
-                self._wait_gone(client, ref, name)  # someone else is removing it: done when it is gone
+            container = self._find(client, replace(ref, provider_id=None))  # by name (the id was tried)
+            if container is not None:
+                self._remove(client, ref, container.id)
+
+    def _remove(self, client: Any, ref: MachineRef, container_id: str) -> bool:
+        """Remove a container of ``ref`` (anonymous volumes with it; named ones are kept); False if there was
+        none by that id. A removal someone else has in progress counts once the container is gone."""
+        from docker import errors as docker_errors
+
+        try:
+            client.api.remove_container(container_id, force=True, v=True)
+        except docker_errors.NotFound:
+            return False
+        except docker_errors.APIError as exc:
+            text = _explanation(exc).lower()
+            if "no such container" in text:
+                return False
+            if "in progress" not in text:
+                raise
+            self._wait_gone(client, ref, container_name(ref.system_id))
+        return True
 
     def list(self) -> list[MachineInfo]:
         with self._connect("list containers") as client:
@@ -621,7 +740,9 @@ class DockerDriver(Driver):
         """The system's container (by provider id, else by name; only one tagged with the system's id) with
         a client left open for ``docker exec``; None when there is none. Failures are classified as ever."""
         with ExitStack() as stack:
-            client = stack.enter_context(self._connect(f"find container {container_name(ref.system_id)}"))
+            client = stack.enter_context(
+                self._connect(f"find container {container_name(ref.system_id)}", shared=False)
+            )
             container = self._find(client, ref)
             if container is None:
                 return None
@@ -779,23 +900,6 @@ class DockerDriver(Driver):
             if time.monotonic() > deadline:
                 raise TransientDriverError(f"destroy container {name}: still being removed")
             time.sleep(0.2)
-
-    def _ensure_image(self, client: Any, props: DockerProps) -> None:
-        from docker import errors as docker_errors
-
-        if props.pull == "never":
-            return  # a missing image fails the create with the daemon's "no such image"
-        if props.pull == "missing":
-            try:
-                client.api.inspect_image(props.image)
-                return
-            except docker_errors.NotFound:  # podman's "image not known" comes as a plain NotFound
-                pass
-            except docker_errors.APIError as exc:
-                if "invalid reference" in _explanation(exc).lower():
-                    raise PermanentDriverError(f"image {props.image!r}: {_explanation(exc)}") from None
-                raise
-        self._pull(client, props.image)
 
     def _pull(self, client: Any, image: str) -> None:
         for chunk in client.api.pull(image, stream=True, decode=True, auth_config=self._auth_for(image)):
@@ -1035,6 +1139,13 @@ def _explanation(exc: Any) -> str:
     if isinstance(explanation, bytes):
         explanation = explanation.decode("utf-8", "replace")
     return str(explanation or exc).strip()
+
+
+def _image_missing(exc: Any) -> bool:
+    """The daemon's answer to a create whose image it does not hold (Docker: "No such image",
+    podman: "image not known"); an invalid reference or a missing network is not this."""
+    text = _explanation(exc).lower()
+    return exc.status_code == 404 and ("no such image" in text or "image not known" in text)
 
 
 def _is_name_conflict(exc: Any) -> bool:
