@@ -48,8 +48,10 @@ def auth_headers(data_dir: Path, database_url: str | None = None) -> dict[str, s
 
 
 @contextmanager
-def armillary_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
-    """Start ``armillary serve --port 0`` with ``env`` added; yield (base URL, pid); stop it after."""
+def armillary_server(data_dir: Path, env: dict[str, str] | None = None,
+                     ready_timeout_s: float = 30) -> Iterator[tuple[str, int]]:
+    """Start ``armillary serve --port 0`` with ``env`` added; yield (base URL, pid); stop it after.
+    ``ready_timeout_s``: how long it may take to answer ``/readyz`` (a loaded machine needs longer)."""
     full_env = {
         **os.environ,
         "ARMILLARY_DATA_DIR": str(data_dir),
@@ -74,7 +76,7 @@ def armillary_server(data_dir: Path, env: dict[str, str] | None = None) -> Itera
             raise SystemExit(f"server did not start: {line!r}\n{(data_dir / 'server.log').read_text()[-3000:]}")
         base_url = found.group(1)
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining stdout
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             try:
                 if httpx.get(base_url + "/readyz", timeout=2).status_code == 200:
@@ -82,7 +84,7 @@ def armillary_server(data_dir: Path, env: dict[str, str] | None = None) -> Itera
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit("server did not answer within 30 s")
+                raise SystemExit(f"server did not answer within {ready_timeout_s:g} s")
             time.sleep(0.05)
         yield base_url, proc.pid
     finally:

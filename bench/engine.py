@@ -146,6 +146,7 @@ class Follower(threading.Thread):
         super().__init__(daemon=True, name=f"sse-{job_id}")
         self.base_url, self.job_id = base_url, job_id
         self.latencies_s: list[float] = []
+        self.live: list[tuple[float, float]] = []  # (written, received) of each live event
         self.backlog = 0
         self.ended_at: float | None = None
         self.error: str | None = None
@@ -174,6 +175,7 @@ class Follower(threading.Thread):
                         written = _event_time(event["time"])
                         if written > opened:
                             self.latencies_s.append(now - written)
+                            self.live.append((written, now))
                         else:
                             self.backlog += 1
         except Exception as exc:  # noqa: BLE001 - reported, not raised from a thread

@@ -17,28 +17,49 @@ and the workers' total, from /proc. Every job must succeed, each machine be crea
     .venv/bin/python bench/engine.py --engine celery
     .venv/bin/python bench/engine.py --engine celery --processes 1 --processes 2 --systems 300 --json
 
+* ``celery/sse`` (``--sse``) — live events across processes (issue 13): THREE ``armillary serve``
+  processes (each on a port of its own, so which process serves a request is known, not left to a
+  shared socket) and ``--processes`` workers (4 by default) on one database. ``--systems`` creates are
+  POSTed (``/systems/{id}/actions``) round-robin to the three API processes by ``--clients`` threads
+  in a forked child; every n-th job is followed over SSE (``--sse-followers``, 20) on the NEXT API
+  process — never the one that started it, and the job's steps run in the workers, so every event
+  reaches its follower through PostgreSQL ``NOTIFY`` (the job_events trigger) and the follower
+  process's ``LISTEN``. Latency of an event = its arrival at the follower − its ``time`` (the row's
+  ``created_at``, stamped by the worker's clock, which is this machine's). Only events written after
+  the stream opened count. Warm-up: one followed create per API process (each starts its LISTEN).
+  Prints p50/p95/p99/max of the latency, the count, and creates/s (POST of the first → end of the
+  last); target p99 ≤ 250 ms.
+
+    .venv/bin/python bench/engine_celery.py --sse --systems 400
+    .venv/bin/python bench/engine_celery.py --sse --systems 300 --latency-ms 100
+
 This is not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import engine as inline_bench  # bench/engine.py: its SSE Follower, percentile and targets
 import httpx
-from _server import armillary_server
+from _server import armillary_server, auth_headers
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
@@ -46,6 +67,7 @@ PG_ADMIN_URL = os.environ.get(
     "ARMILLARY_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 TARGET_SCALING = 1.6
+API_PROCESSES = 3
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -277,6 +299,220 @@ def scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, Any]
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- celery/sse: live events across processes
+
+
+def post_create(client: httpx.Client, system_id: int, attempts: int = 3) -> int:
+    """POST one create; its job id. A keep-alive connection the server closed as the request went out
+    (a reset, under load) is tried again with the same ``Idempotency-Key``: one job, never two."""
+    key = {"Idempotency-Key": f"bench-create-{system_id}"}
+    for attempt in range(1, attempts + 1):
+        try:
+            response = client.post(f"/systems/{system_id}/actions", json={"action": "create"}, headers=key)
+            return inline_bench.expect(response, 202).json()["id"]
+        except httpx.TransportError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def post_creates(urls: list[str], ids: list[int], clients: int, out) -> None:
+    """In a forked child (the followers' timing threads in the parent do not queue behind these for the
+    GIL): POST a ``create`` for the i-th system to API process i mod 3, from ``clients`` threads; each
+    (job id, index of the process that started it) to ``out``, then None."""
+
+    def send(chunk: list[tuple[int, int]]) -> None:
+        sessions = [httpx.Client(base_url=u + "/api/v1", timeout=60, headers=inline_bench.HEADERS) for u in urls]
+        try:
+            for n, system_id in chunk:
+                k = n % len(urls)
+                out.put((post_create(sessions[k], system_id), k))
+        finally:
+            for session in sessions:
+                session.close()
+
+    numbered = list(enumerate(ids))
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, [numbered[i::clients] for i in range(clients)]))
+    finally:
+        out.put(None)  # the parent stops reading; a short count is reported there
+
+
+def follow_creates(urls: list[str], ids: list[int], args: argparse.Namespace) -> tuple[list[int], list, float]:
+    """Start the creates over the API processes; follow every n-th job on the process after the one
+    that started it. The job ids, the followers, and when the first POST went out."""
+    every = max(1, len(ids) // args.sse_followers)
+    context = multiprocessing.get_context("fork")
+    out = context.SimpleQueue()
+    sender = context.Process(target=post_creates, args=(urls, ids, args.clients, out), daemon=True)
+    jobs: list[int] = []
+    followers: list[inline_bench.Follower] = []
+    started = time.perf_counter()
+    sender.start()
+    while (item := out.get()) is not None:
+        job_id, k = item
+        jobs.append(job_id)
+        if len(jobs) % every == 0 and len(followers) < args.sse_followers:
+            follower = inline_bench.Follower(urls[(k + 1) % len(urls)], job_id)  # never the starting process
+            follower.start()
+            followers.append(follower)
+    sender.join(timeout=30)
+    if sender.exitcode != 0 or len(jobs) != len(ids):
+        raise SystemExit(f"sending the creates failed (exit code {sender.exitcode}, {len(jobs)} of {len(ids)} started)")
+    return jobs, followers, started
+
+
+def warm_up_followed(urls: list[str], database_url: str, system_ids: list[int]) -> None:
+    """One create per API process, followed on the next one: imports, pools and each process's LISTEN
+    connection (started by its first follower) are up before the timed run."""
+    jobs, followers = [], []
+    with httpx.Client(timeout=60, headers=inline_bench.HEADERS) as client:
+        for k, (url, system_id) in enumerate(zip(urls, system_ids, strict=True)):
+            response = client.post(f"{url}/api/v1/systems/{system_id}/actions", json={"action": "create"})
+            jobs.append(inline_bench.expect(response, 202).json()["id"])
+            followers.append(inline_bench.Follower(urls[(k + 1) % len(urls)], jobs[-1]))
+            followers[-1].start()
+    wait_ended(database_url, jobs, 120)
+    for follower in followers:
+        follower.join(timeout=30)
+
+
+class NotifyClock:
+    """When each job's ``NOTIFY`` reached a ``LISTEN`` connection of this process — the commit of the
+    event's transaction, near enough — to split an event's latency into written → committed (the
+    worker: a held log line waits up to ``engine.output.LIVE_S``) and committed → received (the API
+    process: listener thread, wake, read, send; and the client)."""
+
+    def __init__(self, database_url: str) -> None:
+        from armillary.api.live_events import CHANNEL
+        from armillary.engine.wakeups import Listener
+
+        self.seen: dict[int, list[float]] = {}
+        self.listening = threading.Event()
+        self.listener = Listener(database_url, self._notified, channel=CHANNEL, on_listen=self.listening.set)
+
+    def __enter__(self) -> NotifyClock:
+        self.listener.start()
+        if not self.listening.wait(30):
+            raise SystemExit("could not LISTEN on the benchmark's database")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.stop()
+
+    def _notified(self, payload: str) -> None:
+        if payload.isdigit():
+            self.seen.setdefault(int(payload), []).append(time.time())
+
+    def split(self, followers: list) -> dict[str, Any]:
+        """p50/p99 (ms) of each part, over the live events whose notification came before they did."""
+        committed, served = [], []
+        for follower in followers:
+            times = sorted(self.seen.get(follower.job_id, []))
+            for written, received in follower.live:
+                i = bisect.bisect_left(times, written)
+                if i < len(times) and times[i] <= received:
+                    committed.append((times[i] - written) * 1000)
+                    served.append((received - times[i]) * 1000)
+        if not committed:
+            return {"n": 0}
+        pct = inline_bench.percentile
+        return {"n": len(committed),
+                "written_to_notified": {"p50_ms": round(pct(committed, 50), 1), "p99_ms": round(pct(committed, 99), 1),
+                                        "max_ms": round(max(committed), 1)},
+                "notified_to_received": {"p50_ms": round(pct(served, 50), 1), "p99_ms": round(pct(served, 99), 1),
+                                         "max_ms": round(max(served), 1)}}
+
+
+def latency_summary(followers: list) -> dict[str, Any]:
+    """p50/p95/p99/max of every live event's delay (ms), over all followers."""
+    samples = [s * 1000 for f in followers for s in f.latencies_s]
+    errors = [f.error for f in followers if f.error]
+    summary: dict[str, Any] = {"n": len(samples), "followers": len(followers), "errors": errors,
+                               "backlog_skipped": sum(f.backlog for f in followers),
+                               "unfinished": sum(f.ended_at is None for f in followers)}
+    if samples:
+        summary.update({f"p{q}_ms": round(inline_bench.percentile(samples, q), 1) for q in (50, 95, 99)})
+        summary["max_ms"] = round(max(samples), 1)
+    return summary
+
+
+def migrate_database(database_url: str) -> None:
+    """Migrated here, once, as ``armillary migrate`` would, before the three servers start."""
+    from armillary.domain import migrate
+    from armillary.domain.db import Database
+
+    db = Database(database_url)
+    try:
+        migrate.upgrade(db)
+    finally:
+        db.dispose()
+
+
+def sse_scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, Any]:
+    """celery/sse: 3 API processes, ``workers`` worker processes, creates POSTed round-robin, followers
+    on another API process than the one that started their job."""
+    from armillary.domain.db import Database
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.support.seed import seed_simulated_systems
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-celery-sse-w{workers}-"))
+    try:
+        with postgres_database() as url, redis_server(workdir) as broker, ExitStack() as servers:
+            env = {"ARMILLARY_ENGINE": "celery", "ARMILLARY_BROKER_URL": broker, "ARMILLARY_DATABASE_URL": url,
+                   "ARMILLARY_LOG_LEVEL": "warning"}
+            if args.server_src:  # A/B: the servers and workers run another tree, this process this one
+                env["PYTHONPATH"] = str(Path(args.server_src).resolve())
+            migrate_database(url)
+            apis = []
+            for k in range(API_PROCESSES):
+                (workdir / f"api-{k}").mkdir()
+                apis.append(servers.enter_context(armillary_server(workdir / f"api-{k}", env, ready_timeout_s=300)))
+            urls = [base for base, _ in apis]
+            inline_bench.HEADERS.clear()
+            inline_bench.HEADERS.update(auth_headers(workdir, url))
+            full_env = {**os.environ, **env, "ARMILLARY_DATA_DIR": str(workdir),
+                        "ARMILLARY_SECRET_KEY": "bench-secret-key"}
+            procs = start_workers(full_env, workers, args.concurrency, workdir)
+            try:
+                wait_workers(broker, workers)
+                db = Database(url)
+                try:
+                    ids = seed_simulated_systems(db, "bench", args.systems + API_PROCESSES,
+                                                 {"latency_ms": args.latency_ms})
+                finally:
+                    db.dispose()
+                warm, ids = ids[:API_PROCESSES], ids[API_PROCESSES:]
+                warm_up_followed(urls, url, warm)
+                progress(f"celery/sse: {args.systems} creates over {API_PROCESSES} API processes "
+                         f"(pids {[pid for _, pid in apis]}), {workers} worker(s), {args.sse_followers} followers")
+                with NotifyClock(url) as clock:
+                    jobs, followers, started = follow_creates(urls, ids, args)
+                    ended = wait_ended(url, jobs, args.timeout)
+                    for follower in followers:
+                        follower.join(timeout=30)
+                result = outcome(url, jobs, ids)
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        wall = ended - started
+        result.update(workers=workers, api_processes=API_PROCESSES, concurrency=args.concurrency,
+                      systems=args.systems, latency_ms=args.latency_ms, wall_s=wall,
+                      creates_per_s=args.systems / wall, sse=latency_summary(followers),
+                      sse_split=clock.split(followers))
+        return result
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     def progress(line: str) -> None:
         if not args.quiet:
@@ -284,6 +520,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     load = os.getloadavg()
     results: dict[str, Any] = {}
+    if args.sse:
+        for n in args.processes or [4]:
+            name = f"celery/sse-w{n}"
+            results[name if name not in results else f"{name}#{sum(k.startswith(name) for k in results) + 1}"] = (
+                sse_scenario(n, args, progress)
+            )
+        return {"scenarios": results, "target_sse_p99_ms": inline_bench.TARGET_SSE_P99_MS, "cpus": os.cpu_count(),
+                "load_before": load, "load_after": os.getloadavg()}
     for n in args.processes or [1, 2, 4]:  # a count given twice runs twice (interleave them: 1 2 1 2)
         name = f"celery/w{n}"
         results[name if name not in results else f"{name}#{sum(k.startswith(name) for k in results) + 1}"] = (
@@ -304,7 +548,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def print_sse_table(result: dict[str, Any]) -> None:
+    target = result["target_sse_p99_ms"]
+    print(f"{'scenario':<15}{'latency':>8}{'creates/s':>10}{'wall s':>8}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
+          f"{'max ms':>8}{'events':>8}{'followers':>10}  outcome")
+    for name, r in result["scenarios"].items():
+        sse = r["sse"]
+        ok = r["statuses"] == {"succeeded": r["systems"]} and r["machines"] == r["systems"]
+        figures = "".join(f"{sse.get(k, float('nan')):>8.0f}" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms"))
+        mark = "✔" if sse.get("p99_ms", float("inf")) <= target else "✗"
+        print(f"{name:<15}{r['latency_ms']:>6}ms{r['creates_per_s']:>10.1f}{r['wall_s']:>8.2f}{figures}"
+              f"{sse['n']:>8}{sse['followers']:>10}  p99 {mark} (≤ {target:g}); "
+              f"{'all succeeded, one machine each' if ok else r['statuses']}")
+        split = r["sse_split"]
+        if split["n"]:
+            parts = [f"{part.replace('_', ' ')} p50 {split[part]['p50_ms']:.0f} / p99 {split[part]['p99_ms']:.0f} "
+                     f"/ max {split[part]['max_ms']:.0f} ms" for part in ("written_to_notified", "notified_to_received")]
+            print(f"{'':<15}{'; '.join(parts)} ({split['n']} events)")
+        if sse["errors"] or sse["unfinished"]:
+            print(f"{'':<15}SSE errors {sse['errors'][:3]}, {sse['unfinished']} followers saw no end")
+    print(f"\n{API_PROCESSES} API processes, creates POSTed round-robin, each followed job on another API "
+          f"process than the one that started it; events written by the workers")
+    print(f"machine: {result['cpus']} CPUs, load average before {result['load_before'][0]:.1f}, "
+          f"after {result['load_after'][0]:.1f} (other work on the machine shares the cores)")
+
+
 def print_table(result: dict[str, Any]) -> None:
+    if "target_sse_p99_ms" in result:
+        print_sse_table(result)
+        return
     print(
         f"{'scenario':<12}{'creates/s':>10}{'wall s':>9}{'steps':>7}{'cpu ms disp':>13}{'cpu ms workers':>16}  outcome"
     )
@@ -330,6 +602,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="threads per worker process (default 16)")
     parser.add_argument("--latency-ms", type=int, default=0, help="simulated driver latency (default 0)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a scenario may take")
+    parser.add_argument("--sse", action="store_true",
+                        help="celery/sse: 3 API processes, --processes workers (default 4), SSE event latency")
+    parser.add_argument("--sse-followers", type=int, default=20, help="SSE followers in celery/sse (default 20)")
+    parser.add_argument("--clients", type=int, default=8, help="threads POSTing the creates in celery/sse (default 8)")
+    parser.add_argument("--server-src", help="celery/sse: run the API servers and workers from this src directory "
+                                             "(PYTHONPATH), to compare a change with the tree before it")
 
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:

@@ -52,12 +52,19 @@ class Notifier:
 
 
 class Listener:
-    """A thread that calls ``on_notify(payload)`` for each NOTIFY on the channel; reconnects when cut off."""
+    """A thread that calls ``on_notify(payload)`` for each NOTIFY on the channel; reconnects when cut off.
 
-    def __init__(self, database_url: str, on_notify: Callable[[str], None], channel: str = CHANNEL) -> None:
+    ``on_listen()`` is called each time the ``LISTEN`` is in place — at start and after a reconnect:
+    whatever was notified while no connection listened is lost, so the caller looks again then
+    instead of waiting for its next poll.
+    """
+
+    def __init__(self, database_url: str, on_notify: Callable[[str], None], channel: str = CHANNEL,
+                 on_listen: Callable[[], None] | None = None) -> None:
         url = make_url(database_url)
         self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.on_notify = on_notify  # called with each notification's payload
+        self.on_listen = on_listen
         self.channel = channel
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="armillary-wake-listener", daemon=True)
@@ -75,6 +82,8 @@ class Listener:
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {self.channel}")
+                    if self.on_listen is not None:
+                        self.on_listen()
                     while not self._stop.is_set():
                         for notify in conn.notifies(timeout=1.0):
                             self.on_notify(notify.payload)
