@@ -11,44 +11,29 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy import inspect as inspect_orm
-from sqlalchemy.orm import Session, joinedload
 
 from armillary import metrics, tracing
 from armillary.domain import quotas
-from armillary.domain.accounts import User
 from armillary.domain.jobs import Job
 from armillary.domain.models import Hypervisor, System, utcnow
 from armillary.drivers.base import Driver, MachineRef, MachineSpec, PermanentDriverError
 from armillary.drivers.registry import UnknownDriver, get_driver
 from armillary.engine.events import insert_event
 from armillary.engine.output import StepOutput
+from armillary.engine.prepared import Prepared, run
 from armillary.engine.runtime import Runtime
+from armillary.engine.systems import load_system
 from armillary.engine.transports import transport_for
 from armillary.remote.base import Transport
 
 _systems = System.__table__
-# Statements built once (building and keying a statement costs more than SQLite takes to run it).
+# Statements built and compiled once (``engine.prepared``).
 _SYSTEM_UPDATES: dict[tuple[str, ...], Any] = {}  # UPDATE of the systems row, by the fields it sets
-_HYPERVISOR = (select(Hypervisor.id, Hypervisor.name, Hypervisor.driver, Hypervisor.config, Hypervisor.secret_config)
-               .where(Hypervisor.id == bindparam("b_id")))
-# Labels joined into the one query (their default is a second, selectin, query); the owner's role
-# grants (selectin by default: one more query per load) are not loaded: no step reads them.
-_WITH_LABELS = [joinedload(System.labels), joinedload(System.owner).lazyload(User.grants)]
+_HYPERVISOR = Prepared(select(Hypervisor.id, Hypervisor.name, Hypervisor.driver, Hypervisor.config,
+                              Hypervisor.secret_config).where(Hypervisor.id == bindparam("b_id")))
 _jobs = Job.__table__
-_VERSION = select(_systems.c.version, _systems.c.updated_at).where(_systems.c.id == bindparam("b_id"))
-_CANCEL_REQUESTED = select(_jobs.c.cancel_requested).where(_jobs.c.id == bindparam("b_job_id"))
-
-
-def load_system(conn: Connection, system_id: int) -> System | None:
-    """The system with its environment, hypervisor, type, owner and labels, detached (read in ``conn``)."""
-    session = Session(bind=conn)
-    try:
-        system = session.get(System, system_id, options=_WITH_LABELS)
-        if system is not None:
-            session.expunge(system)
-        return system
-    finally:
-        session.close()
+_VERSION = Prepared(select(_systems.c.version, _systems.c.updated_at).where(_systems.c.id == bindparam("b_id")))
+_CANCEL_REQUESTED = Prepared(select(_jobs.c.cancel_requested).where(_jobs.c.id == bindparam("b_job_id")))
 
 
 @dataclass
@@ -103,7 +88,7 @@ class StepContext:
 
     def cancel_requested(self) -> bool:
         with self.transaction() as conn:
-            return bool(conn.execute(_CANCEL_REQUESTED, {"b_job_id": self.job_id}).scalar())
+            return bool(run(conn, _CANCEL_REQUESTED, {"b_job_id": self.job_id}).scalar())
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -132,7 +117,7 @@ class StepContext:
         system = self._loaded
         if system is None:
             return None
-        row = conn.execute(_VERSION, {"b_id": self.system_id}).first()
+        row = run(conn, _VERSION, {"b_id": self.system_id}).first()
         if row is None or row.version != system.version + self._writes:
             return None
         for name, value in self._written.items():
@@ -175,7 +160,7 @@ class StepContext:
             self._wrote(fields)  # (should this transaction roll back, ``handover``'s version check fails)
 
     def _write_system(self, conn: Connection, fields: dict[str, Any], statement: Any) -> int:
-        return conn.execute(statement, {**{f"b_{name}": value for name, value in fields.items()},
+        return run(conn, statement, {**{f"b_{name}": value for name, value in fields.items()},
                                         "b_system_id": self.system_id, "b_now": utcnow()}).rowcount
 
     @staticmethod
@@ -185,7 +170,7 @@ class StepContext:
             unknown = set(names) - set(_systems.columns.keys())
             if unknown:
                 raise AttributeError(f"systems have no field {', '.join(sorted(unknown))}")
-            statement = _SYSTEM_UPDATES[names] = (
+            statement = _SYSTEM_UPDATES[names] = Prepared(
                 update(_systems).where(_systems.c.id == bindparam("b_system_id"))
                 .values(**{name: bindparam(f"b_{name}") for name in names}, updated_at=bindparam("b_now"),
                         version=_systems.c.version + 1)
@@ -197,7 +182,7 @@ class StepContext:
         hypervisor = _loaded_hypervisor(system)  # loaded with the system by ``system()``: no second read
         if hypervisor is None and system.hypervisor_id:
             with self.runtime.db.engine.connect() as conn:  # the columns needed, not the ORM object
-                hypervisor = conn.execute(_HYPERVISOR, {"b_id": system.hypervisor_id}).first()
+                hypervisor = run(conn, _HYPERVISOR, {"b_id": system.hypervisor_id}).first()
         if hypervisor is None:
             raise PermanentDriverError(f"system {system.hostname} has no hypervisor; set one before this action")
         try:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import JobEvent
 from armillary.domain.models import utcnow
+from armillary.engine.prepared import Prepared, run, run_many
 from armillary.redaction import redact_data, redact_text
 
-_INSERT = JobEvent.__table__.insert()
+_COLUMNS = ("job_id", "kind", "message", "step", "level", "data", "created_at")
+_INSERT = Prepared(JobEvent.__table__.insert().values({name: bindparam(f"b_{name}") for name in _COLUMNS}))
 
 
 def emit(
@@ -54,9 +56,21 @@ def insert_event(
     The message and data are redacted (secrets masked) on the way in. ``created_at``: when the event
     happened, if earlier than now (a line a step held back, ``engine.output``).
     """
-    conn.execute(_INSERT, {"job_id": job_id, "kind": kind, "message": redact_text(message), "step": step,
-                           "level": level, "data": redact_data(data) if data else data,
-                           "created_at": created_at or utcnow()})
+    run(conn, _INSERT, _row(job_id, kind, message, step, level, data, created_at))
+
+
+def insert_lines(conn: Connection | Session, job_id: int, step: str | None,
+                 lines: list[tuple[str, str, dict[str, Any] | None, datetime]]) -> None:
+    """Log lines ``(message, level, data, written at)`` of a step, in order: ``insert_event`` for each,
+    as one ``executemany`` (a step's held lines are committed together, ``engine.output``)."""
+    run_many(conn, _INSERT, [_row(job_id, "log", message, step, level, data, at) for message, level, data, at in lines])
+
+
+def _row(job_id: int, kind: str, message: str, step: str | None, level: str, data: dict[str, Any] | None,
+         created_at: datetime | None) -> dict[str, Any]:
+    """The parameters of one event row, redacted."""
+    return {"b_job_id": job_id, "b_kind": kind, "b_message": redact_text(message), "b_step": step, "b_level": level,
+            "b_data": redact_data(data) if data else data, "b_created_at": created_at or utcnow()}
 
 
 def events_after(session: Session, job_id: int, after_id: int, limit: int = 500) -> list[JobEvent]:

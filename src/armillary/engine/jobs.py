@@ -2,20 +2,33 @@
 
 Everything happens in the caller's transaction: either the job exists with its lock, or (on a
 409) nothing was written. The caller commits and then wakes the dispatcher.
+
+``start_system_actions`` starts many at once (a bulk job's wave of children): the same checks, with
+one look at the locks and grants of all the systems, and the rows of all their jobs, steps and
+locks written in a few multi-row INSERTs instead of a dozen statements per job.
+
+``JOB_ENDS`` says when a job ended in this process, so a step waiting for other jobs (a bulk batch,
+for its children) sleeps until one does instead of polling.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from armillary import tracing
 from armillary.domain import quotas
-from armillary.domain.errors import Conflict, EnvironmentLocked
-from armillary.domain.jobs import Job, Step, StepStatus
-from armillary.domain.models import System
+from armillary.domain.accounts import RoleGrant
+from armillary.domain.errors import Conflict, EnvironmentLocked, Forbidden
+from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
+from armillary.domain.models import System, utcnow
 from armillary.domain.states import TransitionRefused, check_action
 from armillary.engine.events import emit
 from armillary.engine.leases import lock_holder, try_lock
@@ -29,7 +42,8 @@ MACHINE_CREATING_ACTIONS = frozenset({"create", "stage", "clone"})
 class Locked(Conflict):
     slug, title = "locked", "Target is busy"
 
-    def __init__(self, resource: str, holder: Job) -> None:
+    def __init__(self, resource: str, holder: Any) -> None:
+        """``holder``: the job holding ``resource`` (anything with its ``id``, ``action`` and ``status``)."""
         super().__init__(
             f"{resource} is locked by job {holder.id} ({holder.action}, {holder.status}); "
             "retry when it ends, or add ?queue=true to wait behind it",
@@ -41,10 +55,89 @@ class StateConflict(Conflict):
     slug, title = "invalid-transition", "Action not allowed in this state"
 
 
+class JobEnds:
+    """A count of the jobs that ended in this process, and a condition to wait for the next one.
+
+    ``engine.runner`` calls ``ended`` once it recorded a job's end. A waiter reads ``seen`` *before*
+    it looks at the jobs it waits for, then ``wait``s from that mark: an end between its look and its
+    wait returns at once, so no end is missed. Ends this process does not see (another process's
+    worker, a cancel, the reaper) are found at the waiter's next look, after its timeout.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._count = 0
+
+    def ended(self) -> None:
+        with self._condition:
+            self._count += 1
+            self._condition.notify_all()
+
+    def seen(self) -> int:
+        with self._condition:
+            return self._count
+
+    def wait(self, seen: int, timeout_s: float) -> int:
+        """Until a job ends after mark ``seen`` (at once if one did), or ``timeout_s``; the new mark."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._count != seen, timeout_s)
+            return self._count
+
+
+JOB_ENDS = JobEnds()
+
+
 def find_by_idempotency_key(session: Session, key: str | None) -> Job | None:
     if not key:
         return None
     return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+
+
+def new_job(
+    *,
+    action: str,
+    workflow: str,
+    system: System | None = None,
+    params: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+    parent_id: int | None = None,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+    user_id: int | None = None,
+    actor: str | None = None,
+) -> Job:
+    """A job and its steps (every one pending), not yet in any session."""
+    job = Job(**_job_row(action=action, workflow=workflow, system=system, params=params, context=context,
+                         parent_id=parent_id, idempotency_key=idempotency_key, request_id=request_id,
+                         user_id=user_id, actor=actor))
+    job.steps = [Step(**row) for row in _step_rows(workflow)]
+    return job
+
+
+def _job_row(*, action: str, workflow: str, system: System | None, params: dict[str, Any] | None,
+             context: dict[str, Any] | None, parent_id: int | None, idempotency_key: str | None,
+             request_id: str | None, user_id: int | None, actor: str | None) -> dict[str, Any]:
+    """The columns of a new job's row (the ORM object's or a multi-row INSERT's)."""
+    return {
+        "action": action,
+        "workflow": workflow,
+        "system_id": system.id if system is not None else None,
+        "parent_id": parent_id,
+        "params": params or {},
+        "context": {**tracing.job_carrier(), **(context or {})},  # steps link back to the request
+        "idempotency_key": idempotency_key,
+        "request_id": request_id,
+        "user_id": user_id,
+        "actor": actor,
+        "lock_resource": f"system:{system.id}" if system is not None else None,
+    }
+
+
+def _step_rows(workflow: str) -> list[dict[str, Any]]:
+    """The columns of a new job's steps, every one pending (``queue_roots`` queues those that depend on none)."""
+    return [{"name": s.name, "position": i, "depends_on": list(s.depends_on), "max_attempts": s.max_attempts,
+             "timeout_s": s.timeout_s, "status": StepStatus.PENDING.value}
+            for i, s in enumerate(get_workflow(workflow).steps)]
 
 
 def create_job(
@@ -63,25 +156,9 @@ def create_job(
     actor: str | None = None,
 ) -> Job:
     """Write a job and its steps; lock its system. Raises ``Locked`` (unless ``queue``)."""
-    spec = get_workflow(workflow)
-    job = Job(
-        action=action,
-        workflow=workflow,
-        system_id=system.id if system is not None else None,
-        parent_id=parent_id,
-        params=params or {},
-        context={**tracing.job_carrier(), **(context or {})},  # steps link back to the request
-        idempotency_key=idempotency_key,
-        request_id=request_id,
-        user_id=user_id,
-        actor=actor,
-        lock_resource=f"system:{system.id}" if system is not None else None,
-    )
-    job.steps = [
-        Step(name=s.name, position=i, depends_on=list(s.depends_on), max_attempts=s.max_attempts,
-             timeout_s=s.timeout_s, status=StepStatus.PENDING.value)
-        for i, s in enumerate(spec.steps)
-    ]
+    job = new_job(action=action, workflow=workflow, system=system, params=params, context=context,
+                  parent_id=parent_id, idempotency_key=idempotency_key, request_id=request_id, user_id=user_id,
+                  actor=actor)
     session.add(job)
     session.flush()
     if job.lock_resource:
@@ -93,7 +170,7 @@ def create_job(
         job.holds_lock = True
     if job.holds_lock:
         queue_roots(job)
-        emit(session, job.id, "job", f"job queued: {action}", data={"status": "queued"})
+        emit(session, job.id, "job", f"job queued: {job.action}", data={"status": "queued"})
     else:
         emit(session, job.id, "job", f"job waiting for {job.lock_resource} (held by job {holder.id})",
              data={"status": "queued", "waiting_for": holder.id})
@@ -104,6 +181,20 @@ def queue_roots(job: Job) -> None:
     for step in job.steps:
         if not step.depends_on:
             step.status = StepStatus.QUEUED.value
+
+
+def check_start(system: System, action: str, *, bypass_lock: bool, holder: Any | None) -> None:
+    """Raise the 409 that refuses ``action`` on ``system`` now: its environment is locked (unless
+    ``bypass_lock``: admins), ``holder`` (a live job) holds it, or its state does not allow it."""
+    env = system.environment
+    if env.locked and not bypass_lock:
+        raise EnvironmentLocked(env)
+    if holder is not None:
+        raise Locked(f"system:{system.id}", holder)
+    try:
+        check_action(action, system.state, has_machine=system.provider_id is not None)
+    except TransitionRefused as exc:
+        raise StateConflict(str(exc), state=system.state) from None
 
 
 def start_system_action(
@@ -126,17 +217,14 @@ def start_system_action(
     each a 409 saying why; ``QuotaExceeded`` (403) when the owner's quota cannot hold the machine.
     With ``queue`` the state is checked again when the job's turn comes (its first step does).
     """
-    env = system.environment
-    if env.locked and not bypass_lock:
-        raise EnvironmentLocked(env)
-    if not queue:
-        holder = lock_holder(session, f"system:{system.id}")
-        if holder is not None:
-            raise Locked(f"system:{system.id}", holder)
-        try:
-            check_action(action, system.state, has_machine=system.provider_id is not None)
-        except TransitionRefused as exc:
-            raise StateConflict(str(exc), state=system.state) from None
+    if queue:
+        env = system.environment
+        if env.locked and not bypass_lock:
+            raise EnvironmentLocked(env)
+    else:
+        resource = f"system:{system.id}"
+        holder = _live(_lock_rows(session, [resource]).get(resource))
+        check_start(system, action, bypass_lock=bypass_lock, holder=holder)
     if action in MACHINE_CREATING_ACTIONS:
         quotas.reserve(session, system)
     return create_job(
@@ -153,3 +241,140 @@ def start_system_action(
         user_id=user_id,
         actor=actor,
     )
+
+
+def start_system_actions(
+    session: Session,
+    systems: list[System],
+    action: str,
+    *,
+    params: dict[str, Any] | None = None,
+    parent_id: int | None = None,
+    user_id: int | None = None,
+    actor: str | None = None,
+    bypass_lock: bool = False,
+) -> dict[int, int | Conflict | Forbidden]:
+    """``start_system_action`` (not queued) for each of ``systems``, in the caller's transaction.
+
+    By system id: its new job's id, or why it was refused (the 409 or 403 ``start_system_action``
+    raises); one refusal does not stop the others. The locks and quota grants of all the systems are
+    read in one query each, and the jobs, their steps and their locks written in one multi-row INSERT
+    each (plain SQL: no ORM objects). A lock taken by a concurrent request between that read and the
+    INSERT raises ``Locked``: roll back and call again (the holder is then seen, and only its system
+    refused).
+    """
+    resources = {system.id: f"system:{system.id}" for system in systems}
+    locks = _lock_rows(session, resources.values())
+    outcome: dict[int, int | Conflict | Forbidden] = {}
+    rows: list[dict[str, Any]] = []
+    for system in systems:
+        try:
+            check_start(system, action, bypass_lock=bypass_lock, holder=_live(locks.get(resources[system.id])))
+        except Conflict as exc:
+            outcome[system.id] = exc
+            continue
+        rows.append({**_job_row(action=action, workflow=action, system=system, params=params,
+                                context={"system_id": system.id, "hostname": system.hostname},
+                                parent_id=parent_id, idempotency_key=None, request_id=None, user_id=user_id,
+                                actor=actor),
+                     "holds_lock": True})  # else ``Locked`` is raised below, and the caller rolls all back
+    if not rows:
+        return outcome
+    started = {row.system_id: row.id for row in session.execute(_INSERT_JOBS, rows)}
+    queued = [{**step, "status": StepStatus.PENDING.value if step["depends_on"] else StepStatus.QUEUED.value}
+              for step in _step_rows(action)]  # as ``queue_roots`` leaves them: the job holds its lock
+    session.execute(_INSERT_STEPS, [{**step, "job_id": job_id} for job_id in started.values() for step in queued])
+    _lock_all(session, {resources[s]: job_id for s, job_id in started.items() if resources[s] not in locks})
+    for system_id, job_id in started.items():
+        resource = resources[system_id]
+        if resource in locks:  # left by an ended job: taken over, if still that stale row
+            holder = try_lock(session, resource, session.get(Job, job_id), DEFAULT_LOCK_LEASE_S)
+            if holder is not None:
+                raise Locked(resource, holder)
+    over = _reserve(session, [system for system in systems if system.id in started], action)
+    _drop(session, [started.pop(system_id) for system_id in over])
+    for system_id, job_id in started.items():
+        emit(session, job_id, "job", f"job queued: {action}", data={"status": "queued"})
+    return {**outcome, **over, **started}
+
+
+def _reserve(session: Session, systems: list[System], action: str) -> dict[int, Forbidden]:
+    """Charge each system's new machine to its owner's quota; by system id, the refusals (403).
+
+    After the jobs are written: ``quotas.reserve`` gives back the charges of systems with no job
+    under way, which the systems charged before it in this wave would otherwise still be."""
+    if action not in MACHINE_CREATING_ACTIONS:
+        return {}
+    granted = _granted(session, systems)
+    over: dict[int, Forbidden] = {}
+    for system in systems:
+        if (system.owner_id, system.environment_id) in granted:  # (an owner without a grant there is not limited)
+            try:
+                quotas.reserve(session, system)
+            except Forbidden as exc:
+                over[system.id] = exc
+    return over
+
+
+def _drop(session: Session, job_ids: list[int]) -> None:
+    """Delete jobs just written in this transaction (refused after all), with their steps and locks."""
+    if job_ids:
+        for table, column in ((_locks, _locks.c.job_id), (_steps, _steps.c.job_id), (_jobs, _jobs.c.id)):
+            session.execute(delete(table).where(column.in_(job_ids)))
+
+
+def _live(lock: Any | None) -> Any | None:
+    """The job holding a lock row from ``_lock_rows`` if it is still under way (else the lock is free)."""
+    return lock if lock is not None and lock.id is not None and lock.status not in TERMINAL_JOB else None
+
+
+_locks, _jobs, _steps = Lock.__table__, Job.__table__, Step.__table__
+# Many jobs in one statement; RETURNING pairs each new id with its system (one job per system).
+_INSERT_JOBS = insert(_jobs).returning(_jobs.c.id, _jobs.c.system_id)
+_INSERT_STEPS = insert(_steps)
+# Many locks in one statement; RETURNING names those that went in (a row already there is skipped).
+_INSERT_LOCKS = {
+    name: make(_locks).on_conflict_do_nothing(index_elements=["resource"]).returning(_locks.c.resource)
+    for name, make in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+
+
+def _lock_rows(session: Session, resources: Iterable[str]) -> dict[str, Any]:
+    """The lock rows on ``resources``, each with its job's ``id``, ``action`` and ``status``."""
+    rows = session.execute(
+        select(_locks.c.resource, _jobs.c.id, _jobs.c.action, _jobs.c.status)
+        .join(_jobs, _jobs.c.id == _locks.c.job_id, isouter=True)
+        .where(_locks.c.resource.in_(list(resources)))
+    ).all()
+    return {row.resource: row for row in rows}
+
+
+def _granted(session: Session, systems: list[System]) -> set[tuple[int, int]]:
+    """The (owner, environment) pairs of ``systems`` whose owner holds a role there: a quota may apply."""
+    owners = {system.owner_id for system in systems if system.owner_id is not None}
+    if not owners:
+        return set()
+    rows = session.execute(select(RoleGrant.user_id, RoleGrant.environment_id).where(RoleGrant.user_id.in_(owners)))
+    return {(row.user_id, row.environment_id) for row in rows}
+
+
+def _lock_all(session: Session, holders: dict[str, int]) -> None:
+    """Lock each resource for its job (``holders``), in one INSERT … ON CONFLICT DO NOTHING;
+    ``Locked`` if one was taken meanwhile."""
+    if not holders:
+        return
+    now = utcnow()
+    expires = now + timedelta(seconds=DEFAULT_LOCK_LEASE_S)
+    insert_locks = _INSERT_LOCKS.get(session.get_bind().dialect.name)
+    if insert_locks is None:  # no ON CONFLICT here: one guarded INSERT per lock
+        for resource, job_id in holders.items():
+            holder = try_lock(session, resource, session.get(Job, job_id), DEFAULT_LOCK_LEASE_S)
+            if holder is not None:
+                raise Locked(resource, holder)
+        return
+    rows = [{"resource": resource, "job_id": job_id, "expires_at": expires, "acquired_at": now}
+            for resource, job_id in holders.items()]
+    taken = set(session.execute(insert_locks, rows).scalars())
+    for resource, job_id in holders.items():
+        if resource not in taken:
+            raise Locked(resource, lock_holder(session, resource) or session.get(Job, job_id))

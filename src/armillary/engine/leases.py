@@ -25,11 +25,12 @@ from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
 from armillary.domain.models import utcnow
+from armillary.engine.prepared import Prepared, run
 
-# The two statements every step runs, built once (building and keying a statement costs more than
-# SQLite takes to run it). Each is one conditional UPDATE: exactly one of many racing callers wins.
+# The two statements every step runs, built and compiled once (``engine.prepared``). Each is one
+# conditional UPDATE: exactly one of many racing callers wins.
 _steps = Step.__table__
-_CLAIM = (
+_CLAIM = Prepared(
     update(_steps)
     .where(
         _steps.c.id == bindparam("b_step_id"),
@@ -45,7 +46,7 @@ _CLAIM = (
         error=None,
     )
 )
-_RELEASE = (
+_RELEASE = Prepared(
     update(_steps)
     .where(_steps.c.id == bindparam("b_step_id"), _steps.c.lease_owner == bindparam("b_owner"),
            _steps.c.status == StepStatus.RUNNING.value)
@@ -56,8 +57,9 @@ _RELEASE = (
 def claim_step(session: Session | Connection, step_id: int, owner: str, lease_s: float) -> bool:
     """Take a queued, due step for ``owner``; True only for the one worker that wins it."""
     now = utcnow()
-    result = session.execute(
-        _CLAIM, {"b_step_id": step_id, "b_now": now, "b_owner": owner, "b_expires": now + timedelta(seconds=lease_s)}
+    result = run(
+        session, _CLAIM,
+        {"b_step_id": step_id, "b_now": now, "b_owner": owner, "b_expires": now + timedelta(seconds=lease_s)},
     )
     return result.rowcount == 1
 
@@ -68,7 +70,7 @@ def release_step_lease(session: Session | Connection, step_id: int, owner: str) 
     False when the lease was lost meanwhile (the worker stalled past its expiry and the reaper gave
     the step to another attempt): the caller must then drop its outcome.
     """
-    result = session.execute(_RELEASE, {"b_step_id": step_id, "b_owner": owner})
+    result = run(session, _RELEASE, {"b_step_id": step_id, "b_owner": owner})
     return result.rowcount == 1
 
 

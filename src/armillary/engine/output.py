@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from armillary.engine.events import insert_event
+from armillary.engine.events import insert_lines
 
 if TYPE_CHECKING:
     from armillary.domain.db import Database
@@ -120,9 +120,7 @@ class StepOutput:
         """Write ``held`` in ``conn``'s transaction: the system's changes first, then the lines."""
         if held.fields:
             self.write_fields(conn, held.fields)
-        for message, level, data, written_at in held.lines:
-            insert_event(conn, self.job_id, "log", message, step=self.step, level=level, data=data,
-                         created_at=written_at)
+        insert_lines(conn, self.job_id, self.step, held.lines)
 
     def flush(self, db: Database) -> None:
         """Commit what is held now, in a transaction of its own (the flusher's)."""

@@ -16,24 +16,27 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from armillary import metrics, tracing
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
-from armillary.engine.context import StepContext, load_system
+from armillary.engine.bodies import BodyThreads
+from armillary.engine.context import StepContext
 from armillary.engine.events import insert_event
+from armillary.engine.jobs import JOB_ENDS
 from armillary.engine.leases import claim_step, expire_step_lease
 from armillary.engine.output import Held, StepOutput
+from armillary.engine.prepared import Prepared, run
 from armillary.engine.runtime import Runtime
+from armillary.engine.systems import load_system
 from armillary.engine.workflows import get_workflow
 from armillary.failures import PermanentFailure, TimedOut, is_transient
 from armillary.logs import request_id_var
@@ -48,25 +51,27 @@ RECORD_RETRY_PAUSES_S = (0.05, 0.2, 1.0)
 # The hot path (claim, record, advance, finish) speaks SQL to the tables on a plain connection: a
 # step is a handful of statements in two transactions, and the ORM's unit of work around them cost
 # more than the statements themselves. The transactions and their order are the ORM version's.
-# Statements are built once, with bound parameters: building and keying one costs more than SQLite
-# takes to run it.
+# Statements are built and compiled once (``engine.prepared``: on SQLite they run on the DBAPI
+# connection, without SQLAlchemy's per-execution work, which cost more than SQLite takes to run them).
 _steps, _jobs, _systems, _locks = Step.__table__, Job.__table__, System.__table__, Lock.__table__
-_UNFINISHED = (StepStatus.PENDING.value, StepStatus.QUEUED.value)
+_UNFINISHED = or_(_steps.c.status == StepStatus.PENDING.value, _steps.c.status == StepStatus.QUEUED.value)
 _STEP_ID, _JOB_ID, _NOW = bindparam("b_step_id"), bindparam("b_job_id"), bindparam("b_now")
+_BODIES = BodyThreads()  # the threads step bodies run in, this process's
 
-_CLAIMED = (
+_CLAIMED = Prepared(
     select(_steps.c.name, _steps.c.attempts, _steps.c.max_attempts, _steps.c.timeout_s,
            _jobs.c.id, _jobs.c.action, _jobs.c.workflow, _jobs.c.status, _jobs.c.cancel_requested,
            _jobs.c.system_id, _jobs.c.params, _jobs.c.context, _jobs.c.request_id)
     .join_from(_steps, _jobs, _steps.c.job_id == _jobs.c.id)
     .where(_steps.c.id == _STEP_ID)
 )
-_NOT_STARTED = (update(_steps).where(_steps.c.id == _STEP_ID)
-                .values(status=StepStatus.CANCELLED.value, lease_owner=None, finished_at=_NOW))
-_JOB_RUNNING = update(_jobs).where(_jobs.c.id == _JOB_ID).values(status=JobStatus.RUNNING.value, started_at=_NOW)
+_NOT_STARTED = Prepared(update(_steps).where(_steps.c.id == _STEP_ID)
+                        .values(status=StepStatus.CANCELLED.value, lease_owner=None, finished_at=_NOW))
+_JOB_RUNNING = Prepared(update(_jobs).where(_jobs.c.id == _JOB_ID)
+                        .values(status=JobStatus.RUNNING.value, started_at=_NOW))
 # Steps of one job may end at the same time: the job row is locked before its context is read
 # (PostgreSQL: FOR UPDATE; SQLite: the step's outcome UPDATE before it already holds the write lock).
-_JOB_FOR_UPDATE = (
+_JOB_FOR_UPDATE = Prepared(
     select(_jobs.c.id, _jobs.c.action, _jobs.c.workflow, _jobs.c.system_id, _jobs.c.params, _jobs.c.context,
            _jobs.c.summary, _jobs.c.lock_resource, _jobs.c.cancel_requested, _jobs.c.request_id)
     .where(_jobs.c.id == _JOB_ID).with_for_update()
@@ -76,35 +81,37 @@ _JOB_FOR_UPDATE = (
 _MINE = (_steps.c.id == _STEP_ID, _steps.c.lease_owner == bindparam("b_owner"),
          _steps.c.status == StepStatus.RUNNING.value)
 _RELEASED = {"lease_owner": None, "lease_expires_at": None}
-_STEP_SUCCEEDED = (update(_steps).where(*_MINE)
-                   .values(status=StepStatus.SUCCEEDED.value, finished_at=_NOW, result=bindparam("b_result"),
-                           **_RELEASED))
-_JOB_CONTEXT = update(_jobs).where(_jobs.c.id == _JOB_ID).values(context=bindparam("b_context"))
-_STEP_RETRY = (update(_steps).where(*_MINE)
-               .values(error=bindparam("b_error"), status=StepStatus.QUEUED.value, next_attempt_at=bindparam("b_at"),
-                       **_RELEASED))
-_STEP_FAILED = (update(_steps).where(*_MINE)
-                .values(error=bindparam("b_error"), status=StepStatus.FAILED.value, finished_at=_NOW, **_RELEASED))
-_JOB_STEPS = (select(_steps.c.id, _steps.c.name, _steps.c.status, _steps.c.depends_on, _steps.c.attempts,
-                     _steps.c.max_attempts, _steps.c.timeout_s)
-              .where(_steps.c.job_id == _JOB_ID).order_by(_steps.c.position))
-_QUEUE_STEPS = (update(_steps).where(_steps.c.id.in_(bindparam("b_ids", expanding=True)))
-                .values(status=StepStatus.QUEUED.value, next_attempt_at=None))
+_STEP_SUCCEEDED = Prepared(update(_steps).where(*_MINE)
+                           .values(status=StepStatus.SUCCEEDED.value, finished_at=_NOW, result=bindparam("b_result"),
+                                   **_RELEASED))
+_JOB_CONTEXT = Prepared(update(_jobs).where(_jobs.c.id == _JOB_ID).values(context=bindparam("b_context")))
+_STEP_RETRY = Prepared(update(_steps).where(*_MINE)
+                       .values(error=bindparam("b_error"), status=StepStatus.QUEUED.value,
+                               next_attempt_at=bindparam("b_at"), **_RELEASED))
+_STEP_FAILED = Prepared(update(_steps).where(*_MINE)
+                        .values(error=bindparam("b_error"), status=StepStatus.FAILED.value, finished_at=_NOW,
+                                **_RELEASED))
+_JOB_STEPS = Prepared(select(_steps.c.id, _steps.c.name, _steps.c.status, _steps.c.depends_on, _steps.c.attempts,
+                             _steps.c.max_attempts, _steps.c.timeout_s)
+                      .where(_steps.c.job_id == _JOB_ID).order_by(_steps.c.position))
+_QUEUE_STEPS = Prepared(update(_steps).where(_steps.c.id.in_(bindparam("b_ids", expanding=True)))
+                        .values(status=StepStatus.QUEUED.value, next_attempt_at=None))
 # The next step of a job, claimed by the worker that made it ready (``Runtime.chain_steps``): from
 # pending straight to running, in the transaction that recorded the step before it.
-_CLAIM_NEXT = (update(_steps).where(_steps.c.id == _STEP_ID, _steps.c.status == StepStatus.PENDING.value)
-               .values(status=StepStatus.RUNNING.value, lease_owner=bindparam("b_owner"),
-                       lease_expires_at=bindparam("b_expires"), attempts=_steps.c.attempts + 1, started_at=_NOW,
-                       error=None, next_attempt_at=None))
-_CANCEL_UNFINISHED = (update(_steps).where(_steps.c.job_id == _JOB_ID, _steps.c.status.in_(_UNFINISHED))
-                      .values(status=StepStatus.CANCELLED.value, finished_at=_NOW))
-_RELEASE_LOCK = delete(_locks).where(_locks.c.resource == bindparam("b_resource"), _locks.c.job_id == _JOB_ID)
-_HOSTNAME = select(_systems.c.hostname).where(_systems.c.id == bindparam("b_system_id"))
-_SYSTEM_STATE = (update(_systems).where(_systems.c.id == bindparam("b_system_id"))
-                 .values(state=bindparam("b_state"), updated_at=_NOW, version=_systems.c.version + 1))
-_JOB_ENDED = (update(_jobs).where(_jobs.c.id == _JOB_ID)
-              .values(status=bindparam("b_status"), finished_at=_NOW, error=bindparam("b_error"), holds_lock=False,
-                      summary=bindparam("b_summary")))
+_CLAIM_NEXT = Prepared(update(_steps).where(_steps.c.id == _STEP_ID, _steps.c.status == StepStatus.PENDING.value)
+                       .values(status=StepStatus.RUNNING.value, lease_owner=bindparam("b_owner"),
+                               lease_expires_at=bindparam("b_expires"), attempts=_steps.c.attempts + 1,
+                               started_at=_NOW, error=None, next_attempt_at=None))
+_CANCEL_UNFINISHED = Prepared(update(_steps).where(_steps.c.job_id == _JOB_ID, _UNFINISHED)
+                              .values(status=StepStatus.CANCELLED.value, finished_at=_NOW))
+_RELEASE_LOCK = Prepared(delete(_locks).where(_locks.c.resource == bindparam("b_resource"),
+                                              _locks.c.job_id == _JOB_ID))
+_HOSTNAME = Prepared(select(_systems.c.hostname).where(_systems.c.id == bindparam("b_system_id")))
+_SYSTEM_STATE = Prepared(update(_systems).where(_systems.c.id == bindparam("b_system_id"))
+                         .values(state=bindparam("b_state"), updated_at=_NOW, version=_systems.c.version + 1))
+_JOB_ENDED = Prepared(update(_jobs).where(_jobs.c.id == _JOB_ID)
+                      .values(status=bindparam("b_status"), finished_at=_NOW, error=bindparam("b_error"),
+                              holds_lock=False, summary=bindparam("b_summary")))
 
 
 def run_step(runtime: Runtime, step_id: int) -> None:
@@ -151,6 +158,7 @@ def _run_claimed(runtime: Runtime, claimed: Claimed) -> Claimed | None:
         runtime.submit(ready_id)
     if ended:
         runtime.wake()
+        JOB_ENDS.ended()  # a bulk batch waiting for its children looks now (engine.jobs.JobEnds)
     return chained
 
 
@@ -160,15 +168,15 @@ def _claim(runtime: Runtime, step_id: int) -> Claimed | None:
         with conn.begin():
             if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
                 return None
-            row = conn.execute(_CLAIMED, {"b_step_id": step_id}).one()
+            row = run(conn, _CLAIMED, {"b_step_id": step_id}).one()
             if row.cancel_requested or row.status in TERMINAL_JOB:
-                conn.execute(_NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
+                run(conn, _NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
                 metrics.STEPS.labels(row.workflow, row.name, "cancelled").inc()
                 insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
                 cancelled = True
             else:
                 if row.status == JobStatus.QUEUED.value:
-                    conn.execute(_JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
+                    run(conn, _JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
                     metrics.JOBS_STARTED.labels(row.workflow).inc()
                     insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
                 _started_event(conn, row.id, row.name, row.attempts, row.max_attempts)
@@ -215,7 +223,8 @@ def _prefetch(conn: Connection, ctx: StepContext) -> None:
 
 
 def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> tuple[dict[str, Any], BaseException | None]:
-    """Run the step body in its own thread so a hung body cannot hold the worker past its timeout.
+    """Run the step body in a thread of its own (``engine.bodies``) so a hung body cannot hold the
+    worker past its timeout.
 
     A body that overruns is abandoned (Python cannot kill a thread): its outcome is ignored and the
     step is retried as a transient failure; driver calls are idempotent, so the retry adopts.
@@ -234,13 +243,11 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
             box["error"] = exc
 
     # Run in a copy of this thread's contextvars: the step's span is the parent of the body's driver spans.
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,),
-                              name=f"step-{ctx.job_id}-{ctx.step}", daemon=True)
+    copied = contextvars.copy_context()
     started = time.perf_counter()
-    thread.start()
-    thread.join(timeout_s)
+    ended = _BODIES.run(lambda: copied.run(target), timeout_s)
     metrics.STEP_DURATION.labels(ctx.params["_workflow"], ctx.step).observe(time.perf_counter() - started)
-    if thread.is_alive():
+    if not ended:
         return {}, TimedOut(f"{ctx.step} timed out after {timeout_s:g}s")
     return box.get("result", {}), box.get("error")
 
@@ -305,26 +312,26 @@ def _record_in(
     # The outcome's UPDATE of the step comes first (it also releases the lease): the step row, then
     # the job row, as everywhere else (PostgreSQL), and on SQLite it takes the write lock at once.
     if error is None:
-        outcome = conn.execute(_STEP_SUCCEEDED, {**mine, "b_result": redact_data(result)})
+        outcome = run(conn, _STEP_SUCCEEDED, {**mine, "b_result": redact_data(result)})
     else:
         # Shown as the step's and the job's error and in events: secrets masked (armillary.redaction).
         message = redact_text(f"{type(error).__name__}: {error}" if not str(error) else str(error))
         retry = is_transient(error) and ctx.attempt < claimed.max_attempts
         if retry:
             delay = min(retry_base_s * 2 ** (ctx.attempt - 1), MAX_BACKOFF_S)
-            outcome = conn.execute(_STEP_RETRY, {**mine, "b_error": message, "b_at": now + timedelta(seconds=delay)})
+            outcome = run(conn, _STEP_RETRY, {**mine, "b_error": message, "b_at": now + timedelta(seconds=delay)})
         else:
-            outcome = conn.execute(_STEP_FAILED, {**mine, "b_error": message})
+            outcome = run(conn, _STEP_FAILED, {**mine, "b_error": message})
     if outcome.rowcount != 1:
         log.warning("step %s finished after its lease was lost; outcome dropped (a retry owns it)", claimed.step_id)
         ctx.output.write(conn, Held(held.lines))  # its lines still show (as they did when written at once)
         return [], False, None
     ctx.output.write(conn, held)  # before the outcome's event: the held changes, then the lines, in order
-    job = conn.execute(_JOB_FOR_UPDATE, {"b_job_id": ctx.job_id}).one()
+    job = run(conn, _JOB_FOR_UPDATE, {"b_job_id": ctx.job_id}).one()
     name = ctx.step
     if error is None:
         context = {**(job.context or {}), **result}
-        conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
+        run(conn, _JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
         insert_event(conn, job.id, "step", f"{name} succeeded", step=name, data={"status": "succeeded"})
         metrics.STEPS.labels(job.workflow, name, "succeeded").inc()
         return _advance(conn, job, context, runtime, ctx)
@@ -340,7 +347,7 @@ def _record_in(
     partial = getattr(error, "result", None)  # what a failing step still wants shown (per-host results)
     if partial:
         context = {**context, **partial}
-        conn.execute(_JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
+        run(conn, _JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
     _finish(conn, job, context, JobStatus.FAILED, error=f"{name}: {message}")
     return [], True, None
 
@@ -354,7 +361,7 @@ def _advance(
     if job.cancel_requested:
         runtime.wake()  # the dispatcher cancels it (and compensates) now that no step runs
         return [], False, None
-    steps = conn.execute(_JOB_STEPS, {"b_job_id": job.id}).all()
+    steps = run(conn, _JOB_STEPS, {"b_job_id": job.id}).all()
     done = {s.name for s in steps if s.status == StepStatus.SUCCEEDED.value}
     if len(done) == len(steps):
         _finish(conn, job, context, JobStatus.SUCCEEDED)
@@ -363,14 +370,14 @@ def _advance(
     chained = None
     if ready and runtime.chain_steps and not runtime.stopping.is_set():
         first, now = ready[0], utcnow()
-        if conn.execute(_CLAIM_NEXT, {"b_step_id": first.id, "b_owner": runtime.worker_id, "b_now": now,
+        if run(conn, _CLAIM_NEXT, {"b_step_id": first.id, "b_owner": runtime.worker_id, "b_now": now,
                                       "b_expires": now + timedelta(seconds=runtime.lease_s)}).rowcount == 1:
             _started_event(conn, job.id, first.name, first.attempts + 1, first.max_attempts)
             chained = _claimed(runtime, first.id, job, first, first.attempts + 1, context)
             chained.ctx.prefetched = previous.handover(conn) if job.system_id is not None else None
             ready = ready[1:]
     if ready:
-        conn.execute(_QUEUE_STEPS, {"b_ids": [s.id for s in ready]})
+        run(conn, _QUEUE_STEPS, {"b_ids": [s.id for s in ready]})
     return [s.id for s in ready], False, chained
 
 
@@ -403,11 +410,11 @@ def _workflow_summary(workflow: str, context: dict[str, Any]) -> dict[str, Any] 
 def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStatus, error: str | None = None) -> None:
     """``finish_job`` on a connection; ``job`` is anything with the jobs columns it reads (a row or a Job)."""
     now = utcnow()
-    conn.execute(_CANCEL_UNFINISHED, {"b_job_id": job.id, "b_now": now})
+    run(conn, _CANCEL_UNFINISHED, {"b_job_id": job.id, "b_now": now})
     if job.lock_resource:
-        conn.execute(_RELEASE_LOCK, {"b_resource": job.lock_resource, "b_job_id": job.id})
+        run(conn, _RELEASE_LOCK, {"b_resource": job.lock_resource, "b_job_id": job.id})
     summary = job.summary
-    hostname = conn.execute(_HOSTNAME, {"b_system_id": job.system_id}).scalar() if job.system_id else None
+    hostname = run(conn, _HOSTNAME, {"b_system_id": job.system_id}).scalar() if job.system_id else None
     if hostname is not None:
         state = None
         if status is JobStatus.FAILED:
@@ -415,13 +422,13 @@ def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStat
         elif status is JobStatus.CANCELLED and context.get("initial_state"):
             state = context["initial_state"]
         if state:
-            conn.execute(_SYSTEM_STATE, {"b_system_id": job.system_id, "b_state": state, "b_now": now})
+            run(conn, _SYSTEM_STATE, {"b_system_id": job.system_id, "b_state": state, "b_now": now})
         summary = {**(summary or {}), "hosts": {hostname: status.value}}
     else:
         made = _workflow_summary(job.workflow, context)
         summary = summary if made is None else made
     error, summary = redact_text(error) if error else error, redact_data(summary) if summary else summary
-    conn.execute(_JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
+    run(conn, _JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
                               "b_summary": summary})
     metrics.JOBS_FINISHED.labels(job.workflow, status.value).inc()
     mark = {"succeeded": "✔", "failed": "✗", "cancelled": "✗"}[status.value]

@@ -36,6 +36,7 @@ from armillary.engine import cancel, heartbeat, leases, schedules
 from armillary.engine.dispatch import Executor, InlineExecutor
 from armillary.engine.events import emit
 from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
+from armillary.engine.prepared import Prepared, run
 from armillary.engine.runner import finish_job
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import load_workflows, scheduled_job_starter
@@ -50,7 +51,7 @@ MIN_TICK_S = 0.01
 HOUSEKEEPING_S = 0.05
 
 _steps = Step.__table__
-_DUE = (
+_DUE = Prepared(
     select(_steps.c.id)
     .where(_steps.c.status == StepStatus.QUEUED.value,
            or_(_steps.c.next_attempt_at.is_(None), _steps.c.next_attempt_at <= bindparam("b_now")))
@@ -60,12 +61,12 @@ _DUE = (
 
 _jobs, _schedules = Job.__table__, Schedule.__table__
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-_CHORES = select(
+_CHORES = Prepared(select(
     exists().where(_jobs.c.status == JobStatus.QUEUED.value, _jobs.c.holds_lock.is_(False),
                    _jobs.c.cancel_requested.is_(False)),
     exists().where(_jobs.c.cancel_requested.is_(True), _jobs.c.status.in_(_ACTIVE)),
     exists().where(_schedules.c.enabled.is_(True), _schedules.c.next_run_at <= bindparam("b_now")),
-)
+))
 
 
 class Engine:
@@ -217,7 +218,7 @@ class Engine:
         """Whether a job waits for a lock, a cancel was asked for, a schedule is due: one statement
         (under load the dispatcher ticks many times a second, and each chore is a few ORM queries)."""
         with self.runtime.db.engine.connect() as conn:
-            row = conn.execute(_CHORES, {"b_now": utcnow()}).one()
+            row = run(conn, _CHORES, {"b_now": utcnow()}).one()
         return bool(row[0]), bool(row[1]), bool(row[2])
 
     def dispatch_due(self) -> int:
@@ -228,7 +229,7 @@ class Engine:
             return 0
         busy = self.executor.in_flight()
         with self.runtime.db.engine.connect() as conn:
-            due = conn.execute(_DUE, {"b_now": utcnow()}).scalars().all()
+            due = [row[0] for row in run(conn, _DUE, {"b_now": utcnow()}).all()]
         handed = 0
         for step_id in due:
             if step_id not in busy:

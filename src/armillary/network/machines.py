@@ -22,6 +22,7 @@ from armillary.domain.errors import Conflict
 from armillary.domain.models import System
 from armillary.drivers.base import AddressAssignment, Capability, Driver
 from armillary.drivers.registry import UnknownDriver, get_driver
+from armillary.engine.prepared import Prepared, run
 from armillary.failures import PermanentFailure
 from armillary.network import dns_registration, ipam
 from armillary.network.models import DnsRecordRow, DnsZone, IpPool
@@ -62,17 +63,18 @@ def check_create(session: Session, system: System) -> None:
 def _uses_pools(ctx: Any, environment_id: int) -> bool:
     """One indexed query: an environment without pools (most, in a small install) costs nothing more."""
     with ctx.runtime.db.engine.connect() as conn:
-        return bool(conn.execute(_HAS_POOLS, {"env": environment_id}).scalar())
+        return bool(run(conn, _HAS_POOLS, {"env": environment_id}).scalar())
 
 
 def _uses_names(ctx: Any, environment_id: int, system_id: int) -> bool:
     with ctx.runtime.db.engine.connect() as conn:
-        return bool(conn.execute(_HAS_NAMES, {"env": environment_id, "system": system_id}).scalar())
+        return bool(run(conn, _HAS_NAMES, {"env": environment_id, "system": system_id}).scalar())
 
 
-_HAS_POOLS = select(exists().where(IpPool.environment_id == bindparam("env")))
-_HAS_NAMES = select(or_(exists().where(DnsZone.environment_id == bindparam("env")),
-                        exists().where(DnsRecordRow.system_id == bindparam("system"))))
+# Compiled once (``engine.prepared``): every create and destroy asks both.
+_HAS_POOLS = Prepared(select(exists().where(IpPool.environment_id == bindparam("env"))))
+_HAS_NAMES = Prepared(select(or_(exists().where(DnsZone.environment_id == bindparam("env")),
+                                 exists().where(DnsRecordRow.system_id == bindparam("system")))))
 
 
 def addresses_for_create(ctx: Any, driver: Driver, system: Any) -> tuple[AddressAssignment, ...]:

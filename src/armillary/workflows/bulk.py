@@ -6,6 +6,10 @@ each batch is a step (batches run one after the other), and within a batch at mo
 with a failure (later batches are not started); ``"continue"`` runs every batch. The parent's
 context and summary list every host with ✔/✗ and, for failures, why (``summarize``).
 
+The children a batch starts together (a wave: the slots free at that moment) are written in one
+transaction (``engine.jobs.start_system_actions``: multi-row INSERTs); the batch then sleeps until a
+child ends in this process (``engine.jobs.JOB_ENDS``), and collects every end in one query.
+
 The workflows are the family ``bulk`` (``bulk-<batches>``, made on first use), this module's entry point
 of ``armillary.workflows``; it also starts the jobs of schedules (``start_scheduled``: a schedule's spec
 is a ``JobSpec``, a bulk job over a selection).
@@ -13,26 +17,32 @@ is a ``JobSpec``, a bulk job over a selection).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, joinedload, lazyload
 
-from armillary.domain.errors import Conflict, Forbidden, UnknownReference
+from armillary.domain.errors import UnknownReference
 from armillary.domain.job_schemas import JobSpec
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus
 from armillary.domain.models import System
 from armillary.engine.context import StepContext
-from armillary.engine.jobs import create_job, start_system_action
+from armillary.engine.jobs import JOB_ENDS, Locked, create_job, start_system_actions
 from armillary.engine.workflows import StepSpec, Workflow, WorkflowFamily
 from armillary.failures import PermanentFailure, TransientFailure
 from armillary.workflows.selection import resolve_selector
 
-POLL_S = 0.025  # how often a batch looks for finished children: a free slot waits at most this long
+# How long a batch waits for a child to end before it looks anyway: children that end in this process
+# wake it at once (``engine.jobs.JOB_ENDS``); this bounds the wait for ends it is not told of (another
+# process's workers, a cancel, the reaper).
+WAIT_S = 0.2
+# A started wave whose lock was taken by a concurrent request meanwhile is rolled back and started again.
+START_TRIES = 3
 
 
 def run_batch(ctx: StepContext) -> dict[str, Any]:
+    """Run the children of one batch, at most ``concurrency`` at once: each wave of free slots is
+    started in one transaction, and the ends are collected in one query whenever a child ends."""
     index = int(ctx.step.split("-")[1])
     system_ids: list[int] = ctx.params["batches"][index - 1]
     concurrency = int(ctx.params.get("concurrency", 10))
@@ -44,30 +54,35 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     while pending or running:
         if ctx.runtime.stopping.is_set():
             raise TransientFailure("this server is stopping; the batch resumes where it was on the next attempt")
-        if not cancelled and ctx.cancel_requested():
+        mark = JOB_ENDS.seen()  # before the look below: an end after it wakes the wait at once
+        cancel, ended = _look(ctx, list(running))
+        if cancel and not cancelled:
             cancelled = True
             pending.clear()
             _cancel_children(ctx, list(running))
-        # Children started together (a wave) may share work: e.g. ONE ansible-playbook for all their hosts.
-        wave = {"job": ctx.job_id, "batch": index, "wave": min(len(pending), concurrency - len(running))}
-        while pending and len(running) < concurrency:
-            system_id = pending.pop(0)
-            child_id, hostname, error = _start_child(ctx, system_id, wave)
-            hostnames[system_id] = hostname
-            if child_id is None:
-                results[hostname] = {"status": "failed", "error": error}
-                ctx.log(f"✗ {hostname}: {error}", level="error")
-            else:
-                running[child_id] = system_id
-        if running:
+        unsaid = bool(ended)  # lines held: the next look (at once, not after a wait) writes them for followers
+        for job_id, status, error in ended:
+            hostname = hostnames[running.pop(job_id)]
+            results[hostname] = {"status": status, "job_id": job_id, **({"error": error} if error else {})}
+            sign = "✔" if status == JobStatus.SUCCEEDED.value else "✗"
+            ctx.log(f"{sign} {hostname}: {status}" + (f" ({error})" if error else ""),
+                    level="info" if sign == "✔" else "error")
+        if pending and len(running) < concurrency:
+            # Children started together (a wave) may share work: e.g. ONE ansible-playbook for all their hosts.
+            wave_ids = pending[:concurrency - len(running)]
+            del pending[:len(wave_ids)]
+            wave = {"job": ctx.job_id, "batch": index, "wave": len(wave_ids)}
+            for system_id, (child_id, hostname, error) in _start_children(ctx, wave_ids, wave).items():
+                hostnames[system_id] = hostname
+                if child_id is None:
+                    results[hostname] = {"status": "failed", "error": error}
+                    ctx.log(f"✗ {hostname}: {error}", level="error")
+                    unsaid = True
+                else:
+                    running[child_id] = system_id
             ctx.runtime.wake()
-            time.sleep(POLL_S)
-            for job_id, status, error in _finished(ctx, list(running)):
-                hostname = hostnames[running.pop(job_id)]
-                results[hostname] = {"status": status, "job_id": job_id, **({"error": error} if error else {})}
-                mark = "✔" if status == JobStatus.SUCCEEDED.value else "✗"
-                ctx.log(f"{mark} {hostname}: {status}" + (f" ({error})" if error else ""),
-                        level="info" if mark == "✔" else "error")
+        elif running and not unsaid:
+            JOB_ENDS.wait(mark, WAIT_S)
     failed = {h: r for h, r in results.items() if r["status"] != JobStatus.SUCCEEDED.value}
     outcome = {f"batch_{index}": results}
     if failed and ctx.params.get("on_failure", "stop") == "stop":
@@ -76,40 +91,65 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     return outcome
 
 
-def _start_child(ctx: StepContext, system_id: int,
-                 wave: dict[str, int]) -> tuple[int | None, str, str | None]:
-    """Start the child job for one system, or find the one an earlier attempt of this batch started.
-    The child's ``params["bulk"]`` is ``wave``: which parent, batch and how many children started with it."""
-    with ctx.runtime.db.session() as session:
-        system = session.get(System, system_id)
+Started = tuple[int | None, str, str | None]  # (child job id or None, hostname, why it was not started)
+
+
+def _start_children(ctx: StepContext, system_ids: list[int], wave: dict[str, int]) -> dict[int, Started]:
+    """Start the child jobs of one wave in one transaction, or find those an earlier attempt of this
+    batch started; by system id, in ``system_ids``' order. Each child's ``params["bulk"]`` is ``wave``:
+    which parent, batch and how many children started with it."""
+    for _ in range(START_TRIES):
+        with ctx.runtime.db.session() as session:
+            try:
+                return _start_wave(ctx, session, system_ids, wave)
+            except Locked:  # a request took a lock after the wave looked: look again, refusing only that one
+                session.rollback()
+    raise TransientFailure(f"batch of job {ctx.job_id}: its systems kept being taken while it started them")
+
+
+def _start_wave(ctx: StepContext, session: Session, system_ids: list[int], wave: dict[str, int]) -> dict[int, Started]:
+    # No SAVEPOINT per child: on SQLite (pysqlite) a SAVEPOINT opens a deferred transaction, and its first
+    # write after a read then fails at once with "database is locked" when another writer is busy. A
+    # refused child's rows are never written, or deleted again in this transaction (quota spent).
+    systems = {system.id: system for system in session.scalars(  # with its environment; nothing else is read
+        select(System).options(lazyload("*"), joinedload(System.environment)).where(System.id.in_(system_ids)))}
+    earlier = dict(session.execute(
+        select(Job.system_id, Job.id).where(Job.parent_id == ctx.job_id, Job.system_id.in_(system_ids))).all())
+    actor = ctx.params.get("actor") or {}
+    new = [systems[i] for i in system_ids if i in systems and i not in earlier]
+    started = start_system_actions(
+        session, new, ctx.params["action"], params={**(ctx.params.get("action_params") or {}), "bulk": wave},
+        parent_id=ctx.job_id, user_id=actor.get("user_id"), actor=actor.get("name"),
+        bypass_lock=bool(actor.get("admin")),
+    ) if new else {}
+    out: dict[int, Started] = {}
+    for system_id in system_ids:
+        system = systems.get(system_id)
         if system is None:
-            return None, f"system {system_id}", "the system no longer exists"
-        hostname = system.hostname
-        earlier = session.scalar(select(Job.id).where(Job.parent_id == ctx.job_id, Job.system_id == system_id))
-        if earlier is not None:
-            return earlier, hostname, None
-        # No SAVEPOINT here: on SQLite (pysqlite) a SAVEPOINT opens a deferred transaction, and its first
-        # write after a read then fails at once with "database is locked" when another writer is busy,
-        # instead of waiting. This session wrote nothing else, so a plain rollback undoes a refused start.
-        try:
-            actor = ctx.params.get("actor") or {}
-            child = start_system_action(
-                session, system, ctx.params["action"],
-                params={**(ctx.params.get("action_params") or {}), "bulk": wave},
-                parent_id=ctx.job_id, user_id=actor.get("user_id"), actor=actor.get("name"),
-                bypass_lock=bool(actor.get("admin")),
-            )
-            session.flush()
-        except (Conflict, Forbidden) as exc:  # busy, wrong state, environment locked, quota spent
-            session.rollback()
-            return None, hostname, exc.detail
-        return child.id, hostname, None
+            out[system_id] = (None, f"system {system_id}", "the system no longer exists")
+        elif system_id in earlier:
+            out[system_id] = (earlier[system_id], system.hostname, None)
+        else:
+            child = started[system_id]
+            out[system_id] = ((child, system.hostname, None) if isinstance(child, int)
+                              else (None, system.hostname, child.detail))
+    return out
 
 
-def _finished(ctx: StepContext, job_ids: list[int]) -> list[tuple[int, str, str | None]]:
-    with ctx.runtime.db.session() as session:
-        rows = session.execute(select(Job.id, Job.status, Job.error).where(Job.id.in_(job_ids))).all()
-    return [(r.id, r.status, r.error) for r in rows if r.status in TERMINAL_JOB]
+def _look(ctx: StepContext, job_ids: list[int]) -> tuple[bool, list[tuple[int, str, str | None]]]:
+    """Whether the batch's job was cancelled, and which of the children ``job_ids`` ended: one
+    transaction, which also writes the lines the batch holds (its ✔/✗ so far) for its followers."""
+    with ctx.transaction() as conn:
+        cancel = bool(conn.execute(_CANCEL_REQUESTED, {"b_job_id": ctx.job_id}).scalar())
+        rows = conn.execute(_ENDED, {"b_ids": job_ids}).all() if job_ids else []
+    return cancel, [(r.id, r.status, r.error) for r in rows]
+
+
+_jobs = Job.__table__
+_CANCEL_REQUESTED = select(_jobs.c.cancel_requested).where(_jobs.c.id == bindparam("b_job_id"))
+_ENDED = (select(_jobs.c.id, _jobs.c.status, _jobs.c.error)
+          .where(_jobs.c.id.in_(bindparam("b_ids", expanding=True)),
+                 _jobs.c.status.in_(sorted(status.value for status in TERMINAL_JOB))))
 
 
 def _cancel_children(ctx: StepContext, job_ids: list[int]) -> None:

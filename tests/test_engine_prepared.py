@@ -1,0 +1,99 @@
+"""Hot-path statements compiled once (``engine.prepared``) give what SQLAlchemy gives, on a real database.
+
+On SQLite they run on the DBAPI connection; on PostgreSQL through SQLAlchemy. Either way: the same rows
+with the column types' conversions (JSON, time zones, booleans), the same rowcounts, writes that belong
+to the caller's transaction (rolled back with it), SQLAlchemy's exceptions, and body threads
+(``engine.bodies``) that are reused, and replaced when one is abandoned by a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+
+from armillary.domain.db import Database
+from armillary.domain.jobs import Job, JobEvent
+from armillary.domain.models import utcnow
+from armillary.engine.bodies import BodyThreads
+from armillary.engine.events import insert_event, insert_lines
+from armillary.engine.prepared import Prepared, run, run_many
+
+_jobs, _events = Job.__table__, JobEvent.__table__
+_JOB = Prepared(select(_jobs.c.id, _jobs.c.context, _jobs.c.cancel_requested, _jobs.c.created_at, _jobs.c.status)
+                .where(_jobs.c.id == bindparam("b_id")))
+_CONTEXT = Prepared(update(_jobs).where(_jobs.c.id == bindparam("b_id"), _jobs.c.status == "queued")
+                    .values(context=bindparam("b_context"), cancel_requested=True))
+_EVENTS = select(_events.c.message, _events.c.data, _events.c.level).where(_events.c.job_id == bindparam("b_id"))
+
+
+def new_job(db: Database) -> int:
+    with db.engine.begin() as conn:
+        return conn.execute(_jobs.insert().values(action="create", workflow="create", status="queued",
+                                                  context={"a": 1}, params={}, created_at=utcnow())).inserted_primary_key[0]
+
+
+def test_rows_and_rowcounts_are_sqlalchemys(db: Database) -> None:
+    job_id = new_job(db)
+    with db.engine.begin() as conn:
+        assert run(conn, _CONTEXT, {"b_id": job_id, "b_context": {"b": [1, 2]}}).rowcount == 1
+        assert run(conn, _CONTEXT, {"b_id": 10**9, "b_context": {}}).rowcount == 0
+    with db.engine.connect() as conn:
+        ours = run(conn, _JOB, {"b_id": job_id}).one()
+        theirs = conn.execute(_JOB.statement, {"b_id": job_id}).one()
+        assert run(conn, _JOB, {"b_id": 10**9}).first() is None
+    assert tuple(ours) == tuple(theirs)
+    assert ours.context == {"b": [1, 2]} and ours.cancel_requested is True and ours.created_at.tzinfo is not None
+
+
+def test_writes_belong_to_the_callers_transaction(db: Database) -> None:
+    job_id = new_job(db)
+    with pytest.raises(RuntimeError), db.engine.begin() as conn:
+        run(conn, _CONTEXT, {"b_id": job_id, "b_context": {"lost": True}})
+        insert_event(conn, job_id, "log", "lost too")
+        raise RuntimeError("roll back")
+    with db.engine.connect() as conn:
+        assert run(conn, _JOB, {"b_id": job_id}).one().context == {"a": 1}
+        assert conn.execute(_EVENTS, {"b_id": job_id}).all() == []
+
+
+def test_lines_are_written_in_order_and_redacted(db: Database) -> None:
+    from armillary.redaction import register
+
+    register("s3cr3t-value-for-prepared")
+    job_id = new_job(db)
+    now = utcnow()
+    with db.engine.begin() as conn:
+        insert_lines(conn, job_id, "step", [("one", "info", None, now), ("two s3cr3t-value-for-prepared", "warning",
+                                                                        {"password": "x"}, now)])
+        insert_lines(conn, job_id, "step", [])
+    with db.engine.connect() as conn:
+        rows = conn.execute(_EVENTS, {"b_id": job_id}).all()
+    assert [(r.message, r.data, r.level) for r in rows] == [
+        ("one", None, "info"), ("two ***", {"password": "***"}, "warning")]
+
+
+def test_errors_are_sqlalchemys(db: Database) -> None:
+    duplicate = Prepared(_events.insert().values(id=bindparam("b_id"), job_id=bindparam("b_job"), kind="log",
+                                                 message="m", level="info", created_at=bindparam("b_at")))
+    job_id = new_job(db)
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:
+        run_many(conn, duplicate, [{"b_id": 10**8, "b_job": job_id, "b_at": utcnow()}] * 2)
+
+
+def test_body_threads_are_reused_and_a_hung_one_is_replaced() -> None:
+    pool = BodyThreads()
+    seen: list[threading.Thread] = []
+    assert pool.run(lambda: seen.append(threading.current_thread()), 5)
+    assert pool.run(lambda: seen.append(threading.current_thread()), 5)
+    assert seen[0] is seen[1]  # kept for the next body
+    release = threading.Event()
+    started = time.monotonic()
+    assert not pool.run(release.wait, 0.1)  # abandoned at its timeout, still running
+    assert time.monotonic() - started < 2
+    assert pool.run(lambda: seen.append(threading.current_thread()), 5)
+    assert seen[2] is not seen[0]  # a new thread: not queued behind the hung body
+    release.set()
