@@ -7,19 +7,23 @@ root). They all accept one client key, so one ssh hypervisor serves them all.
   playbook in its ``ARMILLARY_PLAYBOOKS_DIR``; 10 ssh-driver systems labelled ``bench=prov`` (created
   beforehand, untimed: that records their host keys). Timed: ONE bulk job
   ``POST /api/v1/jobs {"action": "provision", "selector": {"labels": {"bench": "prov"}}, "concurrency": 10}``,
-  from the POST until the parent job has ended (every child ran ansible-playbook against its host).
+  from the POST until the parent job has ended (every child ran ansible-playbook against its host), as its
+  live events (SSE) say.
 * ``direct`` — ONE ``ansible-playbook -f 10`` over the same 10 hosts, from an inventory like the one
   Armillary generates (same user, key, pinned known_hosts, ``/usr/bin/python3``, pipelining, same
   generated ``ansible.cfg`` settings), timed around the process.
 
 Both do the same work: before every timed run each host's output directory is emptied, so every run
 changes the same files (the playbook: a directory, a copied file, a template, a lineinfile, a command).
-The two are run alternately ``--rounds`` times (3) in one invocation; the medians are compared.
+The two are run alternately ``--rounds`` times (3) in one invocation; the medians are compared. The CPU
+seconds each used are reported too (the server's own and its reaped children's, against the direct
+ansible-playbook's and its children's): on a busy machine they vary much less than the wall time.
 
 Target (from the issue): armillary ÷ direct ≤ 1.05.
 
     .venv/bin/python bench/provision.py            # a table
     .venv/bin/python bench/provision.py --json
+    .venv/bin/python bench/provision.py --trace    # also where the time of the last armillary run went
 
 This is not part of the test suite.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -49,6 +55,7 @@ from _server import armillary_server, auth_headers
 from tests.support.sshhosts import SshHost, ssh_host
 
 HOSTS = 10
+IDLE_S = 5.0
 TARGET = 1.05
 PLAYBOOK = """\
 - name: bench
@@ -88,15 +95,88 @@ def expect(response: httpx.Response, status: int) -> httpx.Response:
     return response
 
 
+ENDED = {"succeeded", "failed", "cancelled"}
+
+
 def wait_job(client: httpx.Client, job_id: int, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         job = expect(client.get(f"/jobs/{job_id}"), 200).json()
-        if job["status"] in {"succeeded", "failed", "cancelled"}:
+        if job["status"] in ENDED:
             return job
         if time.monotonic() > deadline:
             raise SystemExit(f"job {job_id} still {job['status']} after {timeout_s}s")
         time.sleep(0.02)
+
+
+# Milestones of a child's provision (from its job's events), in the order they happen.
+MILESTONES = (
+    ("child job event 1", lambda e: True),
+    ("provision step started", lambda e: e["kind"] == "step" and e["step"] == "provision"),
+    ("connected (inventory)", lambda e: e["message"].startswith("inventory:")),
+    ("shared run starts", lambda e: e["message"].startswith("running ansible-playbook")),
+    ("first task result", lambda e: (e.get("data") or {}).get("task") is not None),
+    ("host outcome", lambda e: e["kind"] == "log" and e["message"].startswith(("✔", "✗"))),
+    ("child job ended", lambda e: e["kind"] == "job"),
+)
+
+
+def trace(client: httpx.Client, parent_id: int, posted: float, seen: float) -> None:
+    """Where the time of one bulk provision went: each milestone's earliest/latest time over the children
+    (seconds after the POST), then the parent's end and when the bench saw it."""
+
+    def at(event: dict) -> float:
+        return datetime.fromisoformat(event["time"]).timestamp() - posted
+
+    def events(job_id: int) -> list[dict]:
+        return expect(client.get(f"/jobs/{job_id}/events", params={"limit": 1000}), 200).json()["items"]
+
+    parent = expect(client.get(f"/jobs/{parent_id}"), 200).json()
+    kids = [r["job_id"] for r in parent["context"]["batch_1"].values()]
+    found: dict[str, list[float]] = {name: [] for name, _ in MILESTONES}
+    for kid in kids:
+        evs = events(kid)
+        for name, test in MILESTONES:
+            hit = [e for e in evs if test(e)]
+            if hit:
+                found[name].append(at(hit[-1] if name == "child job ended" else hit[0]))
+    print(f"trace of job {parent_id} (s after the POST; earliest .. latest of {len(kids)} children)")
+    pev = events(parent_id)
+    print(f"  {'parent job event 1':28s} {at(pev[0]):7.3f}")
+    for name, times in found.items():
+        if times:
+            print(f"  {name:28s} {min(times):7.3f} .. {max(times):7.3f}")
+    print(f"  {'parent job ended':28s} {at(pev[-1]):7.3f}")
+    print(f"  {'bench saw it':28s} {seen - posted:7.3f}")
+
+
+def follow_job(client: httpx.Client, job_id: int) -> dict:
+    """The job once it has ended, waited for on its live events (SSE): its ``job`` event with an ended
+    status (or the stream's ``end``). The server says when it ends, so the bench takes no CPU from the run
+    it times (a tight poll would), and adds no poll interval."""
+    with client.stream("GET", f"/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}) as stream:
+        for line in stream.iter_lines():
+            if line == "event: end":
+                break
+            if line.startswith("data: "):
+                event = json.loads(line[len("data: "):])
+                if event.get("kind") == "job" and (event.get("data") or {}).get("status") in ENDED:
+                    break
+    return expect(client.get(f"/jobs/{job_id}"), 200).json()
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds the server used so far: its own, and its reaped children's (ansible-playbook, its
+    forks, ssh)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after the command's name
+    utime, stime, cutime, cstime = (int(f) / os.sysconf("SC_CLK_TCK") for f in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the direct ansible-playbook, its forks, ssh)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def outputs(hosts: list[SshHost]) -> list[Path]:
@@ -179,6 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--trace", action="store_true", help="print where the last armillary run's time went")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="armillary-bench-prov-") as tmp, ExitStack() as stack:
@@ -195,7 +276,7 @@ def main() -> None:
         argv, direct_env = direct_setup(direct_dir, hosts, playbooks / "site.yml")
         data_dir = root / "data"
         data_dir.mkdir()
-        base_url, _pid = stack.enter_context(
+        base_url, server_pid = stack.enter_context(
             armillary_server(data_dir, {"ARMILLARY_WORKERS": "16", "ARMILLARY_PLAYBOOKS_DIR": str(playbooks)})
         )
         client = stack.enter_context(httpx.Client(base_url=base_url + "/api/v1", timeout=60,
@@ -246,9 +327,15 @@ def main() -> None:
         if wait_job(client, created["id"])["status"] != "succeeded":
             raise SystemExit(f"create failed: {wait_job(client, created['id'])}")
 
+        idle_before, idle_started = server_cpu(server_pid), time.perf_counter()
+        time.sleep(IDLE_S)  # what the server costs doing nothing (its loops), for comparison
+        idle = (sum(server_cpu(server_pid)) - sum(idle_before)) / (time.perf_counter() - idle_started)
         times: dict[str, list[float]] = {"armillary": [], "direct": []}
+        cpu: dict[str, list[float]] = {"armillary": [], "direct": [], "server_own": []}
         for _ in range(args.rounds):
             reset(hosts)
+            posted = time.time()
+            cpu_before = server_cpu(server_pid)
             started = time.perf_counter()
             job = expect(
                 client.post(
@@ -256,24 +343,32 @@ def main() -> None:
                 ),
                 202,
             ).json()
-            done = wait_job(client, job["id"])
+            done = follow_job(client, job["id"])
             times["armillary"].append(time.perf_counter() - started)
+            seen = time.time()
+            cpu_after = server_cpu(server_pid)
+            cpu["armillary"].append(sum(cpu_after) - sum(cpu_before))
+            cpu["server_own"].append(cpu_after[0] - cpu_before[0])
             if done["status"] != "succeeded":
                 raise SystemExit(f"provision failed: {json.dumps(done)[:3000]}")
             check_done(hosts, "armillary")
 
             reset(hosts)
+            cpu_before = children_cpu()
             started = time.perf_counter()
             ran = subprocess.run(
                 argv, env=direct_env, cwd=playbooks, capture_output=True, text=True, check=False
             )
             times["direct"].append(time.perf_counter() - started)
+            cpu["direct"].append(children_cpu() - cpu_before)
             close_masters(direct_dir / "cp")
             if ran.returncode != 0:
                 raise SystemExit(
                     f"ansible-playbook exited {ran.returncode}:\n{ran.stdout[-3000:]}{ran.stderr[-2000:]}"
                 )
             check_done(hosts, "direct")
+        if args.trace:
+            trace(client, job["id"], posted, seen)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     ratio = median["armillary"] / median["direct"]
@@ -286,6 +381,11 @@ def main() -> None:
         "median_armillary_s": round(median["armillary"], 3),
         "median_direct_s": round(median["direct"], 3),
         "ratio": round(ratio, 3),
+        "cpu_armillary_s": [round(t, 2) for t in cpu["armillary"]],
+        "cpu_direct_s": [round(t, 2) for t in cpu["direct"]],
+        "cpu_armillary_server_own_s": [round(t, 2) for t in cpu["server_own"]],
+        "cpu_server_idle_per_s": round(idle, 4),
+        "cpu_ratio": round(statistics.median(cpu["armillary"]) / statistics.median(cpu["direct"]), 3),
         "target": TARGET,
         "meets_target": ratio <= TARGET,
     }
@@ -300,6 +400,9 @@ def main() -> None:
         f"  direct ansible-playbook -f {HOSTS}:            {result['direct_s']}  median {result['median_direct_s']} s"
     )
     print(f"  ratio {ratio:.3f} (target ≤ {TARGET}) {'OK' if result['meets_target'] else 'MISSED'}")
+    print(f"  CPU seconds: armillary {result['cpu_armillary_s']} (the server's own "
+          f"{result['cpu_armillary_server_own_s']}), direct {result['cpu_direct_s']}, ratio of medians "
+          f"{result['cpu_ratio']}; the server idle: {result['cpu_server_idle_per_s']} CPU s/s")
 
 
 if __name__ == "__main__":

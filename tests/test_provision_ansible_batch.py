@@ -151,6 +151,30 @@ def test_a_bulk_provision_runs_one_playbook_for_its_hosts(
         assert time.monotonic() - started < 60
 
 
+def test_in_a_shared_run_a_host_whose_key_changed_fails_its_own_child_only(
+    api: httpx.Client, ssh_peer: SshHost, tmp_path: Path
+) -> None:
+    """No login of Armillary's comes before a shared run: Ansible's own connection trusts only each host's
+    recorded key. A host offering another one is not provisioned (unreachable for Ansible), and its
+    child's retry, alone through the transport, says so loudly; its companions are not held back."""
+    with ExitStack() as stack:
+        hosts = three_hosts(api, ssh_peer, stack, tmp_path)
+        assert bulk(api, "create")["status"] == "succeeded"
+        hosts["web2"].rotate_host_key()
+
+        parent = bulk(api, "provision", on_failure="continue")
+        jobs = children(api, parent)
+        assert parent["summary"]["hosts"] == {"web1": "succeeded", "web2": "failed", "web3": "failed"}
+        assert (hosts["web1"].scratch / "run").read_text().split()[0] == "web1,web2,web3"  # one run
+        changed = jobs["web2"]
+        assert "HOST KEY CHANGED" in changed["error"] and "possible MITM" in changed["error"], changed["error"]
+        assert not (hosts["web2"].scratch / "run").exists()  # nothing ran on it
+        messages = [e["message"] for e in provision_logs(api, changed["id"])]
+        assert any("unreachable" in m and "Host key verification failed" in m for m in messages), messages
+        for job in jobs.values():
+            assert leftovers(job["id"]) == []
+
+
 GATED = """\
 - hosts: all
   gather_facts: false

@@ -87,14 +87,21 @@ In check mode (``check: true``) nothing changes on the machine; ``changed`` says
 One run for the systems of a bulk job: the children a bulk job started together (its ``params["bulk"]``,
 ``workflows.bulk``) whose runs differ only in the host (same spec, ssh transport, first attempt, the
 ``inline`` engine) share ONE ansible-playbook (``forks`` = their number), coalesced by ``ansible_batch``:
-each child still prepares, connects (the host key pinned as above) and ends on its own, and gets its own
-host's lines, counts and outcome (another host failing or unreachable is not its failure). The inventory
-holds every host with its connection and **its own variables as inventory host variables**; only the
-spec's ``extra_vars`` (the same for all) stay extra vars. So in a shared run a system's variables have
-inventory precedence: a playbook's or a role's ``vars`` beat them (a lone run's extra vars beat
-everything) — write per-system tunables as defaults (role ``defaults``, ``| default()``), as Ansible
-advises anyway. A child that is cancelled leaves the run at once (its host's further results are
-ignored; the run goes on for the others); a child that found no companion, a retry, and a lone
+each child still prepares and ends on its own, and gets its own host's lines, counts and outcome (another
+host failing or unreachable is not its failure). The inventory holds every host with its connection and
+**its own variables as inventory host variables**; only the spec's ``extra_vars`` (the same for all) stay
+extra vars. So in a shared run a system's variables have inventory precedence: a playbook's or a role's
+``vars`` beat them (a lone run's extra vars beat everything) — write per-system tunables as defaults (role
+``defaults``, ``| default()``), as Ansible advises anyway. No login of Armillary's comes before a shared run
+(ten hosts were ten SSH logins before Ansible's own): a host whose key is recorded is pinned by Ansible's
+own connection, through OpenSSH's ``KnownHostsCommand`` (``PIN_SCRIPT``: the key offered is known only when
+its fingerprint is the recorded one; without that option, OpenSSH < 8.5, each child connects first as
+above). Such a host offering another key is unreachable for Ansible (transient), and the retry, alone,
+through the transport, fails with "host key changed"; a recorded key of a kind OpenSSH does not negotiate
+first (ed25519 before ECDSA before RSA) goes the same way, and the retry succeeds. Nor is the interpreter
+checked first: a machine without it fails its first task, with Ansible's message and the shell's
+(``/usr/bin/python3: not found``). A child that is cancelled leaves the run at once (its host's further
+results are ignored; the run goes on for the others); a child that found no companion, a retry, and a lone
 ``provision`` run alone, as above, with no wait.
 
 The spec can be checked without running anything: ``AnsibleProvisioner.validate_spec(spec)``.
@@ -103,6 +110,7 @@ The spec can be checked without running anything: ``AnsibleProvisioner.validate_
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -128,6 +136,13 @@ from armillary.sources import GIT_TIMEOUT_S, Root, Roots, clone, safe_url
 
 PLAYBOOKS_DIR_ENV = "ARMILLARY_PLAYBOOKS_DIR"  # the setting (config.Settings.playbooks_dir)
 PYTHON_INTERPRETER = "/usr/bin/python3"
+# OpenSSH's KnownHostsCommand, for a host whose recorded key Ansible's own connection checks: given the
+# recorded fingerprint, then the offered key's fingerprint, host, kind and key (%f %H %t %K), it prints a
+# known_hosts line for the offered key only when it is the recorded one (else nothing: not trusted).
+PIN_SCRIPT = """#!/bin/sh
+[ "$2" = "$1" ] && printf '%s %s %s\\n' "$3" "$4" "$5"
+exit 0
+"""
 MAX_INLINE_BYTES = 4 * 1024 * 1024
 MAX_MSG_CHARS = 2000
 TAIL_LINES = 40
@@ -328,6 +343,8 @@ class Prepared:
     inventory: Path | None = None
     envvars: dict[str, str] = field(default_factory=dict)
     host_vars: dict[str, Any] = field(default_factory=dict)  # the inventory host's (connection) variables
+    # The recorded host key (fingerprint) still to be pinned into known_hosts; None: pinned already.
+    pinned: str | None = None
 
 
 @dataclass
@@ -436,7 +453,9 @@ class AnsibleProvisioner(Provisioner):
     def upload(self, run: Run[AnsibleSpec], prepared: Prepared) -> None:
         """No upload: the inventory, key, known_hosts and configuration Ansible reads, on the control host."""
         work, parsed = prepared.work, run.spec
-        host_vars = self._connection(run, work)
+        if self._bulk(run) is not None and _ssh_pins_by_command():  # may share a run: no login of ours first
+            prepared.pinned = getattr(run.transport, "host_key", None)
+        host_vars = self._connection(run, work, prepared.pinned)
         if parsed.remote_tmp:
             host_vars["ansible_remote_tmp"] = parsed.remote_tmp
         inventory = work / "inventory.json"
@@ -466,6 +485,8 @@ class AnsibleProvisioner(Provisioner):
         shared = self._together(run, prepared)
         if shared is not None:
             return shared
+        if prepared.pinned:  # alone after all: the host key is pinned through the transport, as a lone run's
+            self._verify(run, prepared.work)
         return self._run_ansible(
             run.ctx,
             run.system,
@@ -536,8 +557,11 @@ class AnsibleProvisioner(Provisioner):
 
     # ------------------------------------------------------------ the connection
 
-    def _connection(self, run: Run[AnsibleSpec], work: Path) -> dict[str, Any]:
-        """The inventory host's variables: how Ansible reaches the machine, as its transport does."""
+    def _connection(self, run: Run[AnsibleSpec], work: Path, pinned: str | None) -> dict[str, Any]:
+        """The inventory host's variables: how Ansible reaches the machine, as its transport does. With
+        ``pinned`` (the recorded host key's fingerprint, for a run that may be shared) no login of ours comes
+        first: Ansible's own connection trusts only that key (``PIN_SCRIPT``), or ``_verify`` pins it if the
+        run is alone after all; without, the key is pinned now (``_verify``)."""
         system, transport = run.system, run.transport
         if transport.name == "local":
             return {"ansible_connection": "local", "ansible_python_interpreter": PYTHON_INTERPRETER}
@@ -552,42 +576,52 @@ class AnsibleProvisioner(Provisioner):
                 f"{system.hostname} has only a password to log in with: the ansible provisioner "
                 "needs a private key (Ansible would need sshpass for a password)"
             )
-        # Connect through the transport: it verifies (or at first contact records) the host key.
-        check = transport.run(["test", "-x", PYTHON_INTERPRETER], timeout=60)
-        if check.exit_code != 0:
-            raise PermanentFailure(
-                f"{system.hostname} has no {PYTHON_INTERPRETER}, which Ansible's modules need"
-            )
-        known_hosts = _known_hosts_line(transport)
-        host, port, user = transport.host, transport.port, transport.user
-        run.ctx.log(
-            f"inventory: {system.hostname} at {transport.where}, host key {transport.seen_fingerprint}"
-        )
-
+        if pinned:
+            run.ctx.log(f"inventory: {system.hostname} at {transport.where}, host key {pinned} (checked "
+                        "by Ansible's connection)")
+        else:
+            self._verify(run, work)
         key_file = work / "id_key"
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(key_text)
-        known_file = work / "known_hosts"
-        known_file.write_text(known_hosts)
         common = [
             "-F", "/dev/null",
             "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={known_file}",
+            "-o", f"UserKnownHostsFile={work / 'known_hosts'}",
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "IdentitiesOnly=yes",
             "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=10",
         ]  # fmt: skip
+        if pinned:
+            script = work / "pin-host-key"
+            script.write_text(PIN_SCRIPT)
+            script.chmod(0o700)
+            common += ["-o", f"KnownHostsCommand={shlex.quote(str(script))} {shlex.quote(pinned)} %f %H %t %K"]
         return {
-            "ansible_host": host,
-            "ansible_port": port,
-            "ansible_user": user,
+            "ansible_host": transport.host,
+            "ansible_port": transport.port,
+            "ansible_user": transport.user,
             "ansible_connection": "ssh",
             "ansible_ssh_private_key_file": str(key_file),
             "ansible_ssh_common_args": shlex.join(common),
             "ansible_python_interpreter": PYTHON_INTERPRETER,
         }
+
+    def _verify(self, run: Run[AnsibleSpec], work: Path) -> None:
+        """Connect through the transport, which verifies the recorded host key (or records it at first
+        contact); check the machine has the interpreter; write the very key verified into ``known_hosts``."""
+        system, transport = run.system, run.transport
+        check = transport.run(["test", "-x", PYTHON_INTERPRETER], timeout=60)
+        if check.exit_code != 0:
+            raise PermanentFailure(
+                f"{system.hostname} has no {PYTHON_INTERPRETER}, which Ansible's modules need"
+            )
+        (work / "known_hosts").write_text(_known_hosts_line(transport))
+        run.ctx.log(
+            f"inventory: {system.hostname} at {transport.where}, host key {transport.seen_fingerprint}"
+        )
 
     # ------------------------------------------------------------ running it
 
@@ -736,9 +770,9 @@ class AnsibleProvisioner(Provisioner):
 
     # ------------------------------------------------------------ one run for the children of a bulk job
 
-    def _together(self, run: Run[AnsibleSpec], prepared: Prepared) -> dict[str, Any] | None:
-        """This system's counts from ONE run shared with its siblings of a bulk job (``ansible_batch``), or
-        None: it runs alone (not a bulk child, a retry, not ssh, another engine, no companion came)."""
+    def _bulk(self, run: Run[AnsibleSpec]) -> dict[str, Any] | None:
+        """The ``params["bulk"]`` of a child of a bulk job whose run may be shared with its siblings', or
+        None: it runs alone (not a bulk child, a retry, a given playbook, another engine than ``inline``)."""
         ctx = run.ctx
         bulk = (getattr(ctx, "params", None) or {}).get("bulk")
         settings = getattr(getattr(ctx, "runtime", None), "settings", None)
@@ -747,9 +781,17 @@ class AnsibleProvisioner(Provisioner):
             or int(bulk.get("wave") or 0) < 2
             or getattr(ctx, "attempt", 1) != 1
             or getattr(run, "given", None) is not None
-            or prepared.host_vars.get("ansible_connection") != "ssh"
             or getattr(settings, "engine", "inline") != "inline"
         ):
+            return None
+        return bulk
+
+    def _together(self, run: Run[AnsibleSpec], prepared: Prepared) -> dict[str, Any] | None:
+        """This system's counts from ONE run shared with its siblings of a bulk job (``ansible_batch``), or
+        None: it runs alone (``_bulk`` says no, not ssh, no companion came)."""
+        ctx = run.ctx
+        bulk = self._bulk(run)
+        if bulk is None or prepared.host_vars.get("ansible_connection") != "ssh":
             return None
         spec = json.dumps(run.spec.model_dump(mode="json"), sort_keys=True)
         key = ("ansible", bulk.get("job"), bulk.get("batch"), spec)
@@ -847,6 +889,19 @@ def _ansible_playbook() -> str:
     raise PermanentFailure("ansible-playbook (ansible-core) is not installed on the server")
 
 
+@functools.cache
+def _ssh_pins_by_command() -> bool:
+    """Whether this machine's OpenSSH client has ``KnownHostsCommand`` (8.5 and later)."""
+    try:
+        probe = subprocess.run(
+            ["ssh", "-G", "-F", "/dev/null", "-o", "KnownHostsCommand=/bin/true", "armillary-probe"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
 def _known_hosts_line(transport: SshTransport) -> str:
     """The host key the transport verified, as a known_hosts line for the address Ansible uses."""
     key = transport.server_host_key()
@@ -924,6 +979,8 @@ def _result_line(kind: str, data: dict[str, Any]) -> tuple[str, str, str, str]:
     msg = res.get("msg")
     if not msg and status in {"failed", "ignored", "unreachable"}:
         msg = res.get("stderr") or res.get("module_stderr") or res.get("stdout") or ""
+    elif status == "failed" and res.get("rc") == 127 and isinstance(res.get("module_stderr"), str):
+        msg = f"{msg} ({res['module_stderr'].strip()})"  # the interpreter is missing: say which one
     if msg is None:
         msg = ""
     elif not isinstance(msg, str):
@@ -947,19 +1004,25 @@ def _result_line(kind: str, data: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 def _close_masters(control_dir: Path) -> None:
-    """Close the SSH master connections Ansible left (ControlPersist) in ``control_dir``."""
+    """Close the SSH master connections Ansible left (ControlPersist) in ``control_dir``: all at once (a
+    shared run leaves one per host, and each ``ssh -O exit`` is a process start)."""
     try:
         sockets = [p for p in control_dir.iterdir() if p.is_socket()]
     except OSError:
         return
+    closing = []
     for sock in sockets:
         try:
-            subprocess.run(
+            closing.append(subprocess.Popen(
                 ["ssh", "-F", "/dev/null", "-o", f"ControlPath={sock}", "-O", "exit", "armillary-control"],
-                check=False,
-                capture_output=True,
-                timeout=10,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.TimeoutExpired):
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        except OSError:
             pass
+    deadline = time.monotonic() + 10
+    for proc in closing:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
