@@ -77,6 +77,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Terminate every process, then wait for each (killed after 30 s)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @contextmanager
 def postgres_database() -> Iterator[str]:
     name = f"armillary_bench_{uuid.uuid4().hex[:10]}"
@@ -276,13 +287,7 @@ def scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, Any]
                     cpu_after = cpu_seconds(server_pid), sum(cpu_seconds(p.pid) for p in procs)
                     result = outcome(url, jobs, ids)
                 finally:
-                    for proc in procs:
-                        proc.terminate()
-                    for proc in procs:
-                        try:
-                            proc.wait(timeout=30)
-                        except subprocess.TimeoutExpired:
-                            proc.kill()
+                    stop_all(procs)
         wall = ended - started
         result.update(
             workers=workers,
@@ -495,13 +500,7 @@ def sse_scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, 
                         follower.join(timeout=30)
                 result = outcome(url, jobs, ids)
             finally:
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                stop_all(procs)
         wall = ended - started
         result.update(workers=workers, api_processes=API_PROCESSES, concurrency=args.concurrency,
                       systems=args.systems, latency_ms=args.latency_ms, wall_s=wall,
