@@ -93,27 +93,6 @@ def find_by_idempotency_key(session: Session, key: str | None) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
 
 
-def new_job(
-    *,
-    action: str,
-    workflow: str,
-    system: System | None = None,
-    params: dict[str, Any] | None = None,
-    context: dict[str, Any] | None = None,
-    parent_id: int | None = None,
-    idempotency_key: str | None = None,
-    request_id: str | None = None,
-    user_id: int | None = None,
-    actor: str | None = None,
-) -> Job:
-    """A job and its steps (every one pending), not yet in any session."""
-    job = Job(**_job_row(action=action, workflow=workflow, system=system, params=params, context=context,
-                         parent_id=parent_id, idempotency_key=idempotency_key, request_id=request_id,
-                         user_id=user_id, actor=actor))
-    job.steps = [Step(**row) for row in _step_rows(workflow)]
-    return job
-
-
 def _job_row(*, action: str, workflow: str, system: System | None, params: dict[str, Any] | None,
              context: dict[str, Any] | None, parent_id: int | None, idempotency_key: str | None,
              request_id: str | None, user_id: int | None, actor: str | None) -> dict[str, Any]:
@@ -156,9 +135,10 @@ def create_job(
     actor: str | None = None,
 ) -> Job:
     """Write a job and its steps; lock its system. Raises ``Locked`` (unless ``queue``)."""
-    job = new_job(action=action, workflow=workflow, system=system, params=params, context=context,
-                  parent_id=parent_id, idempotency_key=idempotency_key, request_id=request_id, user_id=user_id,
-                  actor=actor)
+    job = Job(**_job_row(action=action, workflow=workflow, system=system, params=params, context=context,
+                         parent_id=parent_id, idempotency_key=idempotency_key, request_id=request_id,
+                         user_id=user_id, actor=actor))
+    job.steps = [Step(**row) for row in _step_rows(workflow)]
     session.add(job)
     session.flush()
     if job.lock_resource:
