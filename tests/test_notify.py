@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from armillary.domain.models import utcnow
 from armillary.notify.webhook import verify
 from tests.support.jobs import act_and_wait, sim_setup
 from tests.support.webhook_receiver import Receiver, running_receiver
@@ -173,6 +174,8 @@ def test_chat_deliveries_are_claimed_once_and_taken_again_when_a_lease_expires(a
     assert first[0].text.startswith("🔔 test notification") and first[0].payload["id"] == sent["idempotency_id"]
     with db.session() as session:
         assert rows.claim_pending(session, "chat", 10, "bot-b", lease_s=30) == []  # leased to bot-a
+        # what an idle claimer sleeps until: bot-a's lease running out
+        assert rows.next_due(session, ("chat",), utcnow()) == first[0].lease_expires_at
     time.sleep(1.6)
     with db.session() as session:  # bot-a died: its lease expired
         again = rows.claim_pending(session, "chat", 10, "bot-c", lease_s=30)
@@ -258,9 +261,12 @@ def test_a_disabled_subscriptions_deliveries_wait_until_it_is_enabled_again(api,
     db = live_server[1]
     with db.session() as session:
         assert rows.claim_pending(session, "chat", 10, "bot", lease_s=30) == []
+        assert rows.next_due(session, ("chat",), utcnow()) is None  # nothing to wake up for
     assert api.get("/subscriptions/paused/deliveries").json()["items"][0]["status"] == "pending"
     assert api.patch("/subscriptions/paused", json={"enabled": True}).status_code == 200
     with db.session() as session:
+        now = utcnow()
+        assert rows.next_due(session, ("chat",), now) <= now  # due already
         assert [d.id for d in rows.claim_pending(session, "chat", 10, "bot", lease_s=30)] == [sent["id"]]
 
 

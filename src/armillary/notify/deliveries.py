@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from armillary.domain.models import utcnow
@@ -76,6 +76,21 @@ def claim_pending(session: Session, kind: str, limit: int, owner: str, lease_s: 
         .order_by(Delivery.id).execution_options(populate_existing=True)
     )
     return list(rows)
+
+
+def next_due(session: Session, kinds: tuple[str, ...], now: datetime) -> datetime | None:
+    """The earliest time a delivery of ``kinds`` becomes claimable (``now`` if one already is), or None.
+
+    What lets an idle sender sleep until then instead of asking ``claim_pending`` ten times a second: a
+    backoff ending, or another claimer's lease expiring. One statement; disabled subscriptions wait."""
+    mine = and_(Delivery.kind.in_(kinds),
+                Delivery.subscription_id.in_(select(Subscription.id).where(Subscription.enabled.is_(True))))
+    pending = select(func.min(func.coalesce(Delivery.next_attempt_at, now))).where(
+        mine, Delivery.status == DeliveryStatus.PENDING.value)
+    sending = select(func.min(Delivery.lease_expires_at)).where(mine, Delivery.status == DeliveryStatus.SENDING.value)
+    row = session.execute(select(pending.scalar_subquery(), sending.scalar_subquery())).one()
+    times = [t for t in row if t is not None]
+    return min(times) if times else None
 
 
 def _sending(session: Session, delivery_id: int) -> Delivery | None:

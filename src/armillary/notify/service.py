@@ -29,6 +29,7 @@ import httpx
 from sqlalchemy import select
 
 from armillary.domain.db import Database
+from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox, SecretBoxError
 from armillary.notify import deliveries, email, retention, webhook
 from armillary.notify.events import Collector, QuotaWatch
@@ -39,6 +40,9 @@ log = logging.getLogger("armillary.notify")
 QUOTA_SCAN_S = 10.0
 MARK_BATCH = 500
 GATHER_S = 0.01
+# The longest an idle sender sleeps without being woken: how late it notices deliveries another process
+# stored (that process's own sender is woken at once) or a subscription enabled by another process.
+IDLE_MAX_S = 1.0
 SENT_KINDS = (TargetKind.WEBHOOK.value, TargetKind.EMAIL.value)
 
 
@@ -125,15 +129,28 @@ class NotifyService:
     # ------------------------------------------------------------ sender
 
     def _send_loop(self) -> None:
+        """Send what is due, then sleep until the next delivery is due or something wakes the loop (the
+        collector storing deliveries, a send ending, the subscriptions API)."""
+        wait = 0.0
         while not self._stop.is_set():
-            self._wake.wait(self.poll_s)
+            self._wake.wait(wait)
             self._wake.clear()
             try:
                 while not self._stop.is_set() and self._send_due():
                     pass
+                wait = self._idle_wait()
             except Exception:
                 log.exception("notify sender pass failed")
-                self._stop.wait(1.0)
+                wait = 1.0
+
+    def _idle_wait(self) -> float:
+        """Seconds until the next delivery is due: at least ``poll_s``, at most ``IDLE_MAX_S``."""
+        now = utcnow()
+        with self.db.session() as session:
+            due = deliveries.next_due(session, SENT_KINDS, now)
+        if due is None:
+            return IDLE_MAX_S
+        return min(IDLE_MAX_S, max(self.poll_s, (due - now).total_seconds()))
 
     def _send_due(self) -> bool:
         """Claim as many due deliveries as there are free workers and hand them out; True when some were."""
