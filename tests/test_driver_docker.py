@@ -143,14 +143,15 @@ def daemon_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_daemon_calls_per_create_and_destroy(podman: PodmanPeer, daemon_calls: list[str]) -> None:
-    """A create is the daemon's create, start and one inspect; a destroy one forced remove. The image is not
-    inspected (the create says when it is missing) and the client is shared: no /version per operation."""
+    """A create is the daemon's create, start and one inspect (not the docker SDK's high-level create's
+    inspect of the new container too); a destroy one forced remove. The image is not inspected (the create
+    says when it is missing) and the client is shared: no /version per operation."""
     warm = make_driver(podman.base_url).create(spec(image=podman.image))  # the process's client is made here
     make_driver(podman.base_url).destroy(MachineRef(SYSTEM_ID, warm.provider_id))
     daemon_calls.clear()
     infos = [make_driver(podman.base_url).create(spec(SYSTEM_ID + n, image=podman.image)) for n in range(5)]
     assert [c.split(" ")[0] + " " + c.split("/")[-1] for c in daemon_calls] == 5 * [
-        "POST create", "GET json", "POST start", "GET json"
+        "POST create", "POST start", "GET json"
     ], daemon_calls
     daemon_calls.clear()
     for n, info in enumerate(infos):
@@ -414,6 +415,19 @@ def test_an_adopted_container_without_the_address_is_refused(
     assert len(containers_named(podman, container_name(SYSTEM_ID))) == 1  # ours, not removed
 
 
+def test_the_network_property_without_a_static_address(
+    podman: PodmanPeer, driver: DockerDriver, network_name: str
+) -> None:
+    """A system's ``network`` (no IP pool): the container is on that network only, with an address of it."""
+    podman.client().networks.create(
+        network_name, ipam={"Driver": "default", "Config": [{"Subnet": "198.51.100.0/24"}]}
+    )
+    info = driver.create(spec(image=podman.image, network=network_name))
+    networks = podman.client().containers.get(info.provider_id).attrs["NetworkSettings"]["Networks"]
+    assert list(networks) == [network_name] and info.details["networks"] == [network_name]
+    assert inspected_addresses(podman, info.provider_id, network_name)[0].startswith("198.51.100.")
+
+
 def test_static_addresses_need_one_network(podman: PodmanPeer, driver: DockerDriver) -> None:
     with pytest.raises(PermanentDriverError, match="needs a user-defined network"):
         driver.create(spec(image=podman.image, addresses=(AddressAssignment("203.0.113.5", 24),)))
@@ -568,15 +582,17 @@ def test_system_props_are_strict() -> None:
         }
     )
     driver = make_driver("unix:///nowhere", allow_host_paths=True, network="backend")
-    args = driver._create_args(spec(image="x", **ok.model_dump(exclude={"image"})), ok)
-    assert args["ports"] == {
+    args, host = driver._create_args(spec(image="x", **ok.model_dump(exclude={"image"})), ok)
+    assert host["port_bindings"] == {
         "80/tcp": [None, 8080],
         "443/tcp": ("127.0.0.1", 8443),
         "53/udp": ("::1", 53),
         "22/tcp": None,
     }
-    assert args["volumes"] == ["data:/data:rw", "/srv:/srv:ro"] and args["mem_limit"] == "512m"
-    assert args["environment"] == {"A": "1", "B": "true"} and args["network"] == "backend"
+    assert args["ports"] == [("22", "tcp"), ("443", "tcp"), ("53", "udp"), ("80", "tcp")]  # exposed
+    assert host["binds"] == ["data:/data:rw", "/srv:/srv:ro"] and args["volumes"] == ["/data", "/srv"]
+    assert host["mem_limit"] == "512m" and host["network_mode"] == "backend"
+    assert args["environment"] == {"A": "1", "B": "true"}
 
 
 def test_secrets_and_tls_settings(tmp_path: Path) -> None:

@@ -643,15 +643,21 @@ class DockerDriver(Driver):
             if container is not None:
                 return container, False
             self._pull(client, props.image)
-        args = self._create_args(spec, props)
-        if network is not None:
+        args, host = self._create_args(spec, props)
+        if network is not None:  # static addresses: on this network, made if missing
             self._ensure_network(client, network, spec.addresses)
-            args["network"] = network
-            args["networking_config"] = {network: _endpoint_config(client, spec.addresses)}
+            host["network_mode"] = network
+        if host.get("network_mode"):
+            endpoint = _endpoint_config(client, spec.addresses)
+            args["networking_config"] = client.api.create_networking_config({host["network_mode"]: endpoint})
+        args["host_config"] = client.api.create_host_config(**host)
         pulled = props.pull != "missing"
         for _ in range(3):
             try:
-                return client.containers.create(**args), True
+                made = client.api.create_container(**args)
+                # No inspect of the new container (the SDK's high-level create makes one): the start's
+                # inspect that follows reads everything there is to know.
+                return client.containers.prepare_model({"Id": made["Id"], "Name": "/" + args["name"]}), True
             except docker_errors.APIError as exc:
                 if _is_name_conflict(exc):
                     container = self._named_for_create(client, spec.system_id)
@@ -779,7 +785,7 @@ class DockerDriver(Driver):
         the broken one. The daemon may refuse a static address only now (podman allocates at start).
         """
         try:
-            status = container.status
+            status = "created" if made else container.status  # one we just made: not inspected yet
             if status == "paused":
                 container.unpause()
             elif status != "running":
@@ -920,7 +926,14 @@ class DockerDriver(Driver):
             return None
         return {"username": cfg.registry_username, "password": cfg.registry_password or ""}
 
-    def _create_args(self, spec: MachineSpec, props: DockerProps) -> dict[str, Any]:
+    def _create_args(self, spec: MachineSpec, props: DockerProps) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The docker SDK's low-level ``create_container`` arguments and its ``create_host_config`` ones.
+
+        Low-level, not ``containers.create``: that one inspects the new container before returning it, a
+        daemon call the create does not need (``_run`` inspects it once started). So the split the SDK's
+        high-level create would make is made here, for the options a system can have: published ports
+        (bindings in the host config, the exposed ports in the container's), mounts (binds, and their
+        targets as the container's volumes), limits, restart policy and network mode in the host config."""
         labels = {f"{SYSTEM_LABEL_PREFIX}{k}": str(v) for k, v in spec.labels.items()}
         labels.update(props.labels)
         labels.update(
@@ -931,6 +944,14 @@ class DockerDriver(Driver):
                 LABEL_STOP_TIMEOUT: str(props.stop_timeout_s),  # read back by stop()
             }
         )
+        args: dict[str, Any] = {
+            "image": props.image,
+            "name": container_name(spec.system_id),
+            "hostname": props.hostname or spec.hostname,
+            "labels": labels,
+            "environment": {k: _env_value(v) for k, v in props.env.items()},
+        }
+        host: dict[str, Any] = {}
         ports: dict[str, Any] = {}
         for port_spec in props.ports:
             key, binding = _parse_port(port_spec)
@@ -939,7 +960,10 @@ class DockerDriver(Driver):
                 ports[key] = (previous if isinstance(previous, list) else [previous]) + [binding]
             else:
                 ports[key] = binding
-        volumes = []
+        if ports:
+            host["port_bindings"] = ports
+            args["ports"] = [tuple(key.split("/", 1)) for key in sorted(ports)]
+        binds, targets = [], []
         for volume_spec in props.volumes:
             source, target, mode = _parse_volume(volume_spec)
             if source.startswith("/") and not self.settings.allow_host_paths:
@@ -947,38 +971,31 @@ class DockerDriver(Driver):
                     f"volume {volume_spec!r} bind-mounts a path of the daemon's host, which this hypervisor "
                     "does not allow (its setting allow_host_paths is false); use a named volume"
                 )
-            volumes.append(f"{source}:{target}:{mode}")
-        args: dict[str, Any] = {
-            "image": props.image,
-            "name": container_name(spec.system_id),
-            "hostname": props.hostname or spec.hostname,
-            "labels": labels,
-            "environment": {k: _env_value(v) for k, v in props.env.items()},
-        }
+            binds.append(f"{source}:{target}:{mode}")
+            targets.append(target)
+        if binds:
+            host["binds"] = binds
+            args["volumes"] = targets
         if props.command is not None:
             args["command"] = props.command
         if props.entrypoint is not None:
             args["entrypoint"] = props.entrypoint
-        if ports:
-            args["ports"] = ports
-        if volumes:
-            args["volumes"] = volumes
         memory = props.memory if props.memory is not None else spec.memory_mb
         if memory is not None:
-            args["mem_limit"] = f"{memory}m" if isinstance(memory, int) else memory.strip().lower()
+            host["mem_limit"] = f"{memory}m" if isinstance(memory, int) else memory.strip().lower()
         cpus = props.cpus if props.cpus is not None else spec.cpu
         if cpus:
-            args["nano_cpus"] = int(cpus * 1_000_000_000)
+            host["nano_cpus"] = int(cpus * 1_000_000_000)
         network = props.network or self.settings.network
         if network:
-            args["network"] = network
+            host["network_mode"] = network
         if props.user:
             args["user"] = props.user
         if props.working_dir:
             args["working_dir"] = props.working_dir
         if props.restart != "no":
-            args["restart_policy"] = {"Name": props.restart}
-        return args
+            host["restart_policy"] = {"Name": props.restart}
+        return args, host
 
 
 # ---------------------------------------------------------------- reading containers
