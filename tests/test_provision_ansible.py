@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import glob
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import httpx
 import pytest
 
 from armillary.failures import PermanentFailure as PermanentStepError
-from armillary.provisioners.ansible import AnsibleProvisioner, build_extra_vars
+from armillary.provisioners.ansible import AnsibleProvisioner, _close_masters, build_extra_vars
 from tests.support.jobs import act_and_wait
 from tests.support.peers import missing_peer
 from tests.support.provisioning import events, setup_ssh_system
@@ -285,3 +287,36 @@ def test_spec_extra_vars_win_over_resolved_variables() -> None:
     assert merged == {"colour": "red", "app_port": 9090, "ansible_become": True}
     assert collisions == ["'app-port' and 'app_port' both become app_port"]
     assert dropped == ["ansible_host"]
+
+
+def test_close_masters_ends_the_masters_of_its_directory_only(tmp_path: Path) -> None:
+    """The SSH masters a run leaves (OpenSSH titles each ``ssh: <control path> [mux]``) are found in /proc
+    and ended without an ``ssh -O exit`` each; a master of another directory is left alone. Stand-ins:
+    ``sleep`` processes titled as masters (a real master needs a real SSH login; the shared-run tests
+    make those)."""
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc")
+    ours, theirs = tmp_path / "cp", tmp_path / "other-cp"
+    ours.mkdir()
+    theirs.mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(ours / "abc"))  # a control socket: something to close
+
+        def master(control_dir: Path) -> subprocess.Popen:
+            title = f"ssh: {control_dir}/abc [mux]"
+            return subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 60'])
+
+        mine, other = master(ours), master(theirs)
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not all(
+                Path(f"/proc/{p.pid}/cmdline").read_bytes().startswith(b"ssh: ") for p in (mine, other)
+            ):
+                time.sleep(0.01)  # until bash has exec'ed
+            _close_masters(ours)
+            assert mine.wait(timeout=5) == -15  # SIGTERM
+            assert other.poll() is None
+        finally:
+            for proc in (mine, other):
+                proc.kill()
+                proc.wait()
