@@ -360,18 +360,18 @@ class Collector:
         self.sweep_s = sweep_s
         self._tails: dict[str, _Tail] = {}
         self._newest: tuple[int, ...] | None = None  # the source tables' newest ids at the last full pass
+        self._looked: tuple[int, ...] | None = None  # ...and at the last look, which a full pass makes the above
 
-    def idle(self, session: Session) -> bool:
-        """Whether a pass would find nothing: every source read and settled, and no table has a row newer
-        than at the last full pass. One statement, instead of the reads of a pass (ten passes a second)."""
-        if len(self._tails) < len(self.sources) or any(t.read > t.position for t in self._tails.values()):
-            self._newest = None
+    def idle(self, session: Session, now_monotonic: float) -> bool:
+        """Whether a pass would find nothing: no source table has a row newer than at the last full pass,
+        and no unsettled window is due for its sweep (rows committed after newer ones). One statement,
+        instead of the reads of a pass (ten passes a second, also in the half minute a window takes to settle
+        after every burst of jobs); ``settle_idle`` moves the cursors meanwhile."""
+        self._looked = newest_ids(session, self.sources)  # a pass that ends well has read at least up to these
+        if len(self._tails) < len(self.sources) or any(
+                t.read > t.position and now_monotonic - t.last_sweep >= self.sweep_s for t in self._tails.values()):
             return False
-        newest = newest_ids(session, self.sources)
-        if newest == self._newest:
-            return True
-        self._newest = newest
-        return False
+        return self._looked == self._newest
 
     def _tail(self, session: Session, name: str) -> _Tail:
         tail = self._tails.get(name)
@@ -406,6 +406,7 @@ class Collector:
                 tail.seen.add(row.id)
             tail.read = max(tail.read, max(row.id for row in rows))
             self._settle(session, source.name, tail, rows)
+        self._newest = self._looked
         return stored
 
     def _forget_vanished(self, session: Session) -> None:

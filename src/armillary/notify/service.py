@@ -112,7 +112,7 @@ class NotifyService:
                     last_prune = now
                     retention.prune(self.db, retention.keep_days())
                 with self.db.session() as session:
-                    stored = 0 if self.collector.idle(session) else self.collector.collect(session, now)
+                    stored = 0 if self.collector.idle(session, now) else self.collector.collect(session, now)
                     if now - last_quota >= QUOTA_SCAN_S:
                         last_quota = now
                         stored += self.quotas.scan(session)

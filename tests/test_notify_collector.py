@@ -1,0 +1,69 @@
+"""The notification collector's passes on both backends: an idle pass reads no source, also while a burst's
+window is still settling, and a row committed after newer ones is still collected by the next sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from armillary.domain.jobs import Job, JobEvent
+from armillary.notify import events
+from armillary.notify.events import Collector, NewEvent, Source
+from armillary.notify.models import NotifyEvent
+
+
+class CountingJobEnds:
+    """The jobs source, with every read counted and every row made an event of its own (no job lookups)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.source = Source("jobs", self.read, self.to_events, "job_events", events.JOB_KIND_WHERE)
+
+    def read(self, session: Any, after: int, upto: int | None, limit: int) -> list[Any]:
+        self.reads += 1
+        return events.SOURCES[0].read(session, after, upto, limit)
+
+    @staticmethod
+    def to_events(session: Any, rows: list[Any]) -> list[NewEvent]:
+        return [NewEvent("job.finished", f"collector-test:{row.id}", None, {}, "ended", row.created_at)
+                for row in rows]
+
+
+def test_an_idle_pass_reads_nothing_while_a_window_settles_and_a_late_row_is_swept(db) -> None:
+    jobs = CountingJobEnds()
+    collector = Collector(sources=(jobs.source,), settle_s=3600, sweep_s=5.0)
+    with db.session() as session:
+        job = Job(action="stage", workflow="stage")
+        session.add(job)
+        session.flush()
+        first = JobEvent(job_id=job.id, kind="job", message="succeeded", data={"status": "succeeded"})
+        session.add(first)
+        session.flush()
+        job_id, first_id = job.id, first.id
+        later_id = first_id + 10
+        session.add(JobEvent(id=later_id, job_id=job_id, kind="job", message="failed", data={"status": "failed"}))
+        session.commit()
+    with db.session() as session:
+        assert not collector.idle(session, 100.0)
+        assert collector.collect(session, 100.0) == 2
+        assert not collector.idle(session, 100.5)  # the new window's first sweep is due
+        assert collector.collect(session, 100.5) == 0
+        session.commit()
+    reads = jobs.reads
+    with db.session() as session:  # the window is unsettled for an hour; nothing new: no reads
+        assert collector.idle(session, 101.0) and collector.idle(session, 105.4)
+    assert jobs.reads == reads
+    with db.session() as session:  # a row committed after the newer one, with a lower id: max id unchanged
+        session.add(JobEvent(id=first_id + 5, job_id=job_id, kind="job", message="late", data={"status": "failed"}))
+        session.commit()
+    with db.session() as session:
+        assert collector.idle(session, 105.4)  # not found before the sweep is due...
+        assert not collector.idle(session, 105.6)  # ...then a full pass, whose sweep finds it
+        assert collector.collect(session, 105.6) == 1
+        session.commit()
+    with db.session() as session:
+        assert collector.idle(session, 106.0)
+        keys = set(session.scalars(select(NotifyEvent.source_key).where(
+            NotifyEvent.source_key.like("collector-test:%"))))
+    assert keys == {f"collector-test:{i}" for i in (first_id, first_id + 5, later_id)}
