@@ -18,6 +18,7 @@ from armillary.domain.accounts import QuotaCharge, RoleGrant, User
 from armillary.domain.errors import EnvironmentLocked, QuotaExceeded
 from armillary.domain.jobs import Job, JobEvent, Lock, Step, StepStatus
 from armillary.domain.models import Environment, Hypervisor, System
+from armillary.domain.secrets import SecretBox
 from armillary.engine.jobs import (
     JobEnds,
     Locked,
@@ -25,7 +26,9 @@ from armillary.engine.jobs import (
     start_system_action,
     start_system_actions,
 )
+from armillary.engine.service import Engine
 from armillary.engine.workflows import load_workflows
+from armillary.workflows.bulk import submit_selection
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,6 +63,7 @@ def _load(session, ids: list[int]) -> list[System]:
 def test_a_wave_writes_what_single_starts_write_in_a_few_statements(db) -> None:
     ids = _world(db, systems=20)
     statements: list[str] = []
+    ready: list[int] = []
 
     def count(conn, cursor, statement, *args) -> None:
         statements.append(statement)
@@ -69,14 +73,16 @@ def test_a_wave_writes_what_single_starts_write_in_a_few_statements(db) -> None:
         event.listen(db.engine, "before_cursor_execute", count)
         try:
             started = start_system_actions(session, systems, "create", params={"bulk": {"wave": 20}}, parent_id=None,
-                                           user_id=None, actor="tester")
+                                           user_id=None, actor="tester", ready=ready)
         finally:
             event.remove(db.engine, "before_cursor_execute", count)
     assert set(started) == set(ids) and all(isinstance(job_id, int) for job_id in started.values())
+    assert len(ready) == len(ids)
     inserts = [s.split("(")[0].split()[-1] for s in statements if s.lstrip().upper().startswith("INSERT")]
-    # One multi-row INSERT of the jobs, of their steps and of their locks (plus each job's event and
-    # quota charge, written as by the single start).
+    # One multi-row INSERT of the jobs, of their steps, of their locks and of their "job queued" events
+    # (plus each job's quota charge, written as by the single start).
     assert inserts.count("jobs") == 1 and inserts.count("steps") == 1 and inserts.count("locks") == 1, inserts
+    assert inserts.count("job_events") == 1, inserts
     with db.session() as session:
         for system_id, job_id in started.items():
             job = session.get(Job, job_id)
@@ -86,6 +92,7 @@ def test_a_wave_writes_what_single_starts_write_in_a_few_statements(db) -> None:
             steps = session.scalars(select(Step).where(Step.job_id == job_id).order_by(Step.position)).all()
             assert [(s.name, s.status) for s in steps] == [("prepare", StepStatus.QUEUED.value),
                                                           ("create_machine", StepStatus.PENDING.value)]
+            assert steps[0].id in ready and steps[1].id not in ready  # the queued steps, for ``Runtime.submit``
             assert session.get(Lock, f"system:{system_id}").job_id == job_id
             assert session.get(QuotaCharge, system_id) is not None
             assert session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) == 1
@@ -96,8 +103,9 @@ def test_each_refusal_is_that_system_s_and_the_others_start(db) -> None:
     with db.session() as session:
         busy = start_system_action(session, session.get(System, ids[0]), "create")  # holds ids[0], charges 1
         session.get(System, ids[1]).state = "ready"  # create refused: wrong state
+    ready: list[int] = []
     with db.session() as session:
-        started = start_system_actions(session, _load(session, ids), "create")
+        started = start_system_actions(session, _load(session, ids), "create", ready=ready)
     assert isinstance(started[ids[0]], Locked) and f"job {busy.id}" in started[ids[0]].detail
     assert isinstance(started[ids[1]], StateConflict)
     assert isinstance(started[ids[2]], int)  # the second of the quota's two systems
@@ -106,6 +114,8 @@ def test_each_refusal_is_that_system_s_and_the_others_start(db) -> None:
         grant = session.scalars(select(RoleGrant).where(RoleGrant.user_id == session.get(System, ids[0]).owner_id)).one()
         assert grant.used_systems == 2  # the refused ones took nothing
         assert session.get(Lock, f"system:{ids[3]}") is None
+        # Only the started job's first step is handed out: none of a refused (or dropped) one's.
+        assert set(session.scalars(select(Step.job_id).where(Step.id.in_(ready)))) == {started[ids[2]]}
 
 
 def test_a_locked_environment_refuses_all_but_admins(db) -> None:
@@ -165,3 +175,33 @@ def test_job_ends_wakes_a_waiter_at_once_and_misses_no_end() -> None:
     started = time.monotonic()
     assert ends.wait(ends.seen(), 0.05) == ends.seen()  # nothing ended: the timeout
     assert time.monotonic() - started >= 0.04
+
+
+def test_a_retried_batch_adopts_the_children_an_earlier_attempt_started(db) -> None:
+    """A batch's first attempt looks for no earlier children (there can be none); a retry must, or it
+    would start a twin of each child the attempt before it started."""
+    ids = _world(db, systems=3, owned=False)
+    with db.session() as session:
+        parent = submit_selection(session, action="create", system_ids=ids, batch_size=None, concurrency=2,
+                                  on_failure="continue")
+        # As if a first attempt of batch-1 had started this child, then lost its lease.
+        earlier = start_system_action(session, session.get(System, ids[0]), "create", parent_id=parent.id)
+        session.scalars(select(Step).where(Step.job_id == parent.id)).one().attempts = 1
+    engine = Engine(db, SecretBox("k"), workers=4, lease_s=5.0, poll_s=0.05)
+    engine.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                job = session.get(Job, parent.id)
+                if job.status in ("succeeded", "failed", "cancelled"):
+                    break
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    assert job.status == "succeeded", job.error
+    with db.session() as session:
+        children = session.scalars(select(Job).where(Job.parent_id == parent.id)).all()
+        hostname = session.get(System, ids[0]).hostname
+    assert sorted(child.system_id for child in children) == sorted(ids)  # no twin
+    assert job.context["batch_1"][hostname]["job_id"] == earlier.id

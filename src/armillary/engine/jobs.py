@@ -30,7 +30,7 @@ from armillary.domain.errors import Conflict, EnvironmentLocked, Forbidden
 from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
 from armillary.domain.states import TransitionRefused, check_action
-from armillary.engine.events import emit
+from armillary.engine.events import emit, emit_each
 from armillary.engine.leases import lock_holder, try_lock
 from armillary.engine.workflows import get_workflow
 
@@ -233,6 +233,7 @@ def start_system_actions(
     user_id: int | None = None,
     actor: str | None = None,
     bypass_lock: bool = False,
+    ready: list[int] | None = None,
 ) -> dict[int, int | Conflict | Forbidden]:
     """``start_system_action`` (not queued) for each of ``systems``, in the caller's transaction.
 
@@ -242,6 +243,9 @@ def start_system_actions(
     each (plain SQL: no ORM objects). A lock taken by a concurrent request between that read and the
     INSERT raises ``Locked``: roll back and call again (the holder is then seen, and only its system
     refused).
+
+    ``ready`` gets the ids of the started jobs' queued steps: the caller may hand them to the executor
+    (``Runtime.submit``) once it committed, instead of waiting for the dispatcher to find them.
     """
     resources = {system.id: f"system:{system.id}" for system in systems}
     locks = _lock_rows(session, resources.values())
@@ -263,7 +267,8 @@ def start_system_actions(
     started = {row.system_id: row.id for row in session.execute(_INSERT_JOBS, rows)}
     queued = [{**step, "status": StepStatus.PENDING.value if step["depends_on"] else StepStatus.QUEUED.value}
               for step in _step_rows(action)]  # as ``queue_roots`` leaves them: the job holds its lock
-    session.execute(_INSERT_STEPS, [{**step, "job_id": job_id} for job_id in started.values() for step in queued])
+    steps = session.execute(_INSERT_STEPS, [{**step, "job_id": job_id} for job_id in started.values()
+                                            for step in queued]).all()
     _lock_all(session, {resources[s]: job_id for s, job_id in started.items() if resources[s] not in locks})
     for system_id, job_id in started.items():
         resource = resources[system_id]
@@ -273,8 +278,10 @@ def start_system_actions(
                 raise Locked(resource, holder)
     over = _reserve(session, [system for system in systems if system.id in started], action)
     _drop(session, [started.pop(system_id) for system_id in over])
-    for system_id, job_id in started.items():
-        emit(session, job_id, "job", f"job queued: {action}", data={"status": "queued"})
+    emit_each(session, list(started.values()), "job", f"job queued: {action}", data={"status": "queued"})
+    if ready is not None:
+        kept = set(started.values())
+        ready.extend(row.id for row in steps if row.job_id in kept and row.status == StepStatus.QUEUED.value)
     return {**outcome, **over, **started}
 
 
@@ -311,7 +318,8 @@ def _live(lock: Any | None) -> Any | None:
 _locks, _jobs, _steps = Lock.__table__, Job.__table__, Step.__table__
 # Many jobs in one statement; RETURNING pairs each new id with its system (one job per system).
 _INSERT_JOBS = insert(_jobs).returning(_jobs.c.id, _jobs.c.system_id)
-_INSERT_STEPS = insert(_steps)
+# RETURNING: which of the new steps are queued (``ready``).
+_INSERT_STEPS = insert(_steps).returning(_steps.c.id, _steps.c.job_id, _steps.c.status)
 # Many locks in one statement; RETURNING names those that went in (a row already there is skipped).
 _INSERT_LOCKS = {
     name: make(_locks).on_conflict_do_nothing(index_elements=["resource"]).returning(_locks.c.resource)

@@ -7,8 +7,10 @@ with a failure (later batches are not started); ``"continue"`` runs every batch.
 context and summary list every host with ✔/✗ and, for failures, why (``summarize``).
 
 The children a batch starts together (a wave: the slots free at that moment) are written in one
-transaction (``engine.jobs.start_system_actions``: multi-row INSERTs); the batch then sleeps until a
-child ends in this process (``engine.jobs.JOB_ENDS``), and collects every end in one query.
+transaction (``engine.jobs.start_system_actions``: multi-row INSERTs), and their first steps are
+handed to the executor at once; the batch then sleeps until a child ends in this process
+(``engine.jobs.JOB_ENDS``), and collects every end in one query. A batch is a sliding window: a slot
+freed by an end is filled at once, not when the wave it started with ends.
 
 The workflows are the family ``bulk`` (``bulk-<batches>``, made on first use), this module's entry point
 of ``armillary.workflows``; it also starts the jobs of schedules (``start_scheduled``: a schedule's spec
@@ -72,6 +74,8 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
             wave_ids = pending[:concurrency - len(running)]
             del pending[:len(wave_ids)]
             wave = {"job": ctx.job_id, "batch": index, "wave": len(wave_ids)}
+            # A retry's wave may adopt children that already ended (no end will wake the wait): look at once.
+            unsaid = unsaid or ctx.attempt > 1
             for system_id, (child_id, hostname, error) in _start_children(ctx, wave_ids, wave).items():
                 hostnames[system_id] = hostname
                 if child_id is None:
@@ -80,8 +84,7 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
                     unsaid = True
                 else:
                     running[child_id] = system_id
-            ctx.runtime.wake()
-        elif running and not unsaid:
+        if running and not unsaid:  # an end since ``mark`` (during the wave too) returns at once
             JOB_ENDS.wait(mark, WAIT_S)
     failed = {h: r for h, r in results.items() if r["status"] != JobStatus.SUCCEEDED.value}
     outcome = {f"batch_{index}": results}
@@ -97,30 +100,40 @@ Started = tuple[int | None, str, str | None]  # (child job id or None, hostname,
 def _start_children(ctx: StepContext, system_ids: list[int], wave: dict[str, int]) -> dict[int, Started]:
     """Start the child jobs of one wave in one transaction, or find those an earlier attempt of this
     batch started; by system id, in ``system_ids``' order. Each child's ``params["bulk"]`` is ``wave``:
-    which parent, batch and how many children started with it."""
+    which parent, batch and how many children started with it.
+
+    Once committed, the children's first steps go straight to the executor (``Runtime.submit``): a
+    child starts without waiting for the dispatcher's next look for due steps."""
     for _ in range(START_TRIES):
+        ready: list[int] = []
         with ctx.runtime.db.session() as session:
             try:
-                return _start_wave(ctx, session, system_ids, wave)
+                started = _start_wave(ctx, session, system_ids, wave, ready)
             except Locked:  # a request took a lock after the wave looked: look again, refusing only that one
                 session.rollback()
+                continue
+        for step_id in ready:
+            ctx.runtime.submit(step_id)
+        return started
     raise TransientFailure(f"batch of job {ctx.job_id}: its systems kept being taken while it started them")
 
 
-def _start_wave(ctx: StepContext, session: Session, system_ids: list[int], wave: dict[str, int]) -> dict[int, Started]:
+def _start_wave(ctx: StepContext, session: Session, system_ids: list[int], wave: dict[str, int],
+                ready: list[int]) -> dict[int, Started]:
     # No SAVEPOINT per child: on SQLite (pysqlite) a SAVEPOINT opens a deferred transaction, and its first
     # write after a read then fails at once with "database is locked" when another writer is busy. A
     # refused child's rows are never written, or deleted again in this transaction (quota spent).
     systems = {system.id: system for system in session.scalars(  # with its environment; nothing else is read
         select(System).options(lazyload("*"), joinedload(System.environment)).where(System.id.in_(system_ids)))}
-    earlier = dict(session.execute(
-        select(Job.system_id, Job.id).where(Job.parent_id == ctx.job_id, Job.system_id.in_(system_ids))).all())
+    earlier = dict(session.execute(  # children of an earlier attempt of this batch (the first has none)
+        select(Job.system_id, Job.id).where(Job.parent_id == ctx.job_id, Job.system_id.in_(system_ids))
+    ).all()) if ctx.attempt > 1 else {}
     actor = ctx.params.get("actor") or {}
     new = [systems[i] for i in system_ids if i in systems and i not in earlier]
     started = start_system_actions(
         session, new, ctx.params["action"], params={**(ctx.params.get("action_params") or {}), "bulk": wave},
         parent_id=ctx.job_id, user_id=actor.get("user_id"), actor=actor.get("name"),
-        bypass_lock=bool(actor.get("admin")),
+        bypass_lock=bool(actor.get("admin")), ready=ready,
     ) if new else {}
     out: dict[int, Started] = {}
     for system_id in system_ids:
