@@ -153,3 +153,32 @@ def test_a_jobs_next_step_is_claimed_in_the_transaction_recording_the_one_before
     seen = messages(db, job.id)
     assert [m for m in seen if m.endswith("started (attempt 1/5)")] == [
         "a started (attempt 1/5)", "b started (attempt 1/5)", "c started (attempt 1/5)"]
+
+
+def test_many_lines_at_once_are_the_rows_one_insert_each_would_be(db: Database) -> None:
+    """``insert_lines`` writes a large batch as one statement on PostgreSQL (arrays): same rows, same order,
+    redacted, JSON null for no data, as ``insert_event`` line by line."""
+    from armillary.domain.models import utcnow
+    from armillary.engine.events import insert_event, insert_lines
+    from armillary.redaction import register as register_secret
+
+    register_secret("hunter2-bulk-secret")
+    lines = [(f"line {n} 'q' \\ ü hunter2-bulk-secret", "warning" if n % 3 else "info",
+              None if n % 2 else {"n": n, "password": "x"}, utcnow()) for n in range(20)]
+    with db.session() as session:
+        batch, single = (create_job(session, action="t-out-lines", workflow="t-out-lines").id for _ in range(2))
+    with db.engine.begin() as conn:
+        insert_lines(conn, batch, "one", lines)
+    with db.engine.begin() as conn:
+        for message, level, data, at in lines:
+            insert_event(conn, single, "log", message, step="one", level=level, data=data, created_at=at)
+
+    def rows(job_id: int) -> list[tuple]:
+        with db.session() as session:
+            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+            return [(e.kind, e.message, e.step, e.level, e.data, e.created_at) for e in events if e.kind == "log"]
+
+    written = rows(batch)
+    assert len(written) == 20 and written == rows(single)
+    assert "hunter2-bulk-secret" not in written[0][1] and written[0][4] == {"n": 0, "password": "***"}
+    assert [r[1].split()[1] for r in written] == [str(n) for n in range(20)]

@@ -147,14 +147,26 @@ async def job_events(
     if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
         after = min(int(last_event_id), MAX_ID)
 
-    def page(after_id: int) -> tuple[list[dict], str | None]:
-        """A page of events, and the job's final status once it has ended (None while it runs)."""
+    def first_page() -> tuple[list[dict], str | None]:
+        """The first page, after checking that the caller may see the job (404 otherwise)."""
         with db.session() as session:
-            job = get_job(session, job_id, access)
-            ended = job.status if job.status in TERMINAL_JOB else None
+            get_job(session, job_id, access)
+        return page(after)
+
+    def page(after_id: int) -> tuple[list[dict], str | None]:
+        """A page of events, and the job's final status once it has ended (None while it runs).
+
+        The access check is not repeated: a stream is authorised once, when it opens, and each wake of a
+        live follower is then two light reads (the job's status, then its events; in that order, so an
+        ended status comes with every event written before it)."""
+        with db.session() as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is None:  # purged while followed
+                raise NotFound(f"no job {job_id}")
+            ended = status if status in TERMINAL_JOB else None
             return [event_dict(e) for e in events_after(session, job_id, after_id, limit)], ended
 
-    items, ended = await run_in_threadpool(page, after)
+    items, ended = await run_in_threadpool(first_page)
     if "text/event-stream" not in request.headers.get("accept", ""):
         next_url = str(request.url.include_query_params(after=items[-1]["id"])) if len(items) == limit else None
         return JSONResponse({"items": items, "next": next_url, "job_ended": ended is not None})
