@@ -29,14 +29,24 @@ _session_finishers = anyio.CapacityLimiter(16)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """One session per request; committed when the handler returns, rolled back on error."""
+    """One session per request; committed when the handler returns, rolled back on error.
+
+    A session the handler already committed (and did not use again) has nothing left to finish: it is
+    closed here, without the trip to a thread."""
     session = request.app.state.db.sessionmaker()
     try:
         yield session
     except BaseException:
-        await anyio.to_thread.run_sync(_finish, session, False, limiter=_session_finishers)
+        await _finished(session, False)
         raise
-    await anyio.to_thread.run_sync(_finish, session, True, limiter=_session_finishers)
+    await _finished(session, True)
+
+
+async def _finished(session: Session, commit: bool) -> None:
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        await anyio.to_thread.run_sync(_finish, session, commit, limiter=_session_finishers)
+    else:
+        session.close()  # no transaction, no connection: nothing that blocks
 
 
 def _finish(session: Session, commit: bool) -> None:

@@ -23,12 +23,10 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import ColumnElement, Select, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
-from armillary.api.deps import SessionDep
 from armillary.auth import tokens
 from armillary.auth.policy import Permission, Principal, check, require_admin, require_deployer
 from armillary.domain.accounts import ApiToken, RoleGrant
@@ -64,23 +62,34 @@ def presented_token(conn: HTTPConnection) -> tuple[str | None, bool]:
     return (cookie, True) if cookie else (None, False)
 
 
+_GRANTS = select(RoleGrant.environment_id, RoleGrant.role).where(RoleGrant.user_id == bindparam("b_user"))
+
+
 @dataclass(frozen=True)
 class LiveToken:
-    """What a request's token proved, looked up once per request (by the body guard, or the route)."""
+    """What a request's token proved, with its user's roles: looked up once per request, by the body
+    guard (requests with a body) or by ``current_principal`` (the others)."""
 
     plaintext: str
     id: int
     user_id: int
     name: str
     is_admin: bool
-    last_used_at: datetime | None
+    roles: dict[int, str]
 
     @classmethod
-    def lookup(cls, session: Session, plaintext: str, now: datetime | None = None) -> LiveToken | None:
-        row = tokens.find_valid(session, plaintext, now)
-        if row is None:
-            return None
-        return cls(plaintext, row.id, row.user_id, row.user.name, row.user.is_admin, row.last_used_at)
+    def lookup(cls, db: Database, plaintext: str) -> LiveToken | None:
+        """The token and its user's roles, read fresh (a revoked token fails at once); blocking: run on a
+        worker thread. Records the token's use too, at most once per ``LAST_USED_RESOLUTION``."""
+        now = utcnow()
+        with db.engine.connect() as conn:
+            row = tokens.find_valid(conn, plaintext, now)
+            if row is None:
+                return None
+            roles = {env_id: role for env_id, role in conn.execute(_GRANTS, {"b_user": row.user_id})}
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+            _touch(db, row.id, now)
+        return cls(plaintext, row.id, row.user_id, row.name, row.is_admin, roles)
 
 
 async def credentials_refusal(conn: HTTPConnection) -> str | None:
@@ -89,47 +98,38 @@ async def credentials_refusal(conn: HTTPConnection) -> str | None:
     plaintext, _ = presented_token(conn)
     if not plaintext:
         return CREDENTIALS_REQUIRED
-    db: Database = conn.app.state.db
-
-    def live() -> LiveToken | None:
-        with db.sessionmaker() as session:
-            return LiveToken.lookup(session, plaintext)
-
-    found = await anyio.to_thread.run_sync(live)
+    found = await anyio.to_thread.run_sync(LiveToken.lookup, conn.app.state.db, plaintext)
     if found is None:
         return TOKEN_REFUSED
     conn.scope.setdefault("state", {})["live_token"] = found
     return None
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    session: Session = SessionDep,
 ) -> Principal:
-    """Who is calling, from their token; 401 without a live one. Kept on ``request.state`` for the audit."""
+    """Who is calling, from their token; 401 without a live one. Kept on ``request.state`` for the audit.
+
+    async: a request with a body had its token looked up by the body guard, so this needs no database
+    and no trip to a worker thread; the others look it up here, on one."""
     plaintext, via_cookie = presented_token(request)  # ``credentials``: declares the scheme in OpenAPI
     if not plaintext:
         raise Unauthorized(CREDENTIALS_REQUIRED)
-    now = utcnow()
     token = getattr(request.state, "live_token", None)
     if token is None or token.plaintext != plaintext:
-        token = LiveToken.lookup(session, plaintext, now)
+        token = await anyio.to_thread.run_sync(LiveToken.lookup, request.app.state.db, plaintext)
     if token is None:
         raise Unauthorized(TOKEN_REFUSED)
     if via_cookie and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent, csrf_token_for(plaintext)):
             raise Forbidden("a write with the session cookie needs the X-CSRF-Token header (CSRF protection)")
-    grants = session.execute(select(RoleGrant.environment_id, RoleGrant.role).where(RoleGrant.user_id == token.user_id))
-    roles = {env_id: role for env_id, role in grants}
     principal = Principal(
-        user_id=token.user_id, name=token.name, is_admin=token.is_admin, roles=roles, token_id=token.id,
+        user_id=token.user_id, name=token.name, is_admin=token.is_admin, roles=token.roles, token_id=token.id,
         via_cookie=via_cookie,
     )
     request.state.principal = principal
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-        _touch(request.app.state.db, token.id, now)
     return principal
 
 
