@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defaultload, lazyload
 
 from armillary.api.audit_trail import note
 from armillary.api.deps import SessionDep
@@ -12,6 +12,7 @@ from armillary.api.job_start import IdempotencyKey, actor_kwargs, start_idempote
 from armillary.api.lookups import check_hostname_free, get_system
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
+from armillary.domain.accounts import User
 from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ActionRequest, JobOut
 from armillary.domain.jobs import Job
@@ -23,6 +24,10 @@ from armillary.workflows.deploy import ConfigError as DeployConfigError
 from armillary.workflows.deploy import check_request as check_deploy_request
 
 router = APIRouter(prefix="/systems", tags=["actions"])
+
+# An action reads the system's row, environment and hypervisor; its labels (a clone copies them) and its
+# owner's role grants are loaded when used, not with every action: two queries fewer on the hot path.
+_ACTION_LOADING = (lazyload(System.labels), defaultload(System.owner).lazyload(User.grants))
 
 
 def _clone(session: Session, source: System, hostname: str, owner_id: int) -> System:
@@ -63,7 +68,7 @@ def run_action(
     Operators act on every system of their environments, users on the systems they own; a locked
     environment refuses everyone but admins (409); ``create``, ``stage`` and ``clone`` take from the
     owner's quota (403 naming the limit when it is spent)."""
-    system = get_system(session, ref, access)
+    system = get_system(session, ref, access, _ACTION_LOADING)
     note(request, action=f"system.{body.action}")
 
     def start() -> Job:

@@ -31,11 +31,14 @@ def actor_kwargs(access: Access) -> dict:
 
 
 def accepted(request: Request, session: Session, job: Job, *, existing: bool = False) -> JSONResponse:
-    """Commit, wake the engine, answer 202 with the job and where to follow it."""
+    """Commit, wake the engine, answer 202 with the job and where to follow it.
+
+    The body is read before the commit, from the transaction that is being committed, so that nothing
+    is loaded again after it and the request's session is left with no transaction to finish."""
+    body = job_out(job).model_dump(mode="json")
     session.commit()
     if not existing:
         request.app.state.engine.wake()
-    body = job_out(job).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 

@@ -7,11 +7,13 @@ moves here. ``get_*_for`` answer 404 alike for what is missing and what the call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Query, Request, Response
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from armillary.api.deps import PageParams, get_by_ref, id_of, paginate
 from armillary.api.security import Access
@@ -62,16 +64,18 @@ def driver_for(name: str, field: str = "driver") -> type[Driver]:
 # ---------------------------------------------------------------- systems
 
 
-def get_system(session: Session, ref: str, access: Access) -> System:
+def get_system(session: Session, ref: str, access: Access, options: Sequence[ORMOption] = ()) -> System:
     """By id, or by hostname when only one environment the caller can see has it; checked for the route's
-    permission (404 alike for missing systems and systems in environments the caller has no role in)."""
+    permission (404 alike for missing systems and systems in environments the caller has no role in).
+    ``options``: loader options for the system (a route that needs less than the mapping loads)."""
     ref_id = id_of(ref)
     if ref_id is not None:
-        system = session.get(System, ref_id)
+        system = session.get(System, ref_id, options=options)
         if system is None:
             raise NotFound(f"no system {ref}")
     else:
-        query = access.visible(select(System).where(System.hostname == ref.lower()), System.environment_id)
+        query = access.visible(select(System).where(System.hostname == ref.lower()).options(*options),
+                               System.environment_id)
         matches = list(session.scalars(query.limit(10)).unique())
         if not matches:
             raise NotFound(f"no system {ref!r}")
