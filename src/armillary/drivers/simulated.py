@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import Field
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from armillary.domain.jobs import SimulatedMachine
 from armillary.domain.models import utcnow
@@ -43,7 +45,13 @@ _machines = SimulatedMachine.__table__
 _FIND = (select(_machines).where(_machines.c.hypervisor_id == bindparam("b_hypervisor_id"),
                                  _machines.c.system_id == bindparam("b_system_id")).limit(1))
 _HELD = select(func.count()).select_from(_machines).where(_machines.c.hypervisor_id == bindparam("b_hypervisor_id"))
-_INSERT = _machines.insert()
+# A new machine unless this system has one on this hypervisor already (its unique key): one statement
+# for a create, where a look first and an INSERT were two. RETURNING: whether (and which) row went in.
+_INSERT_IF_NEW = {
+    name: insert(_machines).on_conflict_do_nothing(index_elements=["hypervisor_id", "system_id"])
+    .returning(_machines.c.id)
+    for name, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
 _calls: Counter[tuple[int, str]] = Counter()  # (hypervisor id, operation) → calls made by this process
 _calls_lock = threading.Lock()
 OPERATIONS = ("check", "create", "status", "start", "stop", "destroy", "list")
@@ -130,13 +138,9 @@ class SimulatedDriver(Driver):
         self._call("create")
         config: SimulatedConfig = self.config  # type: ignore[assignment]
         # Plain statements on a connection (built once), not the ORM: benchmarks create machines by the thousand.
+        find = {"b_hypervisor_id": self.hypervisor_id, "b_system_id": spec.system_id}
         with self.runtime.db.engine.begin() as conn:
-            existing = conn.execute(
-                _FIND, {"b_hypervisor_id": self.hypervisor_id, "b_system_id": spec.system_id}
-            ).first()
-            if existing is not None:
-                return self._adopted(existing, spec)  # a retry never makes a twin
-            if config.capacity is not None:
+            if config.capacity is not None and conn.execute(_FIND, find).first() is None:  # a new one: room?
                 held = conn.execute(_HELD, {"b_hypervisor_id": self.hypervisor_id}).scalar_one()
                 if held >= config.capacity:
                     raise PermanentDriverError(f"hypervisor full: capacity {config.capacity} machines")
@@ -151,7 +155,10 @@ class SimulatedDriver(Driver):
                          "addresses": assigned},
                 "created_at": utcnow(),
             }
-            machine["id"] = conn.execute(_INSERT, machine).inserted_primary_key[0]
+            inserted = conn.execute(_INSERT_IF_NEW[conn.dialect.name], machine).first()
+            if inserted is None:  # the machine a crashed attempt made: adopted, a retry never makes a twin
+                return self._adopted(conn.execute(_FIND, find).one(), spec)
+            machine["id"] = inserted[0]
             return self._info(SimpleNamespace(**machine))
 
     def _adopted(self, machine: Any, spec: MachineSpec) -> MachineInfo:

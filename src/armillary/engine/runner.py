@@ -145,10 +145,7 @@ def _run_claimed(runtime: Runtime, claimed: Claimed) -> Claimed | None:
     runtime.started(step_id)  # from here until recorded, the heartbeat renews this step's lease
     try:
         spec = get_workflow(ctx.params["_workflow"]).step(ctx.step)
-        with tracing.step_span(ctx.job_id, ctx.step, ctx.params["_workflow"], ctx.attempt, claimed.request_id,
-                               ctx.context.get(tracing.JOB_KEY)) as span:
-            result, error = _execute(spec.fn, ctx, claimed.timeout_s, claimed.request_id)
-            tracing.record_outcome(span, error, error is not None and is_transient(error))
+        result, error = _traced_execute(spec.fn, claimed)
         held = ctx.output.close() if ctx.output is not None else Held()
         ready, ended, chained = _record_with_retries(runtime, claimed, result, error, spec.retry_base_s, held)
     finally:
@@ -220,6 +217,19 @@ def _prefetch(conn: Connection, ctx: StepContext) -> None:
         conn.rollback()
     except Exception:  # noqa: BLE001 - the claim stands; the step's ``system()`` reads the row itself
         log.warning("step %s: could not load its system with the claim", ctx.step, exc_info=True)
+
+
+def _traced_execute(fn, claimed: Claimed) -> tuple[dict[str, Any], BaseException | None]:
+    """``_execute`` in a span of the step's attempt when tracing is on (``tracing.enabled``); without a
+    tracer provider the span would be recorded nowhere, and making it cost more than the step's metrics."""
+    ctx = claimed.ctx
+    if not tracing.enabled():
+        return _execute(fn, ctx, claimed.timeout_s, claimed.request_id)
+    with tracing.step_span(ctx.job_id, ctx.step, ctx.params["_workflow"], ctx.attempt, claimed.request_id,
+                           ctx.context.get(tracing.JOB_KEY)) as span:
+        result, error = _execute(fn, ctx, claimed.timeout_s, claimed.request_id)
+        tracing.record_outcome(span, error, error is not None and is_transient(error))
+    return result, error
 
 
 def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> tuple[dict[str, Any], BaseException | None]:

@@ -44,14 +44,35 @@ def _primary_key(mapper: Mapper) -> list[str]:
     return [mapper.get_property_by_column(column).key for column in mapper.primary_key]
 
 
-_LAYOUT: list[tuple[str, Mapper, list[tuple[str, int]]]] = []  # (entity name, mapper, [(attribute, index)])
+class _Shape:
+    """How one entity's object is made from a row: its mapper, its attributes with their positions in
+    the row, and the positions of its primary key (worked out once, not at every load)."""
+
+    def __init__(self, mapper: Mapper, attrs: list[tuple[str, int]]) -> None:
+        self.mapper, self.attrs = mapper, attrs
+        position = dict(attrs)
+        self.key_positions = [position[key] for key in _primary_key(mapper)]
+
+    def make(self, row: Any) -> Any:
+        """The detached object of ``row``'s columns; None for the NULLs of an outer join that found no row."""
+        key = [row[i] for i in self.key_positions]
+        if all(value is None for value in key):
+            return None
+        instance = self.mapper.class_manager.new_instance()
+        state = instance_state(instance)
+        state.dict.update({name: row[i] for name, i in self.attrs})
+        state.key = self.mapper.identity_key_from_primary_key(key)
+        return instance
+
+
+_LAYOUT: list[tuple[str, _Shape]] = []  # (entity name, how its object is made)
 _selected: list[Any] = []
 for _name, _entity in _ENTITIES:
     _attrs = []
     for _key, _column in _columns(_entity):
         _attrs.append((_key, len(_selected)))
         _selected.append(_column)
-    _LAYOUT.append((_name, inspect(_entity).mapper, _attrs))
+    _LAYOUT.append((_name, _Shape(inspect(_entity).mapper, _attrs)))
 
 _SYSTEM = Prepared(
     select(*_selected)
@@ -64,6 +85,7 @@ _SYSTEM = Prepared(
     .where(System.id == bindparam("b_id"))
 )
 _LABEL_COLUMNS = _columns(SystemLabel)
+_LABEL = _Shape(inspect(SystemLabel), [(key, i) for i, (key, _) in enumerate(_LABEL_COLUMNS)])
 _LABELS = Prepared(select(*(column for _, column in _LABEL_COLUMNS))
                    .where(SystemLabel.system_id == bindparam("b_id")).order_by(SystemLabel.key))
 
@@ -73,10 +95,7 @@ def load_system(conn: Connection, system_id: int) -> System | None:
     row = run(conn, _SYSTEM, {"b_id": system_id}).first()
     if row is None:
         return None
-    made: dict[str, Any] = {}
-    for name, mapper, attrs in _LAYOUT:
-        values = {key: row[index] for key, index in attrs}
-        made[name] = None if _absent(mapper, values) else _detached(mapper, values)
+    made = {name: shape.make(row) for name, shape in _LAYOUT}
     if made["hv_environment"] is not None and made["environment"] is not None \
             and made["hv_environment"].id == made["environment"].id:
         made["hv_environment"] = made["environment"]  # one row, one object (the ORM's identity map)
@@ -85,21 +104,7 @@ def load_system(conn: Connection, system_id: int) -> System | None:
     system = made["system"]
     for relationship in ("environment", "hypervisor", "type", "owner"):
         set_committed_value(system, relationship, made[relationship])
-    labels = [_detached(inspect(SystemLabel), {key: r[i] for i, (key, _) in enumerate(_LABEL_COLUMNS)})
-              for r in run(conn, _LABELS, {"b_id": system_id}).all()]
+    labels = [_LABEL.make(r) for r in run(conn, _LABELS, {"b_id": system_id}).all()]
     set_committed_value(system, "labels", labels)
     return system
 
-
-def _absent(mapper: Mapper, values: dict[str, Any]) -> bool:
-    """True for the NULLs of an outer join that found no row (no hypervisor, no type, no owner)."""
-    return all(values[key] is None for key in _primary_key(mapper))
-
-
-def _detached(mapper: Mapper, values: dict[str, Any]) -> Any:
-    """A new instance holding ``values`` as loaded (committed) state, with its identity: detached."""
-    instance = mapper.class_manager.new_instance()
-    state = instance_state(instance)
-    state.dict.update(values)
-    state.key = mapper.identity_key_from_primary_key([values[key] for key in _primary_key(mapper)])
-    return instance

@@ -102,12 +102,17 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
         if system.provider_id is None and not is_transient(exc):  # no machine made, none will be: free them
             network.release_addresses(ctx)
         raise
-    ctx.update_system(provider_id=info.provider_id, provider_info=info.as_dict())
     adopted = system.provider_id == info.provider_id
     ctx.log(f"{'adopted existing' if adopted else 'created'} machine {info.provider_id} ({info.state})")
-    info = _wait_running(ctx, driver, system, info)
-    # Written now, not held for the step's outcome: what follows (IP records, DNS names) reads the row.
-    ctx.update_system(state=SystemState.CREATED.value, addresses=info.addresses, provider_info=info.as_dict())
+    # The provider id is written at once (a retry must find the machine), and the running state with it
+    # when the machine already runs (one write); else when it does. Not held for the step's outcome:
+    # what follows (IP records, DNS names) reads the row.
+    provider_id = info.provider_id
+    if info.state != MachineState.RUNNING:
+        ctx.update_system(provider_id=provider_id, provider_info=info.as_dict())
+        info = _wait_running(ctx, driver, system, info)
+    ctx.update_system(provider_id=provider_id, provider_info=info.as_dict(), state=SystemState.CREATED.value,
+                      addresses=info.addresses)
     ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
     network.after_create(ctx, driver, system, info.addresses)
     return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}
