@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from armillary.failures import PermanentFailure as PermanentStepError
-from armillary.provisioners.ansible import AnsibleProvisioner, _close_masters, build_extra_vars
+from armillary.provisioners.ansible import AnsibleProvisioner, close_masters, build_extra_vars
 from tests.support.jobs import act_and_wait
 from tests.support.peers import missing_peer
 from tests.support.provisioning import events, setup_ssh_system
@@ -295,7 +295,7 @@ def test_close_masters_ends_the_masters_of_its_directory_only(tmp_path: Path) ->
     ``sleep`` processes titled as masters (a real master needs a real SSH login; the shared-run tests
     make those)."""
     if not Path("/proc/self/cmdline").exists():
-        pytest.skip("needs /proc")
+        missing_peer("/proc (the masters are found there)")
     ours, theirs = tmp_path / "cp", tmp_path / "other-cp"
     ours.mkdir()
     theirs.mkdir()
@@ -313,7 +313,7 @@ def test_close_masters_ends_the_masters_of_its_directory_only(tmp_path: Path) ->
                 Path(f"/proc/{p.pid}/cmdline").read_bytes().startswith(b"ssh: ") for p in (mine, other)
             ):
                 time.sleep(0.01)  # until bash has exec'ed
-            _close_masters(ours)
+            close_masters(ours)
             assert mine.wait(timeout=5) == -15  # SIGTERM
             assert other.poll() is None
         finally:

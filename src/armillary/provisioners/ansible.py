@@ -446,7 +446,7 @@ class AnsibleProvisioner(Provisioner):
 
         work = Path(tempfile.mkdtemp(prefix=f"armillary-ansible-job{ctx.job_id}-"))  # mode 0700
         run.scratch.callback(shutil.rmtree, work, ignore_errors=True)
-        run.scratch.callback(_close_masters, work / "cp")  # first: the masters, then the directory
+        run.scratch.callback(close_masters, work / "cp")  # first: the masters, then the directory
         given = getattr(run, "given", None)
         playbook, roles_path = given if given is not None else self._playbook(ctx, parsed, work, run.roots)
         return Prepared(binary, ansible_runner, extra_vars, work, playbook, roles_path)
@@ -1004,7 +1004,7 @@ def _result_line(kind: str, data: dict[str, Any]) -> tuple[str, str, str, str]:
     return line, level, status, msg
 
 
-def _close_masters(control_dir: Path) -> None:
+def close_masters(control_dir: Path) -> None:
     """Close the SSH master connections Ansible left (ControlPersist) in ``control_dir``.
 
     Each master is found in ``/proc`` (an ``ssh`` of this user titled ``ssh: <a socket in control_dir>
