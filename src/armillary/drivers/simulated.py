@@ -46,12 +46,16 @@ _FIND = (select(_machines).where(_machines.c.hypervisor_id == bindparam("b_hyper
                                  _machines.c.system_id == bindparam("b_system_id")).limit(1))
 _HELD = select(func.count()).select_from(_machines).where(_machines.c.hypervisor_id == bindparam("b_hypervisor_id"))
 # A new machine unless this system has one on this hypervisor already (its unique key): one statement
-# for a create, where a look first and an INSERT were two. RETURNING: whether (and which) row went in.
+# for a create, where a look first and an INSERT were two. On SQLite the row count says whether the row
+# went in and ``lastrowid`` which (run through ``Runtime.run``: compiled once, no SQLAlchemy execution
+# around it); on PostgreSQL, RETURNING says both.
+_NEW_COLUMNS = ("hypervisor_id", "system_id", "hostname", "state", "address", "spec", "created_at")
 _INSERT_IF_NEW = {
-    name: insert(_machines).on_conflict_do_nothing(index_elements=["hypervisor_id", "system_id"])
-    .returning(_machines.c.id)
+    name: insert(_machines).values({column: bindparam(f"b_{column}") for column in _NEW_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["hypervisor_id", "system_id"])
     for name, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
+_INSERT_IF_NEW["postgresql"] = _INSERT_IF_NEW["postgresql"].returning(_machines.c.id)
 _calls: Counter[tuple[int, str]] = Counter()  # (hypervisor id, operation) → calls made by this process
 _calls_lock = threading.Lock()
 OPERATIONS = ("check", "create", "status", "start", "stop", "destroy", "list")
@@ -139,7 +143,7 @@ class SimulatedDriver(Driver):
         config: SimulatedConfig = self.config  # type: ignore[assignment]
         # Plain statements on a connection (built once), not the ORM: benchmarks create machines by the thousand.
         find = {"b_hypervisor_id": self.hypervisor_id, "b_system_id": spec.system_id}
-        with self.runtime.db.engine.begin() as conn:
+        with self.runtime.writing(), self.runtime.db.engine.begin() as conn:  # (``Runtime.writing``)
             if config.capacity is not None and conn.execute(_FIND, find).first() is None:  # a new one: room?
                 held = conn.execute(_HELD, {"b_hypervisor_id": self.hypervisor_id}).scalar_one()
                 if held >= config.capacity:
@@ -155,11 +159,19 @@ class SimulatedDriver(Driver):
                          "addresses": assigned},
                 "created_at": utcnow(),
             }
-            inserted = conn.execute(_INSERT_IF_NEW[conn.dialect.name], machine).first()
-            if inserted is None:  # the machine a crashed attempt made: adopted, a retry never makes a twin
+            machine["id"] = self._insert_if_new(conn, machine)
+            if machine["id"] is None:  # the machine a crashed attempt made: adopted, a retry never makes a twin
                 return self._adopted(conn.execute(_FIND, find).one(), spec)
-            machine["id"] = inserted[0]
             return self._info(SimpleNamespace(**machine))
+
+    def _insert_if_new(self, conn: Any, machine: dict[str, Any]) -> int | None:
+        """The id of the machine row inserted; None when the system has one on this hypervisor already."""
+        params = {f"b_{column}": machine[column] for column in _NEW_COLUMNS}
+        if conn.dialect.name == "sqlite":
+            result = self.runtime.run(conn, _INSERT_IF_NEW["sqlite"], params)
+            return result.lastrowid if result.rowcount == 1 else None
+        inserted = conn.execute(_INSERT_IF_NEW[conn.dialect.name], params).first()
+        return None if inserted is None else inserted[0]
 
     def _adopted(self, machine: Any, spec: MachineSpec) -> MachineInfo:
         """The machine a crashed attempt made, if it has the addresses asked for (as a real driver checks)."""

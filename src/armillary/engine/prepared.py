@@ -83,8 +83,8 @@ class _Plan:
         self.processed = any(p is not None for p in self.processors)
 
     def parameters(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple((proc(params[key]) if proc else params[key]) if key is not None else fixed
-                     for key, fixed, proc in self.slots)
+        return tuple([(proc(params[key]) if proc else params[key]) if key is not None else fixed
+                      for key, fixed, proc in self.slots])  # a list first: quicker than a generator
 
     def rows(self, raw: list[tuple[Any, ...]]) -> list[Any]:
         if self.row is None:
@@ -121,6 +121,21 @@ class Prepared:
                 hand = dialect.name == "sqlite" and _compilable_by_hand(self.statement, dialect)
                 self._plans[dialect.name] = _Plan(self.statement, dialect) if hand else None
             return self._plans[dialect.name]
+
+
+_BY_STATEMENT: dict[ClauseElement, Prepared] = {}
+_BY_STATEMENT_LOCK = threading.Lock()
+
+
+def prepared_for(statement: ClauseElement) -> Prepared:
+    """The ``Prepared`` of ``statement``, made on first use and kept: for statements built once (a
+    module's constants) by code that is handed a ``Runtime`` but must not import the engine — a
+    driver (``Runtime.run``)."""
+    found = _BY_STATEMENT.get(statement)
+    if found is None:
+        with _BY_STATEMENT_LOCK:
+            found = _BY_STATEMENT.setdefault(statement, Prepared(statement))
+    return found
 
 
 def _plan_for(conn: Any, prepared: Prepared) -> _Plan | None:

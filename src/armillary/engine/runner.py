@@ -114,6 +114,19 @@ _JOB_ENDED = Prepared(update(_jobs).where(_jobs.c.id == _JOB_ID)
                               holds_lock=False, summary=bindparam("b_summary")))
 
 
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _labelled(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, made once: prometheus_client works the child out anew at every call,
+    and a create job counts six times. (Workflows, steps and outcomes are few: the cache stays small.)"""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 def run_step(runtime: Runtime, step_id: int) -> None:
     """Run one step if it is due and nobody else holds it; a no-op otherwise.
 
@@ -162,19 +175,19 @@ def _run_claimed(runtime: Runtime, claimed: Claimed) -> Claimed | None:
 def _claim(runtime: Runtime, step_id: int) -> Claimed | None:
     cancelled = False
     with runtime.db.engine.connect() as conn:
-        with conn.begin():
+        with runtime.writing(), conn.begin():
             if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
                 return None
             row = run(conn, _CLAIMED, {"b_step_id": step_id}).one()
             if row.cancel_requested or row.status in TERMINAL_JOB:
                 run(conn, _NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
-                metrics.STEPS.labels(row.workflow, row.name, "cancelled").inc()
+                _labelled(metrics.STEPS, row.workflow, row.name, "cancelled").inc()
                 insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
                 cancelled = True
             else:
                 if row.status == JobStatus.QUEUED.value:
                     run(conn, _JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
-                    metrics.JOBS_STARTED.labels(row.workflow).inc()
+                    _labelled(metrics.JOBS_STARTED, row.workflow).inc()
                     insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
                 _started_event(conn, row.id, row.name, row.attempts, row.max_attempts)
         if cancelled:
@@ -256,7 +269,7 @@ def _execute(fn, ctx: StepContext, timeout_s: float, request_id: str | None) -> 
     copied = contextvars.copy_context()
     started = time.perf_counter()
     ended = _BODIES.run(lambda: copied.run(target), timeout_s)
-    metrics.STEP_DURATION.labels(ctx.params["_workflow"], ctx.step).observe(time.perf_counter() - started)
+    _labelled(metrics.STEP_DURATION, ctx.params["_workflow"], ctx.step).observe(time.perf_counter() - started)
     if not ended:
         return {}, TimedOut(f"{ctx.step} timed out after {timeout_s:g}s")
     return box.get("result", {}), box.get("error")
@@ -306,7 +319,7 @@ def _record(
     and the job's next step, claimed by this worker in the same transaction to run next.
     """
     with runtime.db.engine.connect() as conn:
-        with conn.begin():
+        with runtime.writing(), conn.begin():
             outcome = _record_in(conn, runtime, claimed, result, error, retry_base_s, held)
         if outcome[2] is not None and outcome[2].ctx.prefetched is None:
             _prefetch(conn, outcome[2].ctx)
@@ -343,16 +356,16 @@ def _record_in(
         context = {**(job.context or {}), **result}
         run(conn, _JOB_CONTEXT, {"b_job_id": job.id, "b_context": context})
         insert_event(conn, job.id, "step", f"{name} succeeded", step=name, data={"status": "succeeded"})
-        metrics.STEPS.labels(job.workflow, name, "succeeded").inc()
+        _labelled(metrics.STEPS, job.workflow, name, "succeeded").inc()
         return _advance(conn, job, context, runtime, ctx)
     if retry:
         insert_event(conn, job.id, "step", f"{name} failed transiently ({message}); retry in {delay:g}s",
                      step=name, level="warning", data={"status": "retrying", "delay_s": delay})
-        metrics.STEPS.labels(job.workflow, name, "retrying").inc()
+        _labelled(metrics.STEPS, job.workflow, name, "retrying").inc()
         return [], False, None
     insert_event(conn, job.id, "step", f"{name} failed: {message}", step=name, level="error",
                  data={"status": "failed"})
-    metrics.STEPS.labels(job.workflow, name, "failed").inc()
+    _labelled(metrics.STEPS, job.workflow, name, "failed").inc()
     context = job.context or {}
     partial = getattr(error, "result", None)  # what a failing step still wants shown (per-host results)
     if partial:
@@ -374,7 +387,7 @@ def _advance(
     steps = run(conn, _JOB_STEPS, {"b_job_id": job.id}).all()
     done = {s.name for s in steps if s.status == StepStatus.SUCCEEDED.value}
     if len(done) == len(steps):
-        _finish(conn, job, context, JobStatus.SUCCEEDED)
+        _finish(conn, job, context, JobStatus.SUCCEEDED, steps_left=False)
         return [], True, None
     ready = [s for s in steps if s.status == StepStatus.PENDING.value and set(s.depends_on or ()) <= done]
     chained = None
@@ -417,10 +430,14 @@ def _workflow_summary(workflow: str, context: dict[str, Any]) -> dict[str, Any] 
     return summarize(context) if summarize is not None else None
 
 
-def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStatus, error: str | None = None) -> None:
-    """``finish_job`` on a connection; ``job`` is anything with the jobs columns it reads (a row or a Job)."""
+def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStatus, error: str | None = None,
+            *, steps_left: bool = True) -> None:
+    """``finish_job`` on a connection; ``job`` is anything with the jobs columns it reads (a row or a Job).
+
+    ``steps_left=False``: the caller saw every step of the job succeed, so none is left to cancel."""
     now = utcnow()
-    run(conn, _CANCEL_UNFINISHED, {"b_job_id": job.id, "b_now": now})
+    if steps_left:
+        run(conn, _CANCEL_UNFINISHED, {"b_job_id": job.id, "b_now": now})
     if job.lock_resource:
         run(conn, _RELEASE_LOCK, {"b_resource": job.lock_resource, "b_job_id": job.id})
     summary = job.summary
@@ -440,7 +457,7 @@ def _finish(conn: Connection, job: Any, context: dict[str, Any], status: JobStat
     error, summary = redact_text(error) if error else error, redact_data(summary) if summary else summary
     run(conn, _JOB_ENDED, {"b_job_id": job.id, "b_status": status.value, "b_now": now, "b_error": error,
                               "b_summary": summary})
-    metrics.JOBS_FINISHED.labels(job.workflow, status.value).inc()
+    _labelled(metrics.JOBS_FINISHED, job.workflow, status.value).inc()
     mark = {"succeeded": "✔", "failed": "✗", "cancelled": "✗"}[status.value]
     detail = f": {error}" if error else ""
     insert_event(conn, job.id, "job", f"{mark} job {status.value}{detail}", level="error" if error else "info",

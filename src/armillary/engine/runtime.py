@@ -6,14 +6,17 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from armillary.config import Settings
 from armillary.domain.db import Database
 from armillary.domain.secrets import SecretBox
 from armillary.engine.output import Flusher
+from armillary.engine.prepared import prepared_for, run
 
 
 def new_worker_id() -> str:
@@ -49,6 +52,30 @@ class Runtime:
     # Set by the inline engine; a Celery worker sends the next step as a message instead.
     chain_steps: bool = False
     _flusher: Flusher | None = field(default=None, repr=False)
+    # SQLite has one writer at a time, and a writer that finds it busy sleeps in SQLite's busy handler
+    # (1, 2, 5, 10... ms) however soon the lock is free: with dozens of step threads, the engine's write
+    # transactions queued behind those sleeps. They take this lock first (``writing``), so they wait in
+    # line and the next one starts the moment the one before commits. None on other databases.
+    # Reentrant: a write nested in another on one thread (a log line written at once inside a step's
+    # transaction) behaves as it did without the lock.
+    _write_lock: threading.RLock | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.db.is_sqlite:
+            self._write_lock = threading.RLock()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around one of the engine's write transactions on SQLite (a no-op elsewhere): see ``_write_lock``.
+
+        Never held while waiting for anything but the database (a driver call, another lock)."""
+        with self._write_lock if self._write_lock is not None else nullcontext():
+            yield
+
+    def run(self, conn: Any, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        """Run a Core statement built once (a module's constant) the engine's quick way (``engine.prepared``),
+        compiled on first use: for drivers, which are handed the runtime but do not import the engine."""
+        return run(conn, prepared_for(statement), params)
 
     def output_flusher(self) -> Flusher:
         """The process's committer of steps' held log lines (``engine.output``), made on first use."""

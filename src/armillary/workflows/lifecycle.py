@@ -103,17 +103,20 @@ def create_machine(ctx: StepContext) -> dict[str, Any]:
             network.release_addresses(ctx)
         raise
     adopted = system.provider_id == info.provider_id
-    ctx.log(f"{'adopted existing' if adopted else 'created'} machine {info.provider_id} ({info.state})")
+    made = f"{'adopted existing' if adopted else 'created'} machine {info.provider_id}"
     # The provider id is written at once (a retry must find the machine), and the running state with it
-    # when the machine already runs (one write); else when it does. Not held for the step's outcome:
-    # what follows (IP records, DNS names) reads the row.
+    # when the machine already runs (one write, and one log line saying both); else when it does. Not
+    # held for the step's outcome: what follows (IP records, DNS names) reads the row.
     provider_id = info.provider_id
     if info.state != MachineState.RUNNING:
+        ctx.log(f"{made} ({info.state})")
+        made = ""
         ctx.update_system(provider_id=provider_id, provider_info=info.as_dict())
         info = _wait_running(ctx, driver, system, info)
     ctx.update_system(provider_id=provider_id, provider_info=info.as_dict(), state=SystemState.CREATED.value,
                       addresses=info.addresses)
-    ctx.log(f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}")
+    running = f"{system.hostname} running at {', '.join(info.addresses) or 'no address yet'}"
+    ctx.log(f"{made}: {running}" if made else running)
     network.after_create(ctx, driver, system, info.addresses)
     return {"provider_id": info.provider_id, "addresses": info.addresses, "machine": info.details}
 
