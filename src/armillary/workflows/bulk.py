@@ -7,10 +7,11 @@ with a failure (later batches are not started); ``"continue"`` runs every batch.
 context and summary list every host with ✔/✗ and, for failures, why (``summarize``).
 
 The children a batch starts together (a wave: the slots free at that moment) are written in one
-transaction (``engine.jobs.start_system_actions``: multi-row INSERTs), and their first steps are
-handed to the executor at once; the batch then sleeps until a child ends in this process
-(``engine.jobs.JOB_ENDS``), and collects every end in one query. A batch is a sliding window: a slot
-freed by an end is filled at once, not when the wave it started with ends.
+transaction (``engine.jobs.start_system_actions``: multi-row INSERTs), which also commits the batch's
+✔/✗ lines, and their first steps are handed to the executor at once; the batch then sleeps until a
+child ends in this process (``engine.jobs.JOB_ENDS``), and collects every end in one query. A batch
+is a sliding window: a slot freed by an end is filled within ``GATHER_S`` (with the slots freed
+meanwhile: ``_gather``), not when the wave it started with ends.
 
 The workflows are the family ``bulk`` (``bulk-<batches>``, made on first use), this module's entry point
 of ``armillary.workflows``; it also starts the jobs of schedules (``start_scheduled``: a schedule's spec
@@ -19,9 +20,10 @@ is a ``JobSpec``, a bulk job over a selection).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session, joinedload, lazyload
 
 from armillary.domain.errors import UnknownReference
@@ -38,6 +40,10 @@ from armillary.workflows.selection import resolve_selector
 # wake it at once (``engine.jobs.JOB_ENDS``); this bounds the wait for ends it is not told of (another
 # process's workers, a cancel, the reaper).
 WAIT_S = 0.2
+# How long a freed slot waits for others before the batch looks and starts its wave (``_gather``), and
+# the share of the concurrency whose slots, once free, need not wait.
+GATHER_S = 0.02
+GATHER_SHARE = 5
 # A started wave whose lock was taken by a concurrent request meanwhile is rolled back and started again.
 START_TRIES = 3
 
@@ -62,7 +68,7 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
             cancelled = True
             pending.clear()
             _cancel_children(ctx, list(running))
-        unsaid = bool(ended)  # lines held: the next look (at once, not after a wait) writes them for followers
+        unsaid = bool(ended)  # lines held: the next transaction (a wave's, or a look at once) writes them
         for job_id, status, error in ended:
             hostname = hostnames[running.pop(job_id)]
             results[hostname] = {"status": status, "job_id": job_id, **({"error": error} if error else {})}
@@ -74,8 +80,9 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
             wave_ids = pending[:concurrency - len(running)]
             del pending[:len(wave_ids)]
             wave = {"job": ctx.job_id, "batch": index, "wave": len(wave_ids)}
-            # A retry's wave may adopt children that already ended (no end will wake the wait): look at once.
-            unsaid = unsaid or ctx.attempt > 1
+            # The wave's transaction writes the held lines; a retry's wave may adopt children that already
+            # ended (no end will wake the wait): then look at once.
+            unsaid = ctx.attempt > 1
             for system_id, (child_id, hostname, error) in _start_children(ctx, wave_ids, wave).items():
                 hostnames[system_id] = hostname
                 if child_id is None:
@@ -85,13 +92,27 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
                 else:
                     running[child_id] = system_id
         if running and not unsaid:  # an end since ``mark`` (during the wave too) returns at once
-            JOB_ENDS.wait(mark, WAIT_S)
+            woken = JOB_ENDS.wait(mark, WAIT_S)
+            if pending and woken != mark:  # the next wave: the slots that free within GATHER_S too
+                _gather(mark, max(1, concurrency // GATHER_SHARE) - (concurrency - len(running)))
     failed = {h: r for h, r in results.items() if r["status"] != JobStatus.SUCCEEDED.value}
     outcome = {f"batch_{index}": results}
     if failed and ctx.params.get("on_failure", "stop") == "stop":
         raise PermanentFailure(f"{len(failed)} of {len(results)} systems failed in batch {index}: "
                                + ", ".join(sorted(failed)) + "; stopping (on_failure=stop)", result=outcome)
     return outcome
+
+
+def _gather(mark: int, wanted: int) -> None:
+    """After an end woke the batch: wait until ``wanted`` jobs ended since ``mark`` (in this process,
+    ``JOB_ENDS``), or ``GATHER_S``, so that the next wave fills the slots freed meanwhile too.
+
+    A wave costs the same few statements and one commit whatever its size (and a turn at the
+    writer, behind the children's steps): starting one child per end cost the batch most of its time."""
+    deadline = time.monotonic() + GATHER_S
+    seen = mark
+    while seen - mark < wanted and (left := deadline - time.monotonic()) > 0:
+        seen = JOB_ENDS.wait(seen, left)
 
 
 Started = tuple[int | None, str, str | None]  # (child job id or None, hostname, why it was not started)
@@ -102,16 +123,18 @@ def _start_children(ctx: StepContext, system_ids: list[int], wave: dict[str, int
     batch started; by system id, in ``system_ids``' order. Each child's ``params["bulk"]`` is ``wave``:
     which parent, batch and how many children started with it.
 
-    Once committed, the children's first steps go straight to the executor (``Runtime.submit``): a
-    child starts without waiting for the dispatcher's next look for due steps."""
+    The transaction is the batch step's (``StepContext.transaction``): it also commits the lines the
+    batch holds (its ✔/✗ of the ends just seen), with no transaction of their own. Once committed, the
+    children's first steps go straight to the executor (``Runtime.submit``): a child starts without
+    waiting for the dispatcher's next look for due steps."""
     for _ in range(START_TRIES):
         ready: list[int] = []
-        with ctx.runtime.db.session() as session:
-            try:
+        try:
+            with ctx.transaction() as conn, Session(bind=conn) as session:
                 started = _start_wave(ctx, session, system_ids, wave, ready)
-            except Locked:  # a request took a lock after the wave looked: look again, refusing only that one
-                session.rollback()
-                continue
+                session.flush()
+        except Locked:  # a lock taken after the wave looked: all rolled back; look again, refusing that one
+            continue
         for step_id in ready:
             ctx.runtime.submit(step_id)
         return started
@@ -151,18 +174,20 @@ def _start_wave(ctx: StepContext, session: Session, system_ids: list[int], wave:
 
 def _look(ctx: StepContext, job_ids: list[int]) -> tuple[bool, list[tuple[int, str, str | None]]]:
     """Whether the batch's job was cancelled, and which of the children ``job_ids`` ended: one
-    transaction, which also writes the lines the batch holds (its ✔/✗ so far) for its followers."""
+    statement in one transaction, which also writes the lines the batch holds (its ✔/✗ so far) for
+    its followers."""
     with ctx.transaction() as conn:
-        cancel = bool(conn.execute(_CANCEL_REQUESTED, {"b_job_id": ctx.job_id}).scalar())
-        rows = conn.execute(_ENDED, {"b_ids": job_ids}).all() if job_ids else []
-    return cancel, [(r.id, r.status, r.error) for r in rows]
+        rows = conn.execute(_LOOK, {"b_job_id": ctx.job_id, "b_ids": job_ids}).all()
+    cancel = any(row.id == ctx.job_id and row.cancel_requested for row in rows)
+    return cancel, [(r.id, r.status, r.error) for r in rows if r.id != ctx.job_id]
 
 
 _jobs = Job.__table__
-_CANCEL_REQUESTED = select(_jobs.c.cancel_requested).where(_jobs.c.id == bindparam("b_job_id"))
-_ENDED = (select(_jobs.c.id, _jobs.c.status, _jobs.c.error)
-          .where(_jobs.c.id.in_(bindparam("b_ids", expanding=True)),
-                 _jobs.c.status.in_(sorted(status.value for status in TERMINAL_JOB))))
+# The batch's own job (for its cancel flag) and those of ``b_ids`` that ended.
+_LOOK = (select(_jobs.c.id, _jobs.c.status, _jobs.c.error, _jobs.c.cancel_requested)
+         .where(or_(_jobs.c.id == bindparam("b_job_id"),
+                    and_(_jobs.c.id.in_(bindparam("b_ids", expanding=True)),
+                         _jobs.c.status.in_(sorted(status.value for status in TERMINAL_JOB))))))
 
 
 def _cancel_children(ctx: StepContext, job_ids: list[int]) -> None:
