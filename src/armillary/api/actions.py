@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session, defaultload, lazyload
+from sqlalchemy.orm import Session, lazyload
 
 from armillary.api.audit_trail import note
 from armillary.api.deps import SessionDep
@@ -25,9 +25,11 @@ from armillary.workflows.deploy import check_request as check_deploy_request
 
 router = APIRouter(prefix="/systems", tags=["actions"])
 
-# An action reads the system's row, environment and hypervisor; its labels (a clone copies them) and its
-# owner's role grants are loaded when used, not with every action: two queries fewer on the hot path.
-_ACTION_LOADING = (lazyload(System.labels), defaultload(System.owner).lazyload(User.grants))
+# An action reads the system's row and its environment (access, lock); its hypervisor (addresses),
+# type, owner (a quota's 403 names them) and labels (a clone copies them) are loaded when used, not
+# with every action: a create reads one row joined to one.
+_ACTION_LOADING = (lazyload(System.labels), lazyload(System.hypervisor), lazyload(System.type),
+                   lazyload(System.owner).lazyload(User.grants))
 
 
 def _clone(session: Session, source: System, hostname: str, owner_id: int) -> System:

@@ -1,8 +1,10 @@
 """The audit trail of the API's requests: the middleware that records every /api/ request, and ``note``.
 
 The row is written when the response starts (its status is known then), before the client can see
-the answer, so whoever reads the trail after a response finds that request in it. Handlers add
-what only they know (a login's username, a lock's reason) with ``note``.
+the answer, so whoever reads the trail after a response finds that request in it. A route that
+knows its answer before it commits (every 202 of a started job: ``job_start.accepted``) writes the
+row in its own transaction instead (``commit_audited``): one commit per request, not two. Handlers
+add what only they know (a login's username, a lock's reason) with ``note``.
 
 What a mutating request changed (the old and new values of every row it wrote, secrets shown as
 "changed") is collected while it runs (``armillary.domain.audit_changes``: a session listener, so
@@ -20,6 +22,7 @@ from typing import Any
 
 import anyio
 from fastapi import Request
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from armillary.auth import audit
@@ -75,6 +78,42 @@ def _row(scope: Scope, status: int, headers: dict[bytes, bytes]) -> dict[str, An
     }
 
 
+def _audited(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["path"].startswith(AUDITED_PREFIX) and scope["path"] not in NOT_AUDITED
+
+
+def _changes(row: dict[str, Any], collector: audit_changes.ChangeCollector | None) -> list[audit_changes.Change]:
+    """The changes written with ``row`` (closing ``collector``); the row's detail says what was left out."""
+    if collector is None:
+        return []
+    changes = collector.close()
+    if collector.omitted:
+        row["detail"]["changes_omitted"] = collector.omitted
+    if collector.failed:
+        row["detail"]["changes_incomplete"] = True
+    return changes
+
+
+def commit_audited(request: Request, session: Session, status: int, location: str) -> None:
+    """Commit the request's session with its audit row in the same transaction: one commit, not two.
+
+    For a handler that knows its answer before it commits (``job_start.accepted``: a 202 and where to
+    follow the job). The row is the middleware's, with the changes this commit makes. A commit that
+    fails writes nothing and marks nothing: the middleware records the error's answer as for any other
+    request. Once committed, the middleware leaves the request alone."""
+    scope = request.scope
+    if not _audited(scope):
+        session.commit()
+        return
+    row = _row(scope, status, {b"location": location.encode()})
+    changes = _changes(row, audit_changes.at_commit(session) if scope["method"] in MUTATING else None)
+    fields = audit.prepared(**row)
+    audit.insert(session, fields, changes)
+    session.commit()
+    request.state.audited = True
+    audit.logged(fields, changes)
+
+
 class AuditMiddleware:
     """Record every /api/ request (outermost, so it sees the 500s answered by RequestIdMiddleware)."""
 
@@ -82,7 +121,7 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(AUDITED_PREFIX) or scope["path"] in NOT_AUDITED:
+        if not _audited(scope):
             await self.app(scope, receive, send)
             return
         db = scope["app"].state.db
@@ -95,13 +134,9 @@ class AuditMiddleware:
     @staticmethod
     def _sender(scope: Scope, send: Send, db: Any, collector: audit_changes.ChangeCollector | None) -> Send:
         async def send_audited(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not scope.get("state", {}).get("audited"):
                 row = _row(scope, message["status"], dict(message.get("headers", [])))
-                changes = collector.close() if collector is not None else []
-                if collector is not None and collector.omitted:
-                    row["detail"]["changes_omitted"] = collector.omitted
-                if collector is not None and collector.failed:
-                    row["detail"]["changes_incomplete"] = True
+                changes = _changes(row, collector)
                 try:
                     await anyio.to_thread.run_sync(partial(audit.record, db, changes, **row), limiter=_writers)
                 except Exception:  # the trail must not take the API down with it; the log says so loudly

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from armillary.api.audit_trail import commit_audited
 from armillary.api.security import Access
 from armillary.api.views import job_out
 from armillary.domain.errors import Conflict, QuotaExceeded
@@ -31,15 +32,17 @@ def actor_kwargs(access: Access) -> dict:
 
 
 def accepted(request: Request, session: Session, job: Job, *, existing: bool = False) -> JSONResponse:
-    """Commit, wake the engine, answer 202 with the job and where to follow it.
+    """Commit (with the request's audit row: ``commit_audited``), wake the engine, answer 202 with the
+    job and where to follow it.
 
     The body is read before the commit, from the transaction that is being committed, so that nothing
     is loaded again after it and the request's session is left with no transaction to finish."""
     body = job_out(job).model_dump(mode="json")
-    session.commit()
+    location = f"/api/v1/jobs/{job.id}"
+    commit_audited(request, session, 202, location)
     if not existing:
         request.app.state.engine.wake()
-    return JSONResponse(body, status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    return JSONResponse(body, status_code=202, headers={"Location": location})
 
 
 def replay_or_conflict(session: Session, key: str | None, action: str, system_id: int | None) -> Job | None:

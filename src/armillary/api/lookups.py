@@ -7,11 +7,12 @@ moves here. ``get_*_for`` answer 404 alike for what is missing and what the call
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Query, Request, Response
-from sqlalchemy import exists, select
+from sqlalchemy import Select, bindparam, exists, select
 from sqlalchemy.orm import Session, aliased, selectinload
 from sqlalchemy.orm.interfaces import ORMOption
 
@@ -70,7 +71,7 @@ def get_system(session: Session, ref: str, access: Access, options: Sequence[ORM
     ``options``: loader options for the system (a route that needs less than the mapping loads)."""
     ref_id = id_of(ref)
     if ref_id is not None:
-        system = session.get(System, ref_id, options=options)
+        system = session.scalars(_system_by_id(tuple(options)), {"b_id": ref_id}).first()
         if system is None:
             raise NotFound(f"no system {ref}")
     else:
@@ -86,6 +87,13 @@ def get_system(session: Session, ref: str, access: Access, options: Sequence[ORM
     access.check(system.environment, hidden=f"no system {ref if ref_id is not None else repr(ref)}",
                  owner_id=system.owner_id)
     return system
+
+
+@functools.lru_cache(maxsize=16)
+def _system_by_id(options: tuple[ORMOption, ...]) -> Select[tuple[System]]:
+    """A system by id, with ``options``: built once per set of options (a route passes a constant), so
+    a request neither builds it nor works out its cache key again (as ``session.get`` with options does)."""
+    return select(System).options(*options).where(System.id == bindparam("b_id"))
 
 
 def resolve_owner(session: Session, system: System, owner: str | None, access: Access, field: str = "owner") -> None:

@@ -23,13 +23,13 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import ColumnElement, Select, bindparam, select, update
+from sqlalchemy import ColumnElement, Select, update
 from sqlalchemy.exc import OperationalError
 from starlette.requests import HTTPConnection
 
 from armillary.auth import tokens
 from armillary.auth.policy import Permission, Principal, check, require_admin, require_deployer
-from armillary.domain.accounts import ApiToken, RoleGrant
+from armillary.domain.accounts import ApiToken
 from armillary.domain.db import Database
 from armillary.domain.errors import Forbidden, NotFound, Unauthorized, UnknownReference
 from armillary.domain.models import Environment, utcnow
@@ -62,9 +62,6 @@ def presented_token(conn: HTTPConnection) -> tuple[str | None, bool]:
     return (cookie, True) if cookie else (None, False)
 
 
-_GRANTS = select(RoleGrant.environment_id, RoleGrant.role).where(RoleGrant.user_id == bindparam("b_user"))
-
-
 @dataclass(frozen=True)
 class LiveToken:
     """What a request's token proved, with its user's roles: looked up once per request, by the body
@@ -83,10 +80,9 @@ class LiveToken:
         worker thread. Records the token's use too, at most once per ``LAST_USED_RESOLUTION``."""
         now = utcnow()
         with db.engine.connect() as conn:
-            row = tokens.find_valid(conn, plaintext, now)
-            if row is None:
-                return None
-            roles = {env_id: role for env_id, role in conn.execute(_GRANTS, {"b_user": row.user_id})}
+            row, roles = tokens.find_valid_with_roles(conn, plaintext, now)
+        if row is None:
+            return None
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
             _touch(db, row.id, now)
         return cls(plaintext, row.id, row.user_id, row.name, row.is_admin, roles)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.orm import Session
 
 from armillary import redaction
 from armillary.domain.accounts import AuditChange, AuditEvent, AuditPrunePermit
@@ -42,14 +43,31 @@ def outcome_of(status: int) -> str:
 
 def record(db: Database, changes: Sequence[Change] = (), **fields: Any) -> None:
     """Insert one audit row and its changes (one transaction) and log it."""
+    fields = prepared(**fields)
+    with db.engine.begin() as conn:
+        insert(conn, fields, changes)
+    logged(fields, changes)
+
+
+def prepared(**fields: Any) -> dict[str, Any]:
+    """An audit row's columns as written: its time and outcome set, its secrets masked."""
     fields.setdefault("at", utcnow())
     fields.setdefault("outcome", outcome_of(fields["status"]))
     fields["detail"] = redaction.redact_data(fields.get("detail") or {})
     fields["path"] = redaction.redact_query(fields["path"])[:1000]  # structural: masked by key only
-    with db.engine.begin() as conn:
-        event_id = conn.execute(_INSERT, fields).inserted_primary_key[0]
-        if changes:
-            conn.execute(_INSERT_CHANGES, [{"event_id": event_id, **c.as_dict()} for c in changes])
+    return fields
+
+
+def insert(conn: Connection | Session, fields: dict[str, Any], changes: Sequence[Change] = ()) -> None:
+    """Insert a ``prepared`` row and its changes in the caller's transaction (``record``'s own, or the
+    request's: ``armillary.api.audit_trail.commit_audited``)."""
+    event_id = conn.execute(_INSERT, fields).inserted_primary_key[0]
+    if changes:
+        conn.execute(_INSERT_CHANGES, [{"event_id": event_id, **c.as_dict()} for c in changes])
+
+
+def logged(fields: dict[str, Any], changes: Sequence[Change] = ()) -> None:
+    """Mirror a written row on the ``armillary.audit`` logger (once its transaction committed)."""
     extra = {k: v for k, v in fields.items() if k != "at"}
     if changes:
         extra["changes"] = [c.as_dict() for c in changes]

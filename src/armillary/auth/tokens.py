@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Row, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from armillary import redaction
-from armillary.domain.accounts import ApiToken, TokenKind, User
+from armillary.domain.accounts import ApiToken, RoleGrant, TokenKind, User
 from armillary.domain.models import utcnow
 
 TOKEN_PREFIX = "arm_"
@@ -48,12 +48,32 @@ _LIVE = (
 )
 
 
+# The same, with the user's roles: one row per grant (one, its role NULL, for a user without any).
+_LIVE_WITH_ROLES = _LIVE.add_columns(RoleGrant.environment_id, RoleGrant.role).outerjoin(
+    RoleGrant, RoleGrant.user_id == ApiToken.user_id)
+
+
+def _looks_like_a_token(plaintext: str) -> bool:
+    return plaintext.startswith(TOKEN_PREFIX) and len(plaintext) <= 200
+
+
 def find_valid(conn: Connection, plaintext: str, now: datetime | None = None) -> Row | None:
     """The live token behind ``plaintext`` (not revoked, not expired, its user active): its ``id``,
     ``user_id``, ``last_used_at`` and its user's ``name`` and ``is_admin``; None for any other."""
-    if not plaintext.startswith(TOKEN_PREFIX) or len(plaintext) > 200:
+    if not _looks_like_a_token(plaintext):
         return None
     return conn.execute(_LIVE, {"b_hash": digest(plaintext), "b_now": now or utcnow()}).first()
+
+
+def find_valid_with_roles(conn: Connection, plaintext: str,
+                          now: datetime | None = None) -> tuple[Row | None, dict[int, str]]:
+    """``find_valid`` and its user's roles by environment id, in one statement (every API request asks)."""
+    if not _looks_like_a_token(plaintext):
+        return None, {}
+    rows = conn.execute(_LIVE_WITH_ROLES, {"b_hash": digest(plaintext), "b_now": now or utcnow()}).all()
+    if not rows:
+        return None, {}
+    return rows[0], {row.environment_id: row.role for row in rows if row.environment_id is not None}
 
 
 def revoke_all(session: Session, user_id: int, *, keep: int | None = None,

@@ -28,7 +28,10 @@ Bounds: a value longer than ``MAX_VALUE_CHARS`` once written as JSON is cut, and
 (``{"truncated": true, "chars": n, "preview": "..."}``); at most ``MAX_RESOURCES`` resources per
 request are kept, the number left out is counted (``ChangeCollector.omitted``).
 
-Not seen, on purpose or by nature: Core statements (``session.execute(update(...))``,
+A row written by a plain INSERT where the ORM would cost too much (a started job: ``engine.jobs``) is
+counted by its writer with ``inserted``, as the flush would have.
+
+Not seen, on purpose or by nature: other Core statements (``session.execute(update(...))``,
 ``connection.execute``) bypass the ORM's history — the quota usage counters and token
 ``last_used_at`` are written that way; and bookkeeping tables (``IGNORED_TABLES``).
 """
@@ -48,7 +51,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from armillary import redaction
@@ -133,6 +136,15 @@ class ChangeCollector:
                     del self._changes[key]
                 else:
                     self._changes[key] = merged
+
+    def copy(self) -> ChangeCollector:
+        """An open collector holding what this one holds now."""
+        copied = ChangeCollector()
+        with self._lock:
+            copied._changes = dict(self._changes)
+            copied._omitted = set(self._omitted)
+            copied.failed = self.failed
+        return copied
 
     def close(self) -> list[Change]:
         """Stop collecting; the changes, bounded and masked, in the order first seen."""
@@ -388,6 +400,40 @@ def _after_flush(session: Session, flush: Any) -> None:
         return
     if raws or omitted:
         pending.append((session.get_nested_transaction(), raws, omitted))
+
+
+def at_commit(session: Session) -> ChangeCollector | None:
+    """The request's changes as they will be once ``session`` commits: a copy of its collector with the
+    session's uncommitted changes added, for an audit row written in that same transaction. The
+    request's collector itself is left as is (if the commit fails, it never held them); None outside
+    a request whose changes are collected."""
+    collector = _current.get()
+    if collector is None:
+        return None
+    copied = collector.copy()
+    for _savepoint, raws, omitted in session.info.get(_INFO_KEY, ()):
+        copied.add(raws, omitted)
+    return copied
+
+
+def inserted(session: Session, model: type[Any], values: dict[str, Any]) -> None:
+    """Count a row written by a plain INSERT (no ORM history to read) as the flush would have: shown
+    once the transaction commits, forgotten on a rollback. ``values``: its attributes, key included."""
+    if _current.get() is None:
+        return
+    shape = _shape(inspect(model))
+    if shape is None:
+        return
+    raw = _raw(shape, _Values(values), CREATE, _resource(shape, values))
+    if raw is not None:
+        session.info.setdefault(_INFO_KEY, []).append((session.get_nested_transaction(), [raw], set()))
+
+
+@dataclass(frozen=True)
+class _Values:
+    """Plain values in the one shape ``_raw`` reads of an inserted ORM state."""
+
+    dict: dict[str, Any]
 
 
 def _after_commit(session: Session) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from armillary.domain.accounts import QuotaCharge, RoleGrant
@@ -31,21 +31,26 @@ def _within(limit: Any, used: Any, add: int) -> Any:
     return or_(limit.is_(None), used + add <= limit)
 
 
+# The owner's grant in the system's environment, unless the system is charged already: built once.
+_UNCHARGED_GRANT = select(_grants.c.id).where(
+    _grants.c.user_id == bindparam("b_user"), _grants.c.environment_id == bindparam("b_env"),
+    ~exists().where(_charges.c.system_id == bindparam("b_system")))
+
+
 def reserve(session: Session, system: System) -> None:
     """Charge ``system``'s size to its owner's quota, or raise 403 naming the limit and the usage."""
-    if system.owner_id is None or session.get(QuotaCharge, system.id) is not None:
-        return  # no owner to charge, or already charged (a retried create)
-    grant = session.scalars(
-        select(RoleGrant).where(RoleGrant.user_id == system.owner_id, RoleGrant.environment_id == system.environment_id)
-    ).first()
-    if grant is None:
-        return  # the owner holds no role there (admins): nothing limits them
-    release_stale(session, grant.id)
+    if system.owner_id is None:
+        return  # no owner to charge
+    grant_id = session.scalar(_UNCHARGED_GRANT, {"b_user": system.owner_id, "b_env": system.environment_id,
+                                                 "b_system": system.id})
+    if grant_id is None:
+        return  # the owner holds no role there (admins: nothing limits them), or it is charged (a retried create)
+    release_stale(session, grant_id)
     cpu, memory = system.cpu or 0, system.memory_mb or 0
     taken = session.execute(
         update(_grants)
         .where(
-            _grants.c.id == grant.id,
+            _grants.c.id == grant_id,
             _within(_grants.c.max_systems, _grants.c.used_systems, 1),
             _within(_grants.c.max_cpu, _grants.c.used_cpu, cpu),
             _within(_grants.c.max_memory_mb, _grants.c.used_memory_mb, memory),
@@ -57,10 +62,16 @@ def reserve(session: Session, system: System) -> None:
         )
     ).rowcount
     if taken != 1:
-        session.refresh(grant)
-        raise _exceeded(grant, system, cpu, memory)
-    session.execute(_charges.insert().values(system_id=system.id, grant_id=grant.id, cpu=cpu, memory_mb=memory))
-    session.expire(grant)
+        raise _exceeded(session.get_one(RoleGrant, grant_id, populate_existing=True), system, cpu, memory)
+    session.execute(_charges.insert().values(system_id=system.id, grant_id=grant_id, cpu=cpu, memory_mb=memory))
+    _expire_loaded(session, grant_id)
+
+
+def _expire_loaded(session: Session, grant_id: int) -> None:
+    """A grant this session holds shows its usage before the UPDATE: read it again when next used."""
+    grant = session.identity_map.get(session.identity_key(RoleGrant, grant_id))
+    if grant is not None:
+        session.expire(grant)
 
 
 def resize(session: Session, system: System) -> None:

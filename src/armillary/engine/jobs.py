@@ -5,7 +5,9 @@ Everything happens in the caller's transaction: either the job exists with its l
 
 ``start_system_actions`` starts many at once (a bulk job's wave of children): the same checks, with
 one look at the locks and grants of all the systems, and the rows of all their jobs, steps and
-locks written in a few multi-row INSERTs instead of a dozen statements per job.
+locks written in a few multi-row INSERTs instead of a dozen statements per job. ``start_system_action``
+(not queued) writes its one job the same way (``_write_jobs``), and makes its ORM objects from the rows
+the INSERTs return; a queued start, which may wait behind a lock, goes through ``create_job``.
 
 ``JOB_ENDS`` says when a job ended in this process, so a step waiting for other jobs (a bulk batch,
 for its children) sleeps until one does instead of polling.
@@ -18,13 +20,14 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from armillary import tracing
-from armillary.domain import quotas
+from armillary.domain import audit_changes, quotas
 from armillary.domain.accounts import RoleGrant
 from armillary.domain.errors import Conflict, EnvironmentLocked, Forbidden
 from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
@@ -201,26 +204,41 @@ def start_system_action(
         env = system.environment
         if env.locked and not bypass_lock:
             raise EnvironmentLocked(env)
-    else:
-        resource = f"system:{system.id}"
-        holder = _live(_lock_rows(session, [resource]).get(resource))
-        check_start(system, action, bypass_lock=bypass_lock, holder=holder)
+        if action in MACHINE_CREATING_ACTIONS:
+            quotas.reserve(session, system)
+        return create_job(session, action=action, workflow=action, system=system, params=params,
+                          context={"system_id": system.id, "hostname": system.hostname}, parent_id=parent_id,
+                          idempotency_key=idempotency_key, request_id=request_id, queue=True, user_id=user_id,
+                          actor=actor)
+    resource = f"system:{system.id}"
+    locks = _lock_rows(session, [resource])
+    check_start(system, action, bypass_lock=bypass_lock, holder=_live(locks.get(resource)))
     if action in MACHINE_CREATING_ACTIONS:
         quotas.reserve(session, system)
-    return create_job(
-        session,
-        action=action,
-        workflow=action,
-        system=system,
-        params=params,
-        context={"system_id": system.id, "hostname": system.hostname},
-        parent_id=parent_id,
-        idempotency_key=idempotency_key,
-        request_id=request_id,
-        queue=queue,
-        user_id=user_id,
-        actor=actor,
-    )
+    row = _job_row(action=action, workflow=action, system=system, params=params,
+                   context={"system_id": system.id, "hostname": system.hostname}, parent_id=parent_id,
+                   idempotency_key=idempotency_key, request_id=request_id, user_id=user_id, actor=actor)
+    (written,), steps = _write_jobs(session, [row], action, locks, whole=True)
+    audit_changes.inserted(session, Job, {**row, "id": written.id, "status": written.status,
+                                           "holds_lock": True, "cancel_requested": False})
+    emit(session, written.id, "job", f"job queued: {action}", data={"status": "queued"})
+    return _attached(session, written, steps)
+
+
+def _attached(session: Session, written: Any, steps: list[Any]) -> Job:
+    """The ORM objects of a job and its steps just written by plain INSERTs, made from the rows they
+    returned and added to ``session`` as if loaded from it: no query reads them back.
+
+    A job the session holds already (loaded to take over a stale lock) is that one."""
+    if session.identity_key(Job, written.id) in session.identity_map:
+        return session.get_one(Job, written.id)
+    job = Job(**written._mapping)
+    job_steps = [Step(**step._mapping) for step in sorted(steps, key=lambda step: step.position)]
+    for loaded in (job, *job_steps):
+        make_transient_to_detached(loaded)
+    set_committed_value(job, "steps", job_steps)  # as loaded: no change to flush, no backref events
+    session.add(job)
+    return job
 
 
 def start_system_actions(
@@ -257,25 +275,14 @@ def start_system_actions(
         except Conflict as exc:
             outcome[system.id] = exc
             continue
-        rows.append({**_job_row(action=action, workflow=action, system=system, params=params,
-                                context={"system_id": system.id, "hostname": system.hostname},
-                                parent_id=parent_id, idempotency_key=None, request_id=None, user_id=user_id,
-                                actor=actor),
-                     "holds_lock": True})  # else ``Locked`` is raised below, and the caller rolls all back
+        rows.append(_job_row(action=action, workflow=action, system=system, params=params,
+                             context={"system_id": system.id, "hostname": system.hostname},
+                             parent_id=parent_id, idempotency_key=None, request_id=None, user_id=user_id,
+                             actor=actor))
     if not rows:
         return outcome
-    started = {row.system_id: row.id for row in session.execute(_INSERT_JOBS, rows)}
-    queued = [{**step, "status": StepStatus.PENDING.value if step["depends_on"] else StepStatus.QUEUED.value}
-              for step in _step_rows(action)]  # as ``queue_roots`` leaves them: the job holds its lock
-    steps = session.execute(_INSERT_STEPS, [{**step, "job_id": job_id} for job_id in started.values()
-                                            for step in queued]).all()
-    _lock_all(session, {resources[s]: job_id for s, job_id in started.items() if resources[s] not in locks})
-    for system_id, job_id in started.items():
-        resource = resources[system_id]
-        if resource in locks:  # left by an ended job: taken over, if still that stale row
-            holder = try_lock(session, resource, session.get(Job, job_id), DEFAULT_LOCK_LEASE_S)
-            if holder is not None:
-                raise Locked(resource, holder)
+    jobs, steps = _write_jobs(session, rows, action, locks)
+    started = {row.system_id: row.id for row in jobs}
     over = _reserve(session, [system for system in systems if system.id in started], action)
     _drop(session, [started.pop(system_id) for system_id in over])
     emit_each(session, list(started.values()), "job", f"job queued: {action}", data={"status": "queued"})
@@ -283,6 +290,31 @@ def start_system_actions(
         kept = set(started.values())
         ready.extend(row.id for row in steps if row.job_id in kept and row.status == StepStatus.QUEUED.value)
     return {**outcome, **over, **started}
+
+
+def _write_jobs(session: Session, rows: list[dict[str, Any]], action: str, locks: dict[str, Any], *,
+                whole: bool = False) -> tuple[list[Any], list[Any]]:
+    """Insert new jobs (``_job_row``s, one per system, each holding its system's lock), their steps
+    (the roots queued) and their locks, in a few plain statements; ``locks``: the lock rows read
+    before (``_lock_rows``), whose stale rows are taken over. The rows of the new jobs (``id``,
+    ``system_id``) and of their steps (``id``, ``job_id``, ``status``); ``whole``: every column of
+    both. ``Locked`` when a concurrent request took a lock meanwhile: the caller rolls back."""
+    insert_jobs, insert_steps = (_INSERT_JOB_WHOLE, _INSERT_STEPS_WHOLE) if whole else (_INSERT_JOBS, _INSERT_STEPS)
+    jobs = session.execute(insert_jobs, [{**row, "holds_lock": True} for row in rows]).all()
+    started = {row.system_id: row.id for row in jobs}
+    queued = [{**step, "status": StepStatus.PENDING.value if step["depends_on"] else StepStatus.QUEUED.value}
+              for step in _step_rows(action)]  # as ``queue_roots`` leaves them: the job holds its lock
+    steps = session.execute(insert_steps, [{**step, "job_id": job_id} for job_id in started.values()
+                                           for step in queued]).all()
+    resources = {system_id: f"system:{system_id}" for system_id in started}
+    _lock_all(session, {resources[s]: job_id for s, job_id in started.items() if resources[s] not in locks})
+    for system_id, job_id in started.items():
+        resource = resources[system_id]
+        if resource in locks:  # left by an ended job: taken over, if still that stale row
+            holder = try_lock(session, resource, session.get(Job, job_id), DEFAULT_LOCK_LEASE_S)
+            if holder is not None:
+                raise Locked(resource, holder)
+    return jobs, steps
 
 
 def _reserve(session: Session, systems: list[System], action: str) -> dict[int, Forbidden]:
@@ -320,6 +352,9 @@ _locks, _jobs, _steps = Lock.__table__, Job.__table__, Step.__table__
 _INSERT_JOBS = insert(_jobs).returning(_jobs.c.id, _jobs.c.system_id)
 # RETURNING: which of the new steps are queued (``ready``).
 _INSERT_STEPS = insert(_steps).returning(_steps.c.id, _steps.c.job_id, _steps.c.status)
+# One job started alone comes back whole, with its steps: its ORM objects are made from them (``_attached``).
+_INSERT_JOB_WHOLE = insert(_jobs).returning(*_jobs.c)
+_INSERT_STEPS_WHOLE = insert(_steps).returning(*_steps.c)
 # Many locks in one statement; RETURNING names those that went in (a row already there is skipped).
 _INSERT_LOCKS = {
     name: make(_locks).on_conflict_do_nothing(index_elements=["resource"]).returning(_locks.c.resource)
@@ -329,12 +364,14 @@ _INSERT_LOCKS = {
 
 def _lock_rows(session: Session, resources: Iterable[str]) -> dict[str, Any]:
     """The lock rows on ``resources``, each with its job's ``id``, ``action`` and ``status``."""
-    rows = session.execute(
-        select(_locks.c.resource, _jobs.c.id, _jobs.c.action, _jobs.c.status)
-        .join(_jobs, _jobs.c.id == _locks.c.job_id, isouter=True)
-        .where(_locks.c.resource.in_(list(resources)))
-    ).all()
+    rows = session.execute(_LOCK_ROWS, {"b_resources": list(resources)}).all()
     return {row.resource: row for row in rows}
+
+
+# Built once: every action reads its system's lock first.
+_LOCK_ROWS = (select(_locks.c.resource, _jobs.c.id, _jobs.c.action, _jobs.c.status)
+              .join(_jobs, _jobs.c.id == _locks.c.job_id, isouter=True)
+              .where(_locks.c.resource.in_(bindparam("b_resources", expanding=True))))
 
 
 def _granted(session: Session, systems: list[System]) -> set[tuple[int, int]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, exists, or_, select
+from sqlalchemy import Connection, bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from armillary.domain.errors import Conflict
@@ -45,8 +45,10 @@ def _refuse_static(driver_name: str, requested: list[str]) -> StaticAddressUnsup
 
 
 def check_create(session: Session, system: System) -> None:
-    """Before a create is accepted (the API): 409 when it could not get its addresses."""
-    if system.hypervisor is None:
+    """Before a create is accepted (the API): 409 when it could not get its addresses.
+
+    An environment without pools (most) has no address to check: one indexed query says so."""
+    if system.hypervisor_id is None or not _has_pools(session, system.environment_id):
         return
     try:
         driver = get_driver(system.hypervisor.driver)
@@ -63,7 +65,11 @@ def check_create(session: Session, system: System) -> None:
 def _uses_pools(ctx: Any, environment_id: int) -> bool:
     """One indexed query: an environment without pools (most, in a small install) costs nothing more."""
     with ctx.runtime.db.engine.connect() as conn:
-        return bool(run(conn, _HAS_POOLS, {"env": environment_id}).scalar())
+        return _has_pools(conn, environment_id)
+
+
+def _has_pools(conn: Connection | Session, environment_id: int) -> bool:
+    return bool(run(conn, _HAS_POOLS, {"env": environment_id}).scalar())
 
 
 def _uses_names(ctx: Any, environment_id: int, system_id: int) -> bool:
