@@ -70,7 +70,7 @@ class StepContext:
         if self.output is not None and self.output.add_line((message, level, data or None, utcnow())):
             return
         # A bare connection, not an ORM session: a log line is one INSERT, and steps write many.
-        with self.runtime.writing(), self.runtime.db.engine.begin() as conn:
+        with self.runtime.writing(urgent=True), self.runtime.db.engine.begin() as conn:
             insert_event(conn, self.job_id, "log", message, step=self.step, level=level, data=data or None)
 
     @contextmanager
@@ -80,7 +80,8 @@ class StepContext:
             with self.runtime.writing(), self.runtime.db.engine.begin() as conn:
                 yield conn
             return
-        with self.output.writing() as held, self.runtime.writing(), self.runtime.db.engine.begin() as conn:
+        with (self.output.writing() as held, self.runtime.writing(urgent=bool(held)),
+              self.runtime.db.engine.begin() as conn):
             self.output.write(conn, held)
             yield conn
 

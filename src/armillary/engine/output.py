@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -123,19 +123,21 @@ class StepOutput:
             self.write_fields(conn, held.fields)
         insert_lines(conn, self.job_id, self.step, held.lines)
 
-    def flush(self, db: Database) -> None:
-        """Commit what is held now, in a transaction of its own (the flusher's)."""
+    def flush(self, db: Database, turn: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Commit what is held now, in a transaction of its own (the flusher's), taken in ``turn``: the
+        engine's turn to write (``Runtime.writing``), after this output's own lock as a step takes them."""
         with self.writing() as held:
             if held:
-                with db.engine.begin() as conn:
+                with turn(), db.engine.begin() as conn:
                     self.write(conn, held)
 
 
 class Flusher:
     """One thread per process that commits the lines steps held for ``LIVE_S`` without a transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, turn: Callable[[], AbstractContextManager[Any]]) -> None:
         self.db = db
+        self.turn = turn  # the engine's turn to write (``Runtime.writing``): in line with the steps' writes
         self._cond = threading.Condition()
         self._due: dict[int, tuple[float, StepOutput]] = {}
         self._thread: threading.Thread | None = None
@@ -169,7 +171,7 @@ class Flusher:
                     del self._due[id(output)]
             for output in ready:  # one transaction each: a step's writer may wait on the database meanwhile
                 try:
-                    output.flush(self.db)
+                    output.flush(self.db, self.turn)
                 except Exception:  # noqa: BLE001 - kept held: the step's next transaction writes it
                     log.warning("could not commit the held output of job %s step %s; it stays held",
                                 output.job_id, output.step, exc_info=True)

@@ -319,7 +319,7 @@ def _record(
     and the job's next step, claimed by this worker in the same transaction to run next.
     """
     with runtime.db.engine.connect() as conn:
-        with runtime.writing(), conn.begin():
+        with runtime.writing(urgent=True), conn.begin():  # work ending goes before work starting
             outcome = _record_in(conn, runtime, claimed, result, error, retry_base_s, held)
         if outcome[2] is not None and outcome[2].ctx.prefetched is None:
             _prefetch(conn, outcome[2].ctx)

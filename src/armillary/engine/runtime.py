@@ -6,9 +6,10 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from armillary.domain.db import Database
 from armillary.domain.secrets import SecretBox
 from armillary.engine.output import Flusher
 from armillary.engine.prepared import prepared_for, run
+from armillary.engine.write_turn import WriteTurn
 
 
 def new_worker_id() -> str:
@@ -52,25 +54,19 @@ class Runtime:
     # Set by the inline engine; a Celery worker sends the next step as a message instead.
     chain_steps: bool = False
     _flusher: Flusher | None = field(default=None, repr=False)
-    # SQLite has one writer at a time, and a writer that finds it busy sleeps in SQLite's busy handler
-    # (1, 2, 5, 10... ms) however soon the lock is free: with dozens of step threads, the engine's write
-    # transactions queued behind those sleeps. They take this lock first (``writing``), so they wait in
-    # line and the next one starts the moment the one before commits. None on other databases.
-    # Reentrant: a write nested in another on one thread (a log line written at once inside a step's
-    # transaction) behaves as it did without the lock.
-    _write_lock: threading.RLock | None = field(default=None, repr=False)
+    # SQLite's one writer, in turns (``engine.write_turn``); None on other databases.
+    _write_turn: WriteTurn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.db.is_sqlite:
-            self._write_lock = threading.RLock()
+            self._write_turn = WriteTurn()
 
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Around one of the engine's write transactions on SQLite (a no-op elsewhere): see ``_write_lock``.
+    def writing(self, urgent: bool = False) -> AbstractContextManager[None]:
+        """Around one of the engine's write transactions on SQLite (a no-op elsewhere): ``WriteTurn``.
+        ``urgent``: it ends work or carries lines followed live (a step's outcome, held log lines).
 
         Never held while waiting for anything but the database (a driver call, another lock)."""
-        with self._write_lock if self._write_lock is not None else nullcontext():
-            yield
+        return self._write_turn(urgent) if self._write_turn is not None else nullcontext()
 
     def run(self, conn: Any, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """Run a Core statement built once (a module's constant) the engine's quick way (``engine.prepared``),
@@ -81,7 +77,7 @@ class Runtime:
         """The process's committer of steps' held log lines (``engine.output``), made on first use."""
         with self.running_lock:
             if self._flusher is None:
-                self._flusher = Flusher(self.db)
+                self._flusher = Flusher(self.db, partial(self.writing, urgent=True))
             return self._flusher
 
     def started(self, step_id: int) -> None:
