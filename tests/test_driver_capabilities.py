@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import inspect
 import os
-from types import SimpleNamespace
 
 import httpx
 import pytest
 
+from armillary.domain.secrets import SecretBox
 from armillary.drivers.base import AddressAssignment, MachineRef, MachineSpec
 from armillary.drivers.docker import DockerConfig, DockerDriver
 from armillary.drivers.registry import drivers
 from armillary.drivers.simulated import SimulatedConfig, SimulatedDriver
+from armillary.engine.runtime import Runtime
 from tests.support import podman as podman_support
 
 podman_peer = podman_support.podman_peer
@@ -82,7 +83,7 @@ def test_the_simulated_driver_gives_the_machine_the_address(api: httpx.Client, l
     made = api.post("/hypervisors", json={"name": "sim", "environment": "caps", "driver": "simulated",
                                           "config": {}})
     assert made.status_code == 201, made.text
-    runtime = SimpleNamespace(db=live_server[1])
+    runtime = Runtime(db=live_server[1], secret_box=SecretBox("caps"))  # what the engine hands a driver
     gives_the_address(SimulatedDriver(SimulatedConfig(), hypervisor_id=made.json()["id"], runtime=runtime), {})
 
 
