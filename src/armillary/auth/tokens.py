@@ -38,39 +38,27 @@ def issue(
     return row, plaintext
 
 
-# The live token behind a digest, with what a request needs of its user: one Core statement (no ORM
-# objects), since every API request runs it.
+# The live token behind a digest, with what a request needs of its user and the user's roles: one Core
+# statement (no ORM objects), since every API request runs it. One row per grant (one, its role NULL,
+# for a user without any).
 _LIVE = (
-    select(ApiToken.id, ApiToken.user_id, ApiToken.last_used_at, User.name, User.is_admin)
+    select(ApiToken.id, ApiToken.user_id, ApiToken.last_used_at, User.name, User.is_admin,
+           RoleGrant.environment_id, RoleGrant.role)
     .join(User, User.id == ApiToken.user_id)
+    .outerjoin(RoleGrant, RoleGrant.user_id == ApiToken.user_id)
     .where(ApiToken.token_hash == bindparam("b_hash"), ApiToken.revoked_at.is_(None), User.active.is_(True),
            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > bindparam("b_now")))
 )
 
 
-# The same, with the user's roles: one row per grant (one, its role NULL, for a user without any).
-_LIVE_WITH_ROLES = _LIVE.add_columns(RoleGrant.environment_id, RoleGrant.role).outerjoin(
-    RoleGrant, RoleGrant.user_id == ApiToken.user_id)
-
-
-def _looks_like_a_token(plaintext: str) -> bool:
-    return plaintext.startswith(TOKEN_PREFIX) and len(plaintext) <= 200
-
-
-def find_valid(conn: Connection, plaintext: str, now: datetime | None = None) -> Row | None:
-    """The live token behind ``plaintext`` (not revoked, not expired, its user active): its ``id``,
-    ``user_id``, ``last_used_at`` and its user's ``name`` and ``is_admin``; None for any other."""
-    if not _looks_like_a_token(plaintext):
-        return None
-    return conn.execute(_LIVE, {"b_hash": digest(plaintext), "b_now": now or utcnow()}).first()
-
-
 def find_valid_with_roles(conn: Connection, plaintext: str,
                           now: datetime | None = None) -> tuple[Row | None, dict[int, str]]:
-    """``find_valid`` and its user's roles by environment id, in one statement (every API request asks)."""
-    if not _looks_like_a_token(plaintext):
+    """The live token behind ``plaintext`` (not revoked, not expired, its user active): its ``id``,
+    ``user_id``, ``last_used_at`` and its user's ``name`` and ``is_admin`` (None for any other token),
+    and the user's roles by environment id."""
+    if not plaintext.startswith(TOKEN_PREFIX) or len(plaintext) > 200:
         return None, {}
-    rows = conn.execute(_LIVE_WITH_ROLES, {"b_hash": digest(plaintext), "b_now": now or utcnow()}).all()
+    rows = conn.execute(_LIVE, {"b_hash": digest(plaintext), "b_now": now or utcnow()}).all()
     if not rows:
         return None, {}
     return rows[0], {row.environment_id: row.role for row in rows if row.environment_id is not None}

@@ -96,6 +96,11 @@ def find_by_idempotency_key(session: Session, key: str | None) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
 
 
+def _start_context(system: System) -> dict[str, Any]:
+    """What a system action's job knows from its start: which system, under which name."""
+    return {"system_id": system.id, "hostname": system.hostname}
+
+
 def _job_row(*, action: str, workflow: str, system: System | None, params: dict[str, Any] | None,
              context: dict[str, Any] | None, parent_id: int | None, idempotency_key: str | None,
              request_id: str | None, user_id: int | None, actor: str | None) -> dict[str, Any]:
@@ -207,7 +212,7 @@ def start_system_action(
         if action in MACHINE_CREATING_ACTIONS:
             quotas.reserve(session, system)
         return create_job(session, action=action, workflow=action, system=system, params=params,
-                          context={"system_id": system.id, "hostname": system.hostname}, parent_id=parent_id,
+                          context=_start_context(system), parent_id=parent_id,
                           idempotency_key=idempotency_key, request_id=request_id, queue=True, user_id=user_id,
                           actor=actor)
     resource = f"system:{system.id}"
@@ -216,7 +221,7 @@ def start_system_action(
     if action in MACHINE_CREATING_ACTIONS:
         quotas.reserve(session, system)
     row = _job_row(action=action, workflow=action, system=system, params=params,
-                   context={"system_id": system.id, "hostname": system.hostname}, parent_id=parent_id,
+                   context=_start_context(system), parent_id=parent_id,
                    idempotency_key=idempotency_key, request_id=request_id, user_id=user_id, actor=actor)
     (written,), steps = _write_jobs(session, [row], action, locks, whole=True)
     audit_changes.inserted(session, Job, {**row, "id": written.id, "status": written.status,
@@ -276,7 +281,7 @@ def start_system_actions(
             outcome[system.id] = exc
             continue
         rows.append(_job_row(action=action, workflow=action, system=system, params=params,
-                             context={"system_id": system.id, "hostname": system.hostname},
+                             context=_start_context(system),
                              parent_id=parent_id, idempotency_key=None, request_id=None, user_id=user_id,
                              actor=actor))
     if not rows:
