@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
+from sqlalchemy import delete
 
 from armillary.api import live_events
 from armillary.domain.jobs import JobEvent
@@ -76,6 +78,34 @@ def test_a_follower_is_woken_by_an_event_another_process_writes(
     assert int(marker["id"]) > int(seen["id"])
     api.post(f"/jobs/{job['id']}/cancel")
     wait_job(api, job["id"])
+
+
+def test_a_follower_is_woken_after_the_newest_events_were_deleted(
+    api: httpx.Client, base_url: str, admin_headers: dict, live_server, monkeypatch
+) -> None:
+    """SQLite hands the ids of deleted newest rows out again (here another job's log lines; in the suite,
+    every test empties the tables of one long-running server): the watcher must not wait for ids above the
+    newest it saw before it wakes anyone."""
+    monkeypatch.setattr(live_events, "SAFETY_S", 60.0)
+    sim_setup(api, config={"latency_ms": 2000}, systems=("s1", "s2"))
+    followed, other = act(api, "s1", "stage").json(), act(api, "s2", "stage").json()
+    url = f"{base_url}/api/v1/jobs/{followed['id']}/events"
+    with httpx.stream("GET", url, headers={"Accept": "text/event-stream", **admin_headers}, timeout=15) as stream:
+        lines = stream.iter_lines()
+        read_until(lines, lambda event: True)
+        db = live_server[1]
+        with db.session() as session:
+            session.add_all(JobEvent(job_id=other["id"], kind="log", message=f"filler {n}") for n in range(50))
+            session.commit()
+        time.sleep(10 * live_events.POLL_S)  # the watcher has seen the fillers (if not, the test proves less)
+        with db.session() as session:
+            session.execute(delete(JobEvent).where(JobEvent.message.like("filler %")))
+            session.add(JobEvent(job_id=followed["id"], kind="log", message="after the deletion"))
+            session.commit()
+        read_until(lines, lambda event: json.loads(event["data"])["message"] == "after the deletion")
+    for job in (followed, other):
+        api.post(f"/jobs/{job['id']}/cancel")
+        wait_job(api, job["id"])
 
 
 def read_until(lines, wanted) -> dict:

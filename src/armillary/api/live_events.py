@@ -115,15 +115,22 @@ class JobEventWatch:
             except Exception:  # noqa: BLE001 - the database is busy or away: followers read at SAFETY_S
                 log.warning("could not look for new job events", exc_info=True)
                 continue
-            for job_id in changed:
+            if changed is None:
+                self._wake_all()
+            for job_id in changed or ():
                 self._wake(job_id)
 
     def _newest(self) -> int:
         with self.db.session() as session:
             return session.scalar(select(func.coalesce(func.max(JobEvent.id), 0)))
 
-    def _changed_since(self, last: int) -> tuple[list[int], int]:
-        with self.db.session() as session:
-            rows = session.execute(select(JobEvent.job_id, func.max(JobEvent.id)).where(JobEvent.id > last)
-                                   .group_by(JobEvent.job_id)).all()
-        return [job_id for job_id, _ in rows], max([last, *(newest for _, newest in rows)])
+    def _changed_since(self, last: int) -> tuple[list[int] | None, int]:
+        """The jobs with events newer than ``last`` and the newest id; None for the jobs when the newest id
+        went below ``last``: the newest rows were deleted and SQLite hands their ids out again, so an id is
+        no longer news by being above ``last``, and every follower reads."""
+        with self.db.session() as session:  # a row committed between the two reads is reported again next time
+            newest = session.scalar(select(func.coalesce(func.max(JobEvent.id), 0)))
+            if newest <= last:
+                return (None if newest < last else []), newest
+            rows = session.execute(select(JobEvent.job_id).where(JobEvent.id > last).group_by(JobEvent.job_id)).all()
+        return [job_id for job_id, in rows], newest
