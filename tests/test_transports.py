@@ -399,6 +399,12 @@ def test_wrapper_decodes_env_in_posix_shells(shell: str, tmp_path: Path) -> None
 # ---------------------------------------------------------------- docker-exec
 
 
+# The pids of live (not zombie) `sleep 37` processes; the shell drops the NULs between cmdline's words.
+LIVE_SLEEP_37 = ('for d in /proc/[0-9]*; do [ "$(cat "$d/cmdline" 2>/dev/null)" = sleep37 ] || continue; '
+                 'read -r line < "$d/stat" || continue; case "${line##*) }" in [ZX]*) ;; *) echo "${d#/proc/}";; esac; '
+                 'done')
+
+
 @pytest.fixture
 def container(podman: PodmanPeer) -> Iterator[tuple[Any, str]]:
     client = podman.client()
@@ -461,6 +467,18 @@ def test_docker_exec_timeout_kills_the_command(container: tuple[Any, str]) -> No
             pid = transport.get(f"/tmp/{name}.pid").decode().strip()
             state = transport.run(["sh", "-c", f'read -r line < /proc/{pid}/stat && echo "${{line##*) }}"'])
             assert state.exit_code != 0 or state.output_tail[:1] in {"Z", "X"}, f"{name} {pid} still runs"
+
+
+def test_docker_exec_timeout_before_the_command_started_still_kills_it(container: tuple[Any, str]) -> None:
+    """A timeout shorter than the daemon takes to start the exec (a loaded podman): the transport waits for
+    the command's process group before it kills, instead of leaving it running unkilled."""
+    client, container_id = container
+    with DockerExecTransport(client, container_id) as transport:
+        with pytest.raises(CommandTimeout) as timed_out:
+            transport.run(["sleep", "37"], timeout=0.001)
+        assert timed_out.value.killed is True
+        still_running = transport.run(["sh", "-c", LIVE_SLEEP_37])
+        assert still_running.output_tail.strip() == "", "the timed-out sleep still runs"
 
 
 def test_docker_exec_missing_container(podman: PodmanPeer) -> None:

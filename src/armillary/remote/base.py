@@ -228,6 +228,11 @@ class GroupReport:
             return data
         return (first + "\n").encode() + data
 
+    @property
+    def decided(self) -> bool:
+        """Whether the first line came: ``target`` is known, or there will be none."""
+        return self._done
+
     def leftover(self) -> bytes:
         return b"" if self._done else self._pending
 

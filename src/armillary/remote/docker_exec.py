@@ -136,8 +136,13 @@ class DockerExecTransport(Transport):
             try:
                 item = chunks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                expired = True
-                break
+                if expired or report.decided:
+                    expired = True
+                    break
+                # A loaded daemon may not have started the command yet: without its process group's
+                # report there is nothing to kill, so wait a little longer for that first line.
+                expired, deadline = True, time.monotonic() + KILL_GRACE_S
+                continue
             if item is None:
                 break
             if isinstance(item, BaseException):
@@ -145,13 +150,14 @@ class DockerExecTransport(Transport):
                 break
             name, data = item
             data = report.take(name, data)
-            if not data:
-                continue
-            try:
-                deliver(collector.feed(name, data), on_line)
-            except BaseException:
-                self._reap(report.target)  # whoever takes the lines failed: do not leave the command running
-                raise
+            if data:
+                try:
+                    deliver(collector.feed(name, data), on_line)
+                except BaseException:
+                    self._reap(report.target)  # whoever takes the lines failed: do not leave the command running
+                    raise
+            if expired and report.decided:
+                break
         if leftover := report.leftover():
             deliver(collector.feed("stderr", leftover), on_line)
         if expired:
