@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import httpx
-from sqlalchemy import delete
+import sqlalchemy
+from sqlalchemy import delete, select
 
 from armillary.api import live_events
+from armillary.domain.errors import NotFound
 from armillary.domain.jobs import JobEvent
 from tests.support.jobs import act, sim_setup, wait_job
 
@@ -106,6 +109,39 @@ def test_a_follower_is_woken_after_the_newest_events_were_deleted(
     for job in (followed, other):
         api.post(f"/jobs/{job['id']}/cancel")
         wait_job(api, job["id"])
+
+
+def test_followers_woken_together_are_read_together(api: httpx.Client, live_server) -> None:
+    """The watch reads the pages its followers ask for in one turn of the event loop in one go: one events
+    query per job however many follow it, each follower getting only what is after its own last event."""
+    sim_setup(api, systems=("s1", "s2"))
+    first, second = (wait_job(api, act(api, name, "create").json()["id"]) for name in ("s1", "s2"))
+    db = live_server[1]
+    with db.session() as session:
+        ids = list(session.scalars(select(JobEvent.id).where(JobEvent.job_id == first["id"]).order_by(JobEvent.id)))
+    watch = live_events.JobEventWatch(db)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if "WHERE job_events.job_id =" in statement:  # not the collector's own reads
+            statements.append(statement)
+
+    async def ask() -> list:
+        return await asyncio.gather(watch.next_page(first["id"], 0, 500), watch.next_page(first["id"], ids[1], 500),
+                                    watch.next_page(first["id"], ids[1], 2), watch.next_page(second["id"], 0, 500),
+                                    watch.next_page(999999, 0, 500), return_exceptions=True)
+
+    sqlalchemy.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        everything, after_second, two, other, missing = asyncio.run(ask())
+    finally:
+        sqlalchemy.event.remove(db.engine, "before_cursor_execute", count)
+    assert [e["id"] for e in everything[0]] == ids and everything[1] == "succeeded"
+    assert [e["id"] for e in after_second[0]] == ids[2:]
+    assert [e["id"] for e in two[0]] == ids[2:4]
+    assert other[0] and {e["job_id"] for e in other[0]} == {second["id"]}
+    assert isinstance(missing, NotFound)
+    assert len(statements) == 2  # one per job, not one per follower
 
 
 def read_until(lines, wanted) -> dict:

@@ -148,35 +148,24 @@ async def job_events(
         after = min(int(last_event_id), MAX_ID)
 
     def first_page() -> tuple[list[dict], str | None]:
-        """The first page, after checking that the caller may see the job (404 otherwise)."""
+        """The first page, after checking that the caller may see the job (404 otherwise). A stream is
+        authorised once, when it opens; its later pages come from the process's ``JobEventWatch``."""
         with db.session() as session:
-            get_job(session, job_id, access)
-        return page(after)
-
-    def page(after_id: int) -> tuple[list[dict], str | None]:
-        """A page of events, and the job's final status once it has ended (None while it runs).
-
-        The access check is not repeated: a stream is authorised once, when it opens, and each wake of a
-        live follower is then two light reads (the job's status, then its events; in that order, so an
-        ended status comes with every event written before it)."""
-        with db.session() as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
-            if status is None:  # purged while followed
-                raise NotFound(f"no job {job_id}")
-            ended = status if status in TERMINAL_JOB else None
-            return [event_dict(e) for e in events_after(session, job_id, after_id, limit)], ended
+            job = get_job(session, job_id, access)
+            ended = job.status if job.status in TERMINAL_JOB else None
+            return [event_dict(e) for e in events_after(session, job_id, after, limit)], ended
 
     items, ended = await run_in_threadpool(first_page)
     if "text/event-stream" not in request.headers.get("accept", ""):
         next_url = str(request.url.include_query_params(after=items[-1]["id"])) if len(items) == limit else None
         return JSONResponse({"items": items, "next": next_url, "job_ended": ended is not None})
     return StreamingResponse(
-        metrics.followed(_stream(request, job_id, page, items, ended, after)), media_type="text/event-stream",
+        metrics.followed(_stream(request, job_id, limit, items, ended, after)), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(request: Request, job_id: int, page, items: list[dict], ended: str | None,
+async def _stream(request: Request, job_id: int, limit: int, items: list[dict], ended: str | None,
                   after: int) -> AsyncIterator[str]:
     """The events as they come: the job's next page is read when the process's ``JobEventWatch`` says it
     may have new events (a PostgreSQL NOTIFY, or its one SQLite poll), or at the latest every second."""
@@ -203,6 +192,6 @@ async def _stream(request: Request, job_id: int, page, items: list[dict], ended:
                 if time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
                     quiet_since = time.monotonic()
                     yield ": keep-alive\n\n"
-            items, ended = await run_in_threadpool(page, last)
+            items, ended = await watch.next_page(job_id, last, limit)
     finally:
         watch.unfollow(job_id, woken)
