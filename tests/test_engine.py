@@ -187,6 +187,45 @@ def test_a_deadlock_while_recording_is_tried_again_then_handed_back(db: Database
         assert session.scalars(select(Step.attempts).where(Step.job_id == job.id)).one() == attempts
 
 
+GATE = threading.Event()
+
+
+def gated(ctx):
+    assert GATE.wait(10), "the test never opened the gate"
+    return {}
+
+
+register(Workflow("t-gated", [StepSpec("gated", gated)], failure_state=None))
+
+
+def test_a_worker_whose_job_ended_claims_the_next_queued_step_in_that_transaction(db: Database) -> None:
+    """One worker, four jobs queued: the first job's step is claimed on its own, each later one in the
+    transaction that recorded the end of the job before it (``Runtime.take_queued``), and all four run."""
+    GATE.clear()
+    engine = Engine(db, SecretBox("k"), workers=1, lease_s=5.0)
+    claims: list[int] = []
+    real_claim = runner._claim
+    with db.session() as session:
+        jobs = [create_job(session, action=w, workflow=w) for w in ("t-gated",) + ("t-flaky-free",) * 3]
+        session.flush()
+        job_ids, first_steps = [j.id for j in jobs], [j.steps[0].id for j in jobs]
+    try:
+        runner._claim = lambda runtime, step_id: claims.append(step_id) or real_claim(runtime, step_id)
+        for step_id in first_steps:  # the first job's step holds the only worker until all are queued
+            engine.executor.submit(step_id)
+        GATE.set()
+        statuses = [engine.wait_for(job_id, 15).status for job_id in job_ids]
+    finally:
+        runner._claim = real_claim
+        engine.stop()
+    assert statuses == ["succeeded"] * 4
+    assert claims == first_steps[:1]
+    with db.session() as session:
+        attempts = session.scalars(select(Step.attempts).where(Step.id.in_(first_steps))).all()
+    assert attempts == [1, 1, 1, 1]
+    assert engine.executor.in_flight() == set()
+
+
 def test_exactly_one_of_many_claims_wins(db: Database) -> None:
     with db.session() as session:
         job = create_job(session, action="t-diamond", workflow="t-diamond")

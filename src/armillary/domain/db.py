@@ -44,9 +44,13 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # Many engine threads share the file; connections are cheap, so let each have one.
+        # Many engine threads share the file; connections are cheap, so let each have one. Last in, first
+        # out: a connection keeps its page cache only while no other connection commits in between, and
+        # the one given back last is the likeliest to still have it (first in, first out handed out the
+        # connection idle the longest: every transaction read its pages again, ~10-15 % of a create's CPU).
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=100
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=100,
+            pool_use_lifo=True,
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine

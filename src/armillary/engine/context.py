@@ -16,18 +16,18 @@ from armillary import metrics, tracing
 from armillary.domain import quotas
 from armillary.domain.jobs import Job
 from armillary.domain.models import Hypervisor, System, utcnow
+from armillary.domain.prepared import Prepared, run
 from armillary.drivers.base import Driver, MachineRef, MachineSpec, PermanentDriverError
 from armillary.drivers.registry import UnknownDriver, get_driver
 from armillary.engine.events import insert_event
 from armillary.engine.output import StepOutput
-from armillary.engine.prepared import Prepared, run
 from armillary.engine.runtime import Runtime
 from armillary.engine.systems import load_system
 from armillary.engine.transports import transport_for
 from armillary.remote.base import Transport
 
 _systems = System.__table__
-# Statements built and compiled once (``engine.prepared``).
+# Statements built and compiled once (``domain.prepared``).
 _SYSTEM_UPDATES: dict[tuple[str, ...], Any] = {}  # UPDATE of the systems row, by the fields it sets
 _HYPERVISOR = Prepared(select(Hypervisor.id, Hypervisor.name, Hypervisor.driver, Hypervisor.config,
                               Hypervisor.secret_config).where(Hypervisor.id == bindparam("b_id")))
@@ -52,6 +52,10 @@ class StepContext:
     # of the step's), and the system as loaded right after the claim, for the first ``system()``.
     output: StepOutput | None = field(default=None, compare=False, repr=False)
     prefetched: System | None = field(default=None, compare=False, repr=False)
+    # What the step's helpers read once and reuse for the rest of this attempt, by a key of their own
+    # (``network.machines``: whether the system's environment has IP pools and DNS names). A retry
+    # is a new context: it reads afresh.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     # The system ``system()`` last returned, and the changes this context wrote to its row since
     # (how many UPDATEs, which fields): the job's next step, run by the same worker, may start from
     # it instead of loading the row again (``handover``).

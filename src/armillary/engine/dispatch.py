@@ -58,6 +58,7 @@ class InlineExecutor(Executor):
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
+        self._taken = threading.local()  # per worker thread: the steps it holds in flight (``_work``)
         self._threads = [
             threading.Thread(target=self._work, name=f"armillary-step-{n}", daemon=True) for n in range(workers)
         ]
@@ -72,14 +73,35 @@ class InlineExecutor(Executor):
         self._queue.put(step_id)
 
     def _work(self) -> None:
+        taken: list[int] = []  # the step taken from the queue, and those ``take_queued`` handed over since
+        self._taken.ids = taken
         while (step_id := self._queue.get()) is not None:
+            taken.append(step_id)
             try:
                 run_step(self.runtime, step_id)
             except Exception:  # noqa: BLE001 - one step's crash must not kill the worker thread
                 log.exception("run_step(%s) crashed; its lease will expire and the step be retried", step_id)
             finally:
                 with self._lock:
-                    self._inflight.discard(step_id)
+                    self._inflight.difference_update(taken)
+                taken.clear()
+
+    def take_queued(self) -> int | None:
+        """The next step in the queue, for the worker thread of this pool that asks (``Runtime.take_queued``);
+        None when the queue is empty or another thread asks. It stays in flight (the dispatcher does not
+        hand it over again) until that worker's ``run_step`` returns, claimed or not."""
+        taken = getattr(self._taken, "ids", None)
+        if taken is None:
+            return None
+        try:
+            step_id = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if step_id is None:  # the pool is shutting down: the stop signal stays for a worker to find
+            self._queue.put(None)
+            return None
+        taken.append(step_id)
+        return step_id
 
     def in_flight(self) -> set[int]:
         with self._lock:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import JobEvent
 from armillary.domain.models import UTCDateTime, utcnow
-from armillary.engine.prepared import Prepared, run, run_many
+from armillary.domain.prepared import Prepared, run, run_many
 from armillary.redaction import redact_data, redact_text
 
 _COLUMNS = ("job_id", "kind", "message", "step", "level", "data", "created_at")

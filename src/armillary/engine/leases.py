@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 
 from armillary.domain.jobs import TERMINAL_JOB, Job, Lock, Step, StepStatus
 from armillary.domain.models import utcnow
-from armillary.engine.prepared import Prepared, run
+from armillary.domain.prepared import Prepared, run
 
-# The two statements every step runs, built and compiled once (``engine.prepared``). Each is one
+# The two statements every step runs, built and compiled once (``domain.prepared``). Each is one
 # conditional UPDATE: exactly one of many racing callers wins.
 _steps = Step.__table__
 _CLAIM = Prepared(

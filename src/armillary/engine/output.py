@@ -7,8 +7,9 @@ lines in a transaction of its own. Now ``StepContext.log`` adds the line to the 
 
 * the next transaction of the step's own (``update_system``, ``system()``, ``cancel_requested``);
 * the transaction that records the step's outcome (``engine.runner``), before its outcome event;
-* the ``Flusher`` of the process, ``LIVE_S`` after the line was written: a long step's lines still
-  stream live to followers (SSE), ``LIVE_S`` late at most.
+* the ``Flusher`` of the process, ``LIVE_S`` after the line was written (or up to ``BATCH_S`` sooner,
+  with other steps' lines, in one transaction): a long step's lines still stream live to followers
+  (SSE), ``LIVE_S`` late at most.
 
 ``StepContext.update_system(..., with_outcome=True)`` holds a change of the system's row the same
 way, for changes a retry would make again anyway (a state the step sets and a crash would undo):
@@ -28,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,10 @@ log = logging.getLogger("armillary.engine")
 # How long a line may wait for a transaction of its step's before the flusher commits it: counted in
 # full in a follower's latency (SSE, target p99 250 ms) whenever the step is waiting on its driver.
 LIVE_S = 0.05
+# The flusher commits, with the lines due now, those due within this much more time: one transaction
+# for the lines of several steps (under load, every step waiting on its driver holds lines), and the
+# lines flushed early are only seen sooner.
+BATCH_S = LIVE_S / 2
 
 Line = tuple[str, str, "dict[str, Any] | None", datetime]  # message, level, data, written at
 
@@ -123,13 +128,18 @@ class StepOutput:
             self.write_fields(conn, held.fields)
         insert_lines(conn, self.job_id, self.step, held.lines)
 
-    def flush(self, db: Database, turn: Callable[[], AbstractContextManager[Any]]) -> None:
-        """Commit what is held now, in a transaction of its own (the flusher's), taken in ``turn``: the
-        engine's turn to write (``Runtime.writing``), after this output's own lock as a step takes them."""
-        with self.writing() as held:
-            if held:
-                with turn(), db.engine.begin() as conn:
-                    self.write(conn, held)
+
+def flush(outputs: list[StepOutput], db: Database, turn: Callable[[], AbstractContextManager[Any]]) -> None:
+    """Commit what ``outputs`` hold now, in one transaction (the flusher's), taken in ``turn``: the
+    engine's turn to write (``Runtime.writing``), after the outputs' own locks, as a step takes them.
+    Should it fail, each output keeps what it held (``StepOutput.writing``)."""
+    with ExitStack() as taken:
+        held = [(output, taken.enter_context(output.writing())) for output in outputs]
+        held = [(output, lines) for output, lines in held if lines]
+        if held:
+            with turn(), db.engine.begin() as conn:
+                for output, lines in held:
+                    output.write(conn, lines)
 
 
 class Flusher:
@@ -166,12 +176,11 @@ class Flusher:
                 if earliest > now:
                     self._cond.wait(earliest - now)
                     continue
-                ready = [output for at, output in self._due.values() if at <= now]
+                ready = [output for at, output in self._due.values() if at <= now + BATCH_S]
                 for output in ready:
                     del self._due[id(output)]
-            for output in ready:  # one transaction each: a step's writer may wait on the database meanwhile
-                try:
-                    output.flush(self.db, self.turn)
-                except Exception:  # noqa: BLE001 - kept held: the step's next transaction writes it
-                    log.warning("could not commit the held output of job %s step %s; it stays held",
-                                output.job_id, output.step, exc_info=True)
+            try:
+                flush(ready, self.db, self.turn)
+            except Exception:  # noqa: BLE001 - kept held: each step's next transaction writes its own
+                log.warning("could not commit the held output of %d steps; it stays held", len(ready),
+                            exc_info=True)

@@ -9,6 +9,8 @@ The same transaction commits what the step held back (its log lines and ``with_o
 ``engine.output``), and, in the inline engine (``Runtime.chain_steps``), claims the job's next ready
 step, which this worker then runs at once, starting from the system the step before read
 (``StepContext.handover``): a create job is one claim and two records, and one load of its system.
+When the record ends the job, the same transaction claims the next step waiting in the executor's
+queue (``Runtime.take_queued``): under load, a job's claim rides in the record that ended the job before.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from sqlalchemy.orm import Session
 from armillary import metrics, tracing
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobStatus, Lock, Step, StepStatus
 from armillary.domain.models import System, utcnow
+from armillary.domain.prepared import Prepared, run
 from armillary.engine.bodies import BodyThreads
 from armillary.engine.context import StepContext
 from armillary.engine.events import insert_event
 from armillary.engine.jobs import JOB_ENDS
 from armillary.engine.leases import claim_step, expire_step_lease
 from armillary.engine.output import Held, StepOutput
-from armillary.engine.prepared import Prepared, run
 from armillary.engine.runtime import Runtime
 from armillary.engine.systems import load_system
 from armillary.engine.workflows import get_workflow
@@ -51,7 +53,7 @@ RECORD_RETRY_PAUSES_S = (0.05, 0.2, 1.0)
 # The hot path (claim, record, advance, finish) speaks SQL to the tables on a plain connection: a
 # step is a handful of statements in two transactions, and the ORM's unit of work around them cost
 # more than the statements themselves. The transactions and their order are the ORM version's.
-# Statements are built and compiled once (``engine.prepared``: on SQLite they run on the DBAPI
+# Statements are built and compiled once (``domain.prepared``: on SQLite they run on the DBAPI
 # connection, without SQLAlchemy's per-execution work, which cost more than SQLite takes to run them).
 _steps, _jobs, _systems, _locks = Step.__table__, Job.__table__, System.__table__, Lock.__table__
 _UNFINISHED = or_(_steps.c.status == StepStatus.PENDING.value, _steps.c.status == StepStatus.QUEUED.value)
@@ -173,29 +175,48 @@ def _run_claimed(runtime: Runtime, claimed: Claimed) -> Claimed | None:
 
 
 def _claim(runtime: Runtime, step_id: int) -> Claimed | None:
-    cancelled = False
     with runtime.db.engine.connect() as conn:
         with runtime.writing(), conn.begin():
-            if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
-                return None
-            row = run(conn, _CLAIMED, {"b_step_id": step_id}).one()
-            if row.cancel_requested or row.status in TERMINAL_JOB:
-                run(conn, _NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
-                _labelled(metrics.STEPS, row.workflow, row.name, "cancelled").inc()
-                insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
-                cancelled = True
-            else:
-                if row.status == JobStatus.QUEUED.value:
-                    run(conn, _JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
-                    _labelled(metrics.JOBS_STARTED, row.workflow).inc()
-                    insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
-                _started_event(conn, row.id, row.name, row.attempts, row.max_attempts)
+            claimed, cancelled = _claim_in(conn, runtime, step_id)
         if cancelled:
             runtime.wake()
+        if claimed is None:
             return None
-        claimed = _claimed(runtime, step_id, row, row, row.attempts, row.context)
         _prefetch(conn, claimed.ctx)
     return claimed
+
+
+def _claim_in(conn: Connection, runtime: Runtime, step_id: int) -> tuple[Claimed | None, bool]:
+    """Claim a queued step in ``conn``'s transaction: (the step claimed or None, whether it was not
+    started because its job was cancelled: the dispatcher must then be woken, after the commit)."""
+    if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
+        return None, False
+    row = run(conn, _CLAIMED, {"b_step_id": step_id}).one()
+    if row.cancel_requested or row.status in TERMINAL_JOB:
+        run(conn, _NOT_STARTED, {"b_step_id": step_id, "b_now": utcnow()})
+        _labelled(metrics.STEPS, row.workflow, row.name, "cancelled").inc()
+        insert_event(conn, row.id, "step", f"{row.name} not started: the job was cancelled", step=row.name)
+        return None, True
+    if row.status == JobStatus.QUEUED.value:
+        run(conn, _JOB_RUNNING, {"b_job_id": row.id, "b_now": utcnow()})
+        _labelled(metrics.JOBS_STARTED, row.workflow).inc()
+        insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
+    _started_event(conn, row.id, row.name, row.attempts, row.max_attempts)
+    return _claimed(runtime, step_id, row, row, row.attempts, row.context), False
+
+
+def _claim_queued(conn: Connection, runtime: Runtime) -> Claimed | None:
+    """The next step waiting in the executor's queue (``Runtime.take_queued``), claimed in the transaction
+    that ended this worker's job: a job's first step costs no transaction of its own.
+
+    Should that transaction fail, the step taken stays queued in the database; the dispatcher hands it
+    over again once this worker is done (it is in flight until then)."""
+    if not runtime.chain_steps or runtime.stopping.is_set():
+        return None
+    step_id = runtime.take_queued()
+    if step_id is None:
+        return None
+    return _claim_in(conn, runtime, step_id)[0]  # not started (cancelled): the job's end wakes the dispatcher
 
 
 def _started_event(conn: Connection, job_id: int, name: str, attempt: int, max_attempts: int) -> None:
@@ -316,14 +337,17 @@ def _record(
     """Record the outcome in one transaction, with what the step held (its held changes, its lines).
 
     Returns the steps that became ready, whether the job ended (or the dispatcher must look at it),
-    and the job's next step, claimed by this worker in the same transaction to run next.
+    and the step claimed by this worker in the same transaction to run next: the job's next step, or
+    when the job ended, the next one waiting in the executor's queue.
     """
     with runtime.db.engine.connect() as conn:
         with runtime.writing(urgent=True), conn.begin():  # work ending goes before work starting
-            outcome = _record_in(conn, runtime, claimed, result, error, retry_base_s, held)
-        if outcome[2] is not None and outcome[2].ctx.prefetched is None:
-            _prefetch(conn, outcome[2].ctx)
-    return outcome
+            ready, ended, chained = _record_in(conn, runtime, claimed, result, error, retry_base_s, held)
+            if ended and chained is None:  # the job ended: this worker goes on with the next job's step
+                chained = _claim_queued(conn, runtime)
+        if chained is not None and chained.ctx.prefetched is None:
+            _prefetch(conn, chained.ctx)
+    return ready, ended, chained
 
 
 def _record_in(

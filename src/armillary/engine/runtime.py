@@ -15,9 +15,9 @@ from typing import Any
 
 from armillary.config import Settings
 from armillary.domain.db import Database
+from armillary.domain.prepared import prepared_for, run
 from armillary.domain.secrets import SecretBox
 from armillary.engine.output import Flusher
-from armillary.engine.prepared import prepared_for, run
 from armillary.engine.write_turn import WriteTurn
 
 
@@ -53,6 +53,11 @@ class Runtime:
     # record's transaction (no trip through the executor's queue and no claim transaction of its own).
     # Set by the inline engine; a Celery worker sends the next step as a message instead.
     chain_steps: bool = False
+    # With ``chain_steps``: the next step waiting in the executor's queue, handed to the worker thread
+    # that asks, or None. A worker whose job just ended claims it in the transaction that ended the job
+    # (``engine.runner``), instead of going back to the queue for it and claiming it in a transaction
+    # of its own. Set by the inline engine (``InlineExecutor.take_queued``).
+    take_queued: Callable[[], int | None] = lambda: None
     _flusher: Flusher | None = field(default=None, repr=False)
     # SQLite's one writer, in turns (``engine.write_turn``); None on other databases.
     _write_turn: WriteTurn | None = field(default=None, repr=False)
@@ -69,7 +74,7 @@ class Runtime:
         return self._write_turn(urgent) if self._write_turn is not None else nullcontext()
 
     def run(self, conn: Any, statement: Any, params: dict[str, Any] | None = None) -> Any:
-        """Run a Core statement built once (a module's constant) the engine's quick way (``engine.prepared``),
+        """Run a Core statement built once (a module's constant) the engine's quick way (``domain.prepared``),
         compiled on first use: for drivers, which are handed the runtime but do not import the engine."""
         return run(conn, prepared_for(statement), params)
 

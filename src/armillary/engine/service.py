@@ -31,12 +31,12 @@ from armillary import metrics
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobStatus, Schedule, Step, StepStatus
 from armillary.domain.models import utcnow
+from armillary.domain.prepared import Prepared, run
 from armillary.domain.secrets import SecretBox
 from armillary.engine import cancel, heartbeat, leases, schedules
 from armillary.engine.dispatch import Executor, InlineExecutor
 from armillary.engine.events import emit
 from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
-from armillary.engine.prepared import Prepared, run
 from armillary.engine.runner import finish_job
 from armillary.engine.runtime import Runtime
 from armillary.engine.workflows import load_workflows, scheduled_job_starter
@@ -85,6 +85,8 @@ class Engine:
         self.executor = executor or InlineExecutor(self.runtime, workers=workers)
         self.runtime.submit = self.executor.submit
         self.runtime.chain_steps = isinstance(self.executor, InlineExecutor)  # see ``Runtime.chain_steps``
+        if isinstance(self.executor, InlineExecutor):
+            self.runtime.take_queued = self.executor.take_queued
         self.runtime.wake = self.wake
         self.poll_s = poll_s
         self._wake = threading.Event()

@@ -4,7 +4,7 @@ Every job on a system starts by reading it with what steps use of it — its env
 (with the hypervisor's environment), type, owner and labels. Through the ORM that one read cost about
 half a millisecond of CPU, most of it the ORM assembling its row processors for the joined query
 anew at each load, and it was the largest single cost of a step. Here the row is read with one
-compiled statement (``engine.prepared``) and the objects are put together the way the ORM's loader
+compiled statement (``domain.prepared``) and the objects are put together the way the ORM's loader
 does it: a new instance of each class, its column values as committed state, its identity key (so
 the object is *detached*, exactly as the ORM's copy was once its session closed), and the
 relationships set as committed values. The owner's role grants are not loaded (no step reads them;
@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from armillary.domain.accounts import User
 from armillary.domain.models import Environment, Hypervisor, System, SystemLabel, SystemType
-from armillary.engine.prepared import Prepared, run
+from armillary.domain.prepared import Prepared, run
 
 # The entities of the one query, by the name they are found under; the hypervisor's environment is a
 # second alias of environments (most often the same row as the system's: then one object, as the ORM).

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 
 from armillary.domain.errors import Conflict
 from armillary.domain.models import System
+from armillary.domain.prepared import Prepared, run
 from armillary.drivers.base import AddressAssignment, Capability, Driver
 from armillary.drivers.registry import UnknownDriver, get_driver
-from armillary.engine.prepared import Prepared, run
 from armillary.failures import PermanentFailure
 from armillary.network import dns_registration, ipam
 from armillary.network.models import DnsRecordRow, DnsZone, IpPool
@@ -62,30 +62,35 @@ def check_create(session: Session, system: System) -> None:
         raise _refuse_static(driver.name, requested)
 
 
-def _uses_pools(ctx: Any, environment_id: int) -> bool:
-    """One indexed query: an environment without pools (most, in a small install) costs nothing more."""
-    with ctx.runtime.db.engine.connect() as conn:
-        return _has_pools(conn, environment_id)
-
-
 def _has_pools(conn: Connection | Session, environment_id: int) -> bool:
     return bool(run(conn, _HAS_POOLS, {"env": environment_id}).scalar())
 
 
-def _uses_names(ctx: Any, environment_id: int, system_id: int) -> bool:
-    with ctx.runtime.db.engine.connect() as conn:
-        return bool(run(conn, _HAS_NAMES, {"env": environment_id, "system": system_id}).scalar())
+def _uses(ctx: Any, system: Any) -> Any:
+    """Whether the system's environment has IP pools (``pools``) and the system DNS names (``names``):
+    one read per step attempt (a create asks both, before and after its driver call), kept in ``ctx.memo``.
+    A pool or a zone made meanwhile is seen by the next action, as it was when made a moment later."""
+    key = ("network.machines", system.environment_id, system.id)
+    found = ctx.memo.get(key)
+    if found is None:
+        with ctx.runtime.db.engine.connect() as conn:
+            found = run(conn, _USES, {"env": system.environment_id, "system": system.id}).one()
+        ctx.memo[key] = found
+    return found
 
 
-# Compiled once (``engine.prepared``): every create and destroy asks both.
+# Compiled once (``domain.prepared``): every create and destroy asks.
 _HAS_POOLS = Prepared(select(exists().where(IpPool.environment_id == bindparam("env"))))
-_HAS_NAMES = Prepared(select(or_(exists().where(DnsZone.environment_id == bindparam("env")),
-                                 exists().where(DnsRecordRow.system_id == bindparam("system")))))
+_USES = Prepared(select(
+    exists().where(IpPool.environment_id == bindparam("env")).label("pools"),
+    or_(exists().where(DnsZone.environment_id == bindparam("env")),
+        exists().where(DnsRecordRow.system_id == bindparam("system"))).label("names"),
+))
 
 
 def addresses_for_create(ctx: Any, driver: Driver, system: Any) -> tuple[AddressAssignment, ...]:
     """Take the create's addresses (a retry finds those it took already) and say them to the driver."""
-    if not _uses_pools(ctx, system.environment_id):
+    if not _uses(ctx, system).pools:
         return ()
     with ctx.runtime.db.session() as session:
         system = session.get(System, ctx.system_id)
@@ -106,7 +111,7 @@ def addresses_for_create(ctx: Any, driver: Driver, system: Any) -> tuple[Address
 
 def after_create(ctx: Any, driver: Driver, system: Any, addresses: list[str]) -> dict[str, Any]:
     """The machine runs: record the addresses a driver chose itself, register the system's names."""
-    if Capability.STATIC_ADDRESS not in driver.capabilities and addresses and _uses_pools(ctx, system.environment_id):
+    if Capability.STATIC_ADDRESS not in driver.capabilities and addresses and _uses(ctx, system).pools:
         with ctx.runtime.db.session() as session:
             clashes = ipam.record_observed(session, session.get(System, ctx.system_id), addresses)
         for clash in clashes:
@@ -115,7 +120,7 @@ def after_create(ctx: Any, driver: Driver, system: Any, addresses: list[str]) ->
 
 
 def register_names(ctx: Any, system: Any) -> dict[str, Any]:
-    if not _uses_names(ctx, system.environment_id, system.id):
+    if not _uses(ctx, system).names:
         return {}
     changes = dns_registration.register(ctx.runtime, ctx.system_id)
     for line in changes:
@@ -125,7 +130,7 @@ def register_names(ctx: Any, system: Any) -> dict[str, Any]:
 
 def before_destroy(ctx: Any, system: Any) -> None:
     """Names go before the machine: a name never points at an address about to be reused."""
-    if not _uses_names(ctx, system.environment_id, system.id):
+    if not _uses(ctx, system).names:
         return
     for line in dns_registration.unregister(ctx.runtime, ctx.system_id):
         ctx.log(line)

@@ -1,4 +1,4 @@
-"""Hot-path statements compiled once (``engine.prepared``) give what SQLAlchemy gives, on a real database.
+"""Hot-path statements compiled once (``domain.prepared``) give what SQLAlchemy gives, on a real database.
 
 On SQLite they run on the DBAPI connection; on PostgreSQL through SQLAlchemy. Either way: the same rows
 with the column types' conversions (JSON, time zones, booleans), the same rowcounts, writes that belong
@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobEvent
 from armillary.domain.models import utcnow
+from armillary.domain.prepared import Prepared, run, run_many
 from armillary.engine.bodies import BodyThreads
 from armillary.engine.events import insert_event, insert_lines
-from armillary.engine.prepared import Prepared, run, run_many
 
 _jobs, _events = Job.__table__, JobEvent.__table__
 _JOB = Prepared(select(_jobs.c.id, _jobs.c.context, _jobs.c.cancel_requested, _jobs.c.created_at, _jobs.c.status)
