@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from armillary.auth import tokens
+from armillary.domain.accounts import ApiToken
+from armillary.domain.models import Environment, utcnow
 from tests.support.accounts import TEST_PASSWORDS, bearer, ensure_user, grant, token_for
 from tests.support.jobs import act, act_and_wait, sim_setup, wait_job
 
@@ -95,6 +99,30 @@ def test_expired_token_is_refused(world) -> None:
         assert client.get("/auth/me").status_code == 200
         time.sleep(1.2)
         assert client.get("/auth/me").status_code == 401
+
+
+def test_token_lookup_gives_typed_values_and_every_role(db) -> None:
+    """The lookup every request makes (a prepared statement on SQLite, SQLAlchemy's execution elsewhere)
+    answers the same on both: a real bool, an aware datetime, one role per environment; None for a
+    token that is not live."""
+    with db.session() as session:
+        session.add_all([Environment(name="lookup-a"), Environment(name="lookup-b")])
+    ensure_user(db, "lena")
+    grant(db, "lena", "lookup-a", "operator")
+    grant(db, "lena", "lookup-b", "viewer")
+    plaintext = token_for(db, "lena")
+    used = utcnow() - timedelta(minutes=5)
+    with db.engine.begin() as conn:
+        conn.execute(update(ApiToken).where(ApiToken.token_hash == tokens.digest(plaintext)).values(last_used_at=used))
+    with db.engine.connect() as conn:
+        row, roles = tokens.find_valid_with_roles(conn, plaintext)
+        assert row is not None and row.name == "lena" and row.is_admin is False
+        assert isinstance(row.last_used_at, datetime) and row.last_used_at == used
+        env_ids = dict(conn.execute(Environment.__table__.select().with_only_columns(
+            Environment.name, Environment.id).where(Environment.name.like("lookup-%"))).tuples().all())
+        assert roles == {env_ids["lookup-a"]: "operator", env_ids["lookup-b"]: "viewer"}
+        assert tokens.find_valid_with_roles(conn, plaintext, utcnow()) == (row, roles)
+        assert tokens.find_valid_with_roles(conn, plaintext + "x") == (None, {})
 
 
 def test_deactivating_a_user_stops_their_tokens_at_once(api, world, as_user) -> None:
