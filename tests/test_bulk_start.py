@@ -187,21 +187,47 @@ def test_a_retried_batch_adopts_the_children_an_earlier_attempt_started(db) -> N
         # As if a first attempt of batch-1 had started this child, then lost its lease.
         earlier = start_system_action(session, session.get(System, ids[0]), "create", parent_id=parent.id)
         session.scalars(select(Step).where(Step.job_id == parent.id)).one().attempts = 1
-    engine = Engine(db, SecretBox("k"), workers=4, lease_s=5.0, poll_s=0.05)
-    engine.start()
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with db.session() as session:
-                job = session.get(Job, parent.id)
-                if job.status in ("succeeded", "failed", "cancelled"):
-                    break
-            time.sleep(0.05)
-    finally:
-        engine.stop()
+    job = _run_until_ended(db, parent.id)
     assert job.status == "succeeded", job.error
     with db.session() as session:
         children = session.scalars(select(Job).where(Job.parent_id == parent.id)).all()
         hostname = session.get(System, ids[0]).hostname
     assert sorted(child.system_id for child in children) == sorted(ids)  # no twin
     assert job.context["batch_1"][hostname]["job_id"] == earlier.id
+
+
+def test_a_wave_s_refusals_name_the_lock_and_the_quota(db) -> None:
+    """What a wave reads of its systems is only what starting a child checks: a refusal that needs
+    more (the owner's name, the environment's lock) still says it, as a single start would."""
+    (frozen,) = _world(db, systems=1, locked_env=True, owned=False)
+    limited = _world(db, systems=2, max_systems=1)
+    with db.session() as session:
+        parent = submit_selection(session, action="create", system_ids=[frozen, *limited], batch_size=None,
+                                  concurrency=3, on_failure="continue", actor={"name": "someone", "admin": False})
+        names = {system_id: session.get(System, system_id).hostname for system_id in (frozen, *limited)}
+        owner = session.get(User, session.get(System, limited[0]).owner_id).name
+    job = _run_until_ended(db, parent.id)
+    results = job.context["batch_1"]
+    assert "is locked by ops" in results[names[frozen]]["error"]
+    statuses = sorted(results[names[system_id]]["status"] for system_id in limited)
+    assert statuses == ["failed", "succeeded"]  # the quota holds one machine
+    refused = next(names[system_id] for system_id in limited if results[names[system_id]]["status"] == "failed")
+    assert results[refused]["error"].startswith(f"quota exceeded: {owner} may hold 1 systems")
+    assert f"{refused} needs 1 more" in results[refused]["error"]
+
+
+def _run_until_ended(db, job_id: int) -> Job:
+    """Run an engine until job ``job_id`` ended (60 s at most); the job as it ended."""
+    engine = Engine(db, SecretBox("k"), workers=4, lease_s=5.0, poll_s=0.05)
+    engine.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                job = session.get(Job, job_id)
+                if job.status in ("succeeded", "failed", "cancelled"):
+                    return job
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    raise AssertionError(f"job {job_id} still {job.status} after 60 s")
