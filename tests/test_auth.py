@@ -119,7 +119,7 @@ def test_token_lookup_gives_typed_values_and_every_role(db) -> None:
         assert row is not None and row.name == "lena" and row.is_admin is False
         assert isinstance(row.last_used_at, datetime) and row.last_used_at == used
         env_ids = dict(conn.execute(Environment.__table__.select().with_only_columns(
-            Environment.name, Environment.id).where(Environment.name.like("lookup-%"))).tuples().all())
+            Environment.name, Environment.id).where(Environment.name.like("lookup-%"))).all())
         assert roles == {env_ids["lookup-a"]: "operator", env_ids["lookup-b"]: "viewer"}
         assert tokens.find_valid_with_roles(conn, plaintext, utcnow()) == (row, roles)
         assert tokens.find_valid_with_roles(conn, plaintext + "x") == (None, {})

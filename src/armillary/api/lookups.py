@@ -34,7 +34,7 @@ def hostnames(session: Session, system_ids: Any) -> dict[int, str]:
     ids = {i for i in system_ids if i is not None}
     if not ids:
         return {}
-    return dict(session.execute(select(System.id, System.hostname).where(System.id.in_(ids))).tuples().all())
+    return dict(session.execute(select(System.id, System.hostname).where(System.id.in_(ids))).all())
 
 
 # ---------------------------------------------------------------- environments, hypervisors, drivers
