@@ -35,6 +35,7 @@ from armillary.engine.wakeups import Listener
 log = logging.getLogger("armillary.api")
 
 CHANNEL = "armillary_job_events"
+_NEWEST_ID = select(func.coalesce(func.max(JobEvent.id), 0))
 POLL_S = 0.05
 SAFETY_S = 1.0
 
@@ -175,14 +176,14 @@ class JobEventWatch:
 
     def _newest(self) -> int:
         with self.db.session() as session:
-            return session.scalar(select(func.coalesce(func.max(JobEvent.id), 0)))
+            return session.scalar(_NEWEST_ID)
 
     def _changed_since(self, last: int) -> tuple[list[int] | None, int]:
         """The jobs with events newer than ``last`` and the newest id; None for the jobs when the newest id
         went below ``last``: the newest rows were deleted and SQLite hands their ids out again, so an id is
         no longer news by being above ``last``, and every follower reads."""
         with self.db.session() as session:  # a row committed between the two reads is reported again next time
-            newest = session.scalar(select(func.coalesce(func.max(JobEvent.id), 0)))
+            newest = session.scalar(_NEWEST_ID)
             if newest <= last:
                 return (None if newest < last else []), newest
             rows = session.execute(select(JobEvent.job_id).where(JobEvent.id > last).group_by(JobEvent.job_id)).all()

@@ -43,6 +43,7 @@ def _insert_of(table: Table) -> tuple[Prepared, tuple[str, ...]]:
 
 
 _INSERT, _EVENT_COLUMNS = _insert_of(AuditEvent.__table__)
+_EVENT_KEYS = frozenset(_EVENT_COLUMNS)
 _INSERT_CHANGES, _CHANGE_COLUMNS = _insert_of(AuditChange.__table__)
 _INSERT_PERMIT = AuditPrunePermit.__table__.insert()
 PRUNE_BATCH = 5000  # rows per transaction: a big prune never holds the table for long
@@ -75,7 +76,7 @@ def insert(conn: Connection | Session, fields: dict[str, Any], changes: Sequence
     """Insert a ``prepared`` row and its changes in the caller's transaction (``record``'s own, or the
     request's: ``armillary.api.audit_trail.commit_audited``, which passes its session's connection so
     the prepared statements take their fast path). A column the row leaves out is NULL."""
-    if unknown := fields.keys() - set(_EVENT_COLUMNS):  # as a plain INSERT would refuse them
+    if unknown := fields.keys() - _EVENT_KEYS:  # as a plain INSERT would refuse them
         raise ValueError(f"not columns of the audit trail: {', '.join(sorted(unknown))}")
     result = run(conn, _INSERT, {name: fields.get(name) for name in _EVENT_COLUMNS})
     event_id = result.lastrowid if isinstance(result, Rows) else result.inserted_primary_key[0]
