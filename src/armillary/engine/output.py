@@ -151,13 +151,19 @@ class Flusher:
         self._cond = threading.Condition()
         self._due: dict[int, tuple[float, StepOutput]] = {}
         self._thread: threading.Thread | None = None
+        # Until when the flusher's thread sleeps (monotonic; inf: until something is due). A line due
+        # later wakes nobody: lines come due in the order they were written, so under load, the thread
+        # wakes once per batch, not once per step that holds a line.
+        self._asleep_until = float("inf")
 
     def due(self, output: StepOutput, at: float) -> None:
         """Commit ``output``'s lines at ``at`` (monotonic) unless a transaction of its step's does first."""
         with self._cond:
             if id(output) not in self._due:
                 self._due[id(output)] = (at, output)
-                self._cond.notify()
+                if at < self._asleep_until:
+                    self._asleep_until = at  # (not woken twice for one deadline)
+                    self._cond.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="armillary-output-flusher", daemon=True)
                 self._thread.start()
@@ -170,12 +176,15 @@ class Flusher:
         while True:
             with self._cond:
                 while not self._due:
+                    self._asleep_until = float("inf")
                     self._cond.wait()
                 now = time.monotonic()
                 earliest = min(at for at, _ in self._due.values())
                 if earliest > now:
+                    self._asleep_until = earliest
                     self._cond.wait(earliest - now)
                     continue
+                self._asleep_until = now  # awake: nobody needs to wake it
                 ready = [output for at, output in self._due.values() if at <= now + BATCH_S]
                 for output in ready:
                     del self._due[id(output)]
