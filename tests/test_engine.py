@@ -210,7 +210,7 @@ def test_a_worker_whose_job_ended_claims_the_next_queued_step_in_that_transactio
         session.flush()
         job_ids, first_steps = [j.id for j in jobs], [j.steps[0].id for j in jobs]
     try:
-        runner._claim = lambda runtime, step_id: claims.append(step_id) or real_claim(runtime, step_id)
+        runner._claim = lambda runtime, step_id, *rest: claims.append(step_id) or real_claim(runtime, step_id, *rest)
         for step_id in first_steps:  # the first job's step holds the only worker until all are queued
             engine.executor.submit(step_id)
         GATE.set()

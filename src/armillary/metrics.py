@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -109,21 +109,24 @@ class TimedDriver:
     Everything else (``name``, ``real_machines``, transport helpers) passes through unchanged.
     """
 
-    def __init__(self, driver: Any) -> None:
-        self.wrapped = driver
+    def __init__(self, driver: Any, around: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
+        """``around``: a context entered around each machine operation (the engine's ``paused``)."""
+        self.wrapped, self.around = driver, around
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.wrapped, name)
         if name in DRIVER_OPERATIONS and callable(value):
-            return _timed(value, getattr(self.wrapped, "name", type(self.wrapped).__name__), name)
+            return _timed(value, getattr(self.wrapped, "name", type(self.wrapped).__name__), name, self.around)
         return value
 
 
-def _timed(call: Callable[..., Any], driver: str, operation: str) -> Callable[..., Any]:
+def _timed(call: Callable[..., Any], driver: str, operation: str,
+           around: Callable[[], AbstractContextManager[Any]]) -> Callable[..., Any]:
     def timed_call(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
-            return call(*args, **kwargs)
+            with around():
+                return call(*args, **kwargs)
         except BaseException:
             DRIVER_CALL_ERRORS.labels(driver, operation).inc()
             raise

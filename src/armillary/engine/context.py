@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from armillary.domain.models import Hypervisor, System, utcnow
 from armillary.domain.prepared import Prepared, run
 from armillary.drivers.base import Driver, MachineRef, MachineSpec, PermanentDriverError
 from armillary.drivers.registry import UnknownDriver, get_driver
+from armillary.engine.cpu_turn import NO_TURN, Holding, NoTurn
 from armillary.engine.events import insert_event
 from armillary.engine.output import StepOutput
 from armillary.engine.runtime import Runtime
@@ -56,6 +57,8 @@ class StepContext:
     # (``network.machines``: whether the system's environment has IP pools and DNS names). A retry
     # is a new context: it reads afresh.
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The turn to run Python of the worker running this step (``engine.cpu_turn``); ``paused`` lets it go.
+    turn: Holding | NoTurn = field(default=NO_TURN, compare=False, repr=False)
     # The system ``system()`` last returned, and the changes this context wrote to its row since
     # (how many UPDATEs, which fields): the job's next step, run by the same worker, may start from
     # it instead of loading the row again (``handover``).
@@ -94,6 +97,17 @@ class StepContext:
     def cancel_requested(self) -> bool:
         with self.transaction() as conn:
             return bool(run(conn, _CANCEL_REQUESTED, {"b_job_id": self.job_id}).scalar())
+
+    def paused(self) -> AbstractContextManager[None]:
+        """Around a wait for something outside this process (a remote call, a sleep, other jobs): the
+        engine's other step threads run meanwhile (``engine.cpu_turn``). Driver calls, provisioner runs
+        and ``sleep`` are paused already; a wait not marked costs the others at most ``PATIENCE_S``."""
+        return self.turn.paused()
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep``, paused."""
+        with self.turn.paused():
+            time.sleep(seconds)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -200,8 +214,10 @@ class StepContext:
         except ValidationError as exc:
             raise PermanentDriverError(f"hypervisor {hypervisor.name}: invalid settings: {exc}") from None
         # Timed for /metrics (armillary.metrics.TimedDriver: a proxy, the driver itself is not changed).
+        # Its machine operations run paused: they wait on the hypervisor, not on this process.
         return metrics.TimedDriver(tracing.trace_driver(driver_cls(config, hypervisor_id=hypervisor.id,
-                                                                   runtime=self.runtime), hypervisor.driver))
+                                                                   runtime=self.runtime), hypervisor.driver),
+                                   around=self.turn.paused)
 
     def transport(self, system: System) -> Transport:
         """The transport that reaches the system's machine (``engine.transports.transport_for``; close it

@@ -17,6 +17,7 @@ from armillary.config import Settings
 from armillary.domain.db import Database
 from armillary.domain.prepared import prepared_for, run
 from armillary.domain.secrets import SecretBox
+from armillary.engine.cpu_turn import NO_TURN, CpuTurn, Holding, NoTurn
 from armillary.engine.output import Flusher
 from armillary.engine.write_turn import WriteTurn
 
@@ -58,6 +59,9 @@ class Runtime:
     # (``engine.runner``), instead of going back to the queue for it and claiming it in a transaction
     # of its own. Set by the inline engine (``InlineExecutor.take_queued``).
     take_queued: Callable[[], int | None] = lambda: None
+    # The inline engine on SQLite: its step threads run Python by turns (``engine.cpu_turn``); None
+    # elsewhere (a Celery worker runs few steps at a time; on PostgreSQL a step waits on the network).
+    cpu_turn: CpuTurn | None = None
     _flusher: Flusher | None = field(default=None, repr=False)
     # SQLite's one writer, in turns (``engine.write_turn``); None on other databases.
     _write_turn: WriteTurn | None = field(default=None, repr=False)
@@ -72,6 +76,10 @@ class Runtime:
 
         Never held while waiting for anything but the database (a driver call, another lock)."""
         return self._write_turn(urgent) if self._write_turn is not None else nullcontext()
+
+    def hold_turn(self) -> Holding | NoTurn:
+        """A worker's turn to run Python (``engine.cpu_turn``), or ``NO_TURN`` where there are none."""
+        return self.cpu_turn.hold() if self.cpu_turn is not None else NO_TURN
 
     def run(self, conn: Any, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """Run a Core statement built once (a module's constant) the engine's quick way (``domain.prepared``),

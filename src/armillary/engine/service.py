@@ -34,6 +34,7 @@ from armillary.domain.models import utcnow
 from armillary.domain.prepared import Prepared, run
 from armillary.domain.secrets import SecretBox
 from armillary.engine import cancel, heartbeat, leases, schedules
+from armillary.engine.cpu_turn import CpuTurn
 from armillary.engine.dispatch import Executor, InlineExecutor
 from armillary.engine.events import emit
 from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
@@ -87,6 +88,8 @@ class Engine:
         self.runtime.chain_steps = isinstance(self.executor, InlineExecutor)  # see ``Runtime.chain_steps``
         if isinstance(self.executor, InlineExecutor):
             self.runtime.take_queued = self.executor.take_queued
+            if db.is_sqlite:
+                self.runtime.cpu_turn = CpuTurn()
         self.runtime.wake = self.wake
         self.poll_s = poll_s
         self._wake = threading.Event()

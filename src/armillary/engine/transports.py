@@ -71,11 +71,36 @@ DEFAULT_SSH_USER = "root"
 DEFAULT_SSH_PORT = 22
 
 
+# A transport's operations, each a wait on the machine.
+_WAITS = ("run", "put", "get", "close")
+
+
 def transport_for(ctx: Any, system: Any) -> Transport:
     """The transport that reaches ``system``'s machine (close it after use; it is a context manager).
 
     ``ctx`` needs ``driver(system)``; the ``ssh`` transport's first contact also uses ``system()``,
-    ``update_system(...)`` and ``log(...)`` (a ``StepContext`` has them all)."""
+    ``update_system(...)`` and ``log(...)`` (a ``StepContext`` has them all). With a ``ctx.paused``
+    (``StepContext``), connecting and each of the transport's operations run paused: the engine's other
+    step threads run while this one waits on the machine (``engine.cpu_turn``)."""
+    paused = getattr(ctx, "paused", None)
+    if paused is None:
+        return _transport_for(ctx, system)
+    with paused():
+        transport = _transport_for(ctx, system)
+    for name in _WAITS:  # on this object only: its class (``isinstance`` checks) is unchanged
+        setattr(transport, name, _paused_call(getattr(transport, name), paused))
+    return transport
+
+
+def _paused_call(call: Callable[..., Any], paused: Callable[[], Any]) -> Callable[..., Any]:
+    def paused_call(*args: Any, **kwargs: Any) -> Any:
+        with paused():
+            return call(*args, **kwargs)
+
+    return paused_call
+
+
+def _transport_for(ctx: Any, system: Any) -> Transport:
     driver = ctx.driver(system)
     name = driver.transport
     if not name:

@@ -233,7 +233,7 @@ def remediation_batch(ctx: StepContext) -> dict[str, Any]:
                 break
             done = [f for f in running if f.done()]
             if not done:
-                time.sleep(CHILD_POLL_S)
+                ctx.sleep(CHILD_POLL_S)
                 continue
             for future in done:
                 system = running.pop(future)
@@ -293,9 +293,10 @@ def _apply_fix(ctx: StepContext, system: System, fix: dict[str, Any], variables:
     if kind == RemediationKind.SCRIPT:
         _run_script(ctx, system, ScriptFix.model_validate(fix["spec"]), variables)
     elif kind == RemediationKind.ANSIBLE:
-        provisioners()["ansible"]().run(ctx, system, fix["spec"], variables,
-                                         connect=lambda: transport_for(ctx, system),
-                                         roots=Roots.from_settings(ctx.runtime.settings))
+        with ctx.paused():  # it waits on the machine
+            provisioners()["ansible"]().run(ctx, system, fix["spec"], variables,
+                                             connect=lambda: transport_for(ctx, system),
+                                             roots=Roots.from_settings(ctx.runtime.settings))
     else:
         _run_action(ctx, system, ActionFix.model_validate(fix["spec"]))
 
@@ -348,7 +349,7 @@ def _run_action(ctx: StepContext, system: System, spec: ActionFix) -> None:
             break
         if ctx.remaining() < 1:
             raise TransientFailure(f"job {earlier} ({action}) still {status}")
-        time.sleep(CHILD_POLL_S)
+        ctx.sleep(CHILD_POLL_S)
     if status != JobStatus.SUCCEEDED.value:
         raise PermanentFailure(f"job {earlier} ({action}) {status}: {error or 'no error given'}")
 

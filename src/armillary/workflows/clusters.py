@@ -90,7 +90,7 @@ def run_members(ctx: StepContext) -> dict[str, Any]:
         if started:
             ctx.runtime.wake()
         if running:
-            time.sleep(POLL_S)
+            ctx.sleep(POLL_S)
             for job_id, status, error in _finished(ctx, list(running)):
                 system_id, action = running.pop(job_id)
                 host = names.get(system_id, f"system {system_id}")
@@ -100,7 +100,7 @@ def run_members(ctx: StepContext) -> dict[str, Any]:
                 ctx.log(f"{mark} {host}: {action} {status}" + (f" ({error})" if error else ""),
                         level="info" if mark == "✔" else "error")
         elif pending and not batch:  # only destroys held by the grace period are left
-            time.sleep(min(HEALTH_TICK_S, max(0.0, destroy_after - time.time())))
+            ctx.sleep(min(HEALTH_TICK_S, max(0.0, destroy_after - time.time())))
     _note_recoveries(ctx, results)
     failed = sum(1 for r in results.values() if r["status"] != JobStatus.SUCCEEDED.value)
     ctx.log(f"members: {len(results) - failed} ✔, {failed} ✗" + (f"; checked {len(checked)}" if checked else ""))
@@ -363,7 +363,7 @@ def run_health(ctx: StepContext) -> dict[str, Any]:
         if time.monotonic() >= next_poll:
             next_poll = time.monotonic() + spec.interval
             _health_round(ctx, spec, failed_since)
-        time.sleep(HEALTH_TICK_S)
+        ctx.sleep(HEALTH_TICK_S)
 
 
 def _health_spec(ctx: StepContext) -> tuple[HealthSpec | None, str]:
@@ -494,7 +494,7 @@ def _pause(ctx: StepContext, results: dict[str, dict[str, Any]], pause: int) -> 
             raise TransientFailure("this server is stopping; the rollout resumes on the next attempt")
         if ctx.cancel_requested():
             return "cancelled"
-        time.sleep(min(HEALTH_TICK_S, max(0.0, until - time.time())))
+        ctx.sleep(min(HEALTH_TICK_S, max(0.0, until - time.time())))
     return None
 
 
@@ -570,7 +570,7 @@ def _wait_children(ctx: StepContext, jobs: list[int], results: dict[str, dict[st
         if not cancelled and ctx.cancel_requested():
             cancelled = True
             _cancel(ctx, list(running))
-        time.sleep(POLL_S)
+        ctx.sleep(POLL_S)
         for job_id, _status, _error in _finished(ctx, list(running)):
             running.discard(job_id)
     with ctx.runtime.db.session() as session:
@@ -646,7 +646,7 @@ def reboot_machine(ctx: StepContext) -> dict[str, Any]:
     while info.state != MachineState.RUNNING:
         if info.state in DEAD_MACHINE or time.monotonic() > deadline:
             raise PermanentFailure(f"the machine of {system.hostname} is {info.state} after the reboot")
-        time.sleep(0.2)
+        ctx.sleep(0.2)
         info = driver.status(ref)
     state_after = SystemState.READY if system.provisioned_at else SystemState.CREATED
     ctx.update_system(state=state_after.value, addresses=info.addresses)

@@ -9,7 +9,6 @@ of ``armillary.workflows``; ``prepare`` is the first step of every action, deplo
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -67,7 +66,7 @@ def _wait_running(ctx: StepContext, driver, system, info: MachineInfo) -> Machin
             raise PermanentDriverError(f"machine {info.provider_id} is {info.state} while waiting for it to run")
         if ctx.remaining() < delay:
             raise TransientFailure(f"machine {info.provider_id} still {info.state}")
-        time.sleep(delay)
+        ctx.sleep(delay)
         delay = min(delay * 2, BOOT_POLL_MAX_S)
         info = driver.status(ctx.machine_ref(system))
     return info
@@ -194,7 +193,7 @@ def provision(ctx: StepContext) -> dict[str, Any]:
 
             variables = plain_values(resolve_system(session, session.get(System, system.id)))
         register_secrets_in(variables)  # db_password & co. are masked in whatever the run prints
-        with metrics.provisioner_run(kind):
+        with metrics.provisioner_run(kind), ctx.paused():  # it waits on the machine
             counts = installed[kind]().run(
                 ctx, system, system.type.provisioner_spec, variables,
                 connect=lambda: transport_for(ctx, system),  # the transport the system's driver names

@@ -28,7 +28,6 @@ template no longer has, at the end.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import select
@@ -128,7 +127,7 @@ class _Walk:
                 self.start(batch)
                 self.ctx.runtime.wake()
             if self.running:
-                time.sleep(POLL_S)
+                self.ctx.sleep(POLL_S)
                 self.collect()
 
     def collect(self) -> None:
