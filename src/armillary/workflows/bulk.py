@@ -95,10 +95,10 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
                 else:
                     running[child_id] = system_id
         if running and not adopting:  # an end since ``mark`` (during the wave too) returns at once
-            with ctx.paused():
+            with ctx.paused():  # waiting on the children: the engine's other step threads run them
                 woken = JOB_ENDS.wait(mark, WAIT_S)
-            if pending and woken != mark:  # the next wave: the slots that free within GATHER_S too
-                _gather(ctx, mark, max(1, concurrency // GATHER_SHARE) - (concurrency - len(running)))
+                if pending and woken != mark:  # the next wave: the slots that free within GATHER_S too
+                    _gather(mark, max(1, concurrency // GATHER_SHARE) - (concurrency - len(running)))
     failed = {h: r for h, r in results.items() if r["status"] != JobStatus.SUCCEEDED.value}
     outcome = {f"batch_{index}": results}
     if failed and ctx.params.get("on_failure", "stop") == "stop":
@@ -107,7 +107,7 @@ def run_batch(ctx: StepContext) -> dict[str, Any]:
     return outcome
 
 
-def _gather(ctx: StepContext, mark: int, wanted: int) -> None:
+def _gather(mark: int, wanted: int) -> None:
     """After an end woke the batch: wait until ``wanted`` jobs ended since ``mark`` (in this process,
     ``JOB_ENDS``), or ``GATHER_S``, so that the next wave fills the slots freed meanwhile too.
 
@@ -117,8 +117,7 @@ def _gather(ctx: StepContext, mark: int, wanted: int) -> None:
     deadline = time.monotonic() + GATHER_S
     seen = mark
     while seen - mark < wanted and (left := deadline - time.monotonic()) > 0:
-        with ctx.paused():
-            seen = JOB_ENDS.wait(seen, left)
+        seen = JOB_ENDS.wait(seen, left)
 
 
 # A wave's systems (``b_ids``), built once: what starting a child reads of them
