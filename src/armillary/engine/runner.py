@@ -33,7 +33,6 @@ from armillary.domain.models import System, utcnow
 from armillary.domain.prepared import Prepared, run
 from armillary.engine.bodies import BodyThreads
 from armillary.engine.context import StepContext
-from armillary.engine.cpu_turn import Holding, NoTurn
 from armillary.engine.events import insert_event
 from armillary.engine.jobs import JOB_ENDS
 from armillary.engine.leases import claim_step, expire_step_lease
@@ -140,8 +139,9 @@ def run_step(runtime: Runtime, step_id: int) -> None:
         return
     turn = runtime.hold_turn()  # this thread's turn to run Python, from the claim on (``engine.cpu_turn``)
     try:
-        claimed = _claim(runtime, step_id, turn)
+        claimed = _claim(runtime, step_id)
         while claimed is not None:
+            claimed.ctx.turn = turn  # the step's body shares it (``StepContext.paused``)
             claimed = _run_claimed(runtime, claimed)
             turn.boundary()
     finally:
@@ -180,10 +180,10 @@ def _run_claimed(runtime: Runtime, claimed: Claimed) -> Claimed | None:
     return chained
 
 
-def _claim(runtime: Runtime, step_id: int, turn: Holding | NoTurn) -> Claimed | None:
+def _claim(runtime: Runtime, step_id: int) -> Claimed | None:
     with runtime.db.engine.connect() as conn:
         with runtime.writing(), conn.begin():
-            claimed, cancelled = _claim_in(conn, runtime, step_id, turn)
+            claimed, cancelled = _claim_in(conn, runtime, step_id)
         if cancelled:
             runtime.wake()
         if claimed is None:
@@ -192,9 +192,7 @@ def _claim(runtime: Runtime, step_id: int, turn: Holding | NoTurn) -> Claimed | 
     return claimed
 
 
-def _claim_in(
-    conn: Connection, runtime: Runtime, step_id: int, turn: Holding | NoTurn
-) -> tuple[Claimed | None, bool]:
+def _claim_in(conn: Connection, runtime: Runtime, step_id: int) -> tuple[Claimed | None, bool]:
     """Claim a queued step in ``conn``'s transaction: (the step claimed or None, whether it was not
     started because its job was cancelled: the dispatcher must then be woken, after the commit)."""
     if not claim_step(conn, step_id, runtime.worker_id, runtime.lease_s):
@@ -210,10 +208,10 @@ def _claim_in(
         _labelled(metrics.JOBS_STARTED, row.workflow).inc()
         insert_event(conn, row.id, "job", "job running", data={"status": JobStatus.RUNNING.value})
     _started_event(conn, row.id, row.name, row.attempts, row.max_attempts)
-    return _claimed(runtime, step_id, row, row, row.attempts, row.context, turn), False
+    return _claimed(runtime, step_id, row, row, row.attempts, row.context), False
 
 
-def _claim_queued(conn: Connection, runtime: Runtime, turn: Holding | NoTurn) -> Claimed | None:
+def _claim_queued(conn: Connection, runtime: Runtime) -> Claimed | None:
     """The next step waiting in the executor's queue (``Runtime.take_queued``), claimed in the transaction
     that ended this worker's job: a job's first step costs no transaction of its own.
 
@@ -224,7 +222,7 @@ def _claim_queued(conn: Connection, runtime: Runtime, turn: Holding | NoTurn) ->
     step_id = runtime.take_queued()
     if step_id is None:
         return None
-    return _claim_in(conn, runtime, step_id, turn)[0]  # not started (cancelled): the job's end wakes the dispatcher
+    return _claim_in(conn, runtime, step_id)[0]  # not started (cancelled): the job's end wakes the dispatcher
 
 
 def _started_event(conn: Connection, job_id: int, name: str, attempt: int, max_attempts: int) -> None:
@@ -232,11 +230,8 @@ def _started_event(conn: Connection, job_id: int, name: str, attempt: int, max_a
                  step=name, data={"status": "running", "attempt": attempt})
 
 
-def _claimed(
-    runtime: Runtime, step_id: int, job: Any, step: Any, attempt: int, context: Any, turn: Holding | NoTurn
-) -> Claimed:
-    """``job``: the job's columns (``id``, ``action``, ``workflow``, ...); ``step``: the step's; ``turn``:
-    the worker's turn to run Python, which the step's body shares (``StepContext.paused``)."""
+def _claimed(runtime: Runtime, step_id: int, job: Any, step: Any, attempt: int, context: Any) -> Claimed:
+    """``job``: the job's columns (``id``, ``action``, ``workflow``, ...); ``step``: the step's."""
     ctx = StepContext(
         runtime=runtime,
         job_id=job.id,
@@ -247,7 +242,6 @@ def _claimed(
         params={**(job.params or {}), "_workflow": job.workflow},
         context=dict(context or {}),
         deadline=time.monotonic() + step.timeout_s,
-        turn=turn,
     )
     ctx.output = StepOutput(runtime.output_flusher(), ctx.job_id, ctx.step, ctx.write_held_fields)
     return Claimed(step_id, ctx, step.max_attempts, step.timeout_s, job.request_id)
@@ -356,7 +350,7 @@ def _record(
         with runtime.writing(urgent=True), conn.begin():  # work ending goes before work starting
             ready, ended, chained = _record_in(conn, runtime, claimed, result, error, retry_base_s, held)
             if ended and chained is None:  # the job ended: this worker goes on with the next job's step
-                chained = _claim_queued(conn, runtime, claimed.ctx.turn)
+                chained = _claim_queued(conn, runtime)
         if chained is not None and chained.ctx.prefetched is None:
             _prefetch(conn, chained.ctx)
     return ready, ended, chained
@@ -432,7 +426,7 @@ def _advance(
         if run(conn, _CLAIM_NEXT, {"b_step_id": first.id, "b_owner": runtime.worker_id, "b_now": now,
                                       "b_expires": now + timedelta(seconds=runtime.lease_s)}).rowcount == 1:
             _started_event(conn, job.id, first.name, first.attempts + 1, first.max_attempts)
-            chained = _claimed(runtime, first.id, job, first, first.attempts + 1, context, previous.turn)
+            chained = _claimed(runtime, first.id, job, first, first.attempts + 1, context)
             chained.ctx.prefetched = previous.handover(conn) if job.system_id is not None else None
             ready = ready[1:]
     if ready:
