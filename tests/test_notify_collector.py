@@ -3,9 +3,10 @@ window is still settling, and a row committed after newer ones is still collecte
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from armillary.domain.jobs import Job, JobEvent
 from armillary.notify import events
@@ -16,17 +17,17 @@ from armillary.notify.models import NotifyEvent
 class CountingJobEnds:
     """The jobs source, with every read counted and every row made an event of its own (no job lookups)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "collector-test") -> None:
         self.reads = 0
+        self.prefix = prefix
         self.source = Source("jobs", self.read, self.to_events, "job_events", events.JOB_KIND_WHERE)
 
     def read(self, session: Any, after: int, upto: int | None, limit: int) -> list[Any]:
         self.reads += 1
         return events.SOURCES[0].read(session, after, upto, limit)
 
-    @staticmethod
-    def to_events(session: Any, rows: list[Any]) -> list[NewEvent]:
-        return [NewEvent("job.finished", f"collector-test:{row.id}", None, {}, "ended", row.created_at)
+    def to_events(self, session: Any, rows: list[Any]) -> list[NewEvent]:
+        return [NewEvent("job.finished", f"{self.prefix}:{row.id}", None, {}, "ended", row.created_at)
                 for row in rows]
 
 
@@ -46,9 +47,9 @@ def test_an_idle_pass_reads_nothing_while_a_window_settles_and_a_late_row_is_swe
         session.commit()
     with db.session() as session:
         assert not collector.idle(session, 100.0)
-        assert collector.collect(session, 100.0) == 2
+        assert collector.collect(session, 100.0).events == 2
         assert not collector.idle(session, 100.5)  # the new window's first sweep is due
-        assert collector.collect(session, 100.5) == 0
+        assert collector.collect(session, 100.5).events == 0
         session.commit()
     reads = jobs.reads
     with db.session() as session:  # the window is unsettled for an hour; nothing new: no reads
@@ -60,10 +61,37 @@ def test_an_idle_pass_reads_nothing_while_a_window_settles_and_a_late_row_is_swe
     with db.session() as session:
         assert collector.idle(session, 105.4)  # not found before the sweep is due...
         assert not collector.idle(session, 105.6)  # ...then a full pass, whose sweep finds it
-        assert collector.collect(session, 105.6) == 1
+        assert collector.collect(session, 105.6).events == 1
         session.commit()
     with db.session() as session:
         assert collector.idle(session, 106.0)
         keys = set(session.scalars(select(NotifyEvent.source_key).where(
             NotifyEvent.source_key.like("collector-test:%"))))
     assert keys == {f"collector-test:{i}" for i in (first_id, first_id + 5, later_id)}
+
+
+def test_a_pass_says_when_it_is_behind_and_when_the_sender_has_work(db, monkeypatch) -> None:
+    """Under load the service reads again at once only when a source had a whole batch, and wakes the
+    sender only for deliveries: a pass per job ending, each waking the sender, cost a tenth of the CPU
+    of a burst of single actions while no subscription wanted any of it."""
+    jobs = CountingJobEnds(prefix=f"behind-test-{uuid.uuid4().hex}")
+    collector = Collector(sources=(jobs.source,), settle_s=3600, sweep_s=3600)
+    with db.session() as session:  # past the rows other tests left
+        while collector.collect(session, 100.0).behind:
+            pass
+        session.commit()
+    monkeypatch.setattr(events, "BATCH", 2)
+    with db.session() as session:
+        job = Job(action="stage", workflow="stage")
+        session.add(job)
+        session.flush()
+        top = session.scalar(select(func.max(JobEvent.id))) or 0  # explicit: the test above set ids by hand
+        session.add_all([JobEvent(id=top + n, job_id=job.id, kind="job", message="succeeded",
+                                  data={"status": "succeeded"}) for n in (1, 2, 3)])
+        session.commit()
+    with db.session() as session:
+        first = collector.collect(session, 100.0)
+        second = collector.collect(session, 100.1)
+        session.commit()
+    assert (first.events, first.deliveries, first.behind) == (2, 0, True)  # no subscription: nothing to send
+    assert (second.events, second.behind) == (1, False)

@@ -94,10 +94,11 @@ def store(session: Session, new: NewEvent, subscriptions: Sequence[Subscription]
     return event
 
 
-def store_many(session: Session, news: list[NewEvent], subscriptions: Sequence[Subscription]) -> int:
-    """``store`` for a batch: one INSERT of the events (duplicates skipped), one of their deliveries."""
+def store_many(session: Session, news: list[NewEvent], subscriptions: Sequence[Subscription]) -> tuple[int, int]:
+    """``store`` for a batch: one INSERT of the events (duplicates skipped), one of their deliveries.
+    The numbers of events and of deliveries stored."""
     if not news:
-        return 0
+        return 0, 0
     now = utcnow()
     table: Table = NotifyEvent.__table__  # type: ignore[assignment]
     dialect = session.get_bind().dialect.name
@@ -116,7 +117,7 @@ def store_many(session: Session, news: list[NewEvent], subscriptions: Sequence[S
                             occurred_at=new.occurred_at, created_at=now)
         rows.extend(delivery_row(sub, event) for sub in subscriptions if matching.matches(sub, event))
     insert_deliveries(session, rows)
-    return len(ids)
+    return len(ids), len(rows)
 
 
 def delivery_row(sub: Subscription, event: NotifyEvent) -> dict[str, Any]:
@@ -344,6 +345,15 @@ SOURCES = (
 
 
 @dataclass
+class Pass:
+    """What one collector pass did."""
+
+    events: int = 0  # stored
+    deliveries: int = 0  # stored with them: the sender has work
+    behind: bool = False  # a source had a whole batch to read: read again at once instead of after the poll
+
+
+@dataclass
 class _Tail:
     position: int  # stored: every row at or below it is collected
     read: int  # this process has read up to here
@@ -384,14 +394,15 @@ class Collector:
             tail = self._tails[name] = _Tail(position=cursor.position, read=cursor.position)
         return tail
 
-    def collect(self, session: Session, now_monotonic: float) -> int:
-        """One pass over every source (the caller commits); the number of events stored."""
-        stored = 0
+    def collect(self, session: Session, now_monotonic: float) -> Pass:
+        """One pass over every source (the caller commits)."""
+        done = Pass()
         subs: list[Subscription] | None = None
         self._forget_vanished(session)
         for source in self.sources:
             tail = self._tail(session, source.name)
             rows = source.read(session, tail.read, None, BATCH)
+            done.behind = done.behind or len(rows) >= BATCH
             if now_monotonic - tail.last_sweep >= self.sweep_s and tail.read > tail.position:
                 tail.last_sweep = now_monotonic
                 rows = self._sweep(session, source, tail) + rows
@@ -401,13 +412,15 @@ class Collector:
                 subs = enabled_subscriptions(session)
             news = source.to_events(session, rows)
             for start in range(0, len(news), 200):  # bounded statements (SQLite's bound-parameter limit)
-                stored += store_many(session, news[start:start + 200], subs)
+                events, deliveries = store_many(session, news[start:start + 200], subs)
+                done.events += events
+                done.deliveries += deliveries
             for row in rows:
                 tail.seen.add(row.id)
             tail.read = max(tail.read, max(row.id for row in rows))
             self._settle(session, source.name, tail, rows)
         self._newest = self._looked
-        return stored
+        return done
 
     def _forget_vanished(self, session: Session) -> None:
         """A cursor row gone while this process reads (the tables were emptied: a test's reset, a restore from

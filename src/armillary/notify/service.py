@@ -32,7 +32,7 @@ from armillary.domain.db import Database
 from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox, SecretBoxError
 from armillary.notify import deliveries, email, retention, webhook
-from armillary.notify.events import Collector, QuotaWatch
+from armillary.notify.events import Collector, Pass, QuotaWatch
 from armillary.notify.models import Delivery, Subscription, TargetKind
 
 log = logging.getLogger("armillary.notify")
@@ -112,16 +112,17 @@ class NotifyService:
                     last_prune = now
                     retention.prune(self.db, retention.keep_days())
                 with self.db.session() as session:
-                    stored = 0 if self.collector.idle(session, now) else self.collector.collect(session, now)
+                    done = Pass() if self.collector.idle(session, now) else self.collector.collect(session, now)
                     if now - last_quota >= QUOTA_SCAN_S:
                         last_quota = now
-                        stored += self.quotas.scan(session)
-                    if not stored and now - last_settle >= 1.0:
+                        done.deliveries += self.quotas.scan(session)  # (its events' deliveries, if any)
+                    if not done.events and now - last_settle >= 1.0:
                         last_settle = now
                         self.collector.settle_idle(session)
-                if stored:
-                    self._wake.set()
-                    continue  # more may be waiting: read again at once
+                if done.deliveries:
+                    self._wake.set()  # only then: a sender's pass costs queries
+                if done.behind:
+                    continue  # more is waiting: read again at once (under load, a pass per poll, not per job)
             except Exception:
                 log.exception("notify collector pass failed")
             self._stop.wait(self.poll_s)
