@@ -197,8 +197,10 @@ def test_operator_journey(server, admin, chromium, shots) -> None:
     page.get_by_role("dialog").get_by_role("button", name="stage").click()
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     page.get_by_test_id("job-status").get_by_text("succeeded").wait_for(timeout=60_000)
+    # The status may come from the page's re-read of the job before the stream's lines are drawn: wait for them.
     log = page.get_by_test_id("job-log")
-    assert "installing" in log.inner_text() or log.locator(".log-line").count() > 0
+    log.locator(".log-line").first.wait_for(timeout=30_000)
+    assert log.locator(".log-line").count() > 0
     check_page(page, "job", shots)
 
     # The other two are created through the API; then all three are destroyed by label from the table.
