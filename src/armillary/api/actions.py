@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from armillary.api.audit_trail import note
 from armillary.api.deps import SessionDep
 from armillary.api.job_start import IdempotencyKey, actor_kwargs, start_idempotent
-from armillary.api.lookups import check_hostname_free, get_system
+from armillary.api.lookups import ACCESS_LOADING, check_hostname_free, get_system
 from armillary.api.security import Access, requires
 from armillary.auth.policy import Permission
-from armillary.domain.accounts import User
 from armillary.domain.errors import InvalidInput
 from armillary.domain.job_schemas import ActionRequest, JobOut
 from armillary.domain.jobs import Job
@@ -24,12 +23,6 @@ from armillary.workflows.deploy import ConfigError as DeployConfigError
 from armillary.workflows.deploy import check_request as check_deploy_request
 
 router = APIRouter(prefix="/systems", tags=["actions"])
-
-# An action reads the system's row and its environment (access, lock); its hypervisor (addresses),
-# type, owner (a quota's 403 names them) and labels (a clone copies them) are loaded when used, not
-# with every action: a create reads one row joined to one.
-_ACTION_LOADING = (lazyload(System.labels), lazyload(System.hypervisor), lazyload(System.type),
-                   lazyload(System.owner).lazyload(User.grants))
 
 
 def _clone(session: Session, source: System, hostname: str, owner_id: int) -> System:
@@ -70,7 +63,7 @@ def run_action(
     Operators act on every system of their environments, users on the systems they own; a locked
     environment refuses everyone but admins (409); ``create``, ``stage`` and ``clone`` take from the
     owner's quota (403 naming the limit when it is spent)."""
-    system = get_system(session, ref, access, _ACTION_LOADING)
+    system = get_system(session, ref, access, ACCESS_LOADING)
     note(request, action=f"system.{body.action}")
 
     def start() -> Job:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 from armillary import metrics
 from armillary.api.deps import CURSOR_PATTERN, IdPath, MAX_LIMIT, SessionDep, newest_first
 from armillary.api.job_start import IdempotencyKey, accepted, start_idempotent
+from armillary.api.lookups import ACCESS_LOADING, system_by_id
 from armillary.api.security import Access, requires
 from armillary.api.views import job_out
 from armillary.auth.policy import Permission
@@ -40,7 +41,7 @@ def get_job(session: Session, job_id: int, access: Access, permission: Permissio
     if job is None:
         raise NotFound(f"no job {job_id}")
     mine = job.user_id is not None and job.user_id == access.principal.user_id
-    system = session.get(System, job.system_id) if job.system_id is not None else None
+    system = system_by_id(session, job.system_id, ACCESS_LOADING) if job.system_id is not None else None
     if system is not None and not (mine and permission is None):
         access.check(system.environment, hidden=f"no job {job_id}", owner_id=system.owner_id,
                      permission=permission or Permission.ENV_READ, mutating=False)

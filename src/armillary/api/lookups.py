@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import Query, Request, Response
 from sqlalchemy import Select, bindparam, exists, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, aliased, lazyload, selectinload
 from sqlalchemy.orm.interfaces import ORMOption
 
 from armillary.api.deps import PageParams, get_by_ref, id_of, paginate
@@ -65,13 +65,24 @@ def driver_for(name: str, field: str = "driver") -> type[Driver]:
 # ---------------------------------------------------------------- systems
 
 
+# What an access check reads of a system: its row joined to its environment. Its hypervisor, type, owner
+# and labels are loaded when used, not with every action or every job followed.
+ACCESS_LOADING = (lazyload(System.labels), lazyload(System.hypervisor), lazyload(System.type),
+                  lazyload(System.owner).lazyload(User.grants))
+
+
+def system_by_id(session: Session, system_id: int, options: Sequence[ORMOption] = ()) -> System | None:
+    """The system with ``options`` (a route passes a constant), or None."""
+    return session.scalars(_system_by_id(tuple(options)), {"b_id": system_id}).first()
+
+
 def get_system(session: Session, ref: str, access: Access, options: Sequence[ORMOption] = ()) -> System:
     """By id, or by hostname when only one environment the caller can see has it; checked for the route's
     permission (404 alike for missing systems and systems in environments the caller has no role in).
     ``options``: loader options for the system (a route that needs less than the mapping loads)."""
     ref_id = id_of(ref)
     if ref_id is not None:
-        system = session.scalars(_system_by_id(tuple(options)), {"b_id": ref_id}).first()
+        system = system_by_id(session, ref_id, options)
         if system is None:
             raise NotFound(f"no system {ref}")
     else:
