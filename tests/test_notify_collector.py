@@ -95,3 +95,20 @@ def test_a_pass_says_when_it_is_behind_and_when_the_sender_has_work(db, monkeypa
         session.commit()
     assert (first.events, first.deliveries, first.behind) == (2, 0, True)  # no subscription: nothing to send
     assert (second.events, second.behind) == (1, False)
+
+
+def test_storing_events_again_stores_nothing_and_a_batch_keeps_its_new_ones(db) -> None:
+    """``store_many`` runs one prebuilt INSERT … ON CONFLICT DO NOTHING RETURNING over a list of rows: the
+    ids it answers are those of the rows that went in, whichever of the batch were there before."""
+    prefix = f"store-test-{uuid.uuid4().hex}"
+    first = [NewEvent("job.finished", f"{prefix}:{n}", None, {"n": n}, "ended", events.utcnow()) for n in (1, 2)]
+    again = [*first, NewEvent("job.finished", f"{prefix}:3", None, {"n": 3}, "ended", events.utcnow())]
+    with db.session() as session:
+        assert events.store_many(session, first, []) == (2, 0)
+        session.commit()
+    with db.session() as session:
+        assert events.store_many(session, again, []) == (1, 0)
+        session.commit()
+        stored = dict(session.execute(select(NotifyEvent.source_key, NotifyEvent.data).where(
+            NotifyEvent.source_key.like(f"{prefix}:%"))).all())
+    assert stored == {f"{prefix}:{n}": {"n": n} for n in (1, 2, 3)}
