@@ -142,49 +142,130 @@ def _event_time(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-class Follower(threading.Thread):
-    """Follows one job over SSE until its ``end`` event; records the latency of every live event."""
+class LiveStream:
+    """What one followed job's SSE stream showed: the latency of every live event (its receipt − its
+    ``time``), the backlog replayed before it opened, its end. Shared by the thread ``Follower`` and the
+    asyncio ``FollowerProcess``."""
 
-    def __init__(self, base_url: str, job_id: int) -> None:
-        super().__init__(daemon=True, name=f"sse-{job_id}")
-        self.base_url, self.job_id = base_url, job_id
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
         self.latencies_s: list[float] = []
         self.live: list[tuple[float, float]] = []  # (written, received) of each live event
         self.backlog = 0
         self.ended_at: float | None = None
         self.error: str | None = None
-        self.opened = threading.Event()
+        self.opened_at = 0.0
+        self._kind: str | None = None
+
+    def take(self, line: str) -> bool:
+        """One line of the stream, received now; True at the ``end`` event."""
+        now = time.time()
+        if line.startswith("event: "):
+            self._kind = line[7:]
+        elif line.startswith("data: "):
+            if self._kind == "end":
+                self.ended_at = time.perf_counter()
+                return True
+            written = _event_time(json.loads(line[6:])["time"])
+            if written > self.opened_at:
+                self.latencies_s.append(now - written)
+                self.live.append((written, now))
+            else:
+                self.backlog += 1
+        return False
+
+
+def _events_url(base_url: str, job_id: int) -> str:
+    return f"{base_url}/api/v1/jobs/{job_id}/events"
+
+
+class Follower(LiveStream, threading.Thread):
+    """Follows one job over SSE, in a thread, until its ``end`` event."""
+
+    def __init__(self, base_url: str, job_id: int) -> None:
+        LiveStream.__init__(self, job_id)
+        threading.Thread.__init__(self, daemon=True, name=f"sse-{job_id}")
+        self.base_url = base_url
 
     def run(self) -> None:
         try:
             with httpx.Client(timeout=httpx.Timeout(30, read=120), headers=HEADERS) as client, client.stream(
-                "GET", f"{self.base_url}/api/v1/jobs/{self.job_id}/events", headers={"Accept": "text/event-stream"}
+                "GET", _events_url(self.base_url, self.job_id), headers={"Accept": "text/event-stream"}
             ) as response:
                 if response.status_code != 200:
                     self.error = f"SSE -> {response.status_code}"
                     return
-                opened = time.time()
-                self.opened.set()
-                kind = None
+                self.opened_at = time.time()
                 for line in response.iter_lines():
-                    now = time.time()
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: "):
-                        if kind == "end":
-                            self.ended_at = time.perf_counter()
-                            return
-                        event = json.loads(line[6:])
-                        written = _event_time(event["time"])
-                        if written > opened:
-                            self.latencies_s.append(now - written)
-                            self.live.append((written, now))
-                        else:
-                            self.backlog += 1
+                    if self.take(line):
+                        return
         except Exception as exc:  # noqa: BLE001 - reported, not raised from a thread
             self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.opened.set()
+
+
+class FollowerProcess:
+    """Many followers on one asyncio event loop, in a process of their own.
+
+    Hundreds of ``Follower`` threads in the benchmark's process took a core of this 2-core machine and
+    queued each receipt behind the GIL, so the latency they timed was partly their own. Here one thread
+    reads every stream, and the benchmark's process (its NOTIFY clock) stays idle."""
+
+    def __init__(self) -> None:
+        # Spawned, not forked: a fork would share the sockets the benchmark holds open (its Celery broker
+        # connections, which kombu closes again after a fork, with the next forked child then waiting forever).
+        context = multiprocessing.get_context("spawn")
+        self._asked = context.SimpleQueue()
+        self._done = context.SimpleQueue()
+        self._process = context.Process(target=_follow_all, args=(self._asked, self._done, dict(HEADERS)),
+                                        daemon=True)
+        self._process.start()
+
+    def follow(self, base_url: str, job_id: int) -> None:
+        self._asked.put((base_url, job_id))
+
+    def results(self, timeout_s: float = 120) -> list[LiveStream]:
+        """Every stream's record, once each has ended (or failed, or ``timeout_s`` passed)."""
+        self._asked.put(timeout_s)
+        streams = self._done.get()
+        self._process.join(timeout=30)
+        return streams
+
+
+def _follow_all(asked, done, headers: dict[str, str]) -> None:
+    import asyncio
+
+    async def follow(client: httpx.AsyncClient, base_url: str, stream: LiveStream) -> None:
+        try:
+            async with client.stream("GET", _events_url(base_url, stream.job_id),
+                                     headers={"Accept": "text/event-stream"}) as response:
+                if response.status_code != 200:
+                    stream.error = f"SSE -> {response.status_code}"
+                    return
+                stream.opened_at = time.time()
+                async for line in response.aiter_lines():
+                    if stream.take(line):
+                        return
+        except Exception as exc:  # noqa: BLE001 - reported with the stream
+            stream.error = f"{type(exc).__name__}: {exc}"
+
+    async def main() -> list[LiveStream]:
+        loop = asyncio.get_running_loop()
+        streams: list[LiveStream] = []
+        tasks = []
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=120), headers=headers, limits=limits) as client:
+            while not isinstance(item := await loop.run_in_executor(None, asked.get), float | int):
+                base_url, job_id = item
+                streams.append(LiveStream(job_id))
+                tasks.append(asyncio.create_task(follow(client, base_url, streams[-1])))
+            if tasks:
+                await asyncio.wait(tasks, timeout=item)
+        for stream in streams:
+            if stream.ended_at is None and stream.error is None:
+                stream.error = "did not end in time"
+        return streams
+
+    done.put(asyncio.run(main()))
 
 
 # ---------------------------------------------------------------- the scenarios
@@ -406,7 +487,7 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def sse_summary(followers: list[Follower]) -> dict[str, Any]:
+def sse_summary(followers: list[LiveStream]) -> dict[str, Any]:
     samples = [s * 1000 for f in followers for s in f.latencies_s]
     errors = [f.error for f in followers if f.error]
     if not samples:

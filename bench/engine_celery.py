@@ -350,25 +350,28 @@ def post_creates(urls: list[str], ids: list[int], clients: int, out) -> None:
         out.put(None)  # the parent stops reading; a short count is reported there
 
 
-def follow_creates(urls: list[str], ids: list[int], args: argparse.Namespace) -> tuple[list[int], list, float]:
+def follow_creates(urls: list[str], ids: list[int], args: argparse.Namespace
+                   ) -> tuple[list[int], inline_bench.FollowerProcess, float]:
     """Start the creates over the API processes; follow every n-th job on the process after the one
-    that started it. The job ids, the followers, and when the first POST went out."""
+    that started it, from a process of followers of its own (``FollowerProcess``: the timing of
+    hundreds of follower threads here was partly their own queueing for this process's GIL). The job
+    ids, the followers, and when the first POST went out."""
     wanted = args.sse_followers or len(ids)
     every = max(1, len(ids) // wanted)
     context = multiprocessing.get_context("fork")
     out = context.SimpleQueue()
+    followers = inline_bench.FollowerProcess()
     sender = context.Process(target=post_creates, args=(urls, ids, args.clients, out), daemon=True)
     jobs: list[int] = []
-    followers: list[inline_bench.Follower] = []
+    followed = 0
     started = time.perf_counter()
     sender.start()
     while (item := out.get()) is not None:
         job_id, k = item
         jobs.append(job_id)
-        if len(jobs) % every == 0 and len(followers) < wanted:
-            follower = inline_bench.Follower(urls[(k + 1) % len(urls)], job_id)  # never the starting process
-            follower.start()
-            followers.append(follower)
+        if len(jobs) % every == 0 and followed < wanted:
+            followers.follow(urls[(k + 1) % len(urls)], job_id)  # never the starting process
+            followed += 1
     sender.join(timeout=30)
     if sender.exitcode != 0 or len(jobs) != len(ids):
         raise SystemExit(f"sending the creates failed (exit code {sender.exitcode}, {len(jobs)} of {len(ids)} started)")
@@ -502,10 +505,9 @@ def sse_scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, 
                          f"(pids {[pid for _, pid in apis]}), {workers} worker(s), {args.sse_followers or 'all'} followed, "
                          f"driver latency {args.latency_ms} ms")
                 with NotifyClock(url) as clock:
-                    jobs, followers, started = follow_creates(urls, ids, args)
+                    jobs, follower_process, started = follow_creates(urls, ids, args)
                     ended = wait_ended(url, jobs, args.timeout)
-                    for follower in followers:
-                        follower.join(timeout=30)
+                    followers = follower_process.results(timeout_s=30)
                 result = outcome(url, jobs, ids)
             finally:
                 stop_all(procs)
