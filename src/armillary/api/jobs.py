@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, selectinload
 
 from armillary import metrics
@@ -29,6 +32,7 @@ from armillary.workflows.bulk import start_from_spec
 from armillary.workflows.selection import resolve_selector
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger("armillary.api")
 
 SSE_KEEPALIVE_S = 15.0
 
@@ -169,11 +173,13 @@ async def job_events(
 async def _stream(request: Request, job_id: int, limit: int, items: list[dict], ended: str | None,
                   after: int) -> AsyncIterator[str]:
     """The events as they come: the job's next page is read when the process's ``JobEventWatch`` says it
-    may have new events (a PostgreSQL NOTIFY, or its one SQLite poll), or at the latest every second."""
+    may have new events (a PostgreSQL NOTIFY, or its one SQLite poll), or at the latest every second. A
+    read the database refused (too many clients, a restart) is tried again then: the stream goes on."""
     watch = request.app.state.job_event_watch
     woken = watch.follow(job_id)
     last = after
     quiet_since = time.monotonic()
+    failed = False
     try:
         yield "retry: 1000\n\n"
         while True:
@@ -193,6 +199,13 @@ async def _stream(request: Request, job_id: int, limit: int, items: list[dict], 
                 if time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
                     quiet_since = time.monotonic()
                     yield ": keep-alive\n\n"
-            items, ended = await watch.next_page(job_id, last, limit)
+            try:
+                items, ended = await watch.next_page(job_id, last, limit)
+            except (OperationalError, PoolTimeout) as exc:  # busy, out of connections, restarting: not the end
+                if not failed:
+                    log.warning("job %s: reading its events for a follower failed (%s); reading again at the "
+                                "next wake", job_id, exc.__class__.__name__)
+                failed = True
+                items, ended = [], None
     finally:
         watch.unfollow(job_id, woken)
