@@ -90,8 +90,11 @@ def test_a_pass_says_when_it_is_behind_and_when_the_sender_has_work(db, monkeypa
                                   data={"status": "succeeded"}) for n in (1, 2, 3)])
         session.commit()
     with db.session() as session:
+        assert not collector.idle(session, 100.0)
         first = collector.collect(session, 100.0)
+        assert not collector.idle(session, 100.1)  # a batch is left: the next pass reads it, new rows or not
         second = collector.collect(session, 100.1)
+        assert collector.idle(session, 100.2)
         session.commit()
     assert (first.events, first.deliveries, first.behind) == (2, 0, True)  # no subscription: nothing to send
     assert (second.events, second.behind) == (1, False)
@@ -112,3 +115,35 @@ def test_storing_events_again_stores_nothing_and_a_batch_keeps_its_new_ones(db) 
         stored = dict(session.execute(select(NotifyEvent.source_key, NotifyEvent.data).where(
             NotifyEvent.source_key.like(f"{prefix}:%"))).all())
     assert stored == {f"{prefix}:{n}": {"n": n} for n in (1, 2, 3)}
+
+
+def test_a_pass_reads_only_the_sources_with_new_rows(db) -> None:
+    """Under load every pass finds new job ends; the attention items and the lock events seldom change and
+    are not read again while their newest id is what was read."""
+    jobs = CountingJobEnds(prefix=f"only-new-{uuid.uuid4().hex}")
+    attention_reads: list[int] = []
+
+    def read_attention(session: Any, after: int, upto: int | None, limit: int) -> list[Any]:
+        attention_reads.append(after)
+        return events.SOURCES[1].read(session, after, upto, limit)
+
+    attention = Source("attention", read_attention, lambda session, rows: [], "attention_items")
+    collector = Collector(sources=(jobs.source, attention), settle_s=3600, sweep_s=3600)
+    with db.session() as session:
+        collector.idle(session, 100.0)
+        while collector.collect(session, 100.0).behind:
+            collector.idle(session, 100.0)
+        session.commit()
+    jobs.reads, attention_reads[:] = 0, []
+    with db.session() as session:
+        job = Job(action="stage", workflow="stage")
+        session.add(job)
+        session.flush()
+        top = session.scalar(select(func.max(JobEvent.id))) or 0
+        session.add(JobEvent(id=top + 1, job_id=job.id, kind="job", message="succeeded", data={"status": "succeeded"}))
+        session.commit()
+    with db.session() as session:
+        assert not collector.idle(session, 101.0)
+        assert collector.collect(session, 101.0).events == 1
+        session.commit()
+    assert (jobs.reads, attention_reads) == (1, [])

@@ -405,11 +405,17 @@ class Collector:
         done = Pass()
         subs: list[Subscription] | None = None
         self._forget_vanished(session)
+        # The newest ids ``idle`` just looked at: a source with nothing above what was read is not read
+        # (under load the job ends change every pass, the attention items and the lock events seldom).
+        newest = dict(zip([s.name for s in self.sources], self._looked or (), strict=False))
         for source in self.sources:
             tail = self._tail(session, source.name)
+            sweep_due = now_monotonic - tail.last_sweep >= self.sweep_s and tail.read > tail.position
+            if not sweep_due and newest.get(source.name, tail.read + 1) <= tail.read:
+                continue
             rows = source.read(session, tail.read, None, BATCH)
             done.behind = done.behind or len(rows) >= BATCH
-            if now_monotonic - tail.last_sweep >= self.sweep_s and tail.read > tail.position:
+            if sweep_due:
                 tail.last_sweep = now_monotonic
                 rows = self._sweep(session, source, tail) + rows
             if not rows:
@@ -425,7 +431,7 @@ class Collector:
                 tail.seen.add(row.id)
             tail.read = max(tail.read, max(row.id for row in rows))
             self._settle(session, source.name, tail, rows)
-        self._newest = self._looked
+        self._newest = None if done.behind else self._looked  # behind: the next look is not idle
         return done
 
     def _forget_vanished(self, session: Session) -> None:
