@@ -22,7 +22,8 @@ and the workers' total, from /proc. Every job must succeed, each machine be crea
   shared socket) and ``--processes`` workers (4 by default) on one database. ``--systems`` creates are
   POSTed (``/systems/{id}/actions``) round-robin to the three API processes by ``--clients`` threads
   in a forked child; every job (or every n-th, ``--sse-followers N``) is followed over SSE on the NEXT API
-  process — never the one that started it, and the job's steps run in the workers, so every event
+  process — never the one that started it — by a process of followers of its own (one asyncio loop for
+  all the streams: hundreds of follower threads took a core and timed their own GIL queueing), and the job's steps run in the workers, so every event
   reaches its follower through PostgreSQL ``NOTIFY`` (the job_events trigger) and the follower
   process's ``LISTEN``. Latency of an event = its arrival at the follower − its ``time`` (the row's
   ``created_at``, stamped by the worker's clock, which is this machine's). Only events written after

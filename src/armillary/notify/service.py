@@ -115,7 +115,7 @@ class NotifyService:
                     done = Pass() if self.collector.idle(session, now) else self.collector.collect(session, now)
                     if now - last_quota >= QUOTA_SCAN_S:
                         last_quota = now
-                        done.deliveries += self.quotas.scan(session)  # (its events' deliveries, if any)
+                        done.deliveries += self.quotas.scan(session)  # events, rare: the sender looks for theirs
                     if not done.events and now - last_settle >= 1.0:
                         last_settle = now
                         self.collector.settle_idle(session)
