@@ -254,6 +254,7 @@ def _follow_all(asked, done, headers: dict[str, str]) -> None:
         tasks = []
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=120), headers=headers, limits=limits) as client:
+            # Each item a (base URL, job id) to follow, until a number: how long the streams may still take.
             while not isinstance(item := await loop.run_in_executor(None, asked.get), float | int):
                 base_url, job_id = item
                 streams.append(LiveStream(job_id))

@@ -25,8 +25,9 @@ and the workers' total, from /proc. Every job must succeed, each machine be crea
   process — never the one that started it — by a process of followers of its own (one asyncio loop for
   all the streams: hundreds of follower threads took a core and timed their own GIL queueing). The
   job's steps run in the workers, so every event reaches its follower through PostgreSQL ``NOTIFY``
-  (the job_events trigger) and the follower process's ``LISTEN``. Latency of an event = its arrival at the follower − its ``time`` (the row's
-  ``created_at``, stamped by the worker's clock, which is this machine's). Only events written after
+  (the job_events trigger) and the follower process's ``LISTEN``. Latency of an event = its arrival at
+  the follower − its ``time`` (the row's ``created_at``, stamped by the worker's clock, which is this
+  machine's). Only events written after
   the stream opened count. Warm-up: one followed create per API process (each starts its LISTEN).
   Prints p50/p95/p99/max of the latency, the count, and creates/s (POST of the first → end of the
   last); target p99 ≤ 250 ms.

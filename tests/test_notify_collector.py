@@ -31,6 +31,28 @@ class CountingJobEnds:
                 for row in rows]
 
 
+def caught_up(db, collector: Collector) -> None:
+    """Passes until the collector has read every row other tests left."""
+    with db.session() as session:
+        collector.idle(session, 100.0)
+        while collector.collect(session, 100.0).behind:
+            collector.idle(session, 100.0)
+        session.commit()
+
+
+def add_job_ends(db, count: int) -> None:
+    """``count`` job-end rows of a new job, with ids above every row there (given: a test here sets ids by
+    hand, which PostgreSQL's sequence does not see)."""
+    with db.session() as session:
+        job = Job(action="stage", workflow="stage")
+        session.add(job)
+        session.flush()
+        top = session.scalar(select(func.max(JobEvent.id))) or 0
+        session.add_all([JobEvent(id=top + n, job_id=job.id, kind="job", message="succeeded",
+                                  data={"status": "succeeded"}) for n in range(1, count + 1)])
+        session.commit()
+
+
 def test_an_idle_pass_reads_nothing_while_a_window_settles_and_a_late_row_is_swept(db) -> None:
     jobs = CountingJobEnds()
     collector = Collector(sources=(jobs.source,), settle_s=3600, sweep_s=5.0)
@@ -72,23 +94,13 @@ def test_an_idle_pass_reads_nothing_while_a_window_settles_and_a_late_row_is_swe
 
 def test_a_pass_says_when_it_is_behind_and_when_the_sender_has_work(db, monkeypatch) -> None:
     """Under load the service reads again at once only when a source had a whole batch, and wakes the
-    sender only for deliveries: a pass per job ending, each waking the sender, cost a tenth of the CPU
-    of a burst of single actions while no subscription wanted any of it."""
+    sender only for deliveries: a pass per job ending, each waking the sender, took 1,581 collector and 306
+    sender statements per 1,000 single creates while no subscription wanted any of it."""
     jobs = CountingJobEnds(prefix=f"behind-test-{uuid.uuid4().hex}")
     collector = Collector(sources=(jobs.source,), settle_s=3600, sweep_s=3600)
-    with db.session() as session:  # past the rows other tests left
-        while collector.collect(session, 100.0).behind:
-            pass
-        session.commit()
+    caught_up(db, collector)
     monkeypatch.setattr(events, "BATCH", 2)
-    with db.session() as session:
-        job = Job(action="stage", workflow="stage")
-        session.add(job)
-        session.flush()
-        top = session.scalar(select(func.max(JobEvent.id))) or 0  # explicit: the test above set ids by hand
-        session.add_all([JobEvent(id=top + n, job_id=job.id, kind="job", message="succeeded",
-                                  data={"status": "succeeded"}) for n in (1, 2, 3)])
-        session.commit()
+    add_job_ends(db, 3)
     with db.session() as session:
         assert not collector.idle(session, 100.0)
         first = collector.collect(session, 100.0)
@@ -129,19 +141,9 @@ def test_a_pass_reads_only_the_sources_with_new_rows(db) -> None:
 
     attention = Source("attention", read_attention, lambda session, rows: [], "attention_items")
     collector = Collector(sources=(jobs.source, attention), settle_s=3600, sweep_s=3600)
-    with db.session() as session:
-        collector.idle(session, 100.0)
-        while collector.collect(session, 100.0).behind:
-            collector.idle(session, 100.0)
-        session.commit()
+    caught_up(db, collector)
     jobs.reads, attention_reads[:] = 0, []
-    with db.session() as session:
-        job = Job(action="stage", workflow="stage")
-        session.add(job)
-        session.flush()
-        top = session.scalar(select(func.max(JobEvent.id))) or 0
-        session.add(JobEvent(id=top + 1, job_id=job.id, kind="job", message="succeeded", data={"status": "succeeded"}))
-        session.commit()
+    add_job_ends(db, 1)
     with db.session() as session:
         assert not collector.idle(session, 101.0)
         assert collector.collect(session, 101.0).events == 1

@@ -62,12 +62,29 @@ class NewEvent:
 # ------------------------------------------------------------------ storing events and their deliveries
 
 
-def _insert_ignoring_duplicate(session: Session, values: dict[str, Any]) -> int | None:
+def _insert_events(make: Callable[[Table], Any]) -> Any:
     table: Table = NotifyEvent.__table__  # type: ignore[assignment]
-    dialect = session.get_bind().dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    statement = insert.values(**values).on_conflict_do_nothing(index_elements=["source_key"]).returning(table.c.id)
-    return session.execute(statement).scalar()
+    return make(table).on_conflict_do_nothing(index_elements=["source_key"]).returning(table.c.id, table.c.source_key)
+
+
+# Built once, run with one row or a list of rows (SQLAlchemy's insertmanyvalues): not compiled afresh for
+# each call (as ``insert().values(rows)`` was: most of a collector pass's CPU under load). A row already
+# stored (its ``source_key``) goes in again as nothing and returns nothing.
+_INSERT_EVENTS = {"sqlite": _insert_events(sqlite.insert), "postgresql": _insert_events(postgresql.insert)}
+
+
+def _insert_events_of(session: Session) -> Any:
+    return _INSERT_EVENTS[session.get_bind().dialect.name]
+
+
+def _event_row(new: NewEvent, now: datetime) -> dict[str, Any]:
+    return {"kind": new.kind, "source_key": new.source_key, "environment_id": new.environment_id, "data": new.data,
+            "text": new.text, "occurred_at": new.occurred_at, "created_at": now}
+
+
+def _stored(new: NewEvent, event_id: int, now: datetime) -> NotifyEvent:
+    """The event as its row was inserted (not read back)."""
+    return NotifyEvent(id=event_id, **_event_row(new, now))
 
 
 def store(session: Session, new: NewEvent, subscriptions: Sequence[Subscription] | None = None,
@@ -77,13 +94,10 @@ def store(session: Session, new: NewEvent, subscriptions: Sequence[Subscription]
     With ``pending``, the deliveries are appended to it as rows for the caller to insert in one statement
     (``insert_deliveries``, in the same transaction) instead of being added one by one."""
     now = utcnow()
-    event_id = _insert_ignoring_duplicate(session, {
-        "kind": new.kind, "source_key": new.source_key, "environment_id": new.environment_id, "data": new.data,
-        "text": new.text, "occurred_at": new.occurred_at, "created_at": now})
-    if event_id is None:
+    inserted = session.execute(_insert_events_of(session), _event_row(new, now)).first()
+    if inserted is None:
         return None
-    event = NotifyEvent(id=event_id, kind=new.kind, source_key=new.source_key, environment_id=new.environment_id,
-                        data=new.data, text=new.text, occurred_at=new.occurred_at, created_at=now)
+    event = _stored(new, inserted.id, now)
     subs = subscriptions if subscriptions is not None else enabled_subscriptions(session)
     for sub in subs:
         if matching.matches(sub, event):
@@ -94,33 +108,19 @@ def store(session: Session, new: NewEvent, subscriptions: Sequence[Subscription]
     return event
 
 
-def _insert_events(make: Callable[[Table], Any]) -> Any:
-    table: Table = NotifyEvent.__table__  # type: ignore[assignment]
-    return make(table).on_conflict_do_nothing(index_elements=["source_key"]).returning(table.c.id, table.c.source_key)
-
-
-# Built once, run with a list of rows (SQLAlchemy's insertmanyvalues): one statement per batch, not one
-# compiled afresh for each (as ``insert().values(rows)`` is: most of a pass's CPU under load).
-_INSERT_EVENTS = {"sqlite": _insert_events(sqlite.insert), "postgresql": _insert_events(postgresql.insert)}
-
-
 def store_many(session: Session, news: list[NewEvent], subscriptions: Sequence[Subscription]) -> tuple[int, int]:
     """``store`` for a batch: one INSERT of the events (duplicates skipped), one of their deliveries.
     The numbers of events and of deliveries stored."""
     if not news:
         return 0, 0
     now = utcnow()
-    values = [{"kind": n.kind, "source_key": n.source_key, "environment_id": n.environment_id, "data": n.data,
-               "text": n.text, "occurred_at": n.occurred_at, "created_at": now} for n in news]
-    statement = _INSERT_EVENTS[session.get_bind().dialect.name]
-    ids = {key: event_id for event_id, key in session.execute(statement, values)}
+    inserted = session.execute(_insert_events_of(session), [_event_row(new, now) for new in news])
+    ids = {key: event_id for event_id, key in inserted}
     rows: list[dict[str, Any]] = []
     for new in news:
         if new.source_key not in ids:
             continue  # stored before
-        event = NotifyEvent(id=ids[new.source_key], kind=new.kind, source_key=new.source_key,
-                            environment_id=new.environment_id, data=new.data, text=new.text,
-                            occurred_at=new.occurred_at, created_at=now)
+        event = _stored(new, ids[new.source_key], now)
         rows.extend(delivery_row(sub, event) for sub in subscriptions if matching.matches(sub, event))
     insert_deliveries(session, rows)
     return len(ids), len(rows)

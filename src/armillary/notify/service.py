@@ -113,14 +113,15 @@ class NotifyService:
                     retention.prune(self.db, retention.keep_days())
                 with self.db.session() as session:
                     done = Pass() if self.collector.idle(session, now) else self.collector.collect(session, now)
+                    quota_events = 0
                     if now - last_quota >= QUOTA_SCAN_S:
                         last_quota = now
-                        done.deliveries += self.quotas.scan(session)  # events, rare: the sender looks for theirs
+                        quota_events = self.quotas.scan(session)
                     if not done.events and now - last_settle >= 1.0:
                         last_settle = now
                         self.collector.settle_idle(session)
-                if done.deliveries:
-                    self._wake.set()  # only then: a sender's pass costs queries
+                if done.deliveries or quota_events:  # only then: a sender's pass costs queries
+                    self._wake.set()
                 if done.behind:
                     continue  # more is waiting: read again at once (under load, a pass per poll, not per job)
             except Exception:
