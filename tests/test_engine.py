@@ -226,6 +226,22 @@ def test_a_worker_whose_job_ended_claims_the_next_queued_step_in_that_transactio
     assert engine.executor.in_flight() == set()
 
 
+def test_an_engine_starts_the_work_queued_before_it_started_at_once(db: Database) -> None:
+    """A server (re)started with jobs queued begins them on its first tick, not after its first poll."""
+    with db.session() as session:
+        job = create_job(session, action="t-flaky-free", workflow="t-flaky-free")
+        session.flush()
+        job_id = job.id
+    engine = Engine(db, SecretBox("k"), workers=1, lease_s=5.0, poll_s=30)
+    started = time.monotonic()
+    engine.start()
+    try:
+        assert engine.wait_for(job_id, 10).status == "succeeded"
+        assert time.monotonic() - started < 5  # the poll is 30 s: nothing but the first tick ran it
+    finally:
+        engine.stop()
+
+
 def test_exactly_one_of_many_claims_wins(db: Database) -> None:
     with db.session() as session:
         job = create_job(session, action="t-diamond", workflow="t-diamond")

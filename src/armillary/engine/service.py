@@ -110,6 +110,7 @@ class Engine:
         load_workflows()  # the installed workflows (entry points of armillary.workflows), loaded once
         if scheduled_job_starter() is None:
             log.warning("no installed workflow starts the jobs of schedules: schedules will not fire")
+        self._wake.set()  # the first tick at once: work queued while no engine ran waits for no poll
         for name, target in (("dispatcher", self._dispatch_loop), ("heartbeat", self._heartbeat_loop)):
             thread = threading.Thread(target=target, name=f"armillary-{name}", daemon=True)
             thread.start()
