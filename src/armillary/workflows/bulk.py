@@ -43,11 +43,12 @@ from armillary.workflows.selection import resolve_selector
 WAIT_S = 0.2
 # How long a freed slot waits for others before the batch looks and starts its wave (``_gather``), and
 # the share of the concurrency (1/GATHER_SHARE) whose slots, once free, need not wait. A wave costs ~1 ms
-# of CPU whatever its size, ~0.1 ms more per child. With 1,000 children at concurrency 50 (bench/engine.py),
-# 20 ms and a fifth made ~130 waves; 50 ms and a third make ~70, the batch's CPU a quarter less, and the
-# wall time with 100 ms driver calls (lat/bulk) did not grow: the engine's CPU, not the slots, bounds it.
-GATHER_S = 0.05
-GATHER_SHARE = 3
+# of CPU whatever its size, ~0.1 ms more per child. With 1,000 children at concurrency 50 and 100 ms driver
+# calls (bench/engine.py lat/bulk), 50 ms and a third made ~60 waves, and a freed slot stayed empty
+# 7 ms (p50; p90 16 ms) of its ~125 ms cycle; 20 ms and a tenth make ~140 waves (~0.08 ms more CPU per
+# child), a slot stays empty 3 ms (p90 13 ms), and the wall time fell from 2.55-2.77 s to 2.52-2.55 s.
+GATHER_S = 0.02
+GATHER_SHARE = 10
 # A started wave whose lock was taken by a concurrent request meanwhile is rolled back and started again.
 START_TRIES = 3
 
