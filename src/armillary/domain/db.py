@@ -24,6 +24,11 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def libpq_conninfo(url: str) -> str:
+    """The URL as plain psycopg takes it, for connections kept outside SQLAlchemy's pool (LISTEN, leadership)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 

@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from armillary.domain.db import Database
+from armillary.domain.db import Database, libpq_conninfo
 
 log = logging.getLogger("armillary.engine")
 
@@ -81,8 +80,7 @@ class Listener:
 
     def __init__(self, database_url: str, on_notify: Callable[[str], None], channel: str = CHANNEL,
                  on_listen: Callable[[], None] | None = None) -> None:
-        url = make_url(database_url)
-        self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.conninfo = libpq_conninfo(database_url)
         self.on_notify = on_notify  # called with each notification's payload
         self.on_listen = on_listen
         self.channel = channel

@@ -6,7 +6,9 @@ claimed with leases (``armillary.notify.deliveries``).
 
 * The **collector** (``armillary.notify.events``) turns newly committed facts into events and deliveries,
   every ``poll_s`` (0.1 s), scans quotas every ``QUOTA_SCAN_S`` and deletes history older than the retention
-  every hour (``armillary.notify.retention``).
+  every hour (``armillary.notify.retention``). Of several processes on one PostgreSQL database, one collects:
+  the leader of the chore ``notify-collector`` (``armillary.domain.leadership``); another takes over within a
+  second of its end.
 * The **sender** claims due webhook and e-mail deliveries — never more than the pool has free workers — and
   commits the claim before anything touches the network; each pool worker sends one delivery with no database
   connection held, then marks it in a short transaction of its own. Chat deliveries are the chat bot's
@@ -29,6 +31,7 @@ import httpx
 from sqlalchemy import select
 
 from armillary.domain.db import Database
+from armillary.domain.leadership import Leadership
 from armillary.domain.models import utcnow
 from armillary.domain.secrets import SecretBox, SecretBoxError
 from armillary.notify import deliveries, email, retention, webhook
@@ -63,6 +66,7 @@ class NotifyService:
         self.owner = f"notify@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.collector = Collector()
         self.quotas = QuotaWatch()
+        self.leadership = Leadership(db, "notify-collector")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._free = threading.Semaphore(self.workers)
@@ -93,6 +97,7 @@ class NotifyService:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=5)
+        self.leadership.close()
         if self._client is not None:
             self._client.close()
 
@@ -105,8 +110,16 @@ class NotifyService:
         last_quota = 0.0
         last_settle = 0.0
         last_prune: float | None = None
+        led = True
         while not self._stop.is_set():
             try:
+                leads = self.leadership.leads()
+                if leads and not led:  # what was read while another process led is not known here
+                    self.collector = Collector()
+                led = leads
+                if not leads:
+                    self._stop.wait(self.leadership.try_s)
+                    continue
                 now = time.monotonic()
                 if last_prune is None or now - last_prune >= retention.PRUNE_EVERY_S:
                     last_prune = now
