@@ -317,11 +317,18 @@ def scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, Any]
 
 def post_create(client: httpx.Client, system_id: int, attempts: int = 3) -> int:
     """POST one create; its job id. A keep-alive connection the server closed as the request went out
-    (a reset, under load) is tried again with the same ``Idempotency-Key``: one job, never two."""
+    (a reset, under load), or a 503 (PostgreSQL out of connections: three API processes and four workers
+    can ask for more than its default ``max_connections``), is tried again with the same
+    ``Idempotency-Key``: one job, never two. Each retry after a 503 is said on stderr."""
     key = {"Idempotency-Key": f"bench-create-{system_id}"}
     for attempt in range(1, attempts + 1):
         try:
             response = client.post(f"/systems/{system_id}/actions", json={"action": "create"}, headers=key)
+            if response.status_code == 503 and attempt < attempts:
+                print(f"[bench] POST create of system {system_id}: 503 ({response.json().get('detail')}); "
+                      "trying again", file=sys.stderr, flush=True)
+                time.sleep(float(response.headers.get("retry-after", "1")))
+                continue
             return inline_bench.expect(response, 202).json()["id"]
         except httpx.TransportError:
             if attempt == attempts:

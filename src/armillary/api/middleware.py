@@ -16,12 +16,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from armillary import metrics
 from armillary.api.problems import problem_type
+from armillary.domain.db import unavailable
 from armillary.logs import request_id_var
 
 access_log = logging.getLogger("armillary.access")
 error_log = logging.getLogger("armillary.api")
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DATABASE_RETRY_AFTER_S = 1
+DATABASE_UNAVAILABLE = ("the database could not serve the request now (out of connections, restarting or busy); "
+                        "try again after Retry-After seconds, a POST that starts work with the same Idempotency-Key")
 
 
 class RequestIdMiddleware:
@@ -52,8 +56,15 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             # Answered here, inside this middleware, so even a 500 carries its X-Request-ID.
+            if unavailable(exc):  # out of connections, restarting, busy: the client may try again
+                error_log.warning("database unavailable on %s %s: %s", scope["method"], scope["path"],
+                                  getattr(exc, "orig", None) or exc.__class__.__name__)
+                if not response_started:
+                    await plain_problem(send_with_id, scope, 503, "database-unavailable", "Database unavailable",
+                                        DATABASE_UNAVAILABLE, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+                return
             error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not response_started:
                 await plain_problem(
