@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from armillary.domain.db import unavailable
+from armillary.failures import database_unavailable
 from tests.support.accounts import ADMIN, bearer, ensure_user, token_for
 from tests.support.databases import PG_ADMIN_URL, postgres_database
 from tests.support.server import running_app
@@ -35,10 +35,10 @@ def test_a_locked_sqlite_database_is_unavailable_a_missing_table_is_not(tmp_path
     try:
         with engine.connect() as conn:
             locked = raised(lambda: conn.execute(text("INSERT INTO t VALUES (1)")))
-            assert isinstance(locked, OperationalError) and unavailable(locked)
+            assert isinstance(locked, OperationalError) and database_unavailable(locked)
         with engine.connect() as conn:
             missing = raised(lambda: conn.execute(text("SELECT * FROM nowhere")))
-            assert isinstance(missing, OperationalError) and not unavailable(missing)
+            assert isinstance(missing, OperationalError) and not database_unavailable(missing)
     finally:
         writer.rollback()
         writer.close()

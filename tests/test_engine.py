@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.exc import OperationalError
 
 from armillary.domain.db import Database
@@ -62,8 +62,21 @@ def last(ctx):
     return {"sum": ctx.context["b"] + ctx.context["c"]}
 
 
+def refused_once(ctx):
+    """The first attempt's database refuses its connection (a real refusal: nothing listens on port 1)."""
+    if _count(f"refused-{ctx.job_id}") == 1:
+        engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
+        try:
+            engine.connect()
+        finally:
+            engine.dispose()
+    return {"refused": "then served"}
+
+
 register(Workflow("t-flaky", [StepSpec("flaky", flaky, max_attempts=5, retry_base_s=0.05)], failure_state=None))
 register(Workflow("t-flaky-free", [StepSpec("one", first, max_attempts=3, retry_base_s=0.05)], failure_state=None))
+register(Workflow("t-db-refused", [StepSpec("refused", refused_once, max_attempts=3, retry_base_s=0.05)],
+                  failure_state=None))
 register(Workflow("t-broken", [StepSpec("broken", broken, max_attempts=5)], failure_state=None))
 register(Workflow("t-slow", [StepSpec("slow", slow, timeout_s=0.3, max_attempts=2, retry_base_s=0.05)],
                   failure_state=None))
@@ -116,6 +129,12 @@ def test_transient_errors_retry_permanent_do_not(db: Database, engine: Engine) -
     broken_job = engine.wait_for(broken_id, 20)
     assert broken_job.status == "failed" and "bad image" in broken_job.error
     assert CALLS[f"broken-{broken_id}"] == 1
+
+
+def test_a_step_whose_database_refused_a_connection_is_retried(db: Database, engine: Engine) -> None:
+    job_id = submit(db, engine, "t-db-refused")
+    assert engine.wait_for(job_id, 15).status == "succeeded"
+    assert CALLS[f"refused-{job_id}"] == 2
 
 
 def test_step_timeout_is_retried_then_fails(db: Database, engine: Engine) -> None:

@@ -7,7 +7,11 @@ any plugin importing the engine. ``result`` carries context a job keeps even tho
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 
 class Failure(Exception):
@@ -40,7 +44,31 @@ class TimedOut(TransientFailure):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is worth retrying: a transient ``Failure``, or a timeout or connection error."""
+    """Whether ``exc`` is worth retrying: a transient ``Failure``, a timeout or connection error, or the
+    database unable to serve for a moment."""
     if isinstance(exc, Failure):
         return exc.transient
-    return isinstance(exc, (TimeoutError, ConnectionError))
+    return isinstance(exc, (TimeoutError, ConnectionError)) or database_unavailable(exc)
+
+
+# SQLSTATE classes of a database that cannot serve now but may in a moment: connection exception (08),
+# transaction rollback (40: a deadlock victim, a serialization failure), insufficient resources (53: too
+# many connections), operator intervention (57: shutting down, starting up).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot serve now but may in a moment — out of connections,
+    restarting, locked by a writer, a deadlock victim — so that the caller may try again; not a bug."""
+    if isinstance(exc, PoolTimeout):  # this process's pool had no connection to give in time
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):  # the same class says "no such table": only the busy ones
+        return str(orig).startswith(("database is locked", "database table is locked"))
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return True  # no SQLSTATE: the connection itself failed (refused, cut, "too many clients" at connect)
+

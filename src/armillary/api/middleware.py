@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from armillary import metrics
 from armillary.api.problems import problem_type
-from armillary.domain.db import unavailable
+from armillary.failures import database_unavailable
 from armillary.logs import request_id_var
 
 access_log = logging.getLogger("armillary.access")
@@ -58,7 +58,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             # Answered here, inside this middleware, so even a 500 carries its X-Request-ID.
-            if unavailable(exc):  # out of connections, restarting, busy: the client may try again
+            if database_unavailable(exc):  # out of connections, restarting, busy: the client may try again
                 error_log.warning("database unavailable on %s %s: %s", scope["method"], scope["path"],
                                   getattr(exc, "orig", None) or exc.__class__.__name__)
                 if not response_started:

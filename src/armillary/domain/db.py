@@ -11,11 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlite3
-
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,28 +60,6 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _configure_sqlite)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=60)
-
-
-# SQLSTATE classes of a database that cannot serve now but may in a moment: connection exception (08),
-# transaction rollback (40: a deadlock victim, a serialization failure), insufficient resources (53: too
-# many connections), operator intervention (57: shutting down, starting up).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57")
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot serve now but may in a moment — out of connections,
-    restarting, locked by a writer, a deadlock victim — so that the caller may try again; not a bug."""
-    if isinstance(exc, PoolTimeout):  # this process's pool had no connection to give in time
-        return True
-    if not isinstance(exc, OperationalError):
-        return False
-    orig = exc.orig
-    if isinstance(orig, sqlite3.OperationalError):  # the same class says "no such table": only the busy ones
-        return str(orig).startswith(("database is locked", "database table is locked"))
-    sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate:
-        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
-    return True  # no SQLSTATE: the connection itself failed (refused, cut, "too many clients" at connect)
 
 
 class Database:
