@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -47,6 +48,11 @@ class Leadership:
         self._leading = self._conninfo is None
         self._checked: float | None = None
 
+    @property
+    def leading(self) -> bool:
+        """What the last ``leads`` found, without asking the database (for callers that must not wait)."""
+        return self._leading
+
     def leads(self) -> bool:
         """Whether this process does the chore now. Asks PostgreSQL at most once per ``try_s``: a
         follower tries to take the lock, a leader checks that its connection is alive."""
@@ -73,8 +79,9 @@ class Leadership:
         import psycopg
 
         if self._conn is None:
+            # Named for operators: which process leads what is ``pg_stat_activity`` joined with ``pg_locks``.
             self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
-                                         application_name=f"armillary-leader:{self.chore}")
+                                         application_name=f"armillary-leader:{self.chore}:{os.getpid()}")
         if self._leading:
             self._conn.execute("SELECT 1")
             return True

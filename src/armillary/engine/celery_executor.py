@@ -105,6 +105,8 @@ def _run_step_task(step_id: int) -> None:
 class CeleryExecutor(Executor):
     """Sends "run step N" messages to the step's queue; runs nothing in this process."""
 
+    dispatches_for_all = True
+
     def __init__(
         self,
         broker_url: str,
@@ -293,7 +295,7 @@ class CeleryExecutor(Executor):
         watch.start()
         self._threads.append(watch)
         self._listener = Listener(
-            str(runtime.db.engine.url.render_as_string(hide_password=False)), lambda _payload: runtime.wake()
+            str(runtime.db.engine.url.render_as_string(hide_password=False)), lambda _payload: runtime.woken()
         )
         self._listener.start()
 

@@ -39,6 +39,12 @@ class Executor(ABC):
     def start(self, runtime: Runtime) -> None:  # noqa: B027 - optional hook
         """Called by ``Engine.start``: for an executor with threads of its own (Celery's queue watch)."""
 
+    # Whether one process's dispatcher serves every process: it only hands steps to workers elsewhere
+    # (Celery's messages), so of several API processes on one database one dispatches (the leader of
+    # the chore ``dispatcher``, ``domain.leadership``). An inline pool runs the steps it is handed: each
+    # process dispatches to its own.
+    dispatches_for_all = False
+
     def dispatch_due(self, db: Database) -> int | None:
         """Hand over the due steps itself and say how many; None: the engine's own loop does it
         (due steps not ``in_flight`` are ``submit``-ted). Celery's sweeper needs more than that."""

@@ -36,6 +36,9 @@ class Runtime:
     submit: Callable[[int], None] = lambda step_id: None
     # Tells the dispatcher that something changed (a job ended, a lock was freed).
     wake: Callable[[], None] = lambda: None
+    # Wakes this process's dispatcher for a change another process told of (a NOTIFY it heard): unlike
+    # ``wake``, never passed on to the dispatching process (two followers would pass it back and forth).
+    woken: Callable[[], None] = lambda: None
     # Set when this process is shutting down: long steps stop waiting and leave the rest to a retry.
     stopping: threading.Event = field(default_factory=threading.Event)
     # The server's data directory (uploaded deploy sources live in <data_dir>/sources); None: not known here.

@@ -30,6 +30,7 @@ from sqlalchemy import bindparam, exists, or_, select
 from armillary import metrics
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobStatus, Schedule, Step, StepStatus
+from armillary.domain.leadership import Leadership
 from armillary.domain.models import utcnow
 from armillary.domain.prepared import Prepared, run
 from armillary.domain.secrets import SecretBox
@@ -40,6 +41,7 @@ from armillary.engine.events import emit
 from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
 from armillary.engine.runner import finish_job
 from armillary.engine.runtime import Runtime
+from armillary.engine.wakeups import Notifier
 from armillary.engine.workflows import load_workflows, scheduled_job_starter
 
 log = logging.getLogger("armillary.engine")
@@ -93,6 +95,11 @@ class Engine:
         self.runtime.wake = self.wake
         self.poll_s = poll_s
         self._wake = threading.Event()
+        self.runtime.woken = self._wake.set
+        # Of several processes whose dispatchers would all do the same (Celery mode), one dispatches: the
+        # others pass their wakes on to it (NOTIFY) and look every ``try_s`` whether it is still there.
+        self.leadership = Leadership(db, "dispatcher") if self.executor.dispatches_for_all else None
+        self._tell_leader = Notifier(db) if self.leadership is not None else None
         self._stop = threading.Event()  # the dispatcher: no more claims
         self._heartbeat_stop = threading.Event()  # the heartbeat goes on while running steps drain
         # How long ``stop`` lets running steps finish before handing them back (``armillary serve`` sets
@@ -137,6 +144,8 @@ class Engine:
             if thread.name == "armillary-dispatcher":
                 thread.join(timeout=5)
         unfinished = self._drain()
+        if self.leadership is not None:
+            self.leadership.close()  # another process dispatches from its next look on
         self._heartbeat_stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -166,14 +175,33 @@ class Engine:
         self.reap()
 
     def wake(self) -> None:
-        if not self._wake.is_set():  # already set: the dispatcher has not cleared it yet, and ticks after
+        """Something this process did needs the dispatcher (a job started or ended, a lock freed): the
+        dispatching process's, when another process leads."""
+        if self.leadership is not None and not self.leadership.leading:
+            assert self._tell_leader is not None
+            self._tell_leader()
+        elif not self._wake.is_set():  # already set: the dispatcher has not cleared it yet, and ticks after
             self._wake.set()
+
+    def _follows(self) -> bool:
+        """Whether another process dispatches (then this one waits, looking every ``try_s``)."""
+        if self.leadership is None:
+            return False
+        was = self.leadership.leading
+        if self.leadership.leads():
+            if not was:
+                self._wake.set()  # the first tick as the leader at once: what the last one left undone
+            return False
+        self._stop.wait(self.leadership.try_s)
+        return True
 
     # ------------------------------------------------------------ loops
 
     def _dispatch_loop(self) -> None:
         owed = False  # a wake whose housekeeping was put off: it runs within HOUSEKEEPING_S, wake or not
         while not self._stop.is_set():
+            if self._follows():
+                continue
             timeout = self.poll_s
             if owed:
                 timeout = min(timeout, max(0.0, self._last_housekeeping + HOUSEKEEPING_S - time.monotonic()))
