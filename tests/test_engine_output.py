@@ -182,3 +182,33 @@ def test_many_lines_at_once_are_the_rows_one_insert_each_would_be(db: Database) 
     assert len(written) == 20 and written == rows(single)
     assert "hunter2-bulk-secret" not in written[0][1] and written[0][4] == {"n": 0, "password": "***"}
     assert [r[1].split()[1] for r in written] == [str(n) for n in range(20)]
+
+
+def test_the_pages_of_many_jobs_are_read_together_each_after_its_own_id_and_within_its_limit(db: Database) -> None:
+    """``pages_after`` (the live followers' reads): a job with a long backlog takes no place of another's
+    events, each page starts after its own id and stops at its own limit, in order, across statements."""
+    from armillary.engine import events
+
+    with db.session() as session:
+        jobs = [create_job(session, action="t-out-chain", workflow="t-out-chain")
+                for _ in range(events.PAGES_PER_STATEMENT + 3)]
+        session.flush()
+        ids = [job.id for job in jobs]
+        session.add_all([JobEvent(job_id=ids[0], kind="log", message=f"busy {n}") for n in range(50)])
+        session.add_all([JobEvent(job_id=job_id, kind="log", message=f"line {n} of {job_id}")
+                         for job_id in ids[1:] for n in range(3)])
+        session.flush()
+        rows = {job_id: session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+                for job_id in ids}
+        wanted = {ids[0]: (0, 10), ids[1]: (rows[ids[1]][0].id, 500), ids[-1]: (0, 2),
+                  **{job_id: (0, 500) for job_id in ids[2:-1]}}
+        pages = events.pages_after(session, wanted)
+    assert len(rows[ids[0]]) > 50  # its own "job queued" line, then the backlog
+    assert [e["id"] for e in pages[ids[0]]] == [e.id for e in rows[ids[0]][:10]]
+    assert [e["id"] for e in pages[ids[1]]] == [e.id for e in rows[ids[1]][1:]]
+    assert [e["id"] for e in pages[ids[-1]]] == [e.id for e in rows[ids[-1]][:2]]
+    assert all([e["id"] for e in pages[job_id]] == [e.id for e in rows[job_id]] for job_id in ids[2:-1])
+    first = rows[ids[2]][0]
+    assert pages[ids[2]][0] == {"id": first.id, "job_id": ids[2], "kind": first.kind, "step": first.step,
+                                "level": first.level, "message": first.message, "data": first.data,
+                                "time": first.created_at.isoformat()}

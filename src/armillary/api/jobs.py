@@ -27,7 +27,7 @@ from armillary.domain.job_schemas import JobOut, JobSpec
 from armillary.domain.jobs import TERMINAL_JOB, Job
 from armillary.domain.models import System
 from armillary.domain.schemas import MAX_ID, Page
-from armillary.engine.events import event_dict, events_after
+from armillary.engine.events import pages_after
 from armillary.workflows.bulk import start_from_spec
 from armillary.workflows.selection import resolve_selector
 
@@ -158,7 +158,7 @@ async def job_events(
         with db.session() as session:
             job = get_job(session, job_id, access)
             ended = job.status if job.status in TERMINAL_JOB else None
-            return [event_dict(e) for e in events_after(session, job_id, after, limit)], ended
+            return pages_after(session, {job_id: (after, limit)})[job_id], ended
 
     items, ended = await run_in_threadpool(first_page)
     if "text/event-stream" not in request.headers.get("accept", ""):

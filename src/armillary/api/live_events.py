@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from armillary.domain.db import Database
 from armillary.domain.errors import NotFound
 from armillary.domain.jobs import TERMINAL_JOB, Job, JobEvent
-from armillary.engine.events import event_dict, events_after
+from armillary.engine.events import pages_after
 from armillary.engine.wakeups import Listener
 
 log = logging.getLogger("armillary.api")
@@ -116,8 +116,8 @@ class JobEventWatch:
     def _read_pages(self, wanted: dict[int, tuple[int, int]]) -> dict[int, tuple[list[dict], str | None]]:
         with self.db.session() as session:
             statuses = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(list(wanted)))).all())
-            return {job_id: ([event_dict(event) for event in events_after(session, job_id, *wanted[job_id])],
-                             status if status in TERMINAL_JOB else None)
+            pages = pages_after(session, {job_id: wanted[job_id] for job_id in statuses})
+            return {job_id: (pages[job_id], status if status in TERMINAL_JOB else None)
                     for job_id, status in statuses.items()}
 
     def stop(self) -> None:
