@@ -350,7 +350,7 @@ def run_worker(
     from armillary.domain.secrets import box_for
     from armillary.engine import heartbeat
     from armillary.engine.wakeups import Notifier
-    from armillary.engine.workflows import load_workflows
+    from armillary.engine.workflows import load_plugins
 
     settings.check_engine()
     if not settings.secret_key and not settings.secret_key_file.exists():
@@ -369,7 +369,7 @@ def run_worker(
     executor = CeleryExecutor.from_settings(settings, db)
     runtime.submit = executor.submit
     runtime.wake = Notifier(db)
-    load_workflows()
+    load_plugins()
     _worker_runtime = runtime
     app = executor.app
     # Celery logs a line per message received and per task ended: the claim line says enough.

@@ -42,7 +42,7 @@ from armillary.engine.jobs import DEFAULT_LOCK_LEASE_S, queue_roots
 from armillary.engine.runner import finish_job
 from armillary.engine.runtime import Runtime
 from armillary.engine.wakeups import Notifier
-from armillary.engine.workflows import load_workflows, scheduled_job_starter
+from armillary.engine.workflows import load_plugins, scheduled_job_starter
 
 log = logging.getLogger("armillary.engine")
 
@@ -114,7 +114,7 @@ class Engine:
     # ------------------------------------------------------------ life
 
     def start(self) -> None:
-        load_workflows()  # the installed workflows (entry points of armillary.workflows), loaded once
+        load_plugins()  # the installed workflows (entry points of armillary.workflows) and step plugins, once
         if scheduled_job_starter() is None:
             log.warning("no installed workflow starts the jobs of schedules: schedules will not fire")
         self._wake.set()  # the first tick at once: work queued while no engine ran waits for no poll

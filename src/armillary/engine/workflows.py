@@ -149,6 +149,19 @@ def load_workflows() -> dict[str, WorkflowPlugin]:
     return plugins
 
 
+def load_plugins() -> None:
+    """The installed workflows, and the drivers, provisioners and transports their steps use, loaded at a
+    process's start: a worker's first steps then wait for no import (the drivers' imports took a worker's
+    GIL for a quarter second or more, while its other steps and the server's streams waited)."""
+    from armillary.drivers.registry import REGISTRY as drivers
+    from armillary.provisioners.base import PROVISIONERS
+    from armillary.remote.base import REGISTRY as transports
+
+    load_workflows()
+    for registry in (drivers, PROVISIONERS, transports):
+        registry.all()
+
+
 def broken_workflows() -> dict[str, str]:
     """Workflow plugins that are installed but failed to load, with why."""
     return _REGISTRY.broken()
