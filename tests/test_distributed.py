@@ -375,7 +375,8 @@ def leaders(db: Database) -> dict[str, list[int]]:
     with db.engine.connect() as conn:
         names = conn.execute(text(
             "SELECT a.application_name FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-            "WHERE a.application_name LIKE 'armillary-leader:%' AND l.locktype = 'advisory' AND l.granted"
+            "WHERE a.application_name LIKE 'armillary-leader:%' AND l.locktype = 'advisory' AND l.granted "
+            "AND a.datname = current_database()"  # other tests' servers lead in databases of their own
         )).scalars().all()
     found: dict[str, list[int]] = {}
     for name in names:

@@ -60,7 +60,8 @@ def test_a_leader_whose_session_ended_loses_the_lead_to_another(pg: Database) ->
         with pg.engine.connect() as conn:  # as when the leader's process dies or its connection is cut
             ended = conn.execute(text(
                 "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                "WHERE a.application_name LIKE 'armillary-leader:t-cut:%' AND l.locktype = 'advisory' AND l.granted"
+                "WHERE a.application_name LIKE 'armillary-leader:t-cut:%' AND l.locktype = 'advisory' AND l.granted "
+                "AND a.datname = current_database()"
             )).scalars().all()
         assert ended == [True]
         assert eventually(follower.leads, 2.0)
