@@ -4,14 +4,17 @@ Retry-After, not 500: a client may try again, and the server serves again once t
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from armillary.config import Settings
 from armillary.failures import database_unavailable
 from tests.support.accounts import ADMIN, bearer, ensure_user, token_for
 from tests.support.databases import PG_ADMIN_URL, postgres_database
@@ -73,3 +76,28 @@ def test_a_server_whose_database_refuses_connections_answers_503_then_serves_aga
                 time.sleep(0.1)
             assert response.status_code == 200
             assert "refused" not in {env["name"] for env in response.json()["items"]}
+
+
+def test_a_processs_postgresql_pool_is_sized_by_its_settings(tmp_path) -> None:
+    """ARMILLARY_DB_POOL_SIZE + ARMILLARY_DB_MAX_OVERFLOW connections at most: the next one waits for a
+    connection to come back (so several processes can be fitted under the server's max_connections)."""
+    with pytest.raises(ValueError, match="ARMILLARY_DB_POOL_SIZE: '0' is not a whole number of at least 1"):
+        Settings.from_env({"ARMILLARY_DATA_DIR": str(tmp_path), "ARMILLARY_DB_POOL_SIZE": "0"})
+    with postgres_database() as url:
+        settings = Settings.from_env({"ARMILLARY_DATA_DIR": str(tmp_path), "ARMILLARY_DATABASE_URL": url,
+                                      "ARMILLARY_DB_POOL_SIZE": "1", "ARMILLARY_DB_MAX_OVERFLOW": "1"})
+        db = settings.database()
+        try:
+            held = [db.engine.connect(), db.engine.connect()]
+            third: list = []
+            waiting = threading.Thread(target=lambda: third.append(db.engine.connect()), daemon=True)
+            waiting.start()
+            waiting.join(0.5)
+            assert waiting.is_alive() and third == []  # no third connection while two are out
+            held.pop().close()
+            waiting.join(5)
+            assert len(third) == 1
+            for conn in held + third:
+                conn.close()
+        finally:
+            db.dispose()

@@ -10,9 +10,12 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from platformdirs import user_data_dir
+
+if TYPE_CHECKING:
+    from armillary.domain.db import Database
 
 
 def _truthy(value: str | None, default: bool) -> bool:
@@ -46,6 +49,9 @@ class Settings:
     redeliver_s: float = 30.0
     workers: int = 32
     lease_s: float = 30.0
+    # PostgreSQL: connections this process keeps, and may open beyond them under load (SQLite: ignored).
+    db_pool_size: int = 10
+    db_max_overflow: int = 60
     # On SIGTERM/SIGINT: how long running steps may take to finish before their leases are handed back.
     shutdown_timeout_s: float = 30.0
     # `armillary serve`'s logging (SIGHUP re-reads both): a level name, and "text" or "json".
@@ -87,6 +93,12 @@ class Settings:
     @property
     def secret_key_file(self) -> Path:
         return self.data_dir / "secret.key"
+
+    def database(self) -> Database:
+        """This process's handle on ``database_url``, its PostgreSQL pool sized as configured."""
+        from armillary.domain.db import Database
+
+        return Database(self.database_url, self.db_pool_size, self.db_max_overflow)
 
     def check_engine(self) -> None:
         """Refuse an engine setting this process cannot run, with what to set instead (ValueError).
@@ -130,6 +142,8 @@ class Settings:
             redeliver_s=float(env.get("ARMILLARY_REDELIVER_SECONDS") or 30),
             workers=int(env.get("ARMILLARY_WORKERS") or 32),
             lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
+            db_pool_size=_count(env, "ARMILLARY_DB_POOL_SIZE", 10, least=1),
+            db_max_overflow=_count(env, "ARMILLARY_DB_MAX_OVERFLOW", 60, least=0),
             shutdown_timeout_s=float(env.get("ARMILLARY_SHUTDOWN_TIMEOUT") or 30),
             log_level=(env.get("ARMILLARY_LOG_LEVEL") or "info").strip().lower(),
             log_format=(env.get("ARMILLARY_LOG_FORMAT") or "text").strip().lower(),
@@ -151,6 +165,15 @@ class Settings:
             deploy_sources_dir=_path(env.get("ARMILLARY_DEPLOY_SOURCES_DIR")),
             metrics_token=_secret(env.get("ARMILLARY_METRICS_TOKEN")),
         )
+
+
+def _count(env: dict[str, str], name: str, default: int, least: int) -> int:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < least:
+        raise ValueError(f"{name}: {value!r} is not a whole number of at least {least}")
+    return int(value)
 
 
 def _path(value: str | None) -> Path | None:

@@ -80,7 +80,7 @@ def _executor(settings: Settings, db: Database) -> Executor | None:
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    db = db or Database(settings.database_url)
+    db = db or settings.database()
     watch_pool(db.engine)  # armillary_db_pool_checked_out_connections
 
     @asynccontextmanager

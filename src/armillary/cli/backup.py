@@ -170,9 +170,8 @@ def _write_key_file(path: Path, material: str) -> None:
 def make_backup(settings: Settings, output: Path, *, with_key: bool = True) -> dict[str, Any]:
     """Write the backup file; returns its manifest."""
     from armillary.domain import migrate
-    from armillary.domain.db import Database
 
-    db = Database(settings.database_url)
+    db = settings.database()
     try:
         revision = migrate.current_revision(db.engine)
     finally:
@@ -273,7 +272,6 @@ def restore_backup(settings: Settings, source: Path, *, force: bool = False) -> 
     from alembic.util import CommandError
 
     from armillary.domain import migrate
-    from armillary.domain.db import Database
 
     kind = _kind(settings.database_url)
     with tempfile.TemporaryDirectory(prefix="armillary-restore-") as tmp:
@@ -295,7 +293,7 @@ def restore_backup(settings: Settings, source: Path, *, force: bool = False) -> 
         _load(settings.database_url, dump)
     if write_key:
         _write_key_file(settings.secret_key_file, chosen)
-    db = Database(settings.database_url)
+    db = settings.database()
     try:
         if manifest["schema_revision"] != migrate.head_revision():
             migrate.upgrade(db)

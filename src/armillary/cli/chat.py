@@ -128,13 +128,12 @@ def bot() -> None:
     from armillary.chat.bot import Bot, settings_from_env
     from armillary.chat.connections import configured
     from armillary.config import Settings
-    from armillary.domain.db import Database
     from armillary.domain.secrets import box_for
 
     try:
         settings = replace(Settings.from_env(), engine="off", auto_migrate=False)
         logs.configure(json_lines=settings.log_format == "json", level=logs.level_named(settings.log_level))
-        db = Database(settings.database_url)
+        db = settings.database()
         box = box_for(settings.secret_key, settings.secret_key_file)
         with db.session() as session:
             connections = configured(session, box)

@@ -56,7 +56,6 @@ def serve(
     import uvicorn
 
     from armillary.domain import migrate as migrations
-    from armillary.domain.db import Database
 
     # Passed on through the environment: the --workers processes are fresh interpreters that read it.
     if log_format:
@@ -74,7 +73,7 @@ def serve(
     if workers > 1:
         _refuse_sqlite(settings, workers)
         metrics_dir = _share_metrics_dir(settings)
-    db = Database(settings.database_url)
+    db = settings.database()
     if migrate:
         migrations.upgrade(db)
     if demo:
@@ -116,11 +115,10 @@ def serve(
 def worker_app() -> Any:
     """The application of one ``--workers`` process: uvicorn imports this factory by name in a fresh
     interpreter, which reads its settings as the supervisor did (the supervisor migrated already)."""
-    from armillary.domain.db import Database
 
     settings = replace(_settings(), auto_migrate=False)
     _configure_logging(settings)
-    return _server_app(settings, Database(settings.database_url))
+    return _server_app(settings, settings.database())
 
 
 def _server_app(settings: Settings, db: Any) -> Any:

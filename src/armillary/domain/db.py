@@ -42,8 +42,14 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine with the per-backend settings Armillary relies on."""
+# A PostgreSQL process's connections: kept open, and opened beyond them under load (``ARMILLARY_DB_POOL_SIZE``,
+# ``ARMILLARY_DB_MAX_OVERFLOW``). Every process of a deployment counts against the server's max_connections.
+POOL_SIZE = 10
+MAX_OVERFLOW = 60
+
+
+def make_engine(url: str, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> Engine:
+    """Create an engine with the per-backend settings Armillary relies on (the pool sizes: PostgreSQL's)."""
     url = normalize_url(url)
     if is_sqlite(url):
         database = make_url(url).database
@@ -59,15 +65,15 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=60)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
 
 
 class Database:
     """An engine plus its session factory: the one handle the rest of the code passes around."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> None:
         self.url = normalize_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, pool_size, max_overflow)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

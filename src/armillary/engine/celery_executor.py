@@ -359,7 +359,7 @@ def run_worker(
             "a worker decrypts hypervisor credentials with the API server's secret key: set "
             f"ARMILLARY_SECRET_KEY, or copy the server's secret.key to {settings.secret_key_file}"
         )
-    db = Database(settings.database_url)
+    db = settings.database()
     runtime = WorkerRuntime(
         db=db,
         secret_box=box_for(settings.secret_key, settings.secret_key_file),
@@ -449,7 +449,7 @@ def queue_status(
         workers = consumed_queues(app, timeout_s) or {}
     finally:
         app.close()
-    db = Database(settings.database_url)
+    db = settings.database()
     try:
         with db.engine.connect() as conn:
             waiting = routing.waiting_by_queue(conn, utcnow(), settings.routed_queues)
