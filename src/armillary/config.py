@@ -10,12 +10,11 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from platformdirs import user_data_dir
 
-if TYPE_CHECKING:
-    from armillary.domain.db import Database
+from armillary.domain.db import MAX_OVERFLOW, POOL_SIZE, Database
 
 
 def _truthy(value: str | None, default: bool) -> bool:
@@ -50,8 +49,8 @@ class Settings:
     workers: int = 32
     lease_s: float = 30.0
     # PostgreSQL: connections this process keeps, and may open beyond them under load (SQLite: ignored).
-    db_pool_size: int = 10
-    db_max_overflow: int = 60
+    db_pool_size: int = POOL_SIZE
+    db_max_overflow: int = MAX_OVERFLOW
     # On SIGTERM/SIGINT: how long running steps may take to finish before their leases are handed back.
     shutdown_timeout_s: float = 30.0
     # `armillary serve`'s logging (SIGHUP re-reads both): a level name, and "text" or "json".
@@ -96,8 +95,6 @@ class Settings:
 
     def database(self) -> Database:
         """This process's handle on ``database_url``, its PostgreSQL pool sized as configured."""
-        from armillary.domain.db import Database
-
         return Database(self.database_url, self.db_pool_size, self.db_max_overflow)
 
     def check_engine(self) -> None:
@@ -142,8 +139,8 @@ class Settings:
             redeliver_s=float(env.get("ARMILLARY_REDELIVER_SECONDS") or 30),
             workers=int(env.get("ARMILLARY_WORKERS") or 32),
             lease_s=float(env.get("ARMILLARY_LEASE_SECONDS") or 30),
-            db_pool_size=_count(env, "ARMILLARY_DB_POOL_SIZE", 10, least=1),
-            db_max_overflow=_count(env, "ARMILLARY_DB_MAX_OVERFLOW", 60, least=0),
+            db_pool_size=_count(env, "ARMILLARY_DB_POOL_SIZE", POOL_SIZE, least=1),
+            db_max_overflow=_count(env, "ARMILLARY_DB_MAX_OVERFLOW", MAX_OVERFLOW, least=0),
             shutdown_timeout_s=float(env.get("ARMILLARY_SHUTDOWN_TIMEOUT") or 30),
             log_level=(env.get("ARMILLARY_LOG_LEVEL") or "info").strip().lower(),
             log_format=(env.get("ARMILLARY_LOG_FORMAT") or "text").strip().lower(),

@@ -71,4 +71,3 @@ def database_unavailable(exc: BaseException) -> bool:
     if sqlstate:
         return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return True  # no SQLSTATE: the connection itself failed (refused, cut, "too many clients" at connect)
-
