@@ -55,6 +55,10 @@ def test_a_server_whose_database_refuses_connections_answers_503_then_serves_aga
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with httpx.Client(base_url=base_url + "/api/v1", headers=bearer(token_for(db, ADMIN)), timeout=30) as api:
             assert api.get("/environments").status_code == 200
+            declared = api.get("/openapi.json").json()["paths"]["/api/v1/environments"]
+            for operation in (declared["get"], declared["post"]):  # the 503 is part of the contract
+                assert "Retry-After" in operation["responses"]["503"]["headers"]
+                assert "application/problem+json" in operation["responses"]["503"]["content"]
             try:
                 with admin.connect() as conn:  # as a restart or a full server: no new connection, old ones cut
                     conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))

@@ -13,7 +13,9 @@ so a router added later gets the same declarations without doing anything:
 - a write (POST/PUT/PATCH/DELETE): 409 (conflict, locked environment) and, but for POST, 412
   (``If-Match`` on a stale copy);
 - every ``cursor`` query parameter has the pattern ``deps.decode_cursor`` accepts;
-- every 4xx answer, these and those a route declares itself (``responses={415: ...}``), has the
+- every operation: 503 with ``Retry-After`` (the database cannot serve now: ``failures.database_unavailable``,
+  answered by ``middleware.RequestIdMiddleware``);
+- every 4xx answer, these and those a route declares itself (``responses={415: ...}``), and the 503 have the
   content type ``application/problem+json`` and the ``Problem`` schema.
 
 A route that can give another status declares it in its decorator's ``responses``; only the
@@ -41,6 +43,11 @@ DESCRIPTIONS = {
     412: "If-Match names an older version of the resource; reload it",
     413: "Request body larger than the server accepts",
     422: "Invalid request: `errors` names each bad field",
+}
+UNAVAILABLE = {
+    "description": "The database cannot serve now (out of connections, restarting, busy): try again after "
+                   "Retry-After seconds",
+    "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}},
 }
 
 
@@ -94,6 +101,7 @@ def declare_problems(document: dict[str, Any], api_prefix: str) -> None:
                 _cursor_pattern(operation)
                 for status in expected_problems(method, operation):
                     operation["responses"].setdefault(str(status), {"description": DESCRIPTIONS[status]})
+                operation["responses"].setdefault("503", dict(UNAVAILABLE))
             _problem_content(operation["responses"])
     if "HTTPValidationError" in schemas and '"#/components/schemas/HTTPValidationError"' not in str(document):
         schemas.pop("HTTPValidationError")
@@ -129,5 +137,5 @@ def _cursor_pattern(operation: dict[str, Any]) -> None:
 
 def _problem_content(responses: dict[str, Any]) -> None:
     for status, response in responses.items():
-        if status[:1] == "4":
+        if status[:1] == "4" or status == "503":
             response["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
