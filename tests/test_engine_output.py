@@ -186,12 +186,12 @@ def test_many_lines_at_once_are_the_rows_one_insert_each_would_be(db: Database) 
 
 def test_the_pages_of_many_jobs_are_read_together_each_after_its_own_id_and_within_its_limit(db: Database) -> None:
     """``pages_after`` (the live followers' reads): a job with a long backlog takes no place of another's
-    events, each page starts after its own id and stops at its own limit, in order, across statements."""
+    events, each page starts after its own id and stops at its own limit, in order, with the job's status."""
     from armillary.engine import events
 
     with db.session() as session:
         jobs = [create_job(session, action="t-out-chain", workflow="t-out-chain")
-                for _ in range(events.PAGES_PER_STATEMENT + 3)]
+                for _ in range(103)]
         session.flush()
         ids = [job.id for job in jobs]
         session.add_all([JobEvent(job_id=ids[0], kind="log", message=f"busy {n}") for n in range(50)])
@@ -202,7 +202,10 @@ def test_the_pages_of_many_jobs_are_read_together_each_after_its_own_id_and_with
                 for job_id in ids}
         wanted = {ids[0]: (0, 10), ids[1]: (rows[ids[1]][0].id, 500), ids[-1]: (0, 2),
                   **{job_id: (0, 500) for job_id in ids[2:-1]}}
-        pages = events.pages_after(session, wanted)
+        found = events.pages_after(session.connection(), {**wanted, 10**9: (0, 500)})
+    assert set(found) == set(wanted)  # a job that is not there is left out, not an empty page
+    assert {status for _, status in found.values()} == {"queued"}
+    pages = {job_id: page for job_id, (page, _) in found.items()}
     assert len(rows[ids[0]]) > 50  # its own "job queued" line, then the backlog
     assert [e["id"] for e in pages[ids[0]]] == [e.id for e in rows[ids[0]][:10]]
     assert [e["id"] for e in pages[ids[1]]] == [e.id for e in rows[ids[1]][1:]]

@@ -158,7 +158,7 @@ async def job_events(
         with db.session() as session:
             job = get_job(session, job_id, access)
             ended = job.status if job.status in TERMINAL_JOB else None
-            return pages_after(session, {job_id: (after, limit)})[job_id], ended
+            return pages_after(session.connection(), {job_id: (after, limit)})[job_id][0], ended
 
     items, ended = await run_in_threadpool(first_page)
     if "text/event-stream" not in request.headers.get("accept", ""):

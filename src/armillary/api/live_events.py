@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from armillary.domain.db import Database
 from armillary.domain.errors import NotFound
-from armillary.domain.jobs import TERMINAL_JOB, Job, JobEvent
+from armillary.domain.jobs import TERMINAL_JOB, JobEvent
 from armillary.engine.events import pages_after
 from armillary.engine.wakeups import Listener
 
@@ -114,11 +114,10 @@ class JobEventWatch:
                 future.set_result(([event for event in events if event["id"] > after][:limit], ended))
 
     def _read_pages(self, wanted: dict[int, tuple[int, int]]) -> dict[int, tuple[list[dict], str | None]]:
-        with self.db.session() as session:
-            statuses = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(list(wanted)))).all())
-            pages = pages_after(session, {job_id: wanted[job_id] for job_id in statuses})
-            return {job_id: (pages[job_id], status if status in TERMINAL_JOB else None)
-                    for job_id, status in statuses.items()}
+        with self.db.autocommit.connect() as conn:
+            pages = pages_after(conn, wanted)
+        return {job_id: (events, status if status in TERMINAL_JOB else None)
+                for job_id, (events, status) in pages.items()}
 
     def stop(self) -> None:
         if self._listener is not None:
