@@ -7,11 +7,12 @@ PostgreSQL is the production database; URLs like ``postgresql://`` use psycopg 3
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +47,30 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
 # ``ARMILLARY_DB_MAX_OVERFLOW``). Every process of a deployment counts against the server's max_connections.
 POOL_SIZE = 10
 MAX_OVERFLOW = 60
+# A pooled PostgreSQL connection idle for longer is pinged before it is handed out (a restart or a failover
+# may have cut it); one given back a moment ago is not. Pinging at every checkout (``pool_pre_ping``) was
+# one round trip in six under load (bench/engine_celery.py --sse). A connection cut within this second
+# fails its first statement: a 503 or a retried step, and the pool drops every connection it had.
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_if_idle(engine: Engine) -> None:
+    """``pool_pre_ping`` for the connections idle ``PING_AFTER_IDLE_S`` or longer only."""
+
+    def since_now(_dbapi_connection, record, *_: object) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection, record, _proxy) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - the pool replaces the connection and checks out again
+            raise exc.DisconnectionError(f"a pooled connection failed its ping: {error}") from error
+
+    event.listen(engine, "connect", since_now)
+    event.listen(engine, "checkin", since_now)
+    event.listen(engine, "checkout", checkout)
 
 
 def make_engine(url: str, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> Engine:
@@ -65,7 +90,9 @@ def make_engine(url: str, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OV
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    _ping_if_idle(engine)
+    return engine
 
 
 class Database:
