@@ -174,7 +174,12 @@ async def _stream(request: Request, job_id: int, limit: int, items: list[dict], 
                   after: int) -> AsyncIterator[str]:
     """The events as they come: the job's next page is read when the process's ``JobEventWatch`` says it
     may have new events (a PostgreSQL NOTIFY, or its one SQLite poll), or at the latest every second. A
-    read the database refused (too many clients, a restart) is tried again then: the stream goes on."""
+    read the database refused (too many clients, a restart) is tried again then: the stream goes on.
+
+    A client that goes away ends it without asking ``request.is_disconnected()`` per page (an anyio cancel
+    scope each time, a fifth of the streams' own CPU under load): ``StreamingResponse`` listens for the
+    disconnect and cancels the stream (ASGI < 2.4, uvicorn), or its next write fails (a keep-alive at the
+    latest)."""
     watch = request.app.state.job_event_watch
     woken = watch.follow(job_id)
     last = after
@@ -189,8 +194,6 @@ async def _stream(request: Request, job_id: int, limit: int, items: list[dict], 
             if ended and not items:
                 end = {"job_id": job_id, "status": ended}
                 yield f"event: end\ndata: {json.dumps(end)}\n\n"
-                return
-            if await request.is_disconnected():
                 return
             if items:
                 quiet_since = time.monotonic()
