@@ -79,7 +79,7 @@ class LiveToken:
         """The token and its user's roles, read fresh (a revoked token fails at once); blocking: run on a
         worker thread. Records the token's use too, at most once per ``LAST_USED_RESOLUTION``."""
         now = utcnow()
-        with db.engine.connect() as conn:
+        with db.autocommit.connect() as conn:  # one statement: no transaction around it
             row, roles = tokens.find_valid_with_roles(conn, plaintext, now)
         if row is None:
             return None

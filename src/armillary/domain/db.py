@@ -102,8 +102,12 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url, pool_size, max_overflow)
         # The same pool, each statement on its own (no BEGIN, no ROLLBACK: two round trips fewer on
-        # PostgreSQL), for hot reads that need no transaction: a live follower's next page.
-        self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # PostgreSQL), for hot reads that need no transaction: a token's lookup, the dispatcher's look for
+        # due steps, a live follower's next page. Under READ COMMITTED each statement sees what it would
+        # have seen in a transaction. SQLite: the engine itself (pysqlite begins no transaction for a read,
+        # and switching the isolation level would cost a PRAGMA per use).
+        self.autocommit = (self.engine if self.is_sqlite
+                           else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

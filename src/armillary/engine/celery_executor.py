@@ -142,7 +142,7 @@ class CeleryExecutor(Executor):
     def queue_of(self, step_id: int) -> str:
         if not self.routed or self.db is None:
             return routing.DEFAULT_QUEUE
-        with self.db.engine.connect() as conn:
+        with self.db.autocommit.connect() as conn:
             return routing.queue_of_step(conn, step_id, self.routed)
 
     def submit(self, step_id: int) -> None:
@@ -185,7 +185,7 @@ class CeleryExecutor(Executor):
     def dispatch_due(self, db: Database) -> int:
         """Send the due steps that have no recent message; announce those whose queue has no worker."""
         mono = time.monotonic()
-        with db.engine.connect() as conn:
+        with db.autocommit.connect() as conn:
             due = routing.due_steps(conn, utcnow(), bool(self.routed))
         self._forget_gone(due)
         handed, resent, waiting = 0, 0, []

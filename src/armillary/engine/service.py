@@ -251,7 +251,7 @@ class Engine:
     def _chores(self) -> tuple[bool, bool, bool]:
         """Whether a job waits for a lock, a cancel was asked for, a schedule is due: one statement
         (under load the dispatcher ticks many times a second, and each chore is a few ORM queries)."""
-        with self.runtime.db.engine.connect() as conn:
+        with self.runtime.db.autocommit.connect() as conn:
             row = run(conn, _CHORES, {"b_now": utcnow()}).one()
         return bool(row[0]), bool(row[1]), bool(row[2])
 
@@ -262,7 +262,7 @@ class Engine:
         if self.executor.saturated():  # due steps would only queue behind those handed over already
             return 0
         busy = self.executor.in_flight()
-        with self.runtime.db.engine.connect() as conn:
+        with self.runtime.db.autocommit.connect() as conn:
             due = [row[0] for row in run(conn, _DUE, {"b_now": utcnow()}).all()]
         handed = 0
         for step_id in due:
