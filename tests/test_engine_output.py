@@ -7,6 +7,7 @@ job's next step is claimed by the worker that recorded the one before it, in tha
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -194,7 +195,7 @@ def test_the_pages_of_many_jobs_are_read_together_each_after_its_own_id_and_with
                 for _ in range(103)]
         session.flush()
         ids = [job.id for job in jobs]
-        session.add_all([JobEvent(job_id=ids[0], kind="log", message=f"busy {n}") for n in range(50)])
+        session.add_all([JobEvent(job_id=ids[0], kind="log", message=f"busy {n}", data={"n": n}) for n in range(50)])
         session.add_all([JobEvent(job_id=job_id, kind="log", message=f"line {n} of {job_id}")
                          for job_id in ids[1:] for n in range(3)])
         session.flush()
@@ -215,3 +216,18 @@ def test_the_pages_of_many_jobs_are_read_together_each_after_its_own_id_and_with
     assert pages[ids[2]][0] == {"id": first.id, "job_id": ids[2], "kind": first.kind, "step": first.step,
                                 "level": first.level, "message": first.message, "data": first.data,
                                 "time": first.created_at.isoformat()}
+    assert pages[ids[0]][5]["data"] == {"n": 4}
+    if db.engine.dialect.name == "postgresql":  # the API's live reads: async psycopg, on its event loop
+        assert asyncio.run(_pages_after_async(db, {**wanted, 10**9: (0, 500)})) == found
+
+
+async def _pages_after_async(db: Database, wanted: dict) -> dict:
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
+    from armillary.domain.db import libpq_conninfo
+    from armillary.engine import events
+
+    conninfo = libpq_conninfo(db.engine.url.render_as_string(hide_password=False))
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True, row_factory=namedtuple_row) as aconn:
+        return await events.pages_after_async(aconn, wanted)

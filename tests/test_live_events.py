@@ -146,3 +146,34 @@ def follow_through_a_cut(b: httpx.Client, db: Database) -> None:
     assert len(listeners) == 1 and listeners[0][0] != old_pid, (old_pid, listeners)
     assert all(started > committed for _, started in listeners), "the listener was back before the event"
     assert waited < BOUND_S + 1.0, f"the event came {waited:.1f} s later (the listener reconnects after 1 s)"
+
+
+def test_a_cut_reading_connection_costs_one_read_not_the_stream(tmp_path) -> None:
+    """B reads its followers' pages on a connection of its own (async, on its event loop). Terminated (a
+    restart, a proxy), the read it was about to serve fails; the next wake reads on a new connection and
+    the follower gets every event, in order."""
+    with apps_on_one_database(tmp_path, "off") as ((b,), db):
+        sim_setup(b)
+        job = act(b, "s1", "create").json()
+        readers = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND application_name LIKE :name")
+        name = {"name": f"{live_events.READER_NAME}:%"}
+        with b.stream("GET", f"/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"},
+                      timeout=httpx.Timeout(30, read=20)) as stream:
+            events = sse_events(stream)
+            next(events)
+            listener_pids(db)
+            write_event(db, job["id"], "first")
+            assert next(events)[1]["message"] == "first"  # read on the reading connection
+            with db.engine.connect() as conn:
+                (old,) = [pid for pid, in conn.execute(readers, name)]
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": old})
+                conn.commit()
+            write_event(db, job["id"], "second")  # its wake finds the connection cut: that read fails
+            time.sleep(0.5)
+            write_event(db, job["id"], "third")  # this wake reads on a new connection
+            messages = [next(events)[1]["message"] for _ in range(2)]
+            with db.engine.connect() as conn:
+                now = [pid for pid, in conn.execute(readers, name)]
+    assert messages == ["second", "third"]
+    assert len(now) == 1 and now[0] != old

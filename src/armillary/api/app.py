@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             yield
         finally:
             app.state.engine.stop()
-            app.state.job_event_watch.stop()
+            await app.state.job_event_watch.aclose()
             if app.state.notify is not None:
                 app.state.notify.stop()
             db.dispose()

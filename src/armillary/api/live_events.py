@@ -12,29 +12,35 @@ Gaps no notification covers are closed by reading again: a new follower reads on
 following (a row committed after its first read and before it followed woke nobody), and every follower
 reads when the LISTEN connection is (re)established (what was notified while it was down went nowhere).
 A follower still reads again after ``SAFETY_S`` without a wake: anything else lost costs that long,
-never an event. The followers one wake sets off read their pages together (``next_page``): one worker thread
-and one session for all, not one each. Measured with 3 API processes and 4 workers by
-``bench/engine_celery.py --sse``.
+never an event. The followers one wake sets off read their pages together (``next_page``): one statement
+for all, not one each. On PostgreSQL it runs on the event loop itself, on a connection of the watch's own
+(async psycopg): a worker thread was two hand-overs of the GIL per read, and under load the read waited
+longer for them than for the database. SQLite reads in a worker thread. Measured with 3 API processes and
+4 workers by ``bench/engine_celery.py --sse``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import suppress
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
-from armillary.domain.db import Database
+from armillary.domain.db import Database, libpq_conninfo
 from armillary.domain.errors import NotFound
 from armillary.domain.jobs import TERMINAL_JOB, JobEvent
-from armillary.engine.events import pages_after
+from armillary.engine.events import Pages, pages_after, pages_after_async
 from armillary.engine.wakeups import Listener
 
 log = logging.getLogger("armillary.api")
 
 CHANNEL = "armillary_job_events"
+READER_NAME = "armillary-live-events"  # PostgreSQL's application_name of a process's reading connection
 _NEWEST_ID = select(func.coalesce(func.max(JobEvent.id), 0))
 POLL_S = 0.05
 SAFETY_S = 1.0
@@ -51,6 +57,10 @@ class JobEventWatch:
         self._poller: asyncio.Task | None = None
         self._reads: list[tuple[int, int, int, asyncio.Future]] = []  # asked for in this turn of the loop
         self._serving: set[asyncio.Task] = set()
+        postgresql = db.engine.dialect.name == "postgresql"
+        self._conninfo = libpq_conninfo(db.engine.url.render_as_string(hide_password=False)) if postgresql else None
+        self._reader: Any = None  # PostgreSQL: the async connection the pages are read on
+        self._reading = asyncio.Lock()  # one statement at a time on it
 
     def follow(self, job_id: int) -> asyncio.Event:
         """The event comes set: the follower's first read happened before it followed, and a row committed
@@ -99,7 +109,7 @@ class JobEventWatch:
             wanted[job_id] = (min(known_after, after), max(known_limit, limit))
         failure: Exception | None = None
         try:
-            pages = await run_in_threadpool(self._read_pages, wanted)
+            pages = await self._read(wanted)
         except Exception as exc:  # noqa: BLE001 - each follower fails as its own read would have
             pages, failure = {}, exc
         for job_id, after, limit, future in asked:
@@ -113,11 +123,47 @@ class JobEventWatch:
                 events, ended = pages[job_id]
                 future.set_result(([event for event in events if event["id"] > after][:limit], ended))
 
-    def _read_pages(self, wanted: dict[int, tuple[int, int]]) -> dict[int, tuple[list[dict], str | None]]:
-        with self.db.autocommit.connect() as conn:
-            pages = pages_after(conn, wanted)
+    async def _read(self, wanted: dict[int, tuple[int, int]]) -> dict[int, tuple[list[dict], str | None]]:
+        """Each job's page, and its status once it has ended."""
+        if self._conninfo is not None:
+            pages = await self._read_on_loop(wanted)
+        else:
+            pages = await run_in_threadpool(self._read_in_thread, wanted)
         return {job_id: (events, status if status in TERMINAL_JOB else None)
                 for job_id, (events, status) in pages.items()}
+
+    def _read_in_thread(self, wanted: dict[int, tuple[int, int]]) -> Pages:
+        with self.db.autocommit.connect() as conn:
+            return pages_after(conn, wanted)
+
+    async def _read_on_loop(self, wanted: dict[int, tuple[int, int]]) -> Pages:
+        """PostgreSQL, on the event loop; a failed read drops the connection (the next one connects again) and
+        is raised as SQLAlchemy's error (``OperationalError`` for a refused or cut connection), as a read
+        through the pool would be."""
+        import psycopg
+        from psycopg.rows import namedtuple_row
+
+        async with self._reading:
+            try:
+                if self._reader is None:
+                    self._reader = await psycopg.AsyncConnection.connect(
+                        self._conninfo, autocommit=True, connect_timeout=5, row_factory=namedtuple_row,
+                        application_name=f"{READER_NAME}:{os.getpid()}")
+                return await pages_after_async(self._reader, wanted)
+            except psycopg.Error as error:
+                await self._close_reader()
+                raise DBAPIError.instance("reading live job events", None, error, psycopg.Error) from error
+
+    async def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with suppress(Exception):  # already cut: nothing left to close
+                await reader.close()
+
+    async def aclose(self) -> None:
+        """``stop``, and close the reading connection (on the event loop that opened it)."""
+        self.stop()
+        await self._close_reader()
 
     def stop(self) -> None:
         if self._listener is not None:

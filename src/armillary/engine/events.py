@@ -111,18 +111,27 @@ _STATUSES = select(Job.id, Job.status).where(Job.id.in_(bindparam("b_job_ids", e
 # PostgreSQL: every job's status and page in ONE statement of a fixed text (prepared once by the server),
 # an index range read per job; a job without new events is one row of NULL events.
 _SELECTED = "e.id, e.job_id, e.kind, e.step, e.level, e.message, e.data, e.created_at"
-_PAGES_POSTGRESQL = text(
-    f"SELECT j.id AS wanted_id, j.status AS wanted_status, {_SELECTED} "
-    "FROM unnest(CAST(:b_job_ids AS bigint[]), CAST(:b_afters AS bigint[]), CAST(:b_limits AS bigint[])) "
-    "AS w(job_id, after_id, page_limit) JOIN jobs AS j ON j.id = w.job_id "
-    f"LEFT JOIN LATERAL (SELECT {_SELECTED} FROM job_events AS e WHERE e.job_id = w.job_id AND e.id > w.after_id "
-    "ORDER BY e.id LIMIT w.page_limit) AS e ON true ORDER BY e.id"
-).bindparams(bindparam("b_job_ids", type_=ARRAY(BigInteger)), bindparam("b_afters", type_=ARRAY(BigInteger)),
-             bindparam("b_limits", type_=ARRAY(BigInteger))).columns(
-    Job.id.label("wanted_id"), Job.status.label("wanted_status"), *_PAGE_COLUMNS)
 
 
-def pages_after(conn: Connection, wanted: dict[int, tuple[int, int]]) -> dict[int, tuple[list[dict[str, Any]], str]]:
+def _pages_sql(job_ids: str, afters: str, limits: str) -> str:
+    return (f"SELECT j.id AS wanted_id, j.status AS wanted_status, {_SELECTED} "
+            f"FROM unnest(CAST({job_ids} AS bigint[]), CAST({afters} AS bigint[]), CAST({limits} AS bigint[])) "
+            "AS w(job_id, after_id, page_limit) JOIN jobs AS j ON j.id = w.job_id "
+            f"LEFT JOIN LATERAL (SELECT {_SELECTED} FROM job_events AS e WHERE e.job_id = w.job_id "
+            "AND e.id > w.after_id ORDER BY e.id LIMIT w.page_limit) AS e ON true ORDER BY e.id")
+
+
+_PAGES_POSTGRESQL = text(_pages_sql(":b_job_ids", ":b_afters", ":b_limits")).bindparams(
+    bindparam("b_job_ids", type_=ARRAY(BigInteger)), bindparam("b_afters", type_=ARRAY(BigInteger)),
+    bindparam("b_limits", type_=ARRAY(BigInteger)),
+).columns(Job.id.label("wanted_id"), Job.status.label("wanted_status"), *_PAGE_COLUMNS)
+# The same statement for an async psycopg connection with a ``namedtuple_row`` factory (``pages_after_async``).
+_PAGES_PSYCOPG = _pages_sql("%(b_job_ids)s", "%(b_afters)s", "%(b_limits)s")
+
+Pages = dict[int, tuple[list[dict[str, Any]], str]]
+
+
+def pages_after(conn: Connection, wanted: dict[int, tuple[int, int]]) -> Pages:
     """For each job of ``wanted`` (job id → (after, limit)) that exists: up to ``limit`` of its events with
     an id above ``after``, in order, as ``event_dict``s, and its status (read no later than the events: a
     job that had ended when its status was read has all its events in the page, or after it).
@@ -132,19 +141,32 @@ def pages_after(conn: Connection, wanted: dict[int, tuple[int, int]]) -> dict[in
     under load (bench/engine_celery.py --sse). PostgreSQL reads it all in one statement; SQLite (one
     process, no round trip) the statuses, then one prepared statement per job."""
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(_PAGES_POSTGRESQL, {"b_job_ids": list(wanted),
-                                                "b_afters": [after for after, _ in wanted.values()],
-                                                "b_limits": [limit for _, limit in wanted.values()]}).all()
-        found = {row.wanted_id: ([], row.wanted_status) for row in rows}
-        for row in rows:
-            if row.id is not None:
-                found[row.job_id][0].append(event_dict(row))
-        return found
-    found = {job_id: ([], status) for job_id, status in conn.execute(_STATUSES, {"b_job_ids": list(wanted)})}
+        return _pages_of_rows(conn.execute(_PAGES_POSTGRESQL, _page_parameters(wanted)).all())
+    found: Pages = {job_id: ([], status) for job_id, status in conn.execute(_STATUSES, {"b_job_ids": list(wanted)})}
     for job_id, (events, _) in found.items():
         after, limit = wanted[job_id]
         events.extend(event_dict(row) for row in
                       run(conn, _PAGE, {"b_job_id": job_id, "b_after": after, "b_limit": limit}).all())
+    return found
+
+
+async def pages_after_async(aconn: Any, wanted: dict[int, tuple[int, int]]) -> Pages:
+    """``pages_after`` on PostgreSQL through an async psycopg connection made with ``row_factory=namedtuple_row``:
+    for the API's live followers, read on its event loop instead of in a worker thread."""
+    cursor = await aconn.execute(_PAGES_PSYCOPG, _page_parameters(wanted))
+    return _pages_of_rows(await cursor.fetchall())
+
+
+def _page_parameters(wanted: dict[int, tuple[int, int]]) -> dict[str, list[int]]:
+    return {"b_job_ids": list(wanted), "b_afters": [after for after, _ in wanted.values()],
+            "b_limits": [limit for _, limit in wanted.values()]}
+
+
+def _pages_of_rows(rows: list[Any]) -> Pages:
+    found: Pages = {row.wanted_id: ([], row.wanted_status) for row in rows}
+    for row in rows:
+        if row.id is not None:
+            found[row.job_id][0].append(event_dict(row))
     return found
 
 
