@@ -5,14 +5,17 @@ scaling policy's cooldown is refused saying until when, and a resize past its ma
 named, both in words in the dialog; a rolling update-profile from its dialog leaves every member on the new
 profile revision); an attention item acknowledged from the queue
 is acknowledged for everyone (the API says so afterwards) and the dashboard counts the queue; an edit form
-saves (PATCH) and a 422 lands on the field that caused it. Every new page is scanned by axe-core.
+saves (PATCH) and a 422 lands on the field that caused it; a read the server answered 503 is tried again
+after its Retry-After. Every new page is scanned by axe-core.
 
 The fixtures (one server, one browser for the module) are those of tests/test_web_ui.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import httpx
 import pytest
@@ -168,3 +171,27 @@ def test_an_edit_form_saves_and_puts_a_422_on_its_field(server, admin, chromium,
     env = admin.get("/environments/dev").json()
     assert env["description"] == "Development, edited" and env["variables"] == {"ntp": "pool.ntp.org"}
     page.context.close()
+
+
+def test_a_read_answered_503_is_tried_again_after_its_retry_after(server, admin, chromium, fleet) -> None:  # noqa: F811
+    """The console's reads honour ``503`` + ``Retry-After`` (the database could not serve them now): the
+    dashboard's attention count shows once the read is answered, with no reload by the user. The 503 is put
+    on the browser's network (Playwright's route): a real server answers one only while its database refuses,
+    which a SQLite server cannot be made to do on demand; everything else is the real server."""
+    page = login(chromium, server, "admin", ADMIN_PASSWORD, "/")
+    tries: list[float] = []
+
+    def refuse_first(route) -> None:
+        tries.append(time.monotonic())
+        if len(tries) > 1:
+            route.continue_()
+            return
+        problem = {"type": "urn:armillary:problem:database-unavailable", "title": "Database unavailable",
+                   "status": 503, "detail": "the database cannot serve this now; try again"}
+        route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/problem+json"},
+                      body=json.dumps(problem))
+
+    page.route(lambda url: "/api/v1/attention?" in url, refuse_first)
+    page.reload()
+    page.get_by_test_id("attention-count").filter(has_text=re.compile(r"^\d+ unresolved$")).wait_for()
+    assert len(tries) == 2 and tries[1] - tries[0] >= 0.9  # asked again, after the second it was told to wait

@@ -5,7 +5,31 @@ import createClient, { type Middleware } from "openapi-fetch";
 import type { components, paths } from "./schema";
 
 export type S = components["schemas"];
-export const api = createClient<paths>({ baseUrl: "", credentials: "same-origin" });
+
+/** A read tried again when the server says so: a 503 (the database could not serve it now; the answer's
+ * Retry-After says when, capped at 5 s) or no answer at all (a dropped connection), up to 3 more times.
+ * Only GET and HEAD: a write is never sent twice behind the user's back (the user retries it, with the
+ * same Idempotency-Key where the API takes one). */
+export async function retryingFetch(request: Request, init?: RequestInit): Promise<Response> {
+  if (request.method !== "GET" && request.method !== "HEAD") return fetch(request, init);
+  for (let attempt = 0; ; attempt++) {
+    let response: Response;
+    try {
+      response = await fetch(request.clone(), init);
+    } catch (e) {
+      if (attempt >= READ_RETRIES) throw e;
+      await sleep(500 * (attempt + 1));
+      continue;
+    }
+    if (response.status !== 503 || attempt >= READ_RETRIES) return response;
+    const after = Number(response.headers.get("Retry-After"));
+    await sleep(Number.isFinite(after) && after > 0 ? Math.min(after, 5) * 1000 : 1000);
+  }
+}
+const READ_RETRIES = 3;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export const api = createClient<paths>({ baseUrl: "", credentials: "same-origin", fetch: retryingFetch });
 
 export function readCookie(name: string): string | undefined {
   const hit = document.cookie.split("; ").find((c) => c.startsWith(name + "="));
