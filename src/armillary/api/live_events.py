@@ -57,8 +57,7 @@ class JobEventWatch:
         self._poller: asyncio.Task | None = None
         self._reads: list[tuple[int, int, int, asyncio.Future]] = []  # asked for in this turn of the loop
         self._serving: set[asyncio.Task] = set()
-        postgresql = db.engine.dialect.name == "postgresql"
-        self._conninfo = libpq_conninfo(db.engine.url.render_as_string(hide_password=False)) if postgresql else None
+        self._conninfo = None if db.is_sqlite else libpq_conninfo(db.url)  # PostgreSQL: LISTEN and read there
         self._reader: Any = None  # PostgreSQL: the async connection the pages are read on
         self._reading = asyncio.Lock()  # one statement at a time on it
 
@@ -186,9 +185,9 @@ class JobEventWatch:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        if self.db.engine.dialect.name == "postgresql":
+        if self._conninfo is not None:
             loop = self._loop
-            self._listener = Listener(self.db.engine.url.render_as_string(hide_password=False),
+            self._listener = Listener(self.db.url,
                                       lambda payload: self._notified(loop, payload), channel=CHANNEL,
                                       on_listen=lambda: loop.call_soon_threadsafe(self._wake_all))
             self._listener.start()
