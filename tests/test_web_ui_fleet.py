@@ -55,10 +55,13 @@ def test_a_cluster_scaled_out_from_its_page_reaches_the_new_size(server, admin, 
 
     page.get_by_role("link", name="web", exact=True).click()
     page.get_by_role("heading", name="Cluster web").wait_for()
+    created_by = admin.get("/clusters/web").json()["last_job_id"]
+    page.get_by_test_id("cluster-job").filter(has_text=re.compile(rf"^job {created_by}$")).wait_for()
     page.get_by_role("button", name="Scale out").click()
     page.get_by_label("How many").fill("1")
     page.get_by_role("button", name="Add members").click()
-    page.get_by_test_id("cluster-job").wait_for()
+    # The page showed the creation job as the last one: wait for the scale-out's job to take its place.
+    page.get_by_test_id("cluster-job").filter(has_text=re.compile(rf"^job {created_by}$")).wait_for(state="detached")
     job_id = int(page.get_by_test_id("cluster-job").inner_text().split()[-1])
     assert wait_job(admin, job_id)["status"] == "succeeded"
     assert admin.get("/clusters/web").json()["members"] == 2
