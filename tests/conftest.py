@@ -153,3 +153,15 @@ def base_url(live_server) -> str:
 def admin_headers(admin_token) -> dict[str, str]:
     """For tests that make their own requests: the admin's Authorization header."""
     return bearer(admin_token)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed web-console test prints what its open pages show and what they saw go wrong."""
+    outcome = yield
+    report = outcome.get_result()
+    chromium = getattr(item, "funcargs", {}).get("chromium")
+    if report.when == "call" and report.failed and chromium is not None:
+        from tests.support import browser
+
+        report.sections.append(("browser pages at the failure", browser.describe(chromium)))

@@ -41,7 +41,7 @@ def test_link_a_chat_account_from_the_tokens_page_and_unlink_it(server):
     with sync_playwright() as p:
         chromium = browser.launch(p)
         try:
-            page = chromium.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            page = browser.watch(chromium.new_context(viewport={"width": 1280, "height": 800}).new_page())
             page.set_default_timeout(15_000)
             page.goto(server.url + "/admin/tokens")
             page.get_by_label("Username").fill("admin")

@@ -70,7 +70,7 @@ def shots(tmp_path_factory) -> Path:
 
 def login(chromium, server, username: str, password: str, path: str = "/"):
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
+    page = browser.watch(context.new_page())
     page.set_default_timeout(15_000)
     page.goto(server.url + path)
     page.get_by_label("Username").fill(username)

@@ -46,3 +46,49 @@ def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")
                                     nodes: v.nodes.slice(0, 3).map(n => n.target.join(' ') + ' ' + n.html.slice(0, 160))}))"""
     )
     return [v for v in result if v["impact"] in impacts]
+
+
+_LOGS: dict[int, list[str]] = {}
+_IN_FLIGHT: dict[int, dict[Any, str]] = {}
+
+
+def watch(page: Any) -> Any:
+    """Keep what the page saw go wrong (console errors, failed requests, answers ≥ 400), for ``describe``."""
+    import time
+
+    log = _LOGS.setdefault(id(page), [])
+    start = time.monotonic()
+
+    def note(text: str) -> None:
+        log.append(f"+{time.monotonic() - start:6.2f}s {text}")
+        del log[:-40]
+
+    def failed(request: Any) -> None:
+        flying.pop(request, None)
+        note(f"request failed: {request.method} {request.url} ({request.failure})")
+
+    flying = _IN_FLIGHT.setdefault(id(page), {})
+    page.on("request", lambda r: flying.__setitem__(r, f"+{time.monotonic() - start:6.2f}s {r.method} {r.url}"))
+    page.on("requestfinished", lambda r: flying.pop(r, None))
+    page.on("requestfailed", failed)
+    page.on("console", lambda m: m.type in ("error", "warning") and note(f"console {m.type}: {m.text[:300]}"))
+    page.on("response", lambda r: r.status >= 400 and note(f"answer {r.status}: {r.request.method} {r.url}"))
+    page.on("close", lambda _: (_LOGS.pop(id(page), None), _IN_FLIGHT.pop(id(page), None)))
+    return page
+
+
+def describe(browser: Any, chars: int = 3000) -> str:
+    """What every open page of the browser shows and saw go wrong: printed with a failed console test, whose
+    screenshot would not survive a CI run."""
+    parts = []
+    for context in browser.contexts:
+        for page in context.pages:
+            try:
+                text = page.inner_text("body", timeout=2000)
+            except Exception as exc:  # noqa: BLE001 - a description must not hide the test's own failure
+                text = f"(no text: {exc})"
+            log = "\n".join(_LOGS.get(id(page), [])) or "(nothing went wrong that the page saw)"
+            flying = "\n".join(_IN_FLIGHT.get(id(page), {}).values()) or "(none)"
+            parts.append(f"--- {page.url}\n{text[:chars]}\n--- what the page saw go wrong\n{log}"
+                         f"\n--- requests still waiting for their answer (sent at)\n{flying}")
+    return "\n".join(parts) or "(no open page)"
