@@ -1,9 +1,10 @@
 """Hot-path statements compiled once (``domain.prepared``) give what SQLAlchemy gives, on a real database.
 
-On SQLite they run on the DBAPI connection; on PostgreSQL through SQLAlchemy. Either way: the same rows
-with the column types' conversions (JSON, time zones, booleans), the same rowcounts, writes that belong
-to the caller's transaction (rolled back with it), SQLAlchemy's exceptions, and body threads
-(``engine.bodies``) that are reused, and replaced when one is abandoned by a timeout.
+They run on the DBAPI connection (sqlite3, psycopg). Either way: the same rows with the column types'
+conversions (JSON, time zones, booleans, floats and decimals), the same rowcounts, writes that belong to
+the caller's transaction (rolled back with it, committed by its ``commit()`` when it began none),
+SQLAlchemy's exceptions, a PostgreSQL connection cut under a statement replaced in the pool, and body
+threads (``engine.bodies``) that are reused, and replaced when one is abandoned by a timeout.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Float, Numeric, bindparam, cast, create_engine, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from armillary.domain.db import Database
 from armillary.domain.jobs import Job, JobEvent
@@ -21,6 +22,7 @@ from armillary.domain.models import utcnow
 from armillary.domain.prepared import Prepared, run, run_many
 from armillary.engine.bodies import BodyThreads
 from armillary.engine.events import insert_event, insert_lines
+from tests.support.databases import PG_ADMIN_URL
 
 _jobs, _events = Job.__table__, JobEvent.__table__
 _JOB = Prepared(select(_jobs.c.id, _jobs.c.context, _jobs.c.cancel_requested, _jobs.c.created_at, _jobs.c.status)
@@ -58,6 +60,41 @@ def test_writes_belong_to_the_callers_transaction(db: Database) -> None:
     with db.engine.connect() as conn:
         assert run(conn, _JOB, {"b_id": job_id}).one().context == {"a": 1}
         assert conn.execute(_EVENTS, {"b_id": job_id}).all() == []
+
+
+def test_a_write_outside_a_begun_transaction_is_committed_by_the_callers_commit(db: Database) -> None:
+    job_id = new_job(db)
+    with db.engine.connect() as conn:  # as ``Connection.execute`` does, ``run`` begins one
+        run(conn, _CONTEXT, {"b_id": job_id, "b_context": {"kept": True}})
+        conn.commit()
+    with db.engine.connect() as conn:
+        assert run(conn, _JOB, {"b_id": job_id}).one().context == {"kept": True}
+
+
+def test_numbers_come_back_as_sqlalchemy_gives_them(db: Database) -> None:
+    numbers = Prepared(select(cast(bindparam("b_x"), Float).label("x"), cast(bindparam("b_y"), Numeric(10, 2)).label("y")))
+    with db.engine.connect() as conn:
+        ours = run(conn, numbers, {"b_x": 1.5, "b_y": "2.25"}).one()
+        theirs = conn.execute(numbers.statement, {"b_x": 1.5, "b_y": "2.25"}).one()
+    assert tuple(ours) == tuple(theirs) and type(ours.x) is type(theirs.x) and type(ours.y) is type(theirs.y)
+
+
+def test_a_postgresql_connection_cut_under_a_statement_is_not_handed_out_again(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("a cut connection is PostgreSQL's case: SQLite has none")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with db.engine.connect() as conn:
+            cut = conn.scalar(text("SELECT pg_backend_pid()"))
+            with admin.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": cut})
+            with pytest.raises(OperationalError) as raised:
+                run(conn, _JOB, {"b_id": 1})
+            assert raised.value.connection_invalidated
+        with db.engine.connect() as conn:  # a new connection, at once: no ping needed to find the cut one
+            assert conn.scalar(text("SELECT pg_backend_pid()")) != cut
+    finally:
+        admin.dispose()
 
 
 def test_lines_are_written_in_order_and_redacted(db: Database) -> None:

@@ -1,21 +1,24 @@
-"""Hot-path statements compiled once and run on the DBAPI connection itself (SQLite).
+"""Hot-path statements compiled once and run on the DBAPI connection itself (SQLite, psycopg).
 
 A create job runs some thirty statements on the engine's hot path (claim, record, advance, the
 step's own writes and log lines). SQLite takes a few microseconds for each; SQLAlchemy's execution
 around it (execution context, parameter processing, result metadata, events) took 15–25 µs more,
-every time, and was most of the engine's CPU per step.
+every time, and was most of the engine's CPU per step. On PostgreSQL it was ~30 % of a Celery
+worker's ``run_step``.
 
 ``Prepared(statement)`` compiles a Core statement once per dialect into what executing it needs —
-the SQL text, the order of its parameters with their type processors (dates, JSON, booleans) and
-the fixed values of its literals, and the processors of its result columns — and ``run`` executes
-it on the connection's DBAPI connection, in the transaction the SQLAlchemy ``Connection`` began
-(pysqlite begins before the first write, as it does under SQLAlchemy, which commits it). Errors come
-out as SQLAlchemy's (``OperationalError`` for a busy database), so callers that retry still do.
+the SQL text, its parameters (in order, or by name for psycopg) with their type processors (dates,
+JSON, booleans) and the fixed values of its literals, and the processors of its result columns —
+and ``run`` executes it on the connection's DBAPI connection, in the transaction of the SQLAlchemy
+``Connection`` (begun as ``Connection.execute`` would begin it; pysqlite and psycopg begin on the
+database before the first statement, SQLAlchemy commits it). Errors come out as SQLAlchemy's
+(``OperationalError`` for a busy database), and a lost PostgreSQL connection is invalidated as
+SQLAlchemy would, so callers that retry still do and the pool does not hand it out again.
 
-Only SQLite takes this path. Other databases (PostgreSQL), a ``Session``, and statements this module
-does not compile by hand (expanding IN lists, Python-side column defaults) run through
-``Connection.execute`` as before: ``run`` returns what that returns, and ``Rows`` has the same few
-methods (``rowcount``, ``first``, ``one``, ``scalar``, ``all``), so callers see one interface.
+A ``Session``, other databases, and statements this module does not compile by hand (expanding IN
+lists, Python-side column defaults, RETURNING) run through ``Connection.execute`` as before: ``run``
+returns what that returns, and ``Rows`` has the same few methods (``rowcount``, ``first``, ``one``,
+``scalar``, ``all``), so callers see one interface.
 
 Statement events (``before_cursor_execute``) do not fire on this path; transaction events (begin,
 commit) still do, since the transaction is SQLAlchemy's.
@@ -62,36 +65,57 @@ class Rows:
 
 
 class _Plan:
-    """A statement compiled for SQLite: SQL, parameter slots, and a maker of processed rows."""
+    """A statement compiled for one dialect: SQL, parameter slots, and a maker of processed rows.
+
+    Parameters go positionally where the DBAPI takes them so (sqlite3's ``?``), by name otherwise
+    (psycopg's ``%(name)s``)."""
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
-        self.slots: list[tuple[str | None, Any, Processor]] = []  # (key to read, or None: fixed value, processor)
+        # (name in the SQL, key to read or None: a fixed value, the fixed value, processor)
+        self.slots: list[tuple[str, str | None, Any, Processor]] = []
         processors = compiled._bind_processors  # noqa: SLF001 - SQLAlchemy's own per-bind type processors
-        for name in compiled.positiontup or ():
+        self.positional = compiled.positiontup is not None
+        names = compiled.positiontup if self.positional else compiled.bind_names.values()
+        for name in names:
             bind = compiled.binds[name]
             processor = processors.get(name)
             if bind.required or bind.callable is not None:
-                self.slots.append((bind.key, None, processor))
+                self.slots.append((name, bind.key, None, processor))
             else:  # a literal of the statement (``values(status="running")``): processed once
                 value = bind.effective_value
-                self.slots.append((None, processor(value) if processor else value, None))
+                self.slots.append((name, None, processor(value) if processor else value, None))
         columns = compiled._result_columns  # noqa: SLF001 - (key, name, objects, type) of each column
-        self.processors = [c.type._cached_result_processor(dialect, None) for c in columns]  # noqa: SLF001
+        self._types = [c.type for c in columns]
+        self._dialect = dialect
+        self.processors: list[Processor] | None = None  # known at the first result: psycopg's depend on it
         self.row = namedtuple("Row", [c.keyname for c in columns], rename=True) if columns else None
-        self.processed = any(p is not None for p in self.processors)
+        self.processed = False
 
-    def parameters(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple([(proc(params[key]) if proc else params[key]) if key is not None else fixed
-                      for key, fixed, proc in self.slots])  # a list first: quicker than a generator
+    def _result_processors(self, description: Sequence[Any]) -> list[Processor]:
+        """The result columns' processors for the types the DBAPI said it sent (``cursor.description``):
+        psycopg's numeric columns need it (float or Decimal); made once per plan."""
+        if self.processors is None:
+            processors = [t._cached_result_processor(self._dialect, d[1])  # noqa: SLF001
+                          for t, d in zip(self._types, description)]
+            self.processed = any(p is not None for p in processors)
+            self.processors = processors
+        return self.processors
 
-    def rows(self, raw: list[tuple[Any, ...]]) -> list[Any]:
+    def parameters(self, params: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        if self.positional:
+            return tuple([(proc(params[key]) if proc else params[key]) if key is not None else fixed
+                          for _, key, fixed, proc in self.slots])  # a list first: quicker than a generator
+        return {name: (proc(params[key]) if proc else params[key]) if key is not None else fixed
+                for name, key, fixed, proc in self.slots}
+
+    def rows(self, raw: list[tuple[Any, ...]], description: Sequence[Any]) -> list[Any]:
         if self.row is None:
             return []
+        procs = self.processors if self.processors is not None else self._result_processors(description)
         if not self.processed:
             return [self.row._make(r) for r in raw]
-        procs = self.processors
         return [self.row._make([p(v) if p else v for p, v in zip(procs, r)]) for r in raw]
 
 
@@ -118,10 +142,12 @@ class Prepared:
             pass
         with self._lock:
             if dialect.name not in self._plans:
-                hand = dialect.name == "sqlite" and _compilable_by_hand(self.statement, dialect)
+                hand = dialect.driver in _BY_HAND and _compilable_by_hand(self.statement, dialect)
                 self._plans[dialect.name] = _Plan(self.statement, dialect) if hand else None
             return self._plans[dialect.name]
 
+
+_BY_HAND = ("pysqlite", "psycopg")  # the DBAPIs whose ``execute`` this module calls itself
 
 _BY_STATEMENT: dict[ClauseElement, Prepared] = {}
 _BY_STATEMENT_LOCK = threading.Lock()
@@ -150,12 +176,14 @@ def run(conn: Any, prepared: Prepared, params: dict[str, Any] | None = None) -> 
     if plan is None:
         return conn.execute(prepared.statement, params or {})
     values = plan.parameters(params or {})
+    if not conn.in_transaction():
+        conn.begin()  # as ``Connection.execute`` begins one: the caller's ``commit()`` then commits it
     try:
         cursor = conn.connection.driver_connection.execute(plan.sql, values)
         raw = cursor.fetchall() if plan.row is not None else []
     except conn.dialect.loaded_dbapi.Error as error:
         raise _wrapped(conn, plan.sql, values, error) from error
-    return Rows(plan.rows(raw), cursor.rowcount, cursor.lastrowid)
+    return Rows(plan.rows(raw, cursor.description), cursor.rowcount, getattr(cursor, "lastrowid", None))
 
 
 def run_many(conn: Any, prepared: Prepared, params: Sequence[dict[str, Any]]) -> None:
@@ -167,12 +195,24 @@ def run_many(conn: Any, prepared: Prepared, params: Sequence[dict[str, Any]]) ->
         conn.execute(prepared.statement, list(params))
         return
     values = [plan.parameters(p) for p in params]
+    if not conn.in_transaction():
+        conn.begin()
     try:
-        conn.connection.driver_connection.executemany(plan.sql, values)
+        driver = conn.connection.driver_connection
+        if hasattr(driver, "executemany"):  # sqlite3
+            driver.executemany(plan.sql, values)
+        else:  # psycopg: one pipeline of the statements
+            driver.cursor().executemany(plan.sql, values)
     except conn.dialect.loaded_dbapi.Error as error:
         raise _wrapped(conn, plan.sql, values, error) from error
 
 
 def _wrapped(conn: Connection, sql: str, values: Any, error: Exception) -> exc.DBAPIError:
-    """The DBAPI error as SQLAlchemy would raise it (``OperationalError``, ``IntegrityError``...)."""
-    return exc.DBAPIError.instance(sql, values, error, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect)
+    """The DBAPI error as SQLAlchemy would raise it (``OperationalError``, ``IntegrityError``...); a
+    connection the error says is lost is invalidated first, as SQLAlchemy does: the pool replaces it."""
+    lost = conn.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)
+    wrapped = exc.DBAPIError.instance(sql, values, error, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect, connection_invalidated=lost)
+    if lost:
+        conn.invalidate(wrapped)
+    return wrapped
