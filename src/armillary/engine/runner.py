@@ -6,7 +6,7 @@ steps that became ready, or the end of the job. If this worker lost its lease me
 stalled and the reaper gave the step to someone else), the outcome is dropped, not recorded twice.
 
 The same transaction commits what the step held back (its log lines and ``with_outcome`` changes:
-``engine.output``), and, in the inline engine (``Runtime.chain_steps``), claims the job's next ready
+``engine.output``), and (``Runtime.chain_steps``: the inline engine, Celery workers) claims the job's next ready
 step, which this worker then runs at once, starting from the system the step before read
 (``StepContext.handover``): a create job is one claim and two records, and one load of its system.
 When the record ends the job, the same transaction claims the next step waiting in the executor's
@@ -132,8 +132,8 @@ def _labelled(metric: Any, *labels: str) -> Any:
 def run_step(runtime: Runtime, step_id: int) -> None:
     """Run one step if it is due and nobody else holds it; a no-op otherwise.
 
-    With ``runtime.chain_steps`` (the inline engine), the job's next ready step is claimed in the
-    transaction that records this one and run here at once, and so on to the job's end.
+    With ``runtime.chain_steps`` (the inline engine, Celery workers), the job's next ready step is
+    claimed in the transaction that records this one and run here at once, and so on to the job's end.
     """
     if runtime.stopping.is_set():  # a stopping process claims nothing more (``Engine.stop`` drains it)
         return
@@ -249,10 +249,15 @@ def _claimed(runtime: Runtime, step_id: int, job: Any, step: Any, attempt: int, 
 
 def _prefetch(conn: Connection, ctx: StepContext) -> None:
     """Load the step's system on the claim's connection, after its commit (a read: no write lock held):
-    the step's first ``system()`` needs no transaction of its own."""
+    the step's first ``system()`` needs no transaction of its own.
+
+    On PostgreSQL the read runs without a transaction (``AUTOCOMMIT`` until the connection goes back to
+    the pool): no BEGIN and ROLLBACK round trips around its two statements. SQLite begins none for a read."""
     if ctx.system_id is None:
         return
     try:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
         ctx.prefetched = load_system(conn, ctx.system_id)
         conn.rollback()
     except Exception:  # noqa: BLE001 - the claim stands; the step's ``system()`` reads the row itself
