@@ -5,7 +5,7 @@ locks and schedules, no steps) and three ``armillary worker`` processes on a Red
 a free port of 127.0.0.1, so the test can restart it mid-run without touching the machine's service):
 
 * 200 creates are spread over the three workers, each step run once, each machine
-  created once;
+  created once, a job's steps on one worker (its next step chained, not sent);
 * a step routed to ``hv.<hypervisor>`` runs only on the worker consuming that queue; a step whose
   queue no worker consumes waits, named in the job's events and in ``armillary doctor``;
 * kill -9 of a worker in the middle of a step: another worker retries it once its lease expires, and
@@ -283,7 +283,8 @@ def test_creates_are_spread_over_the_workers_each_step_run_once(stack: Stack) ->
     jobs = stack.create_all(system_ids, clients=8)
     assert Counter(stack.wait_jobs(jobs, timeout_s=120).values()) == {"succeeded": 200}
     with stack.db.session() as session:
-        attempts = dict(session.execute(select(Step.id, Step.attempts).where(Step.job_id.in_(jobs))).all())
+        rows = session.execute(select(Step.id, Step.job_id, Step.attempts).where(Step.job_id.in_(jobs))).all()
+    attempts = {step: tries for step, _, tries in rows}
     ran = {name: [s for s in w.claimed() if s in attempts] for name, w in stack.workers.items()}
     assert all(ran.values()), f"a worker ran nothing: { {n: len(r) for n, r in ran.items()} }"
     # Two dispatchers and the workers send messages, some twice; yet each attempt is claimed by one worker
@@ -291,6 +292,14 @@ def test_creates_are_spread_over_the_workers_each_step_run_once(stack: Stack) ->
     claims = Counter(s for r in ran.values() for s in r)
     assert claims == Counter(attempts), {s: (claims[s], a) for s, a in attempts.items() if claims[s] != a}
     assert stack.machines_per_system(system_ids) == Counter(dict.fromkeys(system_ids, 1))
+    # A job's next step runs on the worker that ran the step before it (no message, no claim of its own).
+    worker_of = {s: name for name, r in ran.items() for s in r}
+    retried = {job for _, job, tries in rows if tries > 1}
+    ran_on: dict[int, set[str]] = {}
+    for step, job, _ in rows:
+        ran_on.setdefault(job, set()).add(worker_of[step])
+    split = {job: names for job, names in ran_on.items() if len(names) > 1 and job not in retried}
+    assert not split, f"jobs whose steps ran on several workers: {split}"
 
 
 def test_a_routed_step_runs_only_on_the_worker_of_its_queue(stack: Stack) -> None:

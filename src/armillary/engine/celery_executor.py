@@ -7,8 +7,10 @@ PostgreSQL. The database stays the source of truth (docs/distributed.md):
   the inline pool, whose claim is one conditional UPDATE. A duplicated message finds the step
   claimed (or done) and does nothing; a lost one is sent again by the sweeper.
 * Who sends: the dispatcher of the API process sends the steps a job start, a lock grant, a retry
-  or the reaper made due (``CeleryExecutor.dispatch_due``); a worker sends the steps that a step it
-  ran made ready (``Runtime.submit``), at once, without a round trip through the dispatcher.
+  or the reaper made due (``CeleryExecutor.dispatch_due``). A worker runs the job's next ready step
+  itself, claimed in the transaction that recorded the step before it (``Runtime.chain_steps``: no
+  message, no claim of its own; a job's steps share one queue), and sends the other steps that step
+  made ready (``Runtime.submit``), at once, without a round trip through the dispatcher.
 * The sweeper (in ``dispatch_due``): each dispatcher remembers when it sent each step's message,
   and a step that a worker made ready counts as sent when the dispatcher first sees it queued. A
   step still queued and due ``ARMILLARY_REDELIVER_SECONDS`` after that, while its queue is empty at
@@ -369,6 +371,7 @@ def run_worker(
     )
     executor = CeleryExecutor.from_settings(settings, db)
     runtime.submit = executor.submit
+    runtime.chain_steps = True  # a job's next step runs here at once (``Runtime.chain_steps``)
     runtime.wake = Notifier(db)
     load_plugins()
     _worker_runtime = runtime

@@ -55,7 +55,8 @@ class Runtime:
     running_lock: threading.Lock = field(default_factory=threading.Lock)
     # A job's next ready step runs in the worker that recorded the step before it, claimed in that
     # record's transaction (no trip through the executor's queue and no claim transaction of its own).
-    # Set by the inline engine; a Celery worker sends the next step as a message instead.
+    # Set by the inline engine and by Celery workers: every step of a job goes to the same queue (its
+    # system's, ``engine.routing``), the one this worker took the job's earlier step from.
     chain_steps: bool = False
     # With ``chain_steps``: the next step waiting in the executor's queue, handed to the worker thread
     # that asks, or None. A worker whose job just ended claims it in the transaction that ended the job
