@@ -110,10 +110,10 @@ class _Plan:
         return {name: (proc(params[key]) if proc else params[key]) if key is not None else fixed
                 for name, key, fixed, proc in self.slots}
 
-    def rows(self, raw: list[tuple[Any, ...]], description: Sequence[Any]) -> list[Any]:
+    def rows(self, raw: list[tuple[Any, ...]], cursor: Any) -> list[Any]:
         if self.row is None:
             return []
-        procs = self.processors if self.processors is not None else self._result_processors(description)
+        procs = self.processors if self.processors is not None else self._result_processors(cursor.description)
         if not self.processed:
             return [self.row._make(r) for r in raw]
         return [self.row._make([p(v) if p else v for p, v in zip(procs, r)]) for r in raw]
@@ -183,7 +183,7 @@ def run(conn: Any, prepared: Prepared, params: dict[str, Any] | None = None) -> 
         raw = cursor.fetchall() if plan.row is not None else []
     except conn.dialect.loaded_dbapi.Error as error:
         raise _wrapped(conn, plan.sql, values, error) from error
-    return Rows(plan.rows(raw, cursor.description), cursor.rowcount, getattr(cursor, "lastrowid", None))
+    return Rows(plan.rows(raw, cursor), cursor.rowcount, getattr(cursor, "lastrowid", None))
 
 
 def run_many(conn: Any, prepared: Prepared, params: Sequence[dict[str, Any]]) -> None:

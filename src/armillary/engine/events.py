@@ -21,7 +21,9 @@ from armillary.domain.prepared import Prepared, run, run_many
 from armillary.redaction import redact_data, redact_text
 
 _COLUMNS = ("job_id", "kind", "message", "step", "level", "data", "created_at")
-_INSERT = Prepared(JobEvent.__table__.insert().values({name: bindparam(f"b_{name}") for name in _COLUMNS}))
+# ``inline()``: nobody reads an event's new id, so PostgreSQL is not asked to return it (a statement
+# with RETURNING would leave the hand-compiled path of ``domain.prepared``).
+_INSERT = Prepared(JobEvent.__table__.insert().values({name: bindparam(f"b_{name}") for name in _COLUMNS}).inline())
 # A step's log lines on PostgreSQL: one INSERT of arrays, in the lines' order (``insert_lines``).
 _UNNEST_FROM = 8
 _INSERT_UNNEST = text(
