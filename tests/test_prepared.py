@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import Float, Numeric, bindparam, cast, create_engine, select, text, update
+from sqlalchemy import Float, Integer, Numeric, bindparam, cast, create_engine, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from armillary.domain.db import Database
@@ -22,7 +22,7 @@ from armillary.domain.models import utcnow
 from armillary.domain.prepared import Prepared, run, run_many
 from armillary.engine.bodies import BodyThreads
 from armillary.engine.events import insert_event, insert_lines
-from tests.support.databases import PG_ADMIN_URL
+from tests.support.databases import PG_ADMIN_URL, postgres_database
 
 _jobs, _events = Job.__table__, JobEvent.__table__
 _JOB = Prepared(select(_jobs.c.id, _jobs.c.context, _jobs.c.cancel_requested, _jobs.c.created_at, _jobs.c.status)
@@ -79,22 +79,26 @@ def test_numbers_come_back_as_sqlalchemy_gives_them(db: Database) -> None:
     assert tuple(ours) == tuple(theirs) and type(ours.x) is type(theirs.x) and type(ours.y) is type(theirs.y)
 
 
-def test_a_postgresql_connection_cut_under_a_statement_is_not_handed_out_again(db: Database) -> None:
-    if db.is_sqlite:
-        pytest.skip("a cut connection is PostgreSQL's case: SQLite has none")
+def test_a_postgresql_connection_cut_under_a_statement_is_not_handed_out_again() -> None:
+    """PostgreSQL's case only (SQLite has no connection to lose): a database of its own, not the ``db`` pair."""
+    number = Prepared(select(cast(bindparam("b_x"), Integer).label("x")))
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with db.engine.connect() as conn:
-            cut = conn.scalar(text("SELECT pg_backend_pid()"))
-            with admin.connect() as other:
-                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": cut})
-            with pytest.raises(OperationalError) as raised:
-                run(conn, _JOB, {"b_id": 1})
-            assert raised.value.connection_invalidated
-        with db.engine.connect() as conn:  # a new connection, at once: no ping needed to find the cut one
-            assert conn.scalar(text("SELECT pg_backend_pid()")) != cut
-    finally:
-        admin.dispose()
+    with postgres_database() as url:
+        db = Database(url)
+        try:
+            with db.engine.connect() as conn:
+                assert run(conn, number, {"b_x": 1}).scalar() == 1
+                cut = conn.scalar(text("SELECT pg_backend_pid()"))
+                with admin.connect() as other:
+                    other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": cut})
+                with pytest.raises(OperationalError) as raised:
+                    run(conn, number, {"b_x": 2})
+                assert raised.value.connection_invalidated
+            with db.engine.connect() as conn:  # a new connection, at once: no ping needed to find the cut one
+                assert conn.scalar(text("SELECT pg_backend_pid()")) != cut
+        finally:
+            db.dispose()
+            admin.dispose()
 
 
 def test_lines_are_written_in_order_and_redacted(db: Database) -> None:
