@@ -8,6 +8,7 @@ npm packages (ui/node_modules/axe-core) and returns what it finds.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ _IN_FLIGHT: dict[int, dict[Any, str]] = {}
 
 def watch(page: Any) -> Any:
     """Keep what the page saw go wrong (console errors, failed requests, answers ≥ 400), for ``describe``."""
-    import time
-
     log = _LOGS.setdefault(id(page), [])
     start = time.monotonic()
 

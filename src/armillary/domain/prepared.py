@@ -95,13 +95,12 @@ class _Plan:
 
     def _result_processors(self, description: Sequence[Any]) -> list[Processor]:
         """The result columns' processors for the types the DBAPI said it sent (``cursor.description``):
-        psycopg's numeric columns need it (float or Decimal); made once per plan."""
-        if self.processors is None:
-            processors = [t._cached_result_processor(self._dialect, d[1])  # noqa: SLF001
-                          for t, d in zip(self._types, description)]
-            self.processed = any(p is not None for p in processors)
-            self.processors = processors
-        return self.processors
+        psycopg's numeric columns need it (float or Decimal); made at the plan's first result."""
+        processors = [t._cached_result_processor(self._dialect, d[1])  # noqa: SLF001
+                      for t, d in zip(self._types, description)]
+        self.processed = any(p is not None for p in processors)
+        self.processors = processors  # last: a thread that sees it also sees ``processed``
+        return processors
 
     def parameters(self, params: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         if self.positional:
@@ -136,15 +135,16 @@ class Prepared:
         self._lock = threading.Lock()
 
     def plan(self, dialect: Dialect) -> _Plan | None:
+        key = dialect.dialect_description  # "sqlite+pysqlite", "postgresql+psycopg": a plan is the DBAPI's
         try:
-            return self._plans[dialect.name]
+            return self._plans[key]
         except KeyError:
             pass
         with self._lock:
-            if dialect.name not in self._plans:
+            if key not in self._plans:
                 hand = dialect.driver in _BY_HAND and _compilable_by_hand(self.statement, dialect)
-                self._plans[dialect.name] = _Plan(self.statement, dialect) if hand else None
-            return self._plans[dialect.name]
+                self._plans[key] = _Plan(self.statement, dialect) if hand else None
+            return self._plans[key]
 
 
 _BY_HAND = ("pysqlite", "psycopg")  # the DBAPIs whose ``execute`` this module calls itself
@@ -176,10 +176,8 @@ def run(conn: Any, prepared: Prepared, params: dict[str, Any] | None = None) -> 
     if plan is None:
         return conn.execute(prepared.statement, params or {})
     values = plan.parameters(params or {})
-    if not conn.in_transaction():
-        conn.begin()  # as ``Connection.execute`` begins one: the caller's ``commit()`` then commits it
     try:
-        cursor = conn.connection.driver_connection.execute(plan.sql, values)
+        cursor = _driver_in_transaction(conn).execute(plan.sql, values)
         raw = cursor.fetchall() if plan.row is not None else []
     except conn.dialect.loaded_dbapi.Error as error:
         raise _wrapped(conn, plan.sql, values, error) from error
@@ -195,16 +193,18 @@ def run_many(conn: Any, prepared: Prepared, params: Sequence[dict[str, Any]]) ->
         conn.execute(prepared.statement, list(params))
         return
     values = [plan.parameters(p) for p in params]
-    if not conn.in_transaction():
-        conn.begin()
     try:
-        driver = conn.connection.driver_connection
-        if hasattr(driver, "executemany"):  # sqlite3
-            driver.executemany(plan.sql, values)
-        else:  # psycopg: one pipeline of the statements
-            driver.cursor().executemany(plan.sql, values)
+        _driver_in_transaction(conn).cursor().executemany(plan.sql, values)  # psycopg: one pipeline
     except conn.dialect.loaded_dbapi.Error as error:
         raise _wrapped(conn, plan.sql, values, error) from error
+
+
+def _driver_in_transaction(conn: Connection) -> Any:
+    """The DBAPI connection, with the ``Connection``'s transaction begun as ``execute`` would begin it: the
+    caller's ``commit()`` then commits what ran on it."""
+    if not conn.in_transaction():
+        conn.begin()
+    return conn.connection.driver_connection
 
 
 def _wrapped(conn: Connection, sql: str, values: Any, error: Exception) -> exc.DBAPIError:

@@ -6,8 +6,8 @@ steps that became ready, or the end of the job. If this worker lost its lease me
 stalled and the reaper gave the step to someone else), the outcome is dropped, not recorded twice.
 
 The same transaction commits what the step held back (its log lines and ``with_outcome`` changes:
-``engine.output``), and (``Runtime.chain_steps``: the inline engine, Celery workers) claims the job's next ready
-step, which this worker then runs at once, starting from the system the step before read
+``engine.output``), and (``Runtime.chain_steps``: the inline engine, Celery workers) claims the
+job's next ready step, which this worker then runs at once, starting from the system the step before read
 (``StepContext.handover``): a create job is one claim and two records, and one load of its system.
 When the record ends the job, the same transaction claims the next step waiting in the executor's
 queue (``Runtime.take_queued``): under load, a job's claim rides in the record that ended the job before.
