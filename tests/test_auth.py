@@ -11,9 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from armillary import redaction
 from armillary.auth import tokens
 from armillary.domain.accounts import ApiToken
 from armillary.domain.models import Environment, utcnow
+from armillary.redaction import MASK, SecretRegistry
 from tests.support.accounts import TEST_PASSWORDS, bearer, ensure_user, grant, token_for
 from tests.support.jobs import act, act_and_wait, sim_setup, wait_job
 
@@ -123,6 +125,19 @@ def test_token_lookup_gives_typed_values_and_every_role(db) -> None:
         assert roles == {env_ids["lookup-a"]: "operator", env_ids["lookup-b"]: "viewer"}
         assert tokens.find_valid_with_roles(conn, plaintext, utcnow()) == (row, roles)
         assert tokens.find_valid_with_roles(conn, plaintext + "x") == (None, {})
+
+
+def test_an_issued_token_is_masked_by_its_shape_in_every_process(db) -> None:
+    """Tokens are masked by their shape, not registered one by one: registering each rebuilt the registry's
+    pattern after every login (~1 s of the GIL at 10,000 values), and a token logged by a process that did
+    not issue it (a worker, another API process; here a fresh registry) was shown."""
+    ensure_user(db, "tomas")
+    plaintext = token_for(db, "tomas")
+    assert plaintext not in redaction._registry
+    assert SecretRegistry().redact_text(f"Authorization: Bearer {plaintext}, again {plaintext}.") == (
+        f"Authorization: Bearer {MASK}, again {MASK}.")
+    assert SecretRegistry().redact_text("prefix arm_0123456789 shown in the token list") == (
+        "prefix arm_0123456789 shown in the token list")
 
 
 def test_deactivating_a_user_stops_their_tokens_at_once(api, world, as_user) -> None:
