@@ -203,6 +203,9 @@ class Follower(LiveStream, threading.Thread):
             self.error = f"{type(exc).__name__}: {exc}"
 
 
+LAG_PROBE_S = 0.01  # the followers' event loop sleeps this long, over and over, and notes how late it woke
+
+
 class FollowerProcess:
     """Many followers on one asyncio event loop, in a process of their own.
 
@@ -224,9 +227,11 @@ class FollowerProcess:
         self._asked.put((base_url, job_id))
 
     def results(self, timeout_s: float = 120) -> list[LiveStream]:
-        """Every stream's record, once each has ended (or failed, or ``timeout_s`` passed)."""
+        """Every stream's record, once each has ended (or failed, or ``timeout_s`` passed). ``loop_lag_ms``
+        then holds how late the followers' event loop woke (p50/p99/max): the part of a latency that is
+        the measuring side's own."""
         self._asked.put(timeout_s)
-        streams = self._done.get()
+        streams, self.loop_lag_ms = self._done.get()
         self._process.join(timeout=30)
         return streams
 
@@ -248,10 +253,18 @@ def _follow_all(asked, done, headers: dict[str, str]) -> None:
         except Exception as exc:  # noqa: BLE001 - reported with the stream
             stream.error = f"{type(exc).__name__}: {exc}"
 
-    async def main() -> list[LiveStream]:
+    async def watch_lag(lags: list[float]) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_S)
+            lags.append((time.perf_counter() - started - LAG_PROBE_S) * 1000)
+
+    async def main() -> tuple[list[LiveStream], dict[str, float]]:
         loop = asyncio.get_running_loop()
         streams: list[LiveStream] = []
         tasks = []
+        lags: list[float] = []
+        lag_probe = asyncio.create_task(watch_lag(lags))
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=120), headers=headers, limits=limits) as client:
             # Each item a (base URL, job id) to follow, until a number: how long the streams may still take.
@@ -261,10 +274,11 @@ def _follow_all(asked, done, headers: dict[str, str]) -> None:
                 tasks.append(asyncio.create_task(follow(client, base_url, streams[-1])))
             if tasks:
                 await asyncio.wait(tasks, timeout=item)
+        lag_probe.cancel()
         for stream in streams:
             if stream.ended_at is None and stream.error is None:
                 stream.error = "did not end in time"
-        return streams
+        return streams, {f"p{q}_ms": percentile(lags, q) for q in (50, 99)} | {"max_ms": max(lags, default=0.0)}
 
     done.put(asyncio.run(main()))
 

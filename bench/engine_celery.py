@@ -517,6 +517,7 @@ def sse_scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, 
                     jobs, follower_process, started = follow_creates(urls, ids, args)
                     ended = wait_ended(url, jobs, args.timeout)
                     followers = follower_process.results(timeout_s=30)
+                    follower_lag = follower_process.loop_lag_ms
                 result = outcome(url, jobs, ids)
             finally:
                 stop_all(procs)
@@ -524,7 +525,7 @@ def sse_scenario(workers: int, args: argparse.Namespace, progress) -> dict[str, 
         result.update(workers=workers, api_processes=API_PROCESSES, concurrency=args.concurrency,
                       systems=args.systems, latency_ms=args.latency_ms, wall_s=wall,
                       creates_per_s=args.systems / wall, sse=latency_summary(followers),
-                      sse_split=clock.split(followers))
+                      sse_split=clock.split(followers), follower_loop_lag=follower_lag)
         return result
     finally:
         if not args.keep:
@@ -585,6 +586,9 @@ def print_sse_table(result: dict[str, Any]) -> None:
             parts = [f"{part.replace('_', ' ')} p50 {split[part]['p50_ms']:.0f} / p99 {split[part]['p99_ms']:.0f} "
                      f"/ max {split[part]['max_ms']:.0f} ms" for part in ("written_to_notified", "notified_to_received")]
             print(f"{'':<15}{'; '.join(parts)} ({split['n']} events)")
+        lag = r["follower_loop_lag"]
+        print(f"{'':<15}the followers' own event loop woke late by p50 {lag['p50_ms']:.0f} / p99 {lag['p99_ms']:.0f} "
+              f"/ max {lag['max_ms']:.0f} ms (part of 'received', not of the server)")
         if sse["errors"] or sse["unfinished"]:
             print(f"{'':<15}SSE errors {sse['errors'][:3]}, {sse['unfinished']} followers saw no end")
     print(f"\n{API_PROCESSES} API processes, creates POSTed round-robin, each followed job on another API "
