@@ -36,6 +36,7 @@ from armillary.redaction import (
     MASK,
     MAX_SECRETS,
     MIN_SECRET_LENGTH,
+    REBUILD_PAST,
     RedactingFilter,
     SecretRegistry,
     is_secret_key,
@@ -128,7 +129,7 @@ def test_the_registry_is_bounded_dropping_the_oldest() -> None:
 
 
 def test_a_full_registry_still_redacts_fast() -> None:
-    """10,000 values: one compiled trie, not an alternation tried value by value at every position."""
+    """10,000 values: one automaton, not an alternation tried value by value at every position."""
     reg = SecretRegistry()
     values = [uuid.uuid4().hex[:20] for _ in range(MAX_SECRETS)]
     reg.register(*values)
@@ -139,6 +140,20 @@ def test_a_full_registry_still_redacts_fast() -> None:
         assert reg.redact_text(line) == line
     assert time.perf_counter() - started < 2.0
     assert reg.redact_text(f"x {values[1234]} y {values[-1]}") == f"x {MASK} y {MASK}"
+
+
+def test_values_registered_one_at_a_time_past_full_builds_and_drops_are_masked_exactly() -> None:
+    """Each new value goes to the small automaton of recent values, a full build comes every ``REBUILD_PAST``
+    changes, and a dropped value still in the full automaton is shown again: what is masked is always
+    exactly what the registry holds."""
+    reg = SecretRegistry(max_values=300)
+    values = [f"one-by-one-{i:04d}-{uuid.uuid4().hex[:6]}" for i in range(3 * REBUILD_PAST)]
+    for value in values:
+        reg.register(value)
+        assert reg.redact_text(f"<{value}>") == f"<{MASK}>"
+    assert sum(value in reg for value in values) == 300
+    line = " ".join(values)
+    assert reg.redact_text(line) == " ".join(MASK if value in reg else value for value in values)
 
 
 def test_register_and_redact_from_many_threads() -> None:

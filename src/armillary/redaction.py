@@ -17,8 +17,9 @@ masked in every process, not only the one that issued it, and a login does not c
 
 The registry is per process, thread-safe and bounded (``MAX_SECRETS`` values, the least recently
 registered dropped first), so a long-running server does not grow forever. The values are matched
-with one compiled regular expression, rebuilt lazily after a change, shaped as a trie (values sharing
-a prefix share a branch) so a line is scanned in time independent of how many values are registered.
+with an Aho-Corasick automaton (pyahocorasick), so a line is scanned in time independent of how many
+values are registered; values registered since its last build go to a second, small automaton, so a
+new secret (a system's variables, at each of a bulk job's runs) costs a build of the few recent ones.
 
 Limits, on purpose:
 
@@ -54,11 +55,14 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
+import ahocorasick
+
 __all__ = [
     "MASK",
     "MAX_SECRETS",
     "MIN_LINE_LENGTH",
     "MIN_SECRET_LENGTH",
+    "REBUILD_PAST",
     "SECRET_KEY_PATTERN",
     "RedactingFilter",
     "SecretRegistry",
@@ -77,6 +81,7 @@ MIN_SECRET_LENGTH = 4
 # Lines of a multi-line secret (a PEM key) registered on their own: long enough not to be ordinary text.
 MIN_LINE_LENGTH = 16
 MAX_SECRETS = 10_000
+REBUILD_PAST = 256  # values registered since the last full build of the registry's automaton
 MASK = "***"
 
 # Key names whose values are secret, matched case-insensitively against the key with camelCase split
@@ -121,34 +126,40 @@ def _is_secret_key(name: str) -> bool:
     return SECRET_KEY_PATTERN.search(snake) is not None and NOT_SECRET_KEY_PATTERN.search(snake) is None
 
 
-def _trie_pattern(values: Iterable[str]) -> str:
-    """One regular expression matching any of ``values``, longest first, as a trie.
+def _automaton(values: Iterable[str]) -> Any:
+    """An Aho-Corasick automaton finding every occurrence of any of ``values`` (None for no values).
 
-    A plain alternation tries every value at every position of the text (milliseconds a line with
-    thousands of values); a trie tries one branch per character.
-    """
-    root: dict[str, dict] = {}
+    A regular expression of the values (an alternation, or a trie of them) took Python's regex compiler
+    ~0.1 ms per value to build: 1.1 s of the GIL with 10,000 values, after every new one. This builds
+    10,000 in ~70 ms, in C."""
+    automaton = ahocorasick.Automaton()
     for value in values:
-        node = root
-        for char in value:
-            node = node.setdefault(char, {})
-        node[""] = {}
+        automaton.add_word(value, value)
+    if len(automaton) == 0:
+        return None
+    automaton.make_automaton()
+    return automaton
 
-    def build(node: dict[str, dict]) -> str:
-        out: list[str] = []
-        while True:
-            children = sorted(k for k in node if k)
-            if len(children) == 1 and "" not in node:  # a run of single characters: one literal
-                out.append(re.escape(children[0]))
-                node = node[children[0]]
-                continue
-            if not children:
-                return "".join(out)
-            group = "(?:" + "|".join(re.escape(c) + build(node[c]) for c in children) + ")"
-            out.append(group + "?" if "" in node else group)  # greedy: the longer value wins
-            return "".join(out)
 
-    return build(root)
+def _mask(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each span (start, end) of a value found in it masked; overlapping and adjacent spans
+    are one mask."""
+    out: list[str] = []
+    done = 0  # text[:done] is handled
+    span_start = span_end = -1
+    for begin, end in sorted(spans):
+        if begin <= span_end:  # inside the current span, or right after it: one mask
+            span_end = max(span_end, end)
+            continue
+        if span_end > span_start:
+            out.append(text[done:span_start])
+            out.append(MASK)
+            done = span_end
+        span_start, span_end = begin, end
+    out.append(text[done:span_start])
+    out.append(MASK)
+    out.append(text[span_end:])
+    return "".join(out)
 
 
 class SecretRegistry:
@@ -159,7 +170,13 @@ class SecretRegistry:
         self.min_length = min_length
         self._values: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._pattern: re.Pattern[str] | None = None
+        # (every value as of the last full build, the values registered since): swapped as one, so a
+        # reader never pairs a new full automaton's gap with an old recent one.
+        self._automata: tuple[Any, Any] = (None, None)
+        self._since: list[str] = []  # values registered since the last full build
+        # Values registered or dropped since the last full build. A dropped value stays in the full automaton
+        # until the next one, and what it finds is no longer masked (``redact_text`` checks the registry).
+        self._changes = 0
         self._dirty = False
 
     def __len__(self) -> int:
@@ -171,7 +188,7 @@ class SecretRegistry:
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
-            self._pattern, self._dirty = None, False
+            self._automata, self._since, self._changes, self._dirty = (None, None), [], 0, False
 
     # ------------------------------------------------------------ registering
 
@@ -195,10 +212,12 @@ class SecretRegistry:
                     self._values.move_to_end(text)
                 else:
                     self._values[text] = None
+                    self._since.append(text)
+                    self._changes += 1
                     changed = True
             while len(self._values) > self.max_values:
                 self._values.popitem(last=False)
-                changed = True
+                self._changes += 1
             if changed:
                 self._dirty = True
 
@@ -233,20 +252,19 @@ class SecretRegistry:
 
     # ------------------------------------------------------------ masking
 
-    def _current(self) -> re.Pattern[str] | None:
+    def _current(self) -> tuple[Any, Any]:
+        """The automata of every value: a full build once more than ``REBUILD_PAST`` values were registered or
+        dropped since the last one, else a build of the values registered since."""
         if self._dirty:
             with self._lock:
                 if self._dirty:
-                    values = list(self._values)
-                    pattern = None
-                    if values:
-                        try:
-                            pattern = re.compile(f"(?=({_trie_pattern(values)}))")
-                        except (RecursionError, re.error):  # very deep tries: a plain alternation
-                            ordered = sorted(values, key=len, reverse=True)
-                            pattern = re.compile("(?=(" + "|".join(map(re.escape, ordered)) + "))")
-                    self._pattern, self._dirty = pattern, False
-        return self._pattern
+                    if self._changes > REBUILD_PAST:
+                        self._automata = (_automaton(self._values), None)
+                        self._since, self._changes = [], 0
+                    else:
+                        self._automata = (self._automata[0], _automaton(self._since))
+                    self._dirty = False
+        return self._automata
 
     def redact_text(self, text: str) -> str:
         """``text`` with every registered value (and every URL password and API token) replaced by ``MASK``.
@@ -256,40 +274,16 @@ class SecretRegistry:
         """
         if not isinstance(text, str) or not text:
             return text
-        pattern = self._current()
-        if pattern is not None:
-            first = pattern.search(text)
-            if first is not None:
-                text = self._mask(pattern, text, first.start())
+        values = self._values
+        spans = [(end + 1 - len(value), end + 1) for automaton in self._current() if automaton is not None
+                 for end, value in automaton.iter(text) if value in values]
+        if spans:
+            text = _mask(text, spans)
         if "://" in text:
             text = _URL_PASSWORD.sub(r"\1" + MASK + "@", text)
         if "arm_" in text:
             text = _API_TOKEN.sub(MASK, text)
         return text
-
-    @staticmethod
-    def _mask(pattern: re.Pattern[str], text: str, start: int) -> str:
-        # The pattern is a lookahead: it matches (empty) at every position where a value starts, its
-        # group the longest value there, so overlapping values are all seen; their spans are merged.
-        out: list[str] = []
-        done = 0  # text[:done] is handled
-        span_start = span_end = -1
-        for match in pattern.finditer(text, start):
-            begin, end = match.start(), match.end(1)
-            if begin <= span_end:  # inside the current span, or right after it: one mask
-                span_end = max(span_end, end)
-                continue
-            if span_end > span_start:
-                out.append(text[done:span_start])
-                out.append(MASK)
-                done = span_end
-            span_start, span_end = begin, end
-        if span_end > span_start:
-            out.append(text[done:span_start])
-            out.append(MASK)
-            done = span_end
-        out.append(text[done:])
-        return "".join(out)
 
     def redact_data(self, value: Any) -> Any:
         """A copy of ``value`` (dicts, lists, tuples, nested) safe to show.
